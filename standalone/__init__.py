@@ -1,0 +1,1 @@
+"""Command-line front end (installed as the import package ``hetclass_standalone``)."""
