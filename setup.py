@@ -15,7 +15,7 @@ setup(
               "scipion_hetclass.tests"],
     package_dir={"hetclass_standalone": "standalone", "hetclass_relion": "relion_external"},
     package_data={"scipion_hetclass": ["protocols.conf", "*.bib"]},
-    install_requires=["numpy>=1.22", "scipy>=1.8", "mrcfile>=1.4", "starfile>=0.5", "pandas>=1.3",
+    install_requires=["numpy>=1.22", "scipy>=1.8", "mrcfile>=1.4", "starfile>=0.5", "pandas>=2.1.1",
                       "gemmi>=0.6", "matplotlib>=3.5"],
     extras_require={
         "gpu": ["cupy-cuda12x"],

@@ -44,7 +44,8 @@ def matrix_to_euler(matrices: np.ndarray):
     regular = abs_sb > 16 * np.finfo(np.float64).eps
     rot = np.where(regular, np.arctan2(m[:, 2, 1], m[:, 2, 0]), 0.0)
     psi = np.where(regular, np.arctan2(m[:, 1, 2], -m[:, 0, 2]),
-                   np.arctan2(-m[:, 1, 0], m[:, 0, 0]) * np.sign(m[:, 2, 2] + (m[:, 2, 2] == 0)))
+                   np.where(m[:, 2, 2] > 0, np.arctan2(-m[:, 1, 0], m[:, 0, 0]),
+                            np.arctan2(m[:, 1, 0], -m[:, 0, 0])))
     return np.rad2deg(rot), np.rad2deg(tilt), np.rad2deg(psi)
 
 

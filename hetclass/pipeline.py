@@ -25,8 +25,15 @@ changed_pct=1.2, class_fractions=[...])`` and ``("batch", done=..., total=..., s
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .io.loader import load_particles  # noqa: F401  (re-exported: part of the contract)
 
 
 @dataclass
@@ -53,3 +60,64 @@ class ClassifyOptions:
 
 ProgressFn = Callable[..., None]
 AbortFn = Callable[[], None]
+
+
+@dataclass
+class ClassifyResult:
+    labels: np.ndarray          # (n,) int64, 0-based, input order
+    posteriors: np.ndarray      # (n, K) float32
+    resolution_A: np.ndarray    # (K,)
+    class_fractions: np.ndarray  # (K,)
+    files: Dict[str, str]
+    n_iter: int
+    converged: bool
+    em: object = None           # the engine's EMResult
+    prepared: object = None     # the engine's PreparedData (reusable)
+
+
+def check_out_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
+    """Refuse to write into an existing, non-empty directory unless asked to."""
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not (resume or overwrite):
+        raise InputError("output directory exists and is not empty; use --continue to resume "
+                         "or --overwrite to replace it", file=out_dir, field="--out")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError("output path exists and is not a directory", file=out_dir, field="--out")
+
+
+def run_classify(particles, options: ClassifyOptions, out_dir: str, resume: bool = False,
+                 overwrite: bool = False, progress: Optional[ProgressFn] = None,
+                 abort_check: Optional[AbortFn] = None, prepared=None) -> ClassifyResult:
+    """Classify ``particles`` and write RELION Class3D-style outputs into ``out_dir``."""
+    from . import checkpoint, engine
+    from .outputs import write_classify_outputs
+
+    check_out_dir(out_dir, resume, overwrite)
+    t0 = time.time()
+    if prepared is None:
+        prepared = engine.prepare(particles, options, progress=progress, abort_check=abort_check)
+    t_prep = time.time() - t0
+    os.makedirs(out_dir, exist_ok=True)
+    state = None
+    if resume:
+        state = checkpoint.load(out_dir, options, len(particles))
+    elif overwrite and os.path.exists(os.path.join(out_dir, checkpoint.CHECKPOINT)):
+        os.remove(os.path.join(out_dir, checkpoint.CHECKPOINT))
+    resumed_at = 0 if state is None else int(state.iteration)
+
+    def save(st):
+        checkpoint.save(out_dir, st, options, len(particles))
+
+    t1 = time.time()
+    result = engine.fit(prepared, options, progress=progress, abort_check=abort_check,
+                        checkpoint=save, state=state)
+    t_em = time.time() - t1
+    run_info = {"timings_s": {"preprocess": t_prep, "em": t_em, "total": time.time() - t0},
+                "resumed_from_iteration": resumed_at,
+                "crop_box_px": int(prepared.data.plan.crop_box_px),
+                "target_resolution_A": float(prepared.data.plan.target_res_A),
+                "particle_diameter_A": float(prepared.data.diameter_A),
+                "input": particles.source.get("path")}
+    files = write_classify_outputs(out_dir, particles, result, options, run_info)
+    return ClassifyResult(result.labels, result.posteriors, np.asarray(result.resolution_A),
+                          np.asarray(result.class_fractions), files, len(result.stats),
+                          bool(result.state.converged), result, prepared)

@@ -1,0 +1,62 @@
+"""Checkpoint of the EM state after every iteration (atomic), and resume from it.
+
+The state holds everything the next iteration reads, stored exactly (npz), so a run killed
+at any point and continued gives the same result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, fields
+from typing import Optional
+
+import numpy as np
+
+from .em import EMState
+from .errors import InputError
+from .io.atomic import atomic_path
+
+CHECKPOINT = "run_checkpoint.npz"
+# options that change the result; a resumed run must match them
+_KEYS = ("classes", "target_res_A", "tau2_fudge", "hard", "seed", "init", "init_lowpass_A",
+         "references", "particle_diameter_A", "solvent_mask", "focus_mask", "convergence_pct")
+
+
+def _fingerprint(options, n_particles: int) -> str:
+    d = asdict(options)
+    return json.dumps({"n": int(n_particles), **{k: d.get(k) for k in _KEYS}}, sort_keys=True,
+                      default=str)
+
+
+def save(out_dir: str, state: EMState, options, n_particles: int) -> None:
+    arrays = {}
+    meta = {"fingerprint": _fingerprint(options, n_particles)}
+    for f in fields(EMState):
+        v = getattr(state, f.name)
+        if isinstance(v, np.ndarray):
+            arrays[f.name] = v
+        elif v is not None:
+            meta[f.name] = v
+    arrays["_meta"] = np.frombuffer(json.dumps(meta, default=float).encode(), dtype=np.uint8)
+    with atomic_path(os.path.join(out_dir, CHECKPOINT)) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def load(out_dir: str, options, n_particles: int) -> Optional[EMState]:
+    path = os.path.join(out_dir, CHECKPOINT)
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as exc:  # a damaged checkpoint is a user-visible input problem
+        raise InputError(f"unreadable checkpoint ({type(exc).__name__}); rerun with --overwrite",
+                         file=path) from None
+    meta = json.loads(bytes(arrays.pop("_meta")).decode())
+    if meta.pop("fingerprint") != _fingerprint(options, n_particles):
+        raise InputError("checkpoint was made with other inputs or options; use --overwrite",
+                         file=path, field="options")
+    kwargs = {**meta, **arrays}
+    return EMState(**{f.name: kwargs[f.name] for f in fields(EMState) if f.name in kwargs})

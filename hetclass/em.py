@@ -1,0 +1,226 @@
+"""Bayesian EM over K class volumes with fixed poses (RELION Class3D with --skip_align).
+
+Model: ``X_i = CTF_i * slice(V_k, A_i) + n_i`` with complex Gaussian noise of variance
+``sigma2[group, shell]``; prior ``V_k(q) ~ CN(0, T * tau2_k[shell])``. The E-step gives
+posteriors ``p(k | X_i)``; the M-step re-estimates class weights, noise spectra and the
+class volumes (Wiener-regularised, CTF-corrected, per half set for the FSC).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+import numpy as np
+
+from .em_step import Accumulators, empty_accumulators, process_batch, shell_onehot
+from .errors import EmptyClassWarning
+from .fourier import lowpass_volume
+from .fsc import fsc, resolution_from_fsc
+from .projector import stack_grids
+from .reconstruct import grid_shells, grid_to_volume, shell_power, solve_grid, symmetrise, volume_to_grid
+from .workspace import Workspace
+
+# The E-step uses data up to the current resolution plus this many shells (as RELION does),
+# so that early iterations are not drowned in high-frequency noise.
+RES_STEP_SHELLS = 4
+
+
+@dataclass
+class EMState:
+    """Everything needed to continue EM exactly from the end of ``iteration``."""
+
+    iteration: int
+    maps: np.ndarray             # (K, b, b, b) float32 class maps (masked)
+    refs: np.ndarray             # (2, K, b, b, b) float32 references scoring half set h:
+                                 # built from the *other* half set (gold standard), masked
+    sigma2: np.ndarray           # (G, S) float64
+    tau2: np.ndarray             # (K, S) float64
+    class_fractions: np.ndarray  # (K,)
+    labels: np.ndarray           # (n,) int64, -1 before the first E-step / inactive
+    posteriors: Optional[np.ndarray] = None  # (n, K) float32
+    history: List[dict] = field(default_factory=list)
+    converged: bool = False
+    half_maps: Optional[np.ndarray] = None   # (2, K, b, b, b) float32
+    fsc: Optional[np.ndarray] = None         # (K, S)
+    resolution_A: Optional[np.ndarray] = None
+    loglik: Optional[np.ndarray] = None      # (n,) log evidence per particle
+    unmasked_maps: Optional[np.ndarray] = None  # (K, b, b, b) class maps before masking
+    like_shells: int = 0                     # shells used by the next E-step (0 = from the maps)
+
+
+@dataclass
+class MStepResult:
+    maps: np.ndarray        # (K, b, b, b) unmasked class maps
+    half_maps: np.ndarray   # (2, K, b, b, b) unmasked half-set maps
+    tau2: np.ndarray        # (K, S)
+    fsc: np.ndarray         # (K, S)
+    resolution_A: np.ndarray
+
+
+def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, active, hard,
+             fixed_weights=None, abort_check=None, progress=None, stage="em",
+             like_shells: Optional[int] = None):
+    """One pass over all batches; returns (Accumulators, posteriors (n,K), loglik (n,))."""
+    k = log_prior.size
+    n = len(ws.data)
+    acc = empty_accumulators(ws.n_voxels, k, ws.data.n_groups, ws.n_shells)
+    post = np.zeros((n, k), np.float32)
+    loglik = np.zeros(n)
+    grids = [None, None]
+    if refs is not None:
+        grids = [stack_grids(np.stack([volume_to_grid(m, ws.pad) for m in refs[h]]))
+                 for h in range(2)]
+    onehot = shell_onehot(ws.data.coeffs.shell, ws.n_shells)
+    for bi, (rows, half) in enumerate(ws.batches):
+        if abort_check is not None:
+            abort_check()
+        use = active[rows]
+        if not use.any():
+            continue
+        weights = None
+        if fixed_weights is not None:
+            weights = fixed_weights[rows] * use[:, None]
+        res = process_batch(rows, half, ws.operator(bi), grids[half], ws.data.data, ws.data.ctf,
+                            ws.data.group, sigma2, log_prior, onehot, ws.data.coeffs.shell,
+                            like_shells or ws.like_shells, hard, with_estep=fixed_weights is None,
+                            fixed_weights=weights, active=use)
+        acc.add(res.acc)
+        acc.grid[half] += res.grid
+        post[rows] = res.posteriors
+        loglik[rows] = res.loglik
+        if progress is not None:
+            progress("batch", stage=stage, done=bi + 1, total=len(ws.batches))
+    return acc, post, loglik
+
+
+def m_step(ws: Workspace, acc: Accumulators, tau2: np.ndarray, tau2_fudge: float,
+           solvent_mask: np.ndarray, focus_mask: Optional[np.ndarray]) -> MStepResult:
+    """Class maps (full and half sets) from the accumulators; new tau2 and FSCs."""
+    k = tau2.shape[0]
+    side, pad, b = ws.side, ws.pad, ws.data.plan.crop_box_px
+    shape = (side, side, side)
+    r_max = ws.data.plan.data_shell
+    nums, dens = [], []
+    for h in range(2):
+        g = acc.grid[h]
+        cplx = g[:, :2 * k].reshape(-1, k, 2)
+        nums.append([(cplx[:, j, 0] + 1j * cplx[:, j, 1]).reshape(shape) for j in range(k)])
+        dens.append([g[:, 2 * k + j].astype(np.float64).reshape(shape) for j in range(k)])
+    maps = np.zeros((k, b, b, b), np.float32)
+    halves = np.zeros((2, k, b, b, b), np.float32)
+    new_tau2 = np.zeros_like(tau2)
+    sym = [[symmetrise(nums[h][j], dens[h][j]) for j in range(k)] for h in range(2)]
+    for j in range(k):
+        num = sym[0][j][0] + sym[1][j][0]
+        den = sym[0][j][1] + sym[1][j][1]
+        grid = solve_grid(num, den, tau2_fudge * tau2[j], ws.grid_shell, pad, r_max)
+        new_tau2[j] = shell_power(grid, ws.grid_shell, tau2.shape[1])
+        maps[j] = grid_to_volume(grid, b)
+        for h in range(2):
+            hg = solve_grid(sym[h][j][0], sym[h][j][1], tau2_fudge * tau2[j],
+                            ws.grid_shell, pad, r_max)
+            halves[h, j] = grid_to_volume(hg, b)
+    if focus_mask is not None:
+        # focused classification: classes share one density outside the focus mask
+        def shared(hs):
+            num = sum(sym[h][j][0] for h in hs for j in range(k))
+            den = sum(sym[h][j][1] for h in hs for j in range(k))
+            return grid_to_volume(solve_grid(num, den, tau2_fudge * tau2.mean(0), ws.grid_shell,
+                                             pad, r_max), b)
+        maps = focus_mask * maps + (1.0 - focus_mask) * shared((0, 1))
+        for h in range(2):
+            halves[h] = focus_mask * halves[h] + (1.0 - focus_mask) * shared((h,))
+    fscs = np.zeros((k, tau2.shape[1]))
+    res = np.zeros(k)
+    psize = ws.data.plan.crop_pixel_size_A
+    for j in range(k):
+        curve = fsc(halves[0, j] * solvent_mask, halves[1, j] * solvent_mask)
+        fscs[j, :min(len(curve), fscs.shape[1])] = curve[:fscs.shape[1]]
+        res[j] = resolution_from_fsc(curve, b, psize, max_shell=ws.like_shells - 1)
+    return MStepResult(maps.astype(np.float32), halves, new_tau2, fscs, res)
+
+
+def initial_maps(ws: Workspace, rng: np.random.Generator, k: int, active: np.ndarray,
+                 sigma2, tau2_init, tau2_fudge, lowpass_A: float, solvent_mask,
+                 references: Optional[np.ndarray] = None, abort_check=None, progress=None):
+    """Initial references: random-subset reconstructions (low-passed), optionally mixed
+    with user references: K maps are used as given, one map gets K perturbed copies."""
+    n = len(ws.data)
+    labels = rng.integers(0, k, size=n)
+    weights = np.zeros((n, k))
+    weights[np.arange(n), labels] = 1.0
+    acc, _, _ = run_pass(ws, None, sigma2, np.zeros(k), active, False, fixed_weights=weights,
+                         abort_check=abort_check, progress=progress, stage="init")
+    tau = np.broadcast_to(tau2_init, (k, tau2_init.size))
+    ms = m_step(ws, acc, np.array(tau), tau2_fudge, solvent_mask, None)
+    psize = ws.data.plan.crop_pixel_size_A
+    # Both half sets start from the same maps so that class k means the same in both;
+    # afterwards half set h is scored against maps made from the other half (gold standard).
+    one = np.stack([lowpass_volume(m, psize, lowpass_A) for m in ms.maps])
+    random_refs = np.stack([one, one])
+    if references is None:
+        refs = random_refs
+    elif references.shape[0] == k:
+        one = np.stack([lowpass_volume(r, psize, lowpass_A) for r in references])
+        refs = np.stack([one, one])
+    else:
+        ref = lowpass_volume(references[0], psize, lowpass_A)
+        refs = np.stack([[ref + (m - random_refs[h].mean(0)) for m in random_refs[h]]
+                         for h in range(2)])
+    return (refs * solvent_mask).astype(np.float32)
+
+
+def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
+            solvent_mask: np.ndarray, focus_mask: Optional[np.ndarray],
+            checkpoint: Optional[Callable[[EMState], None]] = None,
+            abort_check=None, progress=None) -> EMState:
+    """Run EM iterations from ``state`` until convergence or ``options.max_iter``."""
+    k = state.refs.shape[1]
+    n_active = max(int(active.sum()), 1)
+    b = ws.data.plan.crop_box_px
+    size_A = b * ws.data.plan.crop_pixel_size_A
+    while not state.converged and state.iteration < options.max_iter:
+        log_prior = np.log(np.maximum(state.class_fractions, 1e-12))
+        like = state.like_shells or min(ws.like_shells,
+                                        int(size_A / options.init_lowpass_A) + RES_STEP_SHELLS + 1)
+        acc, post, loglik = run_pass(ws, state.refs, state.sigma2, log_prior, active,
+                                     options.hard, abort_check=abort_check, progress=progress,
+                                     like_shells=like)
+        ms = m_step(ws, acc, state.tau2, options.tau2_fudge, solvent_mask, focus_mask)
+        labels = np.where(active, post.argmax(1), -1)
+        changed = float(np.mean(labels[active] != state.labels[active])) * 100.0
+        fractions = acc.class_weight / max(acc.class_weight.sum(), 1e-12)
+        if np.any(fractions < 0.5 / n_active):
+            warnings.warn(f"iteration {state.iteration + 1}: "
+                          f"{int(np.sum(fractions < 0.5 / n_active))} class(es) are empty",
+                          EmptyClassWarning, stacklevel=2)
+        sigma2 = np.where(acc.noise_count > 0, acc.noise / np.maximum(acc.noise_count, 1),
+                          state.sigma2)
+        sigma2 = np.maximum(sigma2, 1e-12 * max(float(sigma2.max()), 1e-30))
+        d_frac = float(np.abs(fractions - state.class_fractions).max())
+        it = state.iteration + 1
+        stats = {"iteration": it, "changed_pct": changed, "class_fractions": fractions.tolist(),
+                 "log_likelihood": acc.log_likelihood / n_active,
+                 "resolution_A": ms.resolution_A.tolist(),
+                 "mean_max_posterior": float(post[active].max(1).mean())}
+        best_res = float(np.min(ms.resolution_A)) if len(ms.resolution_A) else size_A
+        next_like = min(ws.like_shells, max(like, int(size_A / best_res) + RES_STEP_SHELLS + 1))
+        stats["likelihood_shells"] = like
+        converged = (it >= 3 and changed < options.convergence_pct and d_frac < 0.01
+                     and next_like == like)
+        refs = np.stack([ms.half_maps[1], ms.half_maps[0]]) * solvent_mask
+        state = EMState(iteration=it, maps=(ms.maps * solvent_mask).astype(np.float32),
+                        refs=refs.astype(np.float32),
+                        sigma2=sigma2, tau2=np.maximum(ms.tau2, 0.0), class_fractions=fractions,
+                        labels=labels, posteriors=post, history=state.history + [stats],
+                        converged=converged, half_maps=ms.half_maps, fsc=ms.fsc,
+                        resolution_A=ms.resolution_A, loglik=loglik, unmasked_maps=ms.maps,
+                        like_shells=next_like)
+        if progress is not None:
+            progress("iteration", it=it, max_iter=options.max_iter, changed_pct=changed,
+                     class_fractions=fractions.tolist(), resolution_A=ms.resolution_A.tolist())
+        if checkpoint is not None:
+            checkpoint(state)
+    return state

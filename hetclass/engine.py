@@ -1,0 +1,248 @@
+"""Public engine API: ``prepare`` once per dataset, ``fit`` per classification/replicate,
+``reconstruct`` for explicit weights (e.g. stable cores).
+
+>>> prepared = prepare(particles, ClassifyOptions(classes=4))      # doctest: +SKIP
+>>> result = fit(prepared, ClassifyOptions(classes=4), seed=0)     # doctest: +SKIP
+>>> result.labels, result.resolution_A                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .em import EMState, initial_maps, iterate, m_step, run_pass
+from .em_step import shell_onehot
+from .errors import InputError
+from .fourier import resize_volume
+from .masks import soft_sphere
+from .particles import ParticleSet
+from .pipeline import ClassifyOptions
+from .preprocess import FourierData, preprocess
+from .workspace import Workspace
+
+SeedLike = Union[int, np.random.SeedSequence]
+
+
+@dataclass
+class PreparedData:
+    """A dataset read and preprocessed once; shared by replicates."""
+
+    particles: ParticleSet
+    data: FourierData
+    workspace: Workspace
+    solvent_mask: np.ndarray          # (b, b, b) float32 at the cropped box
+    focus_mask: Optional[np.ndarray]  # (b, b, b) float32 or None
+    references: Optional[np.ndarray]  # (R, b, b, b) float32 or None
+    data_power: np.ndarray            # (G, S) mean |X|^2 per optics group and shell
+    ctf_power: np.ndarray             # (S,) mean CTF^2 per shell
+
+    @property
+    def pixel_size_A(self) -> float:
+        return self.data.plan.crop_pixel_size_A
+
+
+@dataclass
+class EMResult:
+    rows: np.ndarray            # (n_rows,) particle indices the result refers to
+    labels: np.ndarray          # (n_rows,) int64, 0-based
+    posteriors: np.ndarray      # (n_rows, K) float32
+    log_likelihood: np.ndarray  # (n_rows,) log evidence
+    maps: np.ndarray            # (K, b, b, b) float32 unmasked class maps
+    half_maps: np.ndarray       # (2, K, b, b, b)
+    fsc: np.ndarray             # (K, S)
+    resolution_A: np.ndarray    # (K,)
+    class_fractions: np.ndarray
+    pixel_size_A: float
+    stats: List[dict]
+    state: EMState
+
+
+@dataclass
+class ReconResult:
+    maps: np.ndarray
+    half_maps: np.ndarray
+    fsc: np.ndarray
+    resolution_A: np.ndarray
+    pixel_size_A: float
+
+
+def validate_options(options: ClassifyOptions, n_particles: int) -> None:
+    k = options.classes
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError("number of classes must be an integer >= 1", field="--classes", value=k)
+    if k > n_particles:
+        raise InputError(f"more classes than particles ({n_particles})", field="--classes", value=k)
+    if options.max_iter < 1:
+        raise InputError("must be >= 1", field="--max-iter", value=options.max_iter)
+    if not options.tau2_fudge > 0:
+        raise InputError("must be > 0", field="--tau2-fudge", value=options.tau2_fudge)
+    if options.convergence_pct < 0:
+        raise InputError("must be >= 0", field="--convergence", value=options.convergence_pct)
+    if options.init not in ("random", "ref"):
+        raise InputError("must be 'random' or 'ref'", field="--init", value=options.init)
+
+
+def _load_mask(path: str, particles: ParticleSet, crop_box: int) -> np.ndarray:
+    from .io.mrc import check_map_matches, read_map
+    vol, _ = read_map(path)
+    check_map_matches(path, vol, int(particles.box_px[0]), float(particles.pixel_size_A[0]))
+    vol = np.clip(vol, 0.0, 1.0) if vol.max() <= 1.0 + 1e-3 else vol / vol.max()
+    return np.clip(resize_volume(vol, crop_box), 0.0, 1.0).astype(np.float32)
+
+
+def _data_power(data: FourierData, n_shells: int):
+    onehot = shell_onehot(data.coeffs.shell, n_shells)
+    counts = np.maximum(onehot.sum(0), 1)
+    power = np.zeros((data.n_groups, n_shells))
+    for g in range(data.n_groups):
+        sel = data.group == g
+        if sel.any():
+            p = (np.abs(data.data[sel]) ** 2) @ onehot
+            power[g] = p.mean(0) / counts
+    ctf2 = ((data.ctf ** 2) @ onehot).mean(0) / counts
+    power[power <= 0] = max(float(power[power > 0].min()) if (power > 0).any() else 1.0, 1e-12)
+    return power, np.maximum(ctf2, 1e-6)
+
+
+def prepare(particles: ParticleSet, options: ClassifyOptions, progress=None, abort_check=None,
+            read_images: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> PreparedData:
+    """Validate, read every image once and preprocess (Fourier crop, mask, CTF)."""
+    validate_options(options, len(particles))
+    source = None
+    if read_images is None:
+        from .io.images import ImageSource
+        source = ImageSource(particles)
+        source.validate()
+        read_images = source.read
+    root = np.random.SeedSequence(int(options.seed))
+    try:
+        data = preprocess(particles, read_images, options.target_res_A, options.particle_diameter_A,
+                          root.spawn(1)[0], progress=progress, abort_check=abort_check)
+    finally:
+        if source is not None:
+            source.close()
+    b = data.plan.crop_box_px
+    radius_px = min(data.diameter_A / 2 / data.plan.crop_pixel_size_A, b / 2 - 1)
+    solvent = (soft_sphere(b, radius_px - 1.5, 3.0) if options.solvent_mask is None
+               else _load_mask(options.solvent_mask, particles, b))
+    focus = None if options.focus_mask is None else _load_mask(options.focus_mask, particles, b)
+    refs = None
+    if options.references:
+        from .io.mrc import check_map_matches, read_map
+        loaded = []
+        for path in options.references:
+            vol, _ = read_map(path)
+            check_map_matches(path, vol, int(particles.box_px[0]), float(particles.pixel_size_A[0]))
+            loaded.append(resize_volume(vol, b))
+        if len(loaded) not in (1, options.classes):
+            raise InputError(f"give one reference or exactly {options.classes}",
+                             field="--ref", value=len(loaded))
+        refs = np.stack(loaded)
+    ws = Workspace(data, max(options.classes, 2), batch_size=options.batch_size,
+                   cache_bytes=None if options.max_memory_GB is None
+                   else int(options.max_memory_GB * 2 ** 30 * 0.5))
+    power, ctf2 = _data_power(data, ws.n_shells)
+    return PreparedData(particles, data, ws, solvent, focus, refs, power, ctf2)
+
+
+def _as_seed_sequence(seed: SeedLike) -> np.random.SeedSequence:
+    if isinstance(seed, np.random.SeedSequence):
+        return seed
+    return np.random.SeedSequence(int(seed)).spawn(2)[1]
+
+
+def _active(n: int, rows: Optional[Sequence[int]]) -> np.ndarray:
+    active = np.zeros(n, bool)
+    if rows is None:
+        active[:] = True
+    else:
+        active[np.asarray(rows, dtype=np.int64)] = True
+    return active
+
+
+def _scale_references(prepared: PreparedData, refs: np.ndarray, active: np.ndarray,
+                      sigma2, tau2) -> np.ndarray:
+    """Least-squares scale of user references onto a consensus reconstruction of the data."""
+    ws = prepared.workspace
+    n = len(prepared.data)
+    weights = np.ones((n, 1))
+    acc, _, _ = run_pass(ws, None, sigma2, np.zeros(1), active, False, fixed_weights=weights)
+    consensus = m_step(ws, acc, tau2[:1], 1.0, prepared.solvent_mask, None).maps[0]
+    m = prepared.solvent_mask
+    out = []
+    for r in refs:
+        denom = float(np.sum((r * m) ** 2))
+        s = float(np.sum(consensus * m * r * m)) / denom if denom > 0 else 1.0
+        out.append(r * (s if s > 0 else 1.0))
+    return np.stack(out).astype(np.float32)
+
+
+def initial_state(prepared: PreparedData, options: ClassifyOptions, seed: SeedLike,
+                  rows=None, progress=None, abort_check=None) -> EMState:
+    k = options.classes
+    ws = prepared.workspace
+    n = len(prepared.data)
+    active = _active(n, rows)
+    rng = np.random.default_rng(_as_seed_sequence(seed))
+    sigma2 = prepared.data_power.copy()
+    tau2 = np.tile((prepared.data_power.mean(0) / prepared.ctf_power)[None], (k, 1))
+    refs = prepared.references
+    if refs is not None:
+        refs = _scale_references(prepared, refs, active, sigma2, tau2)
+    half_refs = initial_maps(ws, rng, k, active, sigma2, tau2[0], options.tau2_fudge,
+                             options.init_lowpass_A, prepared.solvent_mask, references=refs,
+                             abort_check=abort_check, progress=progress)
+    return EMState(iteration=0, maps=half_refs.mean(0), refs=half_refs, sigma2=sigma2, tau2=tau2,
+                   class_fractions=np.full(k, 1.0 / k), labels=np.full(n, -1, np.int64))
+
+
+def fit(prepared: PreparedData, options: ClassifyOptions, seed: SeedLike = None, rows=None,
+        progress=None, abort_check=None, checkpoint=None, state: Optional[EMState] = None
+        ) -> EMResult:
+    """Classify the particles ``rows`` (default all) into ``options.classes`` classes.
+
+    ``seed`` defaults to ``options.seed``; pass a spawned ``SeedSequence`` per replicate.
+    ``state`` resumes from a checkpointed :class:`EMState`.
+    """
+    validate_options(options, len(prepared.data) if rows is None else len(rows))
+    n = len(prepared.data)
+    active = _active(n, rows)
+    if state is None:
+        state = initial_state(prepared, options, options.seed if seed is None else seed, rows,
+                              progress, abort_check)
+    state = iterate(prepared.workspace, state, options, active, prepared.solvent_mask,
+                    prepared.focus_mask, checkpoint=checkpoint, abort_check=abort_check,
+                    progress=progress)
+    idx = np.flatnonzero(active)
+    post = state.posteriors[idx]
+    maps = state.unmasked_maps if state.unmasked_maps is not None else state.maps
+    return EMResult(rows=idx, labels=post.argmax(1).astype(np.int64), posteriors=post,
+                    log_likelihood=state.loglik[idx], maps=maps, half_maps=state.half_maps,
+                    fsc=state.fsc, resolution_A=state.resolution_A,
+                    class_fractions=state.class_fractions, pixel_size_A=prepared.pixel_size_A,
+                    stats=state.history, state=state)
+
+
+def reconstruct(prepared: PreparedData, weights: np.ndarray, rows=None,
+                tau2_fudge: float = 4.0, sigma2: Optional[np.ndarray] = None) -> ReconResult:
+    """Maps, half maps and FSC resolution from explicit per-particle class weights (n, K)."""
+    n = len(prepared.data)
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim == 1:
+        weights = weights[:, None]
+    if weights.shape[0] != n:
+        full = np.zeros((n, weights.shape[1]))
+        full[np.asarray(rows)] = weights
+        weights = full
+    k = weights.shape[1]
+    active = _active(n, rows)
+    sig = prepared.data_power if sigma2 is None else sigma2
+    tau2 = np.tile((prepared.data_power.mean(0) / prepared.ctf_power)[None], (k, 1))
+    ws = prepared.workspace
+    acc, _, _ = run_pass(ws, None, sig, np.zeros(k), active, False, fixed_weights=weights)
+    first = m_step(ws, acc, tau2, tau2_fudge, prepared.solvent_mask, None)
+    ms = m_step(ws, acc, np.maximum(first.tau2, 0.0), tau2_fudge, prepared.solvent_mask, None)
+    return ReconResult(ms.maps, ms.half_maps, ms.fsc, ms.resolution_A, prepared.pixel_size_A)

@@ -1,0 +1,144 @@
+"""Fourier-space conventions and grid helpers.
+
+Conventions (used everywhere in the engine):
+
+* Real-space images and maps of side ``b`` are centred at index ``b // 2`` on every axis
+  (RELION's centre). Transforms are taken after ``ifftshift`` so that phases are relative to
+  that centre; forward transforms are unnormalised (numpy's default).
+* 2D data are stored as a compact vector of ``M`` coefficients of the half-plane
+  ``rfft2`` layout: every ``(kx, ky)`` with ``kx >= 0``, ``kx**2 + ky**2 <= r_max**2`` and not
+  ``(kx == 0 and ky < 0)`` (the Hermitian duplicates). ``kx, ky`` are integer frequencies in
+  cycles per box.
+* 3D volumes used for slicing are zero-padded by ``pad`` and stored *centred* (DC at index
+  ``N // 2``, ``N = pad * b``), indexed ``[z, y, x]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CoefficientSet:
+    """The half-plane coefficients kept for a box ``box_px`` up to radius ``r_max_px``."""
+
+    box_px: int
+    r_max_px: int
+    kx: np.ndarray          # (M,) int, cycles per box
+    ky: np.ndarray          # (M,) int
+    flat_index: np.ndarray  # (M,) int, index into the flattened rfft2 array (b, b//2+1)
+    shell: np.ndarray       # (M,) int, round(|k|)
+
+    @property
+    def size(self) -> int:
+        return int(self.kx.shape[0])
+
+    @property
+    def n_shells(self) -> int:
+        return self.r_max_px + 1
+
+
+def coefficient_set(box_px: int, r_max_px: int) -> CoefficientSet:
+    """Half-plane coefficients of an rfft2 of a ``box_px`` image within ``r_max_px``."""
+    b = int(box_px)
+    r_max = int(min(r_max_px, b // 2))
+    ky_all = np.fft.fftfreq(b, d=1.0 / b).round().astype(np.int64)
+    kx_all = np.arange(b // 2 + 1, dtype=np.int64)
+    KY, KX = np.meshgrid(ky_all, kx_all, indexing="ij")
+    radius = np.sqrt(KX.astype(np.float64) ** 2 + KY ** 2)
+    keep = (radius <= r_max + 1e-9) & ~((KX == 0) & (KY < 0))
+    flat = np.flatnonzero(keep.ravel())
+    shell = np.rint(radius.ravel()[flat]).astype(np.int64)
+    return CoefficientSet(b, r_max, KX.ravel()[flat], KY.ravel()[flat], flat, shell)
+
+
+def centred_rfft2(images):
+    """(n, b, b) real images centred at b//2 -> (n, b, b//2+1) complex, phases about the centre."""
+    xp = _xp(images)
+    return xp.fft.rfft2(xp.fft.ifftshift(images, axes=(-2, -1)), axes=(-2, -1))
+
+
+def centred_irfft2(coeffs, box_px: int):
+    xp = _xp(coeffs)
+    return xp.fft.fftshift(xp.fft.irfft2(coeffs, s=(box_px, box_px), axes=(-2, -1)), axes=(-2, -1))
+
+
+def fourier_crop_images(images, new_box_px: int):
+    """Crop (n, B, B) centred images in Fourier space to (n, b, b), keeping pixel values.
+
+    The pixel size grows by ``B / b``. ``b`` must be even and ``<= B``.
+    """
+    xp = _xp(images)
+    big = images.shape[-1]
+    b = int(new_box_px)
+    if b == big:
+        return images.astype(xp.float32, copy=False)
+    f = xp.fft.fftshift(xp.fft.fft2(xp.fft.ifftshift(images, axes=(-2, -1)), axes=(-2, -1)),
+                        axes=(-2, -1))
+    lo = big // 2 - b // 2
+    f = f[..., lo:lo + b, lo:lo + b]
+    out = xp.fft.fftshift(xp.fft.ifft2(xp.fft.ifftshift(f, axes=(-2, -1)), axes=(-2, -1)),
+                          axes=(-2, -1)).real
+    return (out * (b / big) ** 2).astype(xp.float32)
+
+
+def resize_volume(volume, new_box_px: int):
+    """Fourier crop or zero-pad a centred cubic volume, preserving voxel values.
+
+    Cropping removes frequencies beyond the new Nyquist; padding adds none.
+    """
+    xp = _xp(volume)
+    old = volume.shape[0]
+    new = int(new_box_px)
+    if new == old:
+        return volume.astype(xp.float32, copy=True)
+    f = xp.fft.fftshift(xp.fft.fftn(xp.fft.ifftshift(volume)))
+    if new < old:
+        lo = old // 2 - new // 2
+        g = f[lo:lo + new, lo:lo + new, lo:lo + new]
+    else:
+        g = xp.zeros((new, new, new), dtype=f.dtype)
+        lo = new // 2 - old // 2
+        g[lo:lo + old, lo:lo + old, lo:lo + old] = f
+    out = xp.fft.fftshift(xp.fft.ifftn(xp.fft.ifftshift(g))).real
+    return (out * (new / old) ** 3).astype(xp.float32)
+
+
+def radial_index_3d(box_px: int) -> np.ndarray:
+    """(b, b, b) int array of round(|k|) for a centred 3D Fourier grid of side b."""
+    c = np.arange(box_px) - box_px // 2
+    z, y, x = np.meshgrid(c, c, c, indexing="ij")
+    return np.rint(np.sqrt(x * x + y * y + z * z)).astype(np.int64)
+
+
+def radial_mean(values, shells, n_shells: int):
+    """Mean of ``values`` per shell index (both flat arrays); empty shells give 0."""
+    v = np.asarray(values).ravel()
+    s = np.asarray(shells).ravel()
+    ok = s < n_shells
+    sums = np.bincount(s[ok], weights=v[ok], minlength=n_shells)[:n_shells]
+    counts = np.bincount(s[ok], minlength=n_shells)[:n_shells]
+    return sums / np.maximum(counts, 1)
+
+
+def lowpass_volume(volume, pixel_size_A: float, resolution_A: float, edge_px: float = 2.0):
+    """Soft (raised-cosine edge) low-pass of a centred volume to ``resolution_A``."""
+    b = volume.shape[0]
+    r_cut = b * pixel_size_A / resolution_A
+    c = np.arange(b) - b // 2
+    z, y, x = np.meshgrid(c, c, c, indexing="ij")
+    r = np.sqrt(x * x + y * y + z * z)
+    filt = np.clip((r_cut + edge_px / 2 - r) / edge_px, 0.0, 1.0)
+    filt = 0.5 - 0.5 * np.cos(np.pi * filt)
+    f = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(volume)))
+    return np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(f * filt))).real.astype(np.float32)
+
+
+def _xp(a):
+    mod = type(a).__module__.split(".")[0]
+    if mod == "cupy":  # pragma: no cover - GPU only
+        import cupy
+        return cupy
+    return np

@@ -1,0 +1,42 @@
+"""Fourier shell correlation and resolution from it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .fourier import radial_index_3d
+
+
+def fsc(map1: np.ndarray, map2: np.ndarray) -> np.ndarray:
+    """FSC between two centred cubic maps of side b; returns (b//2 + 1,) float64 (shell 0 = DC)."""
+    b = map1.shape[0]
+    f1 = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(map1)))
+    f2 = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(map2)))
+    shells = radial_index_3d(b).ravel()
+    n = b // 2 + 1
+    ok = shells < n
+    s = shells[ok]
+    cross = np.bincount(s, weights=np.real(f1 * np.conj(f2)).ravel()[ok], minlength=n)
+    p1 = np.bincount(s, weights=(np.abs(f1) ** 2).ravel()[ok], minlength=n)
+    p2 = np.bincount(s, weights=(np.abs(f2) ** 2).ravel()[ok], minlength=n)
+    return cross / np.sqrt(np.maximum(p1 * p2, 1e-30))
+
+
+def resolution_from_fsc(curve: np.ndarray, box_px: int, pixel_size_A: float,
+                        threshold: float = 0.143, max_shell: int = None) -> float:
+    """Resolution (A) where the FSC first drops below ``threshold`` (linear interpolation).
+
+    ``max_shell`` caps the answer at the highest shell actually used (e.g. the target
+    resolution radius); a curve never crossing gives the resolution of that shell.
+    """
+    curve = np.asarray(curve, dtype=np.float64)
+    last = len(curve) - 1 if max_shell is None else min(int(max_shell), len(curve) - 1)
+    below = np.flatnonzero(curve[1:last + 1] < threshold)
+    if below.size == 0:
+        shell = float(last)
+    else:
+        i = int(below[0]) + 1
+        a, c = curve[i - 1], curve[i]
+        shell = (i - 1) + (a - threshold) / (a - c) if a != c else float(i)
+        shell = max(shell, 1e-3)
+    return float(box_px * pixel_size_A / max(shell, 1e-3))

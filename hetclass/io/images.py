@@ -1,0 +1,240 @@
+"""Particle images from ``index@stack`` names, read lazily from memory-mapped MRC stacks.
+
+``index`` is 1-based (RELION). A name without ``@`` is a single-image file. Relative stack
+paths are resolved from ``particles.project_dir`` (RELION's project directory); absolute paths
+are used as they are. Images are returned as stored: float32 ``[y, x]`` (MRC rows).
+
+Example::
+
+    with ImageSource(particles) as src:
+        src.validate()
+        images = src.read(np.arange(100))    # (100, box, box) float32
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import replace
+from typing import List
+
+import numpy as np
+
+from ..errors import InputError
+from ..particles import ParticleSet
+from .mrc import PIXEL_SIZE_RTOL, MrcInfo, open_mmap, read_info
+
+MAX_OPEN_STACKS = 64   # open memory maps kept at once (RELION data: one stack per micrograph)
+
+
+def split_image_names(names, star_path=None):
+    """``index@stack`` names -> (indices (n,) int64 1-based, stacks (n,) str).
+
+    InputError (field rlnImageName) for a name whose index is not a positive integer.
+    """
+    names = np.asarray(names).astype(str)
+    indices = np.empty(names.size, dtype=np.int64)
+    stacks = []
+    for i, name in enumerate(names.tolist()):
+        head, sep, tail = name.partition("@")
+        if not sep:
+            indices[i] = 1
+            stacks.append(name)
+            continue
+        try:
+            indices[i] = int(head)
+        except ValueError:
+            indices[i] = 0
+        if indices[i] < 1 or not tail:
+            raise InputError(f"image name must be index@stack with a 1-based index "
+                             f"(row {i + 1})", file=star_path, field="rlnImageName", value=name)
+        stacks.append(tail)
+    return indices, np.asarray(stacks, dtype=str)
+
+
+def _resolve(stack: str, project_dir: str) -> str:
+    return stack if os.path.isabs(stack) else os.path.join(project_dir, stack)
+
+
+def _stack_info(path: str, name: str, star_path) -> MrcInfo:
+    if not os.path.exists(path):
+        raise InputError(f"particle stack not found (referenced by {star_path or 'the input'})",
+                         file=path, field="rlnImageName", value=name)
+    return read_info(path, "particle stack")
+
+
+def fill_missing_box(particles: ParticleSet) -> ParticleSet:
+    """Return ``particles`` with every optics box of 0 read from its first stack's header.
+
+    Groups whose first stack is missing or unreadable keep 0 (``ImageSource`` reports them).
+    The input is not modified.
+    """
+    box = np.asarray(particles.optics.box_px, dtype=np.int64).copy()
+    todo = np.flatnonzero(box == 0)
+    if todo.size == 0:
+        return particles
+    group = np.asarray(particles.optics_group)
+    for g in todo:
+        members = np.flatnonzero(group == g)
+        if members.size == 0:
+            continue
+        _, stacks = split_image_names(particles.image_names[members[:1]])
+        path = _resolve(str(stacks[0]), particles.project_dir)
+        try:
+            info = read_info(path, "particle stack")
+        except InputError:
+            continue
+        if info.shape[1] == info.shape[2]:
+            box[g] = info.shape[2]
+    return replace(particles, optics=replace(particles.optics, box_px=box))
+
+
+class ImageSource:
+    """Lazy reader of a :class:`ParticleSet`'s images (memory-mapped, grouped by stack).
+
+    Open maps are cached (at most ``MAX_OPEN_STACKS``) and closed by :meth:`close` or on
+    leaving a ``with`` block.
+    """
+
+    def __init__(self, particles: ParticleSet):
+        if (np.asarray(particles.optics.box_px) == 0).any():
+            particles = fill_missing_box(particles)
+        self.particles = particles
+        self.star_path = (particles.source or {}).get("path")
+        self.indices, stacks = split_image_names(particles.image_names, self.star_path)
+        unique, self.stack_id = np.unique(stacks, return_inverse=True)
+        self.stack_id = np.asarray(self.stack_id).reshape(-1)
+        self.stack_names: List[str] = unique.tolist()
+        self.stack_paths: List[str] = [_resolve(s, particles.project_dir) for s in unique]
+        self.box_px = np.asarray(particles.box_px, dtype=np.int64)
+        self._open: "OrderedDict[int, object]" = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __enter__(self) -> "ImageSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every cached memory map."""
+        while self._open:
+            _, handle = self._open.popitem()
+            handle.close()
+
+    def _first_row(self, s: int) -> int:
+        return int(np.flatnonzero(self.stack_id == s)[0])
+
+    def validate(self) -> None:
+        """Check every stack before heavy work (InputError naming stack, field and value).
+
+        Every stack exists and is a readable MRC file; every index is within its number of
+        sections; the image side equals the optics box; the stack voxel size (when recorded,
+        i.e. non-zero) agrees with the optics pixel size within 1 %.
+        """
+        order = np.argsort(self.stack_id, kind="stable")
+        bounds = np.searchsorted(self.stack_id[order], np.arange(len(self.stack_paths) + 1))
+        pixel = self.particles.pixel_size_A
+        for s, path in enumerate(self.stack_paths):
+            rows = order[bounds[s]:bounds[s + 1]]
+            first = int(rows[0])
+            name = str(self.particles.image_names[first])
+            info = _stack_info(path, name, self.star_path)
+            n_sections, ny, nx = info.shape
+            idx = self.indices[rows]
+            worst = int(np.argmax(idx))
+            if idx[worst] > n_sections:
+                raise InputError(f"image index beyond the {n_sections} sections of the stack",
+                                 file=path, field="rlnImageName",
+                                 value=str(self.particles.image_names[rows[worst]]))
+            boxes = self.box_px[rows]
+            wrong = np.flatnonzero((boxes != nx) | (boxes != ny))
+            if ny != nx or wrong.size:
+                expected = int(boxes[wrong[0]]) if wrong.size else nx
+                field = "rlnImageSize" if expected > 0 else "nx/ny"
+                raise InputError(f"stack images are {nx}x{ny} px but the optics group's image "
+                                 f"size is {expected}", file=path, field=field, value=(nx, ny))
+            voxel = info.voxel_size_A[0]
+            if voxel > 0:
+                px = pixel[rows]
+                bad = np.flatnonzero(np.abs(voxel - px) > PIXEL_SIZE_RTOL * px)
+                if bad.size:
+                    raise InputError(f"stack voxel size differs from the optics pixel size "
+                                     f"{px[bad[0]]:g} A by more than 1 %", file=path,
+                                     field="voxel size", value=round(voxel, 4))
+
+    def _handle(self, s: int):
+        handle = self._open.get(s)
+        if handle is not None:
+            self._open.move_to_end(s)
+            return handle
+        path = self.stack_paths[s]
+        if not os.path.exists(path):
+            name = str(self.particles.image_names[self._first_row(s)])
+            raise InputError("particle stack not found", file=path, field="rlnImageName",
+                             value=name)
+        handle = open_mmap(path)
+        self._open[s] = handle
+        if len(self._open) > MAX_OPEN_STACKS:
+            _, old = self._open.popitem(last=False)
+            old.close()
+        return handle
+
+    def read(self, rows=None) -> np.ndarray:
+        """Images of particles ``rows`` (default: all) as float32 (len(rows), box, box).
+
+        Reads are grouped by stack, each stack in increasing index order.
+        InputError for an index beyond the stack, a wrong image size or a NaN/Inf pixel.
+        """
+        rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
+        rows = rows.reshape(-1)
+        if rows.size == 0:
+            return np.zeros((0, 0, 0), dtype=np.float32)
+        boxes = np.unique(self.box_px[rows])
+        if boxes.size != 1:
+            raise ValueError(f"rows span several image sizes {boxes.tolist()}; read them "
+                             "separately (one optics box per call)")
+        box = int(boxes[0])
+        sid = self.stack_id[rows]
+        order = np.argsort(sid, kind="stable")
+        sorted_sid = sid[order]
+        cuts = np.flatnonzero(np.diff(sorted_sid)) + 1
+        starts = np.concatenate([[0], cuts])
+        ends = np.concatenate([cuts, [rows.size]])
+        out = None
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            s = int(sorted_sid[a])
+            positions = order[a:b]
+            idx0 = self.indices[rows[positions]] - 1            # 0-based sections
+            data = self._handle(s).data
+            path = self.stack_paths[s]
+            if data.ndim == 2:
+                data = data[np.newaxis]
+            if data.ndim != 3:
+                raise InputError("particle stack must hold 2D images (not a volume stack)",
+                                 file=path, field="nx/ny/nz", value=tuple(data.shape))
+            n_sections, ny, nx = data.shape
+            if ny != box or nx != box:
+                raise InputError(f"stack images are {nx}x{ny} px, expected {box}", file=path,
+                                 field="rlnImageSize", value=(nx, ny))
+            if idx0.max() >= n_sections:
+                k = int(np.argmax(idx0))
+                raise InputError(f"image index beyond the {n_sections} sections of the stack",
+                                 file=path, field="rlnImageName",
+                                 value=str(self.particles.image_names[rows[positions[k]]]))
+            if out is None:
+                out = np.empty((rows.size, box, box), dtype=np.float32)
+            by_index = np.argsort(idx0, kind="stable")
+            sorted_idx = idx0[by_index]
+            block = np.asarray(data[sorted_idx], dtype=np.float32)   # one gather per stack
+            finite = np.isfinite(block).reshape(block.shape[0], -1).all(axis=1)
+            if not finite.all():
+                k = int(np.flatnonzero(~finite)[0])
+                bad = block[k][~np.isfinite(block[k])][0]
+                index = int(sorted_idx[k]) + 1
+                raise InputError(f"image {index} of the stack contains a non-finite pixel",
+                                 file=path, field=f"image {index}", value=float(bad))
+            out[positions[by_index]] = block
+        return out

@@ -1,0 +1,33 @@
+"""One entry point for particle files: RELION STAR (3.0/3.1+) or CryoSPARC ``.cs``."""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import InputError
+from ..particles import ParticleSet
+
+STAR_EXTENSIONS = (".star",)
+CS_EXTENSIONS = (".cs",)
+
+
+def load_particles(path, project_dir=None, passthrough=(), cs_project_dir=None) -> ParticleSet:
+    """Read aligned particles from ``path``, dispatching on its extension.
+
+    ``.star``: :func:`hetclass.io.star.read_star` (``project_dir`` resolves stack paths; default
+    the current directory). ``.cs``: :func:`hetclass.io.cryosparc.read_cs` with the
+    ``passthrough`` files and ``cs_project_dir``. InputError for a missing file or an
+    unknown extension.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError("particle file not found", file=path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext in STAR_EXTENSIONS:
+        from .star import read_star
+        return read_star(path, project_dir=project_dir)
+    if ext in CS_EXTENSIONS:
+        from .cryosparc import read_cs  # written separately; imported only when needed
+        return read_cs(path, passthrough=passthrough, project_dir=cs_project_dir)
+    raise InputError("unknown particle file type: expected a RELION .star or a CryoSPARC .cs "
+                     "file", file=path, field="extension", value=ext or "(none)")

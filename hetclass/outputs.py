@@ -1,0 +1,153 @@
+"""RELION Class3D-style outputs of one classification (file names in one place).
+
+``run_data.star``     input tables + rlnClassNumber (1-based), rlnMaxValueProbDistribution,
+                      rlnLogLikeliContribution, rlnNrOfSignificantSamples
+``run_model.star``    data_model_general, data_model_classes, data_model_class_N, noise spectra
+``run_classNNN.mrc``  class maps at the original box and pixel size (+ ``run_half{1,2}_classNNN_unfil.mrc``)
+``run_posteriors.npy`` (n, K) float32 posterior matrix, rows in input order
+``run.json``          parameters, seed, versions, per-iteration statistics, timings
+``run_particles.cs``  (CryoSPARC input only) original fields + alignments3D/class(_posterior)
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict
+from typing import Dict
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .fourier import resize_volume
+from .io.atomic import atomic_save_npy, atomic_write_json
+from .io.mrc import write_map
+from .io.star import write_particles_star, write_star_blocks
+
+DATA_STAR = "run_data.star"
+MODEL_STAR = "run_model.star"
+POSTERIORS = "run_posteriors.npy"
+RUN_JSON = "run.json"
+CS_OUT = "run_particles.cs"
+
+
+def class_map_name(k: int) -> str:
+    return f"run_class{k + 1:03d}.mrc"
+
+
+def half_map_name(half: int, k: int) -> str:
+    return f"run_half{half + 1}_class{k + 1:03d}_unfil.mrc"
+
+
+def _spectral_table(values: Dict[str, np.ndarray], box_px: int, pixel_size_A: float) -> pd.DataFrame:
+    n = box_px // 2 + 1
+    idx = np.arange(n)
+    res = idx / (box_px * pixel_size_A)
+    table = {"rlnSpectralIndex": idx, "rlnResolution": res,
+             "rlnAngstromResolution": np.where(idx > 0, 1.0 / np.maximum(res, 1e-12), 999.0)}
+    for name, v in values.items():
+        full = np.zeros(n)
+        v = np.asarray(v, dtype=np.float64)
+        full[:min(n, v.size)] = v[:n]
+        table[name] = full
+    return pd.DataFrame(table)
+
+
+def model_blocks(result, particles, options, files: Dict[str, str], out_dir: str) -> dict:
+    """The blocks of run_model.star (RELION 3.1 names)."""
+    k = result.maps.shape[0]
+    state = result.state
+    big = int(particles.box_px[0])
+    psize = float(particles.pixel_size_A[0])
+    post = result.posteriors
+    general = {
+        "rlnReferenceDimensionality": 3, "rlnDataDimensionality": 2,
+        "rlnOriginalImageSize": big, "rlnCurrentResolution": float(np.min(result.resolution_A)),
+        "rlnCurrentImageSize": int(result.maps.shape[-1]), "rlnPaddingFactor": 2.0,
+        "rlnIsHelix": 0, "rlnFourierSpaceInterpolator": 1, "rlnMinRadiusNnInterpolation": 10,
+        "rlnPixelSize": psize, "rlnNrClasses": k, "rlnNrBodies": 1,
+        "rlnNrGroups": int(state.sigma2.shape[0]), "rlnTau2FudgeFactor": float(options.tau2_fudge),
+        "rlnNormCorrectionAverage": 1.0, "rlnSigmaOffsetsAngst": 0.0,
+        "rlnOrientationalPriorMode": 0, "rlnSigmaPriorRotAngle": 0.0,
+        "rlnSigmaPriorTiltAngle": 0.0, "rlnSigmaPriorPsiAngle": 0.0,
+        "rlnLogLikelihood": float(np.sum(result.log_likelihood)),
+        "rlnAveragePmax": float(post.max(1).mean()) if post.size else 0.0,
+    }
+    classes = pd.DataFrame({
+        "rlnReferenceImage": [files[class_map_name(j)] for j in range(k)],
+        "rlnClassDistribution": np.asarray(result.class_fractions, dtype=np.float64),
+        "rlnAccuracyRotations": np.full(k, 999.0),
+        "rlnAccuracyTranslationsAngst": np.full(k, 999.0),
+        "rlnEstimatedResolution": np.asarray(result.resolution_A, dtype=np.float64),
+        "rlnOverallFourierCompleteness": np.ones(k),
+    })
+    blocks = {"model_general": general, "model_classes": classes}
+    for j in range(k):
+        f = np.clip(result.fsc[j], -1, 0.999999)
+        ssnr = np.maximum(2 * f / (1 - f), 0.0)  # SSNR of the full map from the half-map FSC
+        blocks[f"model_class_{j + 1}"] = _spectral_table({
+            "rlnSsnrMap": ssnr, "rlnGoldStandardFsc": result.fsc[j],
+            "rlnFourierCompleteness": np.ones(result.fsc.shape[1]),
+            "rlnReferenceSigma2": np.zeros(result.fsc.shape[1]),
+            "rlnReferenceTau2": state.tau2[j]}, big, psize)
+    groups = particles.optics
+    counts = np.bincount(particles.optics_group, minlength=len(groups))
+    blocks["model_groups"] = pd.DataFrame({
+        "rlnGroupNumber": np.arange(1, len(groups) + 1), "rlnGroupName": list(groups.names),
+        "rlnGroupNrParticles": counts, "rlnGroupScaleCorrection": np.ones(len(groups))})
+    for g in range(len(groups)):
+        blocks[f"model_group_{g + 1}"] = _spectral_table(
+            {"rlnSigma2Noise": state.sigma2[g]}, big, psize)
+    return blocks
+
+
+def write_classify_outputs(out_dir: str, particles, result, options, run_info: dict) -> Dict[str, str]:
+    """Write every output file atomically; returns {name: path as referenced in STAR files}."""
+    k = result.maps.shape[0]
+    big = int(particles.box_px[0])
+    psize = float(particles.pixel_size_A[0])
+    files = {}
+    for j in range(k):
+        name = class_map_name(j)
+        write_map(os.path.join(out_dir, name), resize_volume(result.maps[j], big), psize)
+        files[name] = os.path.join(out_dir, name)
+        for h in range(2):
+            hname = half_map_name(h, j)
+            write_map(os.path.join(out_dir, hname), resize_volume(result.half_maps[h, j], big), psize)
+            files[hname] = os.path.join(out_dir, hname)
+    post = result.posteriors
+    labels = result.labels
+    extra = {
+        "rlnClassNumber": labels.astype(np.int64) + 1,
+        "rlnMaxValueProbDistribution": post.max(1).astype(np.float64),
+        "rlnLogLikeliContribution": np.asarray(result.log_likelihood, dtype=np.float64),
+        "rlnNrOfSignificantSamples": (post >= 0.01).sum(1).astype(np.int64),
+    }
+    write_particles_star(os.path.join(out_dir, DATA_STAR), particles, extra)
+    files[DATA_STAR] = os.path.join(out_dir, DATA_STAR)
+    write_star_blocks(os.path.join(out_dir, MODEL_STAR),
+                      model_blocks(result, particles, options, files, out_dir))
+    files[MODEL_STAR] = os.path.join(out_dir, MODEL_STAR)
+    atomic_save_npy(os.path.join(out_dir, POSTERIORS), post.astype(np.float32))
+    files[POSTERIORS] = os.path.join(out_dir, POSTERIORS)
+    if particles.source.get("format") == "cs":
+        from .io.cryosparc_write import write_class_subsets
+        written = write_class_subsets(out_dir, particles, labels, post, prefix="run", n_classes=k)
+        for key, paths in written.items():
+            for p in (paths if isinstance(paths, (tuple, list)) else [paths]):
+                files[os.path.basename(p)] = p
+    info = dict(run_info)
+    info.update({
+        "hetclass_version": __version__, "python": platform.python_version(),
+        "numpy": np.__version__, "options": asdict(options),
+        "n_particles": int(len(particles)), "classes": k,
+        "class_fractions": np.asarray(result.class_fractions).tolist(),
+        "resolution_A": np.asarray(result.resolution_A).tolist(),
+        "iterations": result.stats, "converged": bool(result.state.converged),
+        "map_pixel_size_A": psize, "map_box_px": big,
+        "files": {name: os.path.basename(p) for name, p in files.items()},
+    })
+    atomic_write_json(os.path.join(out_dir, RUN_JSON), info)
+    files[RUN_JSON] = os.path.join(out_dir, RUN_JSON)
+    return files

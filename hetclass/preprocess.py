@@ -1,0 +1,186 @@
+"""Images -> centred, Fourier-cropped, masked coefficient vectors with their CTFs (done once).
+
+For every particle: FFT, phase shift by its origin (translating by ``+shifts_A / pixel``
+centres it), Fourier crop to the box needed for the target resolution, apply the soft
+circular particle mask in real space, and keep the ``M`` half-plane coefficients of
+:mod:`hetclass.fourier`. The CTF at those coefficients is computed once as well, so the
+EM never touches images, shifts or CTF parameters again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from .ctf import ctf_values
+from .errors import InputError
+from .fourier import CoefficientSet, centred_rfft2, coefficient_set
+from .masks import soft_disk
+from .particles import ParticleSet
+
+
+@dataclass
+class CropPlan:
+    """Sizes derived from the box, pixel size and target resolution."""
+
+    box_px: int            # original image side B
+    pixel_size_A: float    # original pixel size
+    crop_box_px: int       # b, side of the cropped images and maps
+    target_shell: int      # last shell used in the likelihood (target resolution)
+    data_shell: int        # last shell kept in the data (target + margin, < b/2)
+    target_res_A: float
+
+    @property
+    def crop_pixel_size_A(self) -> float:
+        return self.pixel_size_A * self.box_px / self.crop_box_px
+
+
+def default_target_res_A(box_px: int, pixel_size_A: float) -> float:
+    """Twice the Nyquist resolution, but never finer than 8 A (classification rarely needs more)."""
+    return max(4.0 * pixel_size_A, 8.0)
+
+
+def plan_crop(box_px: int, pixel_size_A: float, target_res_A: Optional[float],
+              margin_shells: int = 2) -> CropPlan:
+    """Choose the cropped box: the target shell plus ``margin_shells`` must fit inside it.
+
+    A target finer than the data allow is clamped to the finest usable shell.
+    """
+    if target_res_A is None:
+        target_res_A = default_target_res_A(box_px, pixel_size_A)
+    if not target_res_A > 0:
+        raise InputError("target resolution must be positive", field="--target-res",
+                         value=target_res_A)
+    max_shell = box_px // 2 - 1 - margin_shells
+    if max_shell < 2:
+        raise InputError("box too small to classify", field="rlnImageSize", value=box_px)
+    target_shell = int(math.floor(box_px * pixel_size_A / float(target_res_A) + 1e-6))
+    target_shell = max(2, min(target_shell, max_shell))
+    data_shell = target_shell + margin_shells
+    crop = min(box_px, 2 * (data_shell + 2))
+    crop += crop % 2
+    crop = min(crop, box_px)
+    return CropPlan(int(box_px), float(pixel_size_A), int(crop), int(target_shell),
+                    int(min(data_shell, crop // 2 - 1)),
+                    float(box_px * pixel_size_A / target_shell))
+
+
+@dataclass
+class FourierData:
+    """Preprocessed particles (all arrays on the host, ordered as the ParticleSet)."""
+
+    plan: CropPlan
+    coeffs: CoefficientSet
+    data: np.ndarray          # (n, M) complex64
+    ctf: np.ndarray           # (n, M) float32
+    rotations: np.ndarray     # (n, 3, 3) float64
+    group: np.ndarray         # (n,) int64, optics group
+    n_groups: int
+    subset: np.ndarray        # (n,) int64 in {1, 2}
+    diameter_A: float
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+
+def _crop_rfft(f: np.ndarray, crop: int) -> np.ndarray:
+    """Crop (n, B, B//2+1) rfft2 arrays to (n, b, b//2+1) (frequencies |ky| < b/2 kept)."""
+    big = f.shape[-2]
+    if crop == big:
+        return f
+    half = crop // 2
+    out = np.empty(f.shape[:-2] + (crop, half + 1), dtype=f.dtype)
+    out[..., :half, :] = f[..., :half, :half + 1]
+    out[..., half:, :] = f[..., big - half:, :half + 1]
+    out[..., half, :] = 0  # the Nyquist row of the small box has no unique partner
+    return out
+
+
+def preprocess_batch(images: np.ndarray, shifts_px: np.ndarray, plan: CropPlan,
+                     coeffs: CoefficientSet, disk: np.ndarray) -> np.ndarray:
+    """(n, B, B) images -> (n, M) complex64 coefficients, centred, cropped and masked."""
+    big = plan.box_px
+    f = centred_rfft2(np.asarray(images, dtype=np.float32))
+    ky = np.fft.fftfreq(big, d=1.0 / big)[:, None]
+    kx = np.arange(big // 2 + 1)[None, :]
+    phase = -2.0 * np.pi * (kx[None] * shifts_px[:, 0, None, None]
+                            + ky[None] * shifts_px[:, 1, None, None]) / big
+    f = f * np.exp(1j * phase).astype(np.complex64)
+    small = _crop_rfft(f, plan.crop_box_px) * (plan.crop_box_px / big) ** 2
+    img = np.fft.fftshift(np.fft.irfft2(small, s=(plan.crop_box_px,) * 2, axes=(-2, -1)),
+                          axes=(-2, -1))
+    img *= disk
+    g = centred_rfft2(img.astype(np.float32))
+    return g.reshape(g.shape[0], -1)[:, coeffs.flat_index].astype(np.complex64)
+
+
+def ctf_for(particles: ParticleSet, rows: np.ndarray, coeffs: CoefficientSet,
+            plan: CropPlan) -> np.ndarray:
+    """(len(rows), M) float32 CTF at the kept coefficients."""
+    g = particles.optics_group[rows]
+    o = particles.optics
+    size_A = plan.box_px * plan.pixel_size_A
+    fx = coeffs.kx / size_A
+    fy = coeffs.ky / size_A
+    return ctf_values(fx, fy, particles.defocus_u_A[rows], particles.defocus_v_A[rows],
+                      particles.defocus_angle_deg[rows], o.voltage_kV[g], o.cs_mm[g],
+                      o.amplitude_contrast[g], particles.phase_shift()[rows],
+                      particles.bfactor()[rows], particles.scale()[rows])
+
+
+def half_sets(particles: ParticleSet, seed_seq: np.random.SeedSequence) -> np.ndarray:
+    """rlnRandomSubset when present and complete, else a seeded random 50/50 split."""
+    sub = particles.subsets()
+    if np.all((sub == 1) | (sub == 2)) and np.any(sub == 1) and np.any(sub == 2):
+        return sub.astype(np.int64)
+    rng = np.random.default_rng(seed_seq)
+    out = np.ones(len(particles), dtype=np.int64)
+    out[rng.permutation(len(particles))[: len(particles) // 2]] = 2
+    return out
+
+
+def preprocess(particles: ParticleSet, read_images: Callable[[np.ndarray], np.ndarray],
+               target_res_A: Optional[float], diameter_A: Optional[float],
+               seed_seq: np.random.SeedSequence, batch_size: int = 512,
+               progress: Optional[Callable] = None, abort_check: Optional[Callable] = None
+               ) -> FourierData:
+    """Read every image once (in batches via ``read_images(rows)``) and build FourierData."""
+    n = len(particles)
+    box = np.unique(particles.box_px)
+    psize = np.unique(np.round(particles.pixel_size_A, 4))
+    if box.size != 1:
+        raise InputError("all particles must have the same box size", field="rlnImageSize",
+                         value=box.tolist())
+    if psize.size != 1 and (psize.max() - psize.min()) / psize.min() > 0.01:
+        raise InputError("all optics groups must have the same pixel size (rescale first)",
+                         field="rlnImagePixelSize", value=psize.tolist())
+    big, p = int(box[0]), float(particles.pixel_size_A[0])
+    plan = plan_crop(big, p, target_res_A)
+    coeffs = coefficient_set(plan.crop_box_px, plan.data_shell)
+    if diameter_A is None:
+        diameter_A = 0.85 * big * p
+    if not diameter_A > 0:
+        raise InputError("particle diameter must be positive", field="--particle-diameter",
+                         value=diameter_A)
+    radius_px = min(diameter_A / 2 / plan.crop_pixel_size_A, plan.crop_box_px / 2 - 1)
+    disk = soft_disk(plan.crop_box_px, radius_px - 1.5, edge_px=3.0)
+    data = np.empty((n, coeffs.size), dtype=np.complex64)
+    ctf = np.empty((n, coeffs.size), dtype=np.float32)
+    shifts_px = particles.shifts_A / particles.pixel_size_A[:, None]
+    for start in range(0, n, batch_size):
+        if abort_check is not None:
+            abort_check()
+        rows = np.arange(start, min(n, start + batch_size))
+        images = read_images(rows)
+        data[rows] = preprocess_batch(images, shifts_px[rows], plan, coeffs, disk)
+        ctf[rows] = ctf_for(particles, rows, coeffs, plan)
+        if progress is not None:
+            progress("batch", stage="preprocess", done=int(rows[-1] + 1), total=n)
+    return FourierData(plan=plan, coeffs=coeffs, data=data, ctf=ctf,
+                       rotations=np.asarray(particles.rotations, dtype=np.float64),
+                       group=np.asarray(particles.optics_group, dtype=np.int64),
+                       n_groups=len(particles.optics), subset=half_sets(particles, seed_seq),
+                       diameter_A=float(diameter_A))

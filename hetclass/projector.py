@@ -1,0 +1,91 @@
+"""Fourier slice extraction and insertion as one sparse trilinear operator.
+
+With poses fixed, the map from a class volume's padded Fourier grid to a particle's ``M``
+data coefficients never changes: it is a sparse matrix ``P`` (rows: particle x coefficient,
+columns: grid voxels, 8 trilinear weights per row). Projection is ``P @ V`` and
+back-projection is ``P.T @ W``; both run in compiled code (scipy.sparse) for all classes
+at once (the classes are the dense matrix's columns).
+
+Geometry: coefficient ``(kx, ky)`` of particle ``i`` samples the volume transform at
+``A_i.T @ (kx, ky, 0)`` (see :mod:`hetclass.particles`), scaled by the padding factor, on a
+centred grid of side ``N = pad * b`` indexed ``[z, y, x]`` (see :mod:`hetclass.fourier`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from .fourier import CoefficientSet
+
+
+def grid_side(box_px: int, pad: int) -> int:
+    return int(pad) * int(box_px)
+
+
+def slice_operator(rotations: np.ndarray, coeffs: CoefficientSet, pad: int) -> sp.csr_matrix:
+    """Sparse (n * M, N**3) float32 trilinear operator for particles with matrices ``rotations``.
+
+    Rows are ordered particle-major (row ``i * M + m``). Requires ``coeffs.r_max_px <
+    box/2`` so that every neighbour lies inside the grid.
+    """
+    n = rotations.shape[0]
+    m = coeffs.size
+    side = grid_side(coeffs.box_px, pad)
+    if coeffs.r_max_px * pad + 1 >= side // 2 + side // 2:
+        raise ValueError("coefficient radius too large for the padded grid")
+    k2 = np.stack([coeffs.kx, coeffs.ky], axis=0).astype(np.float64) * pad  # (2, M)
+    # q = A.T @ (kx, ky, 0): uses the first two rows of A.
+    rt = np.ascontiguousarray(rotations[:, :2, :].transpose(0, 2, 1))  # (n, 3, 2)
+    q = rt @ k2 + side // 2  # (n, 3, M) grid coordinates (x, y, z)
+    q = q.astype(np.float32)
+    base = np.floor(q)
+    frac = q - base
+    base = base.astype(np.int32)
+    x0, y0, z0 = base[:, 0], base[:, 1], base[:, 2]
+    fx, fy, fz = frac[:, 0], frac[:, 1], frac[:, 2]
+    indices = np.empty((n, m, 8), dtype=np.int32)
+    weights = np.empty((n, m, 8), dtype=np.float32)
+    s2 = side * side
+    corner = 0
+    for dz in (0, 1):
+        wz = fz if dz else 1.0 - fz
+        iz = (z0 + dz) * s2
+        for dy in (0, 1):
+            wy = fy if dy else 1.0 - fy
+            izy = iz + (y0 + dy) * side
+            wzy = wz * wy
+            for dx in (0, 1):
+                wx = fx if dx else 1.0 - fx
+                indices[:, :, corner] = izy + x0 + dx
+                weights[:, :, corner] = wzy * wx
+                corner += 1
+    rows = n * m
+    indptr = np.arange(0, 8 * rows + 1, 8, dtype=np.int64 if 8 * rows >= 2 ** 31 else np.int32)
+    return sp.csr_matrix((weights.reshape(-1), indices.reshape(-1), indptr),
+                         shape=(rows, side ** 3))
+
+
+def project(operator: sp.csr_matrix, grids_stacked: np.ndarray, n: int, m: int) -> np.ndarray:
+    """Slices of K volumes: ``grids_stacked`` is (N**3, K) complex64 -> (n, M, K) complex64."""
+    k = grids_stacked.shape[1]
+    real = grids_stacked.view(np.float32)  # (N**3, 2K), re/im interleaved per class
+    out = operator @ real
+    return np.ascontiguousarray(out, dtype=np.float32).view(np.complex64).reshape(n, m, k)
+
+
+def backproject(operator: sp.csr_matrix, values: np.ndarray) -> np.ndarray:
+    """Adjoint: ``values`` (n * M, C) float32 -> (N**3, C) float32 summed onto the grid."""
+    return operator.T @ values
+
+
+def stack_grids(grids: np.ndarray) -> np.ndarray:
+    """(K, N, N, N) complex -> (N**3, K) complex64 contiguous (classes as columns)."""
+    k = grids.shape[0]
+    return np.ascontiguousarray(grids.reshape(k, -1).T, dtype=np.complex64)
+
+
+def hermitian_flip(grid: np.ndarray) -> np.ndarray:
+    """``out[p] = grid[-p]`` for a centred even grid (last three axes); index 0 wraps to 0."""
+    flipped = grid[..., ::-1, ::-1, ::-1]
+    return np.roll(flipped, 1, axis=(-3, -2, -1))

@@ -1,0 +1,274 @@
+"""Files written by ``hetclass stability`` and ``hetclass exhaustive`` (names in one place).
+
+stability (``out_dir``):
+
+``consensus_data.star``          input columns + rlnClassNumber (consensus, 1-based; 0 for a
+                                 particle no replicate contained) + rlnHetclassStability
+                                 (fraction of replicates agreeing with the consensus) +
+                                 rlnMaxValueProbDistribution (max posterior, mean over replicates)
+``stable_core_classNNN.star``    the members of class NNN with stability >= core threshold
+``consensus_classNNN.mrc``       class map reconstructed from the stable core, original box
+                                 and pixel size (+ ``consensus_half{1,2}_classNNN_unfil.mrc``)
+``continuous_particles.star``    ("continuous"/"mixed" only) the particles of the continuous
+                                 part, for cryoDRGN / cryoSPARC 3DVA
+``replicate_labels.npz``         per K an (R, n) int array ``k<K>`` of replicate labels in
+                                 consensus numbering (-1 = left out by subsampling)
+``summary.json``                 schema in docs/stability.md
+``report.html``                  self-contained report
+
+exhaustive (``out_dir``): ``tree.json``, ``leafNN_node<ID>.star`` / ``.mrc`` (+ half maps),
+``report.html``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from typing import Dict, Optional
+
+import numpy as np
+
+from .. import __version__
+from ..fourier import resize_volume
+from ..io.atomic import atomic_path, atomic_write_json
+from ..io.mrc import write_map
+from ..io.star import write_particles_star
+from .report import format_key_tables, write_exhaustive_report, write_stability_report
+
+SCHEMA = "hetclass.stability/1"
+TREE_SCHEMA = "hetclass.exhaustive/1"
+CONSENSUS_STAR = "consensus_data.star"
+CONTINUOUS_STAR = "continuous_particles.star"
+LABELS_NPZ = "replicate_labels.npz"
+SUMMARY_JSON = "summary.json"
+TREE_JSON = "tree.json"
+REPORT_HTML = "report.html"
+STABILITY_COLUMN = "rlnHetclassStability"
+
+
+def core_star_name(c: int) -> str:
+    return f"stable_core_class{c + 1:03d}.star"
+
+
+def class_map_name(c: int) -> str:
+    return f"consensus_class{c + 1:03d}.mrc"
+
+
+def half_map_name(h: int, c: int) -> str:
+    return f"consensus_half{h + 1}_class{c + 1:03d}_unfil.mrc"
+
+
+def _r(x, d=4):
+    if x is None:
+        return None
+    x = float(x)
+    return round(x, d) if np.isfinite(x) else None
+
+
+def _options_dict(options) -> dict:
+    try:
+        d = asdict(options)
+    except TypeError:
+        return {}
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def _write_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+
+def _write_maps(out_dir: str, rec, columns, names, big_box: int, big_psize: float):
+    """Write full and half maps of ``rec`` columns at the original box; returns file dict."""
+    files = {}
+    for col, c in zip(columns, names):
+        path = os.path.join(out_dir, class_map_name(c))
+        write_map(path, resize_volume(rec.maps[col], big_box), big_psize)
+        files[class_map_name(c)] = path
+        for h in range(2):
+            hp = os.path.join(out_dir, half_map_name(h, c))
+            write_map(hp, resize_volume(rec.half_maps[h, col], big_box), big_psize)
+            files[half_map_name(h, c)] = hp
+    return files
+
+
+def write_stability_outputs(out_dir: str, particles, prepared, result, options,
+                            particles_path: Optional[str] = None, reconstruct=None,
+                            report: bool = True) -> dict:
+    """Write every stability output into ``out_dir`` (created if needed); returns the summary.
+
+    ``particles`` the full :class:`ParticleSet` the prepared data came from; ``result`` a
+    :class:`hetclass.stability.analysis.StabilityResult` over ``result.rows`` of it.
+    """
+    if reconstruct is None:
+        from ..engine import reconstruct
+    os.makedirs(out_dir, exist_ok=True)
+    rows = result.rows
+    n_all = len(particles)
+    k = result.chosen_k
+    scores = result.per_k[k]
+    verdict = result.verdict
+    files: Dict[str, str] = {}
+    big_box = int(particles.box_px[0])
+    big_psize = float(particles.pixel_size_A[0])
+
+    # per-particle columns over the whole input (rows outside result.rows: class 0)
+    class_number = np.zeros(n_all, dtype=np.int64)
+    stability = np.zeros(n_all)
+    max_post = np.zeros(n_all)
+    class_number[rows] = scores.consensus + 1
+    stability[rows] = np.nan_to_num(scores.particle_stability, nan=0.0)
+    max_post[rows] = np.nan_to_num(scores.max_posterior, nan=0.0)
+    columns = {"rlnClassNumber": class_number, STABILITY_COLUMN: np.round(stability, 4),
+               "rlnMaxValueProbDistribution": np.round(max_post, 6)}
+    path = os.path.join(out_dir, CONSENSUS_STAR)
+    write_particles_star(path, particles, columns)
+    files[CONSENSUS_STAR] = path
+
+    # stable cores and their maps
+    core = scores.consensus[None, :] == np.arange(k)[:, None]
+    core &= (scores.particle_stability >= scores.core_min_stability)[None, :]
+    weights = core.T.astype(np.float64)                          # (n_rows, K)
+    have = [c for c in range(k) if core[c].any()]
+    class_info = []
+    rec = None
+    if have:
+        rec = reconstruct(prepared, weights[:, have], rows=rows)
+        files.update(_write_maps(out_dir, rec, range(len(have)), have, big_box, big_psize))
+    class_fsc = {}
+    class_maps = []
+    class_dicts = scores.to_dict()["classes"]
+    for c in range(k):
+        info = class_dicts[c]
+        members = rows[core[c]]
+        if members.size:
+            p = os.path.join(out_dir, core_star_name(c))
+            sub = particles.take(members)
+            write_particles_star(p, sub, {key: v[members] for key, v in columns.items()})
+            files[core_star_name(c)] = p
+            col = have.index(c)
+            info["core_resolution_A"] = _r(rec.resolution_A[col], 2)
+            info["core_star"] = core_star_name(c)
+            info["map"] = class_map_name(c)
+            info["half_maps"] = [half_map_name(0, c), half_map_name(1, c)]
+            class_fsc[f"class {c + 1}"] = np.asarray(rec.fsc[col])
+            class_maps.append(rec.maps[col])
+        else:
+            info.update({"core_resolution_A": None, "core_star": None, "map": None,
+                         "half_maps": None})
+        class_info.append(info)
+
+    # continuous part
+    cont = None
+    if verdict.heterogeneity in ("continuous", "mixed") and verdict.affected.any():
+        members = rows[verdict.affected]
+        p = os.path.join(out_dir, CONTINUOUS_STAR)
+        write_particles_star(p, particles.take(members), {key: v[members] for key, v in columns.items()})
+        files[CONTINUOUS_STAR] = p
+        cont = {"star": CONTINUOUS_STAR, "n_particles": int(members.size),
+                "note": "particles of the continuous part, with their poses and CTF, ready "
+                        "for cryoDRGN or cryoSPARC 3D variability analysis"}
+
+    labels_path = os.path.join(out_dir, LABELS_NPZ)
+    _write_npz(labels_path, {f"k{kk}": s.aligned for kk, s in result.per_k.items() if kk >= 2}
+               or {"k1": np.zeros((1, rows.size), np.int64)})
+    files[LABELS_NPZ] = labels_path
+
+    per_k = {}
+    for kk, s in sorted(result.per_k.items()):
+        d = s.to_dict()
+        d["seconds"] = _r(result.seconds.get(f"k{kk}"), 2)
+        if kk in result.runs:
+            d["replicate_resolution_A"] = np.round(result.runs[kk].resolution_A, 2).tolist()
+            d["replicate_iterations"] = [len(h) for h in result.runs[kk].histories]
+        per_k[str(kk)] = d
+    summary = {
+        "schema": SCHEMA, "hetclass_version": __version__, "command": "stability",
+        "input": {"particles": particles_path, "n_particles": int(rows.size)},
+        "parameters": {"k_values": result.k_values, "replicates": result.n_replicates,
+                       "subsample": result.subsample, "seed": result.seed,
+                       "core_min_stability": scores.core_min_stability,
+                       "classify_options": _options_dict(options)},
+        "recommended_classes": int(verdict.recommended_k),
+        "heterogeneity": verdict.heterogeneity,
+        "reasons": list(verdict.reasons),
+        "consensus_k": int(k),
+        "classes": class_info,
+        "per_k": per_k,
+        "evidence": verdict.evidence,
+        "continuous_particles": cont,
+        "map_pixel_size_A": big_psize, "map_box_px": big_box,
+        "timings_s": {key: _r(v, 2) for key, v in result.seconds.items()},
+        "files": {name: os.path.relpath(p, out_dir) for name, p in files.items()},
+    }
+    if report:
+        summary["files"][REPORT_HTML] = REPORT_HTML
+        crop_box = int(class_maps[0].shape[0]) if class_maps else big_box
+        write_stability_report(os.path.join(out_dir, REPORT_HTML), summary, result, class_maps,
+                               class_fsc, crop_box, float(prepared.pixel_size_A))
+    summary["files"][SUMMARY_JSON] = SUMMARY_JSON
+    atomic_write_json(os.path.join(out_dir, SUMMARY_JSON), summary)
+    return summary
+
+
+def leaf_name(i: int, node_id: str) -> str:
+    return f"leaf{i + 1:02d}_node{node_id}"
+
+
+def write_exhaustive_outputs(out_dir: str, particles, prepared, root, options, parameters: dict,
+                             particles_path: Optional[str] = None, report: bool = True) -> dict:
+    """Write ``tree.json``, leaf STAR files and maps, and the report; returns the tree summary.
+
+    ``root`` the :class:`hetclass.stability.exhaustive.Node` from ``explore``.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    big_box = int(particles.box_px[0])
+    big_psize = float(particles.pixel_size_A[0])
+    leaves = []
+    leaf_of = np.zeros(len(particles), dtype=np.int64)
+    for i, leaf in enumerate(root.leaves()):
+        leaf_of[leaf.rows] = i + 1
+    for i, leaf in enumerate(root.leaves()):
+        name = leaf_name(i, leaf.node_id)
+        star = os.path.join(out_dir, name + ".star")
+        write_particles_star(star, particles.take(leaf.rows),
+                             {"rlnClassNumber": np.full(leaf.n_particles, i + 1)})
+        entry = {"id": leaf.node_id, "n_particles": leaf.n_particles, "reason": leaf.reason,
+                 "resolution_A": _r(leaf.resolution_A, 2), "star": name + ".star"}
+        if leaf.map is not None:
+            write_map(os.path.join(out_dir, name + ".mrc"), resize_volume(leaf.map, big_box), big_psize)
+            entry["map"] = name + ".mrc"
+            for h in range(2):
+                hn = f"{name}_half{h + 1}_unfil.mrc"
+                write_map(os.path.join(out_dir, hn), resize_volume(leaf.half_maps[h], big_box),
+                          big_psize)
+            entry["half_maps"] = [f"{name}_half1_unfil.mrc", f"{name}_half2_unfil.mrc"]
+        leaves.append(entry)
+    all_star = os.path.join(out_dir, "leaves_data.star")
+    write_particles_star(all_star, particles, {"rlnClassNumber": leaf_of})
+    summary = {"schema": TREE_SCHEMA, "hetclass_version": __version__, "command": "exhaustive",
+               "input": {"particles": particles_path, "n_particles": int(root.n_particles)},
+               "parameters": {**parameters, "classify_options": _options_dict(options)},
+               "leaves": leaves, "leaves_star": "leaves_data.star", "tree": root.to_dict()}
+    if report:
+        maps = [lf.map for lf in root.leaves() if lf.map is not None]
+        names = [f"leaf {i + 1} ({lf.node_id})" for i, lf in enumerate(root.leaves())
+                 if lf.map is not None]
+        tests = {n.node_id: n.map_test for n in root.walk() if n.map_test}
+        write_exhaustive_report(os.path.join(out_dir, REPORT_HTML), summary, maps, names, tests)
+    atomic_write_json(os.path.join(out_dir, TREE_JSON), summary)
+    return summary
+
+
+def stability_key_tables(summary: dict) -> str:
+    """Text tables for the CLI (same content as the report's)."""
+    return format_key_tables(summary)
+
+
+def exhaustive_key_table(summary: dict) -> str:
+    from .report import text_table
+    rows = [[str(i + 1), lf["id"], str(lf["n_particles"]), lf["reason"] or "-",
+             "-" if lf["resolution_A"] is None else f"{lf['resolution_A']:.1f}", lf["star"]]
+            for i, lf in enumerate(summary["leaves"])]
+    return "leaves:\n" + text_table(["leaf", "node", "particles", "reason", "res. A", "star"], rows)

@@ -1,0 +1,374 @@
+"""Choosing K and diagnosing discrete versus continuous heterogeneity.
+
+:func:`recommended_k` -- the largest K whose classes are all stable (mean Jaccard >= 0.75)
+and pass the random-overlap test for every replicate pair; 1 when no split is reproducible.
+
+:func:`heterogeneity_verdict` -- "homogeneous" | "discrete" | "continuous" | "mixed" from
+five pieces of evidence, each returned with its numbers:
+
+(a) ``stability_vs_k``: the weakest class's mean Jaccard per K. A plateau of stable K
+    followed by a drop (or a plateau up to the largest K tried) is discrete-like; a
+    gradual decline without a step of at least ``drop_min`` is continuous-like.
+(b) ``neighbour_disagreement``: replicate disagreement (off-diagonal confusion summed over
+    replicate pairs) after ordering the classes along the first principal component of
+    their maps; "concentrated" when most of it sits between neighbouring classes.
+(c) ``map_path``: class maps on a one-dimensional path: map distance (normalised maps)
+    grows with the distance in the PC1 order (Spearman), the two ends are much further
+    apart than neighbours, and the steps along the order are even (no dominant gap, which
+    is what an over-split discrete state gives: two near-identical maps and one big jump).
+(d) ``posterior_spread``: mean max posterior and per-particle stability at the largest K.
+
+(e) ``split_map_signal``: do the class maps of the smallest K >= 2 differ beyond their
+    half-map noise (noise-corrected squared distance / noise >= ``split_map_snr``)?
+
+Decision (thresholds in :class:`Thresholds`):
+
+* K_rec = 1: "continuous" if the class maps differ beyond noise (e), or lie on a path (c),
+  or the stability decays smoothly with disagreement between neighbours (a, b): there is
+  structural variability that no K separates reproducibly. Otherwise "homogeneous".
+* K_rec >= 2: "continuous" if the maps of the largest K lie on one path (c), the stability
+  curve has no sharp drop after K_rec (a), and either that K exceeds K_rec or its classes
+  are not all highly stable (>= 0.85; discrete states that happen to lie on a line stay
+  "discrete" -- scan a larger K to tell). A sharp drop after a plateau means the extra
+  classes are over-split states whose mixture maps lie on the line between states, so a
+  path there is not evidence of a continuum. "mixed" if the children (>= 3) of one K_rec
+  class at a larger K lie on a path. Otherwise "discrete".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from .matching import contingency, parent_of_classes
+from .scores import KScores
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    stable_jaccard: float = 0.75
+    highly_stable_jaccard: float = 0.85
+    unstable_jaccard: float = 0.6
+    drop_min: float = 0.2             # a stability step this large ends a plateau
+    path_spearman: float = 0.7
+    path_far_near: float = 1.5
+    path_gap_ratio: float = 3.0       # max / min step along the order
+    path_end_snr: float = 1.0         # ends: signal^2 / noise^2
+    split_map_snr: float = 2.0        # (e): class maps differ beyond noise
+    band_excess: float = 0.2          # band fraction must exceed the uniform 2/K by this
+    band_min: float = 0.7
+    spread_max_posterior: float = 0.8
+
+
+def recommended_k(per_k: Mapping[int, KScores]) -> int:
+    """Largest K whose non-empty classes are all stable and pass every random-overlap test."""
+    good = [k for k, s in per_k.items() if k >= 2 and s.all_stable]
+    return max(good) if good else 1
+
+
+def _r(x, digits=4):
+    if x is None:
+        return None
+    x = float(x)
+    return round(x, digits) if np.isfinite(x) else None
+
+
+def stability_curve(per_k: Mapping[int, KScores], th: Thresholds = Thresholds()) -> dict:
+    """Evidence (a): weakest-class Jaccard per K and the shape of the curve.
+
+    ``shape``: "plateau_then_drop", "plateau" (stable up to the largest K tried),
+    "smooth_decay", "no_stable_split" (the smallest K >= 2 tried is unstable), or
+    "single_k" (one K >= 2 tried and stable: shape unknown).
+    """
+    ks = sorted(k for k in per_k if k >= 2)
+    curve = {k: per_k[k].min_class_jaccard for k in ks}
+    mean_curve = {k: per_k[k].mean_class_jaccard for k in ks}
+    plateau_k = None
+    for k in ks:
+        if per_k[k].all_stable:
+            plateau_k = k
+        else:
+            break
+    drops = {f"{a}->{b}": _r(curve[a] - curve[b]) for a, b in zip(ks, ks[1:])}
+    if not ks:
+        shape = "single_k"
+    elif curve[ks[0]] < th.unstable_jaccard or not np.isfinite(curve[ks[0]]):
+        shape = "no_stable_split"
+    elif len(ks) == 1:
+        shape = "single_k"
+    elif plateau_k is not None and plateau_k == ks[-1]:
+        shape = "plateau"
+    else:
+        steps = np.array([curve[a] - curve[b] for a, b in zip(ks, ks[1:])])
+        after = ks.index(plateau_k) if plateau_k is not None else None
+        if after is not None and steps[after] >= th.drop_min:
+            shape = "plateau_then_drop"
+        else:
+            shape = "smooth_decay"
+    return {"min_class_jaccard_by_k": {str(k): _r(v) for k, v in curve.items()},
+            "mean_class_jaccard_by_k": {str(k): _r(v) for k, v in mean_curve.items()},
+            "plateau_up_to_k": plateau_k, "drops": drops, "drop_min": th.drop_min,
+            "shape": shape}
+
+
+def _sphere_mask(box: int) -> np.ndarray:
+    c = np.arange(box) - box // 2
+    z, y, x = np.meshgrid(c, c, c, indexing="ij")
+    return (x * x + y * y + z * z) <= (0.45 * box) ** 2
+
+
+def map_distances(maps: np.ndarray, half_maps: Optional[np.ndarray] = None,
+                  mask: Optional[np.ndarray] = None):
+    """Noise-corrected distances between class maps.
+
+    ``maps`` (K, b, b, b); ``half_maps`` (2, K, b, b, b) or None; ``mask`` (b, b, b) weights
+    (default a sphere of radius 0.45 b). Each map is made zero-mean inside the mask and
+    divided by its norm; ``raw2[i, j]`` is the squared distance of the normalised maps
+    (= 2 (1 - Pearson correlation)). The noise of map i, ``noise2[i] = |h1 - h2|^2 / 4``
+    in the same normalisation, is subtracted: ``signal2 = max(raw2 - noise2_i - noise2_j, 0)``
+    is the squared distance of the noise-free maps (independent particles, independent
+    noise). Without half maps ``noise2`` is 0.
+
+    Returns ``(signal (K, K) = sqrt(signal2), raw2, noise2 (K,), x (K, V) normalised maps)``.
+    """
+    maps = np.asarray(maps, dtype=np.float64)
+    k, b = maps.shape[0], maps.shape[-1]
+    w = _sphere_mask(b).astype(np.float64) if mask is None else np.asarray(mask, np.float64)
+    sel = w > 0
+    x = maps[:, sel] * w[sel]
+    x = x - x.mean(axis=1, keepdims=True)
+    norm = np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+    x = x / norm
+    raw2 = np.maximum(2.0 - 2.0 * np.clip(x @ x.T, -1.0, 1.0), 0.0)
+    noise2 = np.zeros(k)
+    if half_maps is not None:
+        h = np.asarray(half_maps, dtype=np.float64)
+        diff = (h[0][:, sel] - h[1][:, sel]) * w[sel]
+        noise2 = (np.linalg.norm(diff, axis=1) ** 2 / 4.0) / norm[:, 0] ** 2
+    signal2 = np.maximum(raw2 - noise2[:, None] - noise2[None, :], 0.0)
+    np.fill_diagonal(signal2, 0.0)
+    return np.sqrt(signal2), raw2, noise2, x
+
+
+def map_path(maps: np.ndarray, half_maps: Optional[np.ndarray] = None,
+             mask: Optional[np.ndarray] = None, th: Thresholds = Thresholds()) -> dict:
+    """Evidence (c) from class maps (K, b, b, b): do they lie on a one-dimensional path?
+
+    Distances are the noise-corrected ones of :func:`map_distances` (half maps give the
+    noise). Classes are ordered by their first principal component score. A path needs:
+    distance increasing with separation along the order (Spearman >= ``path_spearman``),
+    the two ends at least ``path_far_near`` times further apart than the mean step,
+    even steps (max/min <= ``path_gap_ratio``; a near-zero step -- two classes whose maps
+    differ by noise only, i.e. an over-split state -- fails this), and the ends differing
+    beyond noise (signal^2 / noise^2 >= ``path_end_snr``). Returns the numbers, ``order``
+    (class indices along the path) and ``is_path``.
+    """
+    dist, raw2, noise2, x = map_distances(maps, half_maps, mask)
+    k = dist.shape[0]
+    centred = x - x.mean(axis=0, keepdims=True)
+    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+    scores = centred @ vt[0]
+    order = np.argsort(scores, kind="stable")
+    var = sv ** 2
+    out = {"k": k, "order": order.tolist(),
+           "pc1_variance_fraction": _r(var[0] / var.sum()) if var.sum() > 0 else None,
+           "distance_matrix": np.round(dist, 5).tolist(),
+           "noise_squared": [_r(v, 5) for v in noise2], "is_path": False,
+           "informative": k >= 3}
+    if k < 3:
+        return out
+    d = dist[np.ix_(order, order)]
+    iu = np.triu_indices(k, 1)
+    sep = (iu[1] - iu[0]).astype(float)
+    rho = spearmanr(sep, d[iu]).correlation if np.ptp(d[iu]) > 0 else np.nan
+    steps = np.diag(d, 1)
+    near = steps.mean()
+    a, z = order[0], order[-1]
+    far = d[0, k - 1]
+    end_noise = noise2[a] + noise2[z]
+    end_snr = far ** 2 / end_noise if end_noise > 0 else np.inf
+    far_near = far / near if near > 0 else np.inf
+    gap_ratio = steps.max() / steps.min() if steps.min() > 0 else np.inf
+    is_path = bool(np.isfinite(rho) and rho >= th.path_spearman
+                   and np.isfinite(far_near) and far_near >= th.path_far_near
+                   and gap_ratio <= th.path_gap_ratio and end_snr >= th.path_end_snr)
+    out.update({"spearman_distance_vs_separation": _r(rho), "far_near_ratio": _r(far_near),
+                "step_distances": [_r(s, 5) for s in steps], "step_gap_ratio": _r(gap_ratio),
+                "end_signal_to_noise": _r(end_snr), "is_path": is_path})
+    return out
+
+
+def map_signal(maps: np.ndarray, half_maps: np.ndarray, mask: Optional[np.ndarray] = None,
+               th: Thresholds = Thresholds()) -> dict:
+    """Evidence (e): do the class maps of a split differ beyond their noise?
+
+    ``signal^2 / noise^2`` per class pair from :func:`map_distances` (squared distance of
+    the noise-free maps over the summed half-map noise). Classes of homogeneous data differ
+    by noise only (ratio about 1 or below); real structural differences give more.
+    """
+    dist, _, noise2, _ = map_distances(maps, half_maps, mask)
+    k = dist.shape[0]
+    iu = np.triu_indices(k, 1)
+    denom = (noise2[:, None] + noise2[None, :])[iu]
+    ratio = np.where(denom > 0, dist[iu] ** 2 / np.where(denom > 0, denom, 1), np.inf)
+    best = float(ratio.max()) if ratio.size else float("nan")
+    return {"k": k, "pair_signal_to_noise": [_r(v, 3) for v in ratio],
+            "max_signal_to_noise": _r(best, 3), "threshold": th.split_map_snr,
+            "beyond_noise": bool(np.isfinite(best) and best >= th.split_map_snr)}
+
+
+def neighbour_disagreement(aligned: np.ndarray, k: int, order, th: Thresholds = Thresholds()) -> dict:
+    """Evidence (b): share of replicate disagreement between neighbouring classes.
+
+    ``aligned`` (R, n) replicate labels in consensus numbering; ``order`` the class order
+    (e.g. along the map path). The confusion of every replicate pair is summed and
+    symmetrised; ``band_fraction`` is the off-diagonal mass on the first off-diagonals
+    after reordering, to compare with ``uniform_expectation`` = 2 / K.
+    """
+    aligned = np.asarray(aligned)
+    r = aligned.shape[0]
+    conf = np.zeros((k, k))
+    for i in range(r):
+        for j in range(i + 1, r):
+            t = contingency(aligned[i], aligned[j], k, k)
+            conf += t + t.T
+    order = np.asarray(order)
+    conf = conf[np.ix_(order, order)]
+    off = conf.sum() - np.trace(conf)
+    band = np.trace(conf, 1) + np.trace(conf, -1)
+    expected = 2.0 / k if k >= 2 else 1.0
+    frac = band / off if off > 0 else np.nan
+    concentrated = bool(k >= 3 and np.isfinite(frac)
+                        and frac >= max(th.band_min, expected + th.band_excess))
+    total = conf.sum()
+    return {"k": k, "order": order.tolist(), "disagreement_fraction": _r(off / total if total else np.nan),
+            "band_fraction": _r(frac), "uniform_expectation": _r(expected),
+            "concentrated": concentrated, "informative": k >= 3}
+
+
+def posterior_spread(scores: KScores, th: Thresholds = Thresholds()) -> dict:
+    """Evidence (d): per-particle posterior spread and stability for one K."""
+    mp = scores.max_posterior[np.isfinite(scores.max_posterior)]
+    ps = scores.particle_stability[np.isfinite(scores.particle_stability)]
+    mean_mp = mp.mean() if mp.size else np.nan
+    return {"k": scores.k, "mean_max_posterior": _r(mean_mp),
+            "fraction_max_posterior_below_0.9": _r((mp < 0.9).mean() if mp.size else np.nan),
+            "mean_particle_stability": _r(ps.mean() if ps.size else np.nan),
+            "fraction_particle_stability_below_0.8": _r((ps < 0.8).mean() if ps.size else np.nan),
+            "high": bool(np.isfinite(mean_mp) and mean_mp < th.spread_max_posterior)}
+
+
+@dataclass
+class Verdict:
+    recommended_k: int
+    heterogeneity: str                  # "homogeneous" | "discrete" | "continuous" | "mixed"
+    evidence: dict
+    reasons: list
+    affected: np.ndarray                # (n,) bool: particles of the continuous part
+
+
+def heterogeneity_verdict(per_k: Mapping[int, KScores], maps_by_k: Mapping[int, np.ndarray],
+                          half_maps_by_k: Optional[Mapping[int, np.ndarray]] = None,
+                          mask: Optional[np.ndarray] = None,
+                          th: Thresholds = Thresholds()) -> Verdict:
+    """Recommended K and the heterogeneity verdict with its evidence (module docstring).
+
+    ``per_k`` scores per K (K = 1 may be included); ``maps_by_k[k]`` (k, b, b, b)
+    consensus class maps, in consensus class numbering, for the K >= 3 used by (b)/(c);
+    ``half_maps_by_k[k]`` (2, k, b, b, b) their half maps (noise estimate); ``mask`` the
+    (b, b, b) region compared (default a sphere).
+    """
+    k_rec = recommended_k(per_k)
+    n = len(next(iter(per_k.values())).consensus)
+    curve = stability_curve(per_k, th)
+    evidence: Dict[str, object] = {"stability_vs_k": curve}
+    reasons = []
+    k_max = max(per_k)
+    path: Optional[dict] = None
+    band: Optional[dict] = None
+    if k_max >= 3 and k_max in maps_by_k:
+        halves = None if half_maps_by_k is None else half_maps_by_k.get(k_max)
+        path = map_path(maps_by_k[k_max], halves, mask, th)
+        band = neighbour_disagreement(per_k[k_max].aligned, k_max, path["order"], th)
+    evidence["map_path"] = path
+    evidence["neighbour_disagreement"] = band
+    evidence["posterior_spread"] = posterior_spread(per_k[k_max], th)
+    is_path = bool(path and path["is_path"])
+    is_band = bool(band and band["concentrated"])
+    affected = np.zeros(n, dtype=bool)
+
+    mixed_parents = []
+    if k_rec >= 2 and k_max > k_rec and k_max in maps_by_k:
+        parent = parent_of_classes(per_k[k_max].consensus, k_max, per_k[k_rec].consensus, k_rec)
+        sub = {}
+        for p in range(k_rec):
+            children = np.flatnonzero(parent == p)
+            if children.size >= 3:
+                hv = None if half_maps_by_k is None or k_max not in half_maps_by_k \
+                    else half_maps_by_k[k_max][:, children]
+                ev = map_path(maps_by_k[k_max][children], hv, mask, th)
+                ev["children"] = (children + 1).tolist()
+                sub[str(p + 1)] = ev
+                if ev["is_path"]:
+                    mixed_parents.append(p)
+        evidence["within_class_paths"] = sub
+
+    split = None
+    ks_maps = sorted(k for k in maps_by_k if k >= 2)
+    if ks_maps and half_maps_by_k is not None and ks_maps[0] in half_maps_by_k:
+        split = map_signal(maps_by_k[ks_maps[0]], half_maps_by_k[ks_maps[0]], mask, th)
+    evidence["split_map_signal"] = split
+    differs = bool(split and split["beyond_noise"])
+    drop = curve["shape"] == "plateau_then_drop"
+
+    if k_rec == 1:
+        if is_path or differs or (curve["shape"] == "smooth_decay" and is_band):
+            verdict = "continuous"
+            if is_path:
+                reasons.append(f"no reproducible discrete split, but the K={k_max} class maps "
+                               "lie on a one-dimensional path")
+            elif differs:
+                reasons.append(f"no reproducible discrete split, yet the K={split['k']} class "
+                               f"maps differ beyond noise (signal/noise "
+                               f"{split['max_signal_to_noise']}): real structural variability "
+                               "that no K separates reproducibly")
+            else:
+                reasons.append("stability decays smoothly and replicates disagree between "
+                               "neighbouring classes")
+            affected[:] = True
+        else:
+            verdict = "homogeneous"
+            reasons.append("no split into 2 or more classes is reproducible and the class maps "
+                           "differ by noise only")
+    elif is_path and not drop and (k_max > k_rec or per_k[k_max].min_class_jaccard
+                                   < th.highly_stable_jaccard):
+        verdict = "continuous"
+        reasons.append(f"K={k_rec} is reproducible, but stability shows no sharp drop beyond "
+                       f"it and the K={k_max} class maps lie on one path with even steps: the "
+                       "classes bin a continuum")
+        affected[:] = True
+    elif mixed_parents:
+        verdict = "mixed"
+        names = ", ".join(str(p + 1) for p in mixed_parents)
+        reasons.append(f"K={k_rec} classes are stable; at K={k_max} the sub-classes of class(es) "
+                       f"{names} lie on a path (continuous within)")
+        affected = np.isin(per_k[k_rec].consensus, mixed_parents)
+    else:
+        verdict = "discrete"
+        reasons.append(f"K={k_rec} classes are stable and pass the random-overlap test"
+                       + (f"; stability drops beyond (curve: {curve['shape']})"
+                          if k_max > k_rec else ""))
+    if is_path and verdict == "discrete":
+        reasons.append(f"the K={k_max} maps lie on a path, but "
+                       + ("stability drops sharply past K=%d (over-split states give "
+                          "mixture maps on the line between states)" % k_rec if drop else
+                          "every class is highly stable: scan a larger K to tell discrete "
+                          "states on a line from a continuum"))
+    if is_band and verdict == "discrete":
+        reasons.append("replicate disagreement at the largest K is between neighbouring "
+                       "classes (over-split states)")
+    return Verdict(recommended_k=k_rec, heterogeneity=verdict, evidence=evidence,
+                   reasons=reasons, affected=affected)

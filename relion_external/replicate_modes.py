@@ -1,0 +1,104 @@
+"""``mode=stability`` / ``mode=exhaustive``: replicate classifications inside a RELION job.
+
+Calls the same library functions as ``hetclass stability`` / ``hetclass exhaustive``
+(:func:`hetclass.stability.analysis.stability_job`,
+:func:`hetclass.stability.exhaustive.exhaustive_job`) with the job directory as output
+directory, then returns the output nodes for what they wrote:
+
+* stability: ``consensus_data.star``, ``stable_core_classNNN.star`` and
+  ``continuous_particles.star`` (particles), ``consensus_classNNN.mrc`` (maps), the first
+  unfiltered half map of each class (half map, so PostProcess can use the pair);
+* exhaustive: ``leaves_data.star`` and ``leafNN_node<ID>.star`` (particles), the leaf maps
+  and their first half maps.
+
+``summary.json`` and ``report.html`` stay in the job directory (RELION registers only PDF
+logs).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, Iterable, List, Optional, TextIO
+
+from .nodes import Node, project_relative
+from .options import JobConfig, classify_options
+
+
+def _default_jobs() -> Dict[str, Callable]:
+    from hetclass.stability.analysis import stability_job
+    from hetclass.stability.exhaustive import exhaustive_job
+    return {"stability": stability_job, "exhaustive": exhaustive_job}
+
+
+def nodes_for_files(job_dir: str, names: Iterable[str]) -> List[Node]:
+    """Nodes for files (paths relative to ``job_dir``) by name: STAR -> particles, maps ->
+    maps, ``*half1*unfil.mrc`` -> half map, other half maps and other files -> none."""
+    rel = project_relative(job_dir).rstrip("/")
+    nodes: List[Node] = []
+    for name in dict.fromkeys(n.replace(os.sep, "/") for n in names):  # unique, in order
+        base = os.path.basename(name)
+        if base.endswith(".star"):
+            kind = "particles"
+        elif base.endswith(".mrc") and "half" in base and "unfil" in base:
+            if "half1" not in base:
+                continue
+            kind = "halfmap"
+        elif base.endswith(".mrc"):
+            kind = "mask" if "mask" in base else "map"
+        elif base.endswith(".pdf"):
+            kind = "logfile"
+        else:
+            continue
+        nodes.append(Node(f"{rel}/{name}", kind))
+    return nodes
+
+
+def _stability_files(summary: dict) -> List[str]:
+    return list((summary.get("files") or {}).values())
+
+
+def _exhaustive_files(summary: dict) -> List[str]:
+    files = [summary["leaves_star"]] if summary.get("leaves_star") else []
+    for leaf in summary.get("leaves") or []:
+        files += [leaf[key] for key in ("star", "map") if leaf.get(key)]
+        files += list(leaf.get("half_maps") or [])
+    return files
+
+
+def run_replicate_mode(cfg: JobConfig, job, progress, stdout: TextIO, load_particles=None,
+                       jobs: Optional[Dict[str, Callable]] = None) -> List[Node]:
+    """Run ``cfg.mode`` (stability | exhaustive) into ``cfg.job_dir``; return output nodes.
+
+    ``jobs`` maps the mode to a function with the signature of ``stability_job`` /
+    ``exhaustive_job`` (tests pass fakes); ``load_particles`` likewise.
+    """
+    if load_particles is None:
+        from hetclass.pipeline import load_particles
+    jobs = _default_jobs() if jobs is None else jobs
+    options = classify_options(cfg)
+    particles = load_particles(cfg.in_parts, project_dir=os.getcwd())
+    print(f"read {len(particles)} particles from {cfg.in_parts}", file=stdout, flush=True)
+    job.abort_check()
+    common = dict(n_replicates=cfg.replicates or 5, subsample=cfg.subsample,
+                  workers=cfg.threads, particles_path=cfg.in_parts, progress=progress,
+                  abort_check=job.abort_check)
+    if cfg.mode == "stability":
+        summary, _ = jobs["stability"](particles, options, cfg.job_dir, cfg.k_values,
+                                       core_min_stability=cfg.core_stability or 0.8, **common)
+        files = _stability_files(summary)
+    else:
+        summary, _ = jobs["exhaustive"](
+            particles, options, cfg.job_dir,
+            min_class_size=1000 if cfg.min_class_size is None else cfg.min_class_size,
+            max_depth=3 if cfg.max_depth is None else cfg.max_depth,
+            k_scan=cfg.k_scan or [2], n_null=4 if cfg.null_splits is None else cfg.null_splits,
+            **common)
+        files = _exhaustive_files(summary)
+    nodes = nodes_for_files(cfg.job_dir, files)
+    missing = [n.path for n in nodes if not os.path.isfile(n.path)]
+    if missing:
+        raise RuntimeError(f"hetclass {cfg.mode} did not write {', '.join(missing)}")
+    if not any(n.kind == "particles" for n in nodes):
+        raise RuntimeError(f"hetclass {cfg.mode} wrote no particle STAR file in {cfg.job_dir}")
+    print(f"{cfg.mode} finished: {len(nodes)} outputs to register", file=stdout, flush=True)
+    return nodes

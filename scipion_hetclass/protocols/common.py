@@ -1,0 +1,202 @@
+"""What both hetclass protocols share: engine parameters, input conversion, validation.
+
+File names inside a run's ``extra/`` folder are defined here, once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import List
+
+import numpy as np
+import pyworkflow.protocol.params as params
+from pyworkflow.protocol.constants import GPU_LIST, USE_GPU
+
+INPUT_STAR = "input_particles.star"       # the input as a RELION 3.1 STAR (absolute stack paths)
+INPUT_IDS = "input_ids.npy"               # (n,) int64 Scipion ids, row order of INPUT_STAR
+
+
+def define_input_params(form, with_references: bool = True) -> None:
+    """Input section: particles (3D alignment + CTF), optional references and masks."""
+    form.addSection(label="Input")
+    form.addParam("inputParticles", params.PointerParam, pointerClass="SetOfParticles",
+                  important=True, label="Input particles",
+                  help="Particles with a 3D (projection) alignment and CTF, e.g. from a "
+                       "consensus refinement. Poses are kept fixed.")
+    if with_references:
+        form.addParam("referenceVolumes", params.PointerParam, allowsNull=True,
+                      pointerClass="Volume,SetOfVolumes", label="Reference volume(s)",
+                      help="Optional. One volume: K perturbed low-passed copies start the "
+                           "classes. A set of K volumes: one per class. Empty: random start.")
+    form.addParam("solventMask", params.PointerParam, pointerClass="VolumeMask",
+                  allowsNull=True, label="Solvent mask",
+                  help="Optional mask applied to the class maps (same box as the particles).")
+    form.addParam("focusMask", params.PointerParam, pointerClass="VolumeMask",
+                  allowsNull=True, label="Focus mask",
+                  help="Optional: classify on this region only (same box as the particles).")
+    form.addParam("particleDiameter", params.FloatParam, default=0.0,
+                  expertLevel=params.LEVEL_ADVANCED, label="Particle diameter (A)",
+                  help="Circular mask diameter; 0 = 75 % of the box.")
+
+
+def define_engine_params(form, classes_default: int = 3, with_classes: bool = True) -> None:
+    """Classification parameters shared by both protocols, then GPU and threads."""
+    form.addSection(label="Classification")
+    if with_classes:
+        form.addParam("numberOfClasses", params.IntParam, default=classes_default,
+                      validators=[params.GE(1)], label="Number of classes (K)")
+    form.addParam("targetResolution", params.FloatParam, default=0.0,
+                  label="Target resolution (A)",
+                  help="Images are Fourier-cropped to this resolution before EM; "
+                       "0 = chosen from the data.")
+    form.addParam("maxIterations", params.IntParam, default=25, validators=[params.GE(1)],
+                  label="Maximum iterations")
+    form.addParam("tau2Fudge", params.FloatParam, default=4.0, label="Regularisation T",
+                  help="RELION's tau2 fudge: larger values trust the data more.")
+    form.addParam("hardAssignment", params.BooleanParam, default=False,
+                  label="Hard assignment?",
+                  help="Each particle contributes to its best class only.")
+    form.addParam("randomSeed", params.IntParam, default=0, label="Random seed")
+    form.addParam("initLowpass", params.FloatParam, default=30.0,
+                  expertLevel=params.LEVEL_ADVANCED, label="Initial low-pass (A)")
+    form.addParam("convergencePct", params.FloatParam, default=0.5,
+                  expertLevel=params.LEVEL_ADVANCED, label="Convergence (% changed)",
+                  help="Stop when fewer than this % of particles change class.")
+    form.addHidden(USE_GPU, params.BooleanParam, default=False, label="Use GPU?",
+                   help="Run the EM on a GPU with CuPy (pip install hetclass[gpu]).")
+    form.addHidden(GPU_LIST, params.StringParam, default="0", label="GPU id",
+                   help="hetclass uses one GPU: the first id of the list.")
+    form.addParallelSection(threads=2, mpi=0)
+
+
+def classify_options(prot, classes: int):
+    """A :class:`hetclass.pipeline.ClassifyOptions` from the protocol's form."""
+    from hetclass.pipeline import ClassifyOptions
+
+    def path_of(pointer):
+        obj = pointer.get() if pointer is not None else None
+        return None if obj is None else os.path.abspath(obj.getFileName())
+
+    refs = ()
+    ref_obj = prot.referenceVolumes.get() if hasattr(prot, "referenceVolumes") else None
+    if ref_obj is not None:
+        if hasattr(ref_obj, "iterItems"):
+            refs = tuple(os.path.abspath(v.getFileName()) for v in ref_obj.iterItems(orderBy="id"))
+        else:
+            refs = (os.path.abspath(ref_obj.getFileName()),)
+    target = float(prot.targetResolution.get() or 0)
+    diameter = float(prot.particleDiameter.get() or 0)
+    use_gpu = bool(prot.getAttributeValue(USE_GPU, False))
+    from scipion_hetclass import HETCLASS_CACHE_DIR
+    cache = os.environ.get(HETCLASS_CACHE_DIR) or None
+    return ClassifyOptions(
+        classes=int(classes), target_res_A=target if target > 0 else None,
+        max_iter=int(prot.maxIterations.get()), convergence_pct=float(prot.convergencePct.get()),
+        tau2_fudge=float(prot.tau2Fudge.get()), hard=bool(prot.hardAssignment.get()),
+        seed=int(prot.randomSeed.get()), init="ref" if refs else "random",
+        init_lowpass_A=float(prot.initLowpass.get()), references=refs,
+        particle_diameter_A=diameter if diameter > 0 else None,
+        solvent_mask=path_of(prot.solventMask), focus_mask=path_of(prot.focusMask),
+        device=os.environ.get("HETCLASS_DEVICE", "auto") if use_gpu else "cpu",
+        threads=max(1, int(prot.numberOfThreads.get() or 1)),
+        cache_dir=cache)
+
+
+def select_gpu(prot) -> None:
+    """Make the form's first GPU id the only visible device (hetclass uses one GPU)."""
+    if prot.getAttributeValue(USE_GPU, False):
+        gpus = prot.getGpuList()
+        if gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus[0])
+
+
+def convert_input(prot) -> None:
+    """Write the input particles as ``extra/input_particles.star`` + ``extra/input_ids.npy``.
+
+    Idempotent: both files are rewritten atomically from the same input.
+    """
+    from hetclass.io.atomic import atomic_save_npy
+    from hetclass.io.star import write_particles_star
+    from scipion_hetclass.convert import particles_from_set
+
+    particles, ids = particles_from_set(prot.inputParticles.get(), os.getcwd())
+    write_particles_star(prot._getExtraPath(INPUT_STAR), particles,
+                         extra_columns={"rlnImageId": ids})
+    atomic_save_npy(prot._getExtraPath(INPUT_IDS), ids)
+
+
+def load_input(prot):
+    """``(ParticleSet, ids)`` written by :func:`convert_input`."""
+    from hetclass.pipeline import load_particles
+    particles = load_particles(prot._getExtraPath(INPUT_STAR), project_dir=os.getcwd())
+    return particles, np.load(prot._getExtraPath(INPUT_IDS))
+
+
+def progress_logger(prot):
+    """A hetclass ``progress(event, **info)`` callback writing one log line per iteration."""
+    def progress(event, **info):
+        if event == "iteration":
+            fractions = ", ".join(f"{f:.3f}" for f in info.get("class_fractions", []))
+            prot.info(f"hetclass iteration {info.get('it')}/{info.get('max_iter')}: "
+                      f"{info.get('changed_pct', float('nan')):.2f} % changed; "
+                      f"class fractions [{fractions}]")
+        elif event == "batch" and info.get("done") == info.get("total"):
+            prot.info(f"hetclass {info.get('stage', 'batch')}: {info.get('total')} done")
+    return progress
+
+
+def validate_particles(prot, k_max: int) -> List[str]:
+    """Messages for unusable inputs (never raises): alignment, CTF, K vs size, boxes, GPU."""
+    errors: List[str] = []
+    try:
+        parts = prot.inputParticles.get()
+        if parts is None:
+            return errors                      # pyworkflow reports the empty pointer itself
+        if not parts.hasAlignmentProj():
+            errors.append("The input particles have no 3D alignment (projection angles "
+                          "and shifts): run a 3D refinement first.")
+        if not parts.hasCTF():
+            errors.append("The input particles have no CTF information.")
+        size = parts.getSize()
+        if k_max > size:
+            errors.append(f"The number of classes ({k_max}) is larger than the number of "
+                          f"particles ({size}).")
+        box = (parts.getDim() or (0,))[0]
+        for name in ("solventMask", "focusMask"):
+            mask = getattr(prot, name).get()
+            if mask is not None and box and mask.getDim() is not None \
+                    and mask.getDim()[0] != box:
+                errors.append(f"The {name} box ({mask.getDim()[0]} px) differs from the "
+                              f"particle box ({box} px).")
+        target = float(prot.targetResolution.get() or 0)
+        pixel = float(parts.getSamplingRate() or 0)
+        if target and pixel and target < 2 * pixel:
+            errors.append(f"Target resolution {target} A is beyond Nyquist "
+                          f"({2 * pixel:.2f} A for {pixel} A pixels).")
+        if float(prot.tau2Fudge.get() or 0) <= 0:
+            errors.append("The regularisation T must be positive.")
+        if prot.getAttributeValue(USE_GPU, False):
+            try:
+                import cupy  # noqa: F401
+            except Exception:
+                errors.append("GPU requested but CuPy is not installed "
+                              "(pip install hetclass[gpu]); switch 'Use GPU' off.")
+    except Exception as exc:  # _validate must report, never raise
+        errors.append(f"Could not check the inputs: {exc}")
+    return errors
+
+
+def read_json(path: str, default=None):
+    """Parsed JSON file, or ``default`` when it is missing."""
+    if not os.path.exists(path):
+        return default
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def map_header(path: str):
+    """``(box_px, voxel_size_A)`` of an MRC map from its header."""
+    import mrcfile
+    with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+        return int(mrc.header.nx), float(mrc.voxel_size.x)

@@ -1,0 +1,225 @@
+"""Replicate mechanics and the exhaustive tree logic with a stand-in engine (known truth).
+
+The stand-in ``fit`` classifies by a hidden truth (with errors) when the particles it is
+given hold distinct states, and at random otherwise; the stand-in ``reconstruct`` averages
+per-state maps with noise falling as 1/sqrt(particles). No images are involved, so these
+tests isolate seeds, subsampling, parallelism, matching and the splitting rules.
+"""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from hetclass.errors import AbortRequested, InputError
+from hetclass.fsc import fsc as fsc_curve
+from hetclass.stability.exhaustive import explore
+from hetclass.stability.replicates import (consensus_maps, parse_k_range, replicate_seeds,
+                                           run_replicates, subsample_rows)
+
+BOX = 12
+
+
+def _smooth_field(rng):
+    v = rng.normal(size=(BOX, BOX, BOX))
+    k = np.fft.fftfreq(BOX)
+    kk = k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2
+    f = np.fft.ifftn(np.fft.fftn(v) * np.exp(-kk * 60)).real
+    return (f / f.std()).astype(np.float32)
+
+
+class FakeEngine:
+    """Hierarchical truth: state 0 | (1 | 2) -- K=2 on all splits 0 vs {1, 2} first."""
+
+    def __init__(self, truth, error=0.03, seed=0, identical_maps=False):
+        self.truth = np.asarray(truth)
+        self.error = error
+        rng = np.random.default_rng(seed)
+        base = _smooth_field(rng)
+        self.state_maps = np.stack([base if identical_maps else base + 0.8 * _smooth_field(rng)
+                                    for _ in range(3)])
+        self.calls = []
+        mask = np.ones((BOX, BOX, BOX), np.float32)
+        self.prepared = SimpleNamespace(
+            data=SimpleNamespace(__len__=None, plan=SimpleNamespace(target_shell=5, crop_box_px=BOX)),
+            solvent_mask=mask, pixel_size_A=5.0)
+        self.prepared.data = _Sized(len(truth), self.prepared.data.plan)
+        self.split_homogeneous_by_parity = False
+
+    def fit(self, prepared, options, seed, rows, progress=None, abort_check=None):
+        rng = np.random.default_rng(seed)
+        rows = np.asarray(rows)
+        self.calls.append((seed, rows.copy(), options.classes))
+        if abort_check is not None:
+            abort_check()
+        t = self.truth[rows]
+        k = options.classes
+        values, counts = np.unique(t, return_counts=True)
+        states = values[counts >= 0.05 * rows.size]          # strays are classification errors
+        if states.size >= 2:
+            lab = (t != states[0]).astype(int) if k == 2 else np.minimum(t - states[0], k - 1)
+            flip = rng.random(rows.size) < self.error
+            lab[flip] = rng.integers(0, k, flip.sum())
+        elif self.split_homogeneous_by_parity:
+            lab = (rows % 2).astype(int)
+        else:
+            lab = rng.integers(0, k, rows.size)
+        lab = rng.permutation(k)[lab]
+        post = np.eye(k, dtype=np.float32)[lab]
+        maps = np.stack([self.state_maps[0]] * k)
+        return SimpleNamespace(labels=lab, posteriors=post, maps=maps,
+                               half_maps=np.stack([maps, maps]), fsc=np.ones((k, BOX // 2 + 1)),
+                               resolution_A=np.full(k, 10.0), pixel_size_A=5.0,
+                               stats=[{"iteration": 1, "class_fractions": [1.0 / k] * k}])
+
+    def reconstruct(self, prepared, weights, rows=None):
+        rows = np.arange(len(self.truth)) if rows is None else np.asarray(rows)
+        rng = np.random.default_rng(int(weights.sum() * 1000) % 2 ** 32)
+        maps, halves, fscs = [], [], []
+        for w in np.asarray(weights).T:
+            total = max(w.sum(), 1e-9)
+            mean = np.tensordot(w, self.state_maps[self.truth[rows]], axes=1) / total
+            h = [mean + rng.normal(size=mean.shape) * 3.0 / np.sqrt(total / 2) for _ in range(2)]
+            maps.append((h[0] + h[1]) / 2)
+            halves.append(h)
+            fscs.append(fsc_curve(h[0], h[1]))
+        return SimpleNamespace(maps=np.array(maps), half_maps=np.array(halves).transpose(1, 0, 2, 3, 4),
+                               fsc=np.array(fscs), resolution_A=np.full(len(maps), 12.0))
+
+
+class _Sized:
+    def __init__(self, n, plan):
+        self.n = n
+        self.plan = plan
+
+    def __len__(self):
+        return self.n
+
+
+def _options(k=2):
+    from hetclass.pipeline import ClassifyOptions
+    return ClassifyOptions(classes=k)
+
+
+def test_replicate_seeds_are_the_spawned_children():
+    ours = replicate_seeds(7, 4)
+    ref = np.random.SeedSequence(7).spawn(4)
+    for a, b in zip(ours, ref):
+        assert np.array_equal(a.generate_state(4), b.generate_state(4))
+    # stateless: asking again gives the same children
+    assert np.array_equal(replicate_seeds(7, 4)[2].generate_state(2), ours[2].generate_state(2))
+
+
+def test_subsample_rows_size_and_independence():
+    kids = replicate_seeds(0, 3)
+    a, b = subsample_rows(kids[0], 1000, 0.8), subsample_rows(kids[1], 1000, 0.8)
+    assert a.size == b.size == 800 and np.all(np.diff(a) > 0)
+    assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(subsample_rows(kids[0], 10, None), np.arange(10))
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_run_replicates_places_labels_and_is_deterministic(workers):
+    truth = np.repeat([0, 1], 150)
+    eng = FakeEngine(truth)
+    run = run_replicates(eng.prepared, _options(), 2, n_replicates=3, seed=11, subsample=0.7,
+                         workers=workers, fit=eng.fit)
+    assert run.labels.shape == (3, 300) and run.posteriors.shape == (3, 300, 2)
+    for r in range(3):
+        present = run.labels[r] >= 0
+        assert present.sum() == 210
+        kept = subsample_rows(replicate_seeds(11, 3)[r], 300, 0.7)
+        np.testing.assert_array_equal(np.flatnonzero(present), kept)
+        np.testing.assert_allclose(run.posteriors[r][~present], 0.0)
+    seeds = [c[0].generate_state(1)[0] for c in eng.calls]
+    assert len(set(seeds)) == 3
+    again = FakeEngine(truth)
+    run2 = run_replicates(again.prepared, _options(), 2, 3, seed=11, subsample=0.7, workers=1,
+                          fit=again.fit)
+    np.testing.assert_array_equal(run.labels, run2.labels)
+
+
+def test_abort_in_one_replicate_stops_the_run():
+    eng = FakeEngine(np.repeat([0, 1], 50))
+    calls = {"n": 0}
+
+    def abort():
+        calls["n"] += 1
+        if calls["n"] >= 2:
+            raise AbortRequested("stop")
+
+    with pytest.raises(AbortRequested):
+        run_replicates(eng.prepared, _options(), 2, 4, seed=0, workers=2, fit=eng.fit,
+                       abort_check=abort)
+
+
+def test_consensus_maps_follow_the_permutations():
+    truth = np.repeat([0, 1], 50)
+    eng = FakeEngine(truth)
+    run = run_replicates(eng.prepared, _options(), 2, 2, seed=0, workers=1, fit=eng.fit)
+    run.maps = np.stack([np.stack([np.full((2, 2, 2), 1.0), np.full((2, 2, 2), 2.0)])] * 2)
+    run.half_maps = np.stack([run.maps] * 2, axis=1)
+    perms = np.array([[0, 1], [1, 0]])
+    maps, halves = consensus_maps(run, perms)
+    np.testing.assert_allclose(maps[0], 1.5)     # (1 + 2) / 2: replicate 2's class 1 is class 0
+    np.testing.assert_allclose(halves[1, 1], 1.5)
+
+
+@pytest.mark.parametrize("text,expected", [("4", [4]), ("2-5", [2, 3, 4, 5]), (" 1-2 ", [1, 2]),
+                                           (3, [3]), ([4, 2, 2], [2, 4])])
+def test_parse_k_range(text, expected):
+    assert parse_k_range(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["x", "3-", "0", "0-3", "5-2"])
+def test_parse_k_range_rejects(bad):
+    with pytest.raises(InputError) as err:
+        parse_k_range(bad)
+    assert err.value.field == "--classes"
+
+
+def test_too_few_replicates_is_an_input_error():
+    eng = FakeEngine(np.repeat([0, 1], 10))
+    with pytest.raises(InputError) as err:
+        run_replicates(eng.prepared, _options(), 2, 1, fit=eng.fit)
+    assert err.value.field == "--replicates"
+    with pytest.raises(InputError) as err:
+        run_replicates(eng.prepared, _options(), 2, 3, subsample=1.5, fit=eng.fit)
+    assert err.value.field == "--subsample"
+
+
+def _explore(eng, **kw):
+    return explore(eng.prepared, _options(), n_replicates=4, seed=3, workers=1,
+                   reconstruct=eng.reconstruct, fit=eng.fit, **kw)
+
+
+def test_exhaustive_finds_the_three_leaves_of_a_hierarchy():
+    truth = np.repeat([0, 1, 2], [600, 300, 300])
+    eng = FakeEngine(truth)
+    root = _explore(eng, min_class_size=100, max_depth=4)
+    leaves = root.leaves()
+    assert len(leaves) == 3
+    purities = sorted(np.bincount(truth[lf.rows], minlength=3).max() / lf.n_particles
+                      for lf in leaves)
+    assert purities[0] > 0.9
+    assert {lf.reason for lf in leaves} == {"unstable split"}
+    assert root.decision == "split" and root.map_test["significant"]
+    assert [c.node_id for c in root.children] == ["1.1", "1.2"]
+    # too small: the same data with a minimum the second level cannot meet
+    eng2 = FakeEngine(truth)
+    root2 = _explore(eng2, min_class_size=350, max_depth=4)
+    reasons = sorted(lf.reason for lf in root2.leaves())
+    assert len(root2.leaves()) == 2 and "too small" in reasons
+    # max depth
+    root3 = _explore(FakeEngine(truth), min_class_size=100, max_depth=1)
+    assert [lf.reason for lf in root3.leaves()] == ["max depth", "max depth"]
+
+
+def test_exhaustive_refuses_a_stable_split_without_map_difference():
+    truth = np.zeros(800, dtype=int)
+    eng = FakeEngine(truth, identical_maps=True)
+    eng.split_homogeneous_by_parity = True        # reproducible, but the maps are the same
+    root = _explore(eng, min_class_size=100, max_depth=3)
+    assert root.decision == "leaf"
+    assert root.reason == "no significant map difference", root.map_test
+    assert root.stability["all_stable"]
