@@ -172,6 +172,54 @@ def initial_maps(ws: Workspace, rng: np.random.Generator, k: int, active: np.nda
     return (refs * solvent_mask).astype(np.float32)
 
 
+def link_halves(half_maps: np.ndarray, mask: np.ndarray):
+    """Keep class k meaning the same in both half sets.
+
+    Scoring each half against the other half's maps can let the halves' class numbers drift
+    apart (then classes swap every iteration). Returns ``perm`` with half-2 class j best
+    matching half-1 class ``perm[j]`` (by masked map correlation), or None when already linked.
+    """
+    from scipy.optimize import linear_sum_assignment
+    k = half_maps.shape[1]
+    if k < 2:
+        return None
+    a = (half_maps[0] * mask).reshape(k, -1)
+    b = (half_maps[1] * mask).reshape(k, -1)
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    na = np.linalg.norm(a, axis=1)
+    nb = np.linalg.norm(b, axis=1)
+    corr = (b @ a.T) / np.maximum(nb[:, None] * na[None, :], 1e-30)
+    rows, cols = linear_sum_assignment(-corr)
+    perm = cols[np.argsort(rows)]
+    if np.all(perm == np.arange(k)) or corr[np.arange(k), perm].sum() <= np.trace(corr) + 1e-6:
+        return None
+    return perm
+
+
+def reseed_empty(refs, fractions, tau2, half_maps, solvent_mask, min_fraction: float):
+    """Give (nearly) empty classes a new start by splitting the largest class, in place.
+
+    The new class starts from the largest class's references pushed along the difference of
+    its two half maps (deterministic, no RNG); the two share the largest class's weight.
+    Returns the 1-based numbers of the re-seeded classes.
+    """
+    reseeded = []
+    for j in np.flatnonzero(fractions < min_fraction):
+        big = int(np.argmax(fractions))
+        if fractions[big] < 2 * min_fraction:
+            break
+        delta = (half_maps[0, big] - half_maps[1, big]) * solvent_mask
+        scale = np.sqrt(np.mean(refs[:, big] ** 2) / max(float(np.mean(delta ** 2)), 1e-30))
+        for h in range(2):
+            refs[h, j] = refs[h, big] + 0.25 * scale * delta
+            refs[h, big] = refs[h, big] - 0.25 * scale * delta
+        tau2[j] = tau2[big]
+        fractions[j] = fractions[big] = fractions[big] / 2.0
+        reseeded.append(int(j) + 1)
+    return reseeded
+
+
 def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
             solvent_mask: np.ndarray, focus_mask: Optional[np.ndarray],
             checkpoint: Optional[Callable[[EMState], None]] = None,
@@ -189,6 +237,11 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
                                      options.hard, abort_check=abort_check, progress=progress,
                                      like_shells=like)
         ms = m_step(ws, acc, state.tau2, options.tau2_fudge, solvent_mask, focus_mask)
+        perm = link_halves(ms.half_maps, solvent_mask)
+        if perm is not None:  # class j of half set 2 is class perm[j] of half set 1
+            ms.half_maps[1] = ms.half_maps[1][np.argsort(perm)]
+            second = ws.data.subset == 2
+            post[second] = post[second][:, np.argsort(perm)]
         labels = np.where(active, post.argmax(1), -1)
         changed = float(np.mean(labels[active] != state.labels[active])) * 100.0
         fractions = acc.class_weight / max(acc.class_weight.sum(), 1e-12)
@@ -211,9 +264,19 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
         converged = (it >= 3 and changed < options.convergence_pct and d_frac < 0.01
                      and next_like == like)
         refs = np.stack([ms.half_maps[1], ms.half_maps[0]]) * solvent_mask
+        # one prior spectrum for all classes (population-weighted): a per-class spectrum from
+        # each class's own shrunken map feeds back and empties small classes
+        shared = (fractions[:, None] * np.maximum(ms.tau2, 0.0)).sum(0)
+        tau2 = np.tile(shared[None], (k, 1))
+        if it <= options.max_iter // 2:
+            reseeded = reseed_empty(refs, fractions, tau2, ms.half_maps, solvent_mask,
+                                    min_fraction=max(5.0 / n_active, 0.002))
+            if reseeded:
+                stats["reseeded_classes"] = reseeded
+                converged = False
         state = EMState(iteration=it, maps=(ms.maps * solvent_mask).astype(np.float32),
                         refs=refs.astype(np.float32),
-                        sigma2=sigma2, tau2=np.maximum(ms.tau2, 0.0), class_fractions=fractions,
+                        sigma2=sigma2, tau2=tau2, class_fractions=fractions,
                         labels=labels, posteriors=post, history=state.history + [stats],
                         converged=converged, half_maps=ms.half_maps, fsc=ms.fsc,
                         resolution_A=ms.resolution_A, loglik=loglik, unmasked_maps=ms.maps,

@@ -1,8 +1,8 @@
 """Split classes recursively until each leaf is reproducible and distinct ("exhaustive").
 
-At each node: replicate K=2 classifications; the split is accepted only if both children
-are stable, each has at least --min-class-size particles, and their maps differ more than
-maps of random splits of the node (FSC test). Otherwise the node is a leaf with its reason:
+At each node: replicate K=2 classifications (K=3 if K=2 is not reproducible); the split is
+accepted only if all children are stable, each has at least --min-class-size particles,
+and their maps differ more than maps of random splits of the same particles (FSC test). Otherwise the node is a leaf with its reason:
 unstable split, too small, no significant map difference, continuous, or max depth.
 
 Example:
@@ -33,9 +33,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                    help="smallest accepted child class (default 1000)")
     g.add_argument("--max-depth", type=int, default=3, metavar="D",
                    help="deepest level of splitting (default 3)")
-    g.add_argument("--k-scan", default="2", metavar="K|KMIN-KMAX",
-                   help="K values tried at each node; must include 2 (default 2; 2-3 also "
-                        "flags reproducible 2-way splits of a continuum)")
+    g.add_argument("--k-scan", default="2-3", metavar="K|KMIN-KMAX",
+                   help="K values tried at each node, smallest first, until one is "
+                        "reproducible; must include 2 (default 2-3)")
     g.add_argument("--null-splits", type=int, default=4, metavar="N",
                    help="random splits for the map-difference test (default 4)")
     add_replicate_options(parser)

@@ -111,8 +111,9 @@ def test_exhaustive_report_and_tree_picture(tmp_path):
                            "resolution_A": 14.0, "star": "a.star", "map": "a.mrc"},
                           {"id": "1.2", "n_particles": 40, "reason": "too small",
                            "resolution_A": 15.0, "star": "b.star", "map": "b.mrc"}]}
-    test = {"fsc_children": [1, 0.8, 0.3, 0.1], "fsc_null_mean": [1, 0.95, 0.7, 0.4],
-            "mean_fsc_deficit": 0.3, "threshold": 0.02, "box_px": 6, "pixel_size_A": 4.0}
+    test = {"pairs": [{"children": [1, 2], "fsc_children": [1, 0.8, 0.3, 0.1],
+                       "fsc_null_mean": [1, 0.95, 0.7, 0.4], "mean_fsc_deficit": 0.3,
+                       "threshold": 0.02}], "box_px": 6, "pixel_size_A": 4.0}
     rng = np.random.default_rng(2)
     path = tmp_path / "report.html"
     write_exhaustive_report(path, summary, [rng.normal(size=(8, 8, 8))] * 2, ["leaf 1", "leaf 2"],

@@ -223,3 +223,21 @@ def test_exhaustive_refuses_a_stable_split_without_map_difference():
     assert root.decision == "leaf"
     assert root.reason == "no significant map difference", root.map_test
     assert root.stability["all_stable"]
+
+
+@pytest.mark.parametrize("argv,field", [
+    (["stability", "--classes", "2-x", "--replicates", "3"], "--classes"),
+    (["stability", "--classes", "2-3", "--replicates", "1"], "--replicates"),
+    (["stability", "--classes", "1", "--replicates", "3"], "--classes"),
+    (["exhaustive", "--k-scan", "3"], "--k-scan"),
+])
+def test_cli_bad_values_exit_2_with_one_line(tmp_path, capsys, argv, field):
+    from hetclass_standalone.main import main
+    from hetclass.simulate import simulate_dataset
+    from hetclass.phantoms import phantom_model
+    ds = simulate_dataset(tmp_path / "d", {"open": phantom_model("open")}, n_particles=20,
+                          box_px=18, pixel_size_A=12.0, snr=None, seed=0)
+    rc = main(argv + ["--particles", ds.star_path, "--project-dir", ds.out_dir,
+                      "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and field in err, err

@@ -1,23 +1,25 @@
 """Recursive splitting until every leaf is a reproducible, distinct class ("exhaustive").
 
-At each node (a set of particles) :func:`explore` runs replicate classifications with
-K = 2 (or a small K scan) on the node's particles and accepts the split only if
+At each node (a set of particles) :func:`explore` runs replicate classifications on the
+node's particles for the K of a small scan (default 2, then 3 only if 2 is not
+reproducible -- a node holding three states often splits 2 ways differently in different
+replicates) and accepts the first K whose split satisfies
 
-1. both children are stable (mean Jaccard >= 0.75) and pass the random-overlap test,
+1. every child is stable (mean Jaccard >= 0.75) and passes the random-overlap test,
 2. each child has at least ``min_class_size`` particles,
-3. the children's maps differ beyond chance: the FSC between the two child maps is
-   compared with the FSC between maps of random splits of the node with the same sizes
-   (``n_null`` splits); the mean FSC deficit over the shells up to the target resolution
-   must exceed ``max(z * sd_null, min_deficit)``.
+3. the children's maps differ beyond chance: for every pair of children, the FSC between
+   their maps is compared with the FSC between maps of random splits of the same particles
+   with the same sizes (``n_null`` splits); the mean FSC deficit over the shells up to the
+   target resolution must exceed ``max(z * sd_null, min_deficit)``.
 
 Otherwise the node is a leaf with a recorded reason: ``"too small"`` (fewer than
-``2 * min_class_size`` particles, or a child below the minimum), ``"unstable split"``,
-``"continuous"`` (the split is not reproducible, yet the class maps differ beyond noise or
-lie on a path -- continuous heterogeneity, for cryoDRGN / 3DVA), ``"no significant map
-difference"``, or ``"max depth"``.
+``2 * min_class_size`` particles, or a child below the minimum), ``"unstable split"`` (no
+K of the scan reproducible), ``"continuous"`` (no K reproducible, yet the K = 2 class maps
+differ beyond noise with a better-than-chance split -- structural variability for
+cryoDRGN / 3DVA), ``"no significant map difference"``, or ``"max depth"``.
 
-Node identifiers are paths: the root is ``"1"``, its children ``"1.1"`` and ``"1.2"``
-(``.1`` = the larger child). Seeds: node ``"1.2.1"`` uses
+Node identifiers are paths: the root is ``"1"``, its children ``"1.1"``, ``"1.2"``, ...
+(``.1`` = the largest child). Seeds: node ``"1.2.1"`` uses
 ``SeedSequence(seed, spawn_key=(2, 1))`` -- independent of the order nodes are visited.
 """
 
@@ -48,7 +50,7 @@ class Node:
     decision: str = "leaf"                 # "split" | "leaf"
     reason: Optional[str] = None           # one of REASONS for a leaf
     stability: Optional[dict] = None       # K = 2 scores (KScores.to_dict())
-    verdict: Optional[dict] = None         # heterogeneity verdict of the node's scan
+    verdict: Optional[dict] = None         # K = 2 verdict, the scan and the chosen K
     map_test: Optional[dict] = None
     resolution_A: Optional[float] = None   # the node's own map (all its particles)
     map: Optional[np.ndarray] = None       # (b, b, b) float32
@@ -87,49 +89,64 @@ def node_seed(seed: int, node_id: str) -> np.random.SeedSequence:
     return np.random.SeedSequence(int(seed), spawn_key=path)
 
 
-def map_difference_test(prepared, rows: np.ndarray, child_of_row: np.ndarray,
+def map_difference_test(prepared, rows: np.ndarray, child_of_row: np.ndarray, k: int,
                         rng: np.random.Generator, n_null: int = 4, z: float = 3.0,
                         min_deficit: float = 0.02, reconstruct: Optional[Callable] = None):
-    """Do the two children's maps differ more than maps of random splits of the node?
+    """Do the children's maps differ more than maps of random splits of the same particles?
 
-    ``rows`` (n,) the node's particles; ``child_of_row`` (n,) 0/1. One reconstruction pass
-    makes the node map (column 0), the two child maps and ``n_null`` random splits of the
-    same sizes. FSCs are computed inside the solvent mask; the statistic is the mean over
-    shells 1..target shell of ``mean_null_fsc - fsc(children)``.
+    ``rows`` (n,) the node's particles; ``child_of_row`` (n,) child index 0..k-1 (-1 =
+    none). For every pair of children (a, b): the FSC between their maps is compared with
+    the FSC between the maps of ``n_null`` random splits of a + b into parts of the same
+    sizes. FSCs are computed inside the solvent mask; the statistic is the mean over shells
+    1..target shell of ``mean_null_fsc - fsc(a, b)``, significant above
+    ``max(z * sd_null, min_deficit)``. One reconstruction pass makes every map (column 0 is
+    the node's own map from all its particles).
 
-    Returns ``(test dict, node ReconResult column 0 values)`` where the dict holds the
-    curves, the deficit, the null spread, the threshold and ``significant``.
+    Returns ``(test dict, ReconResult)``; ``test["significant"]`` requires every pair.
     """
     if reconstruct is None:
         from ..engine import reconstruct
     n = rows.size
-    n1 = int(np.sum(child_of_row == 0))
-    cols = [np.ones(n), (child_of_row == 0).astype(float), (child_of_row == 1).astype(float)]
-    for _ in range(n_null):
-        perm = rng.permutation(n)
-        w = np.zeros(n)
-        w[perm[:n1]] = 1.0
-        cols += [w, 1.0 - w]
+    cols = [np.ones(n)]
+    pairs = [(a, b) for a in range(k) for b in range(a + 1, k)]
+    layout = []
+    for a, b in pairs:
+        start = len(cols)
+        cols += [(child_of_row == a).astype(float), (child_of_row == b).astype(float)]
+        members = np.flatnonzero((child_of_row == a) | (child_of_row == b))
+        n_a = int(np.sum(child_of_row == a))
+        for _ in range(n_null):
+            perm = rng.permutation(members)
+            w = np.zeros(n)
+            w[perm[:n_a]] = 1.0
+            other = np.zeros(n)
+            other[perm[n_a:]] = 1.0
+            cols += [w, other]
+        layout.append(start)
     rec = reconstruct(prepared, np.stack(cols, axis=1), rows=rows)
     mask = prepared.solvent_mask
     last = int(prepared.data.plan.target_shell)
+    shells = slice(1, last + 1)
 
-    def pair(i, j):
+    def pair_fsc(i, j):
         return fsc_curve(rec.maps[i] * mask, rec.maps[j] * mask)
 
-    children = pair(1, 2)
-    nulls = np.array([pair(3 + 2 * t, 4 + 2 * t) for t in range(n_null)])
-    shells = slice(1, last + 1)
-    null_mean = nulls.mean(axis=0)
-    deficit = float(np.mean(null_mean[shells] - children[shells]))
-    null_stats = np.mean(nulls[:, shells], axis=1)
-    spread = float(np.std(null_stats, ddof=1)) if n_null > 1 else 0.0
-    threshold = max(z * spread, min_deficit)
-    test = {"fsc_children": np.round(children, 4).tolist(),
-            "fsc_null_mean": np.round(null_mean, 4).tolist(),
-            "shells_used": [1, last], "mean_fsc_deficit": round(deficit, 4),
-            "null_sd": round(spread, 4), "threshold": round(threshold, 4),
-            "n_null": n_null, "significant": bool(deficit > threshold),
+    results = []
+    for (a, b), start in zip(pairs, layout):
+        children = pair_fsc(start, start + 1)
+        nulls = np.array([pair_fsc(start + 2 + 2 * t, start + 3 + 2 * t) for t in range(n_null)])
+        null_mean = nulls.mean(axis=0)
+        deficit = float(np.mean(null_mean[shells] - children[shells]))
+        null_stats = np.mean(nulls[:, shells], axis=1)
+        spread = float(np.std(null_stats, ddof=1)) if n_null > 1 else 0.0
+        threshold = max(z * spread, min_deficit)
+        results.append({"children": [a + 1, b + 1],
+                        "fsc_children": np.round(children, 4).tolist(),
+                        "fsc_null_mean": np.round(null_mean, 4).tolist(),
+                        "mean_fsc_deficit": round(deficit, 4), "null_sd": round(spread, 4),
+                        "threshold": round(threshold, 4), "significant": bool(deficit > threshold)})
+    test = {"k": int(k), "pairs": results, "shells_used": [1, last], "n_null": int(n_null),
+            "significant": all(r["significant"] for r in results),
             "pixel_size_A": float(prepared.pixel_size_A),
             "box_px": int(prepared.data.plan.crop_box_px)}
     return test, rec
@@ -142,23 +159,7 @@ def _node_map(node: Node, rec, column: int = 0) -> None:
     node.resolution_A = float(rec.resolution_A[column])
 
 
-def explore(prepared, options, rows: Optional[Sequence[int]] = None, min_class_size: int = 1000,
-            max_depth: int = 3, n_replicates: int = 5, seed: int = 0,
-            subsample: Optional[float] = None, k_scan: Sequence[int] = (2,),
-            n_null: int = 4, workers: Optional[int] = None,
-            thresholds: Thresholds = Thresholds(), progress: Optional[Callable] = None,
-            abort_check: Optional[Callable] = None, node_id: str = "1", depth: int = 0,
-            reconstruct: Optional[Callable] = None, fit: Optional[Callable] = None) -> Node:
-    """Split ``rows`` (default all prepared particles) recursively; returns the root node.
-
-    ``k_scan`` the K values tried at each node (2 must be among them; a scan such as
-    (2, 3) also lets a stable 2-way split of a continuum be called "continuous").
-    ``progress`` receives the replicate events plus ``("node", id, n_particles,
-    decision, reason)`` when a node is decided. ``fit``/``reconstruct`` replace the
-    engine's functions (tests).
-    """
-    if reconstruct is None:
-        from ..engine import reconstruct
+def _validate_tree_args(min_class_size: int, max_depth: int, k_scan: Sequence[int]) -> List[int]:
     if min_class_size < 1:
         raise InputError("must be >= 1", field="--min-class-size", value=min_class_size)
     if max_depth < 0:
@@ -166,6 +167,27 @@ def explore(prepared, options, rows: Optional[Sequence[int]] = None, min_class_s
     k_scan = sorted(set(int(k) for k in k_scan))
     if 2 not in k_scan:
         raise InputError("the K scan at each node must include 2", field="--k-scan", value=k_scan)
+    return k_scan
+
+
+def explore(prepared, options, rows: Optional[Sequence[int]] = None, min_class_size: int = 1000,
+            max_depth: int = 3, n_replicates: int = 5, seed: int = 0,
+            subsample: Optional[float] = None, k_scan: Sequence[int] = (2, 3),
+            n_null: int = 4, workers: Optional[int] = None,
+            thresholds: Thresholds = Thresholds(), progress: Optional[Callable] = None,
+            abort_check: Optional[Callable] = None, node_id: str = "1", depth: int = 0,
+            reconstruct: Optional[Callable] = None, fit: Optional[Callable] = None) -> Node:
+    """Split ``rows`` (default all prepared particles) recursively; returns the root node.
+
+    ``k_scan`` the K values tried at each node, smallest first; the first reproducible one
+    is used (2 must be among them).
+    ``progress`` receives the replicate events plus ``("node", id, n_particles,
+    decision, reason)`` when a node is decided. ``fit``/``reconstruct`` replace the
+    engine's functions (tests).
+    """
+    if reconstruct is None:
+        from ..engine import reconstruct
+    k_scan = _validate_tree_args(min_class_size, max_depth, k_scan)
     rows = np.arange(len(prepared.data)) if rows is None else np.asarray(rows, dtype=np.int64)
     t0 = time.perf_counter()
     node = Node(node_id=node_id, depth=depth, rows=rows)
@@ -188,31 +210,44 @@ def explore(prepared, options, rows: Optional[Sequence[int]] = None, min_class_s
     if depth >= max_depth:
         return finish("leaf", "max depth")
 
-    result: StabilityResult = run_stability(
-        prepared, options, [k for k in k_scan if k <= rows.size], n_replicates=n_replicates,
-        seed=seq, subsample=subsample, rows=rows, workers=workers, thresholds=thresholds,
-        progress=progress, abort_check=abort_check, fit=fit)
-    s2 = result.per_k[2]
-    node.stability = s2.to_dict()
-    v = result.verdict
-    node.verdict = {"recommended_k": v.recommended_k, "heterogeneity": v.heterogeneity,
-                    "reasons": v.reasons}
-    if not s2.all_stable:
+    scan = {}
+    chosen = None
+    first_verdict = None
+    for k in k_scan:
+        if k > rows.size:
+            break
+        result: StabilityResult = run_stability(
+            prepared, options, [k], n_replicates=n_replicates, seed=seq, subsample=subsample,
+            rows=rows, workers=workers, thresholds=thresholds, progress=progress,
+            abort_check=abort_check, fit=fit)
+        sk = result.per_k[k]
+        scan[k] = sk
+        if first_verdict is None:
+            first_verdict = result.verdict
+            node.stability = sk.to_dict()
+        if sk.all_stable:
+            chosen = k
+            break
+    v = first_verdict
+    node.verdict = {"heterogeneity_at_k2": v.heterogeneity, "reasons": v.reasons,
+                    "chosen_k": chosen,
+                    "scan": {str(k): {"all_stable": sk.all_stable,
+                                      "min_class_jaccard": round(sk.min_class_jaccard, 4)}
+                             for k, sk in scan.items()}}
+    if chosen is None:
         return finish("leaf", "continuous" if v.heterogeneity == "continuous" else "unstable split")
-    if v.heterogeneity == "continuous":
-        return finish("leaf", "continuous")
-    consensus = s2.consensus                   # class 0 = larger child
-    sizes = [int(np.sum(consensus == c)) for c in range(2)]
+    consensus = scan[chosen].consensus         # class 0 = largest child
+    sizes = [int(np.sum(consensus == c)) for c in range(chosen)]
     if min(sizes) < min_class_size:
         return finish("leaf", "too small")
-    test, rec = map_difference_test(prepared, rows, consensus, rng, n_null=n_null,
+    test, rec = map_difference_test(prepared, rows, consensus, chosen, rng, n_null=n_null,
                                     reconstruct=reconstruct)
     test["child_sizes"] = sizes
     node.map_test = test
     if not test["significant"]:
         return finish("leaf", "no significant map difference", rec)
     finish("split", None, rec)
-    for c in range(2):
+    for c in range(chosen):
         child_rows = rows[consensus == c]
         node.children.append(explore(
             prepared, options, child_rows, min_class_size, max_depth, n_replicates, seed,
@@ -224,7 +259,7 @@ def explore(prepared, options, rows: Optional[Sequence[int]] = None, min_class_s
 
 def exhaustive_job(particles, options, out_dir: str, min_class_size: int = 1000,
                    max_depth: int = 3, n_replicates: int = 5, subsample: Optional[float] = None,
-                   k_scan: Sequence[int] = (2,), n_null: int = 4, workers: Optional[int] = None,
+                   k_scan: Sequence[int] = (2, 3), n_null: int = 4, workers: Optional[int] = None,
                    particles_path: Optional[str] = None, progress: Optional[Callable] = None,
                    abort_check: Optional[Callable] = None):
     """Everything ``hetclass exhaustive`` does after parsing: prepare once, explore, write.
@@ -238,6 +273,7 @@ def exhaustive_job(particles, options, out_dir: str, min_class_size: int = 1000,
     from .replicates import validate_replicate_args
 
     validate_replicate_args(n_replicates, subsample)
+    _validate_tree_args(min_class_size, max_depth, k_scan)      # before any heavy work
     options = replace(options, classes=max(max(k_scan), 2))
     t0 = time.perf_counter()
     prepared = engine.prepare(particles, options, progress=progress, abort_check=abort_check)

@@ -447,12 +447,15 @@ def write_exhaustive_report(path, tree_summary: dict, leaf_maps: Sequence[np.nda
             for i, lf in enumerate(tree_summary["leaves"])]
     page.raw(html_table(header, rows))
     for node_id, test in map_tests.items():
-        curves = {"child 1 vs child 2": np.asarray(test["fsc_children"]),
-                  "random splits (mean)": np.asarray(test["fsc_null_mean"])}
+        curves = {}
+        for pair in test["pairs"]:
+            a, b = pair["children"]
+            curves[f"child {a} vs {b} (deficit {pair['mean_fsc_deficit']:.3f}, threshold "
+                   f"{pair['threshold']:.3f})"] = np.asarray(pair["fsc_children"])
+            curves[f"random splits of {a}+{b} (mean)"] = np.asarray(pair["fsc_null_mean"])
         page.figure(fig_fsc(curves, test["box_px"], test["pixel_size_A"],
-                            f"node {node_id}: child maps vs random splits "
-                            f"(deficit {test['mean_fsc_deficit']:.3f}, threshold "
-                            f"{test['threshold']:.3f})", threshold=None), f"map test {node_id}")
+                            f"node {node_id}: child maps vs random splits", threshold=None),
+                    f"map test {node_id}")
     if len(leaf_maps):
         page.figure(fig_central_slices(leaf_maps, leaf_names), "central slices of the leaf maps")
     page.heading("Tree (tree.json)")

@@ -4,7 +4,7 @@
 and pass the random-overlap test for every replicate pair; 1 when no split is reproducible.
 
 :func:`heterogeneity_verdict` -- "homogeneous" | "discrete" | "continuous" | "mixed" from
-five pieces of evidence, each returned with its numbers:
+six pieces of evidence, each returned with its numbers:
 
 (a) ``stability_vs_k``: the weakest class's mean Jaccard per K. A plateau of stable K
     followed by a drop (or a plateau up to the largest K tried) is discrete-like; a
@@ -12,27 +12,29 @@ five pieces of evidence, each returned with its numbers:
 (b) ``neighbour_disagreement``: replicate disagreement (off-diagonal confusion summed over
     replicate pairs) after ordering the classes along the first principal component of
     their maps; "concentrated" when most of it sits between neighbouring classes.
-(c) ``map_path``: class maps on a one-dimensional path: map distance (normalised maps)
+(c) ``map_path``: class maps on a one-dimensional path: noise-corrected map distance
     grows with the distance in the PC1 order (Spearman), the two ends are much further
     apart than neighbours, and the steps along the order are even (no dominant gap, which
     is what an over-split discrete state gives: two near-identical maps and one big jump).
 (d) ``posterior_spread``: mean max posterior and per-particle stability at the largest K.
-
-(e) ``split_map_signal``: do the class maps of the smallest K >= 2 differ beyond their
-    half-map noise (noise-corrected squared distance / noise >= ``split_map_snr``)?
+(e) ``split_map_signal``: for the smallest K >= 2, do the class maps differ beyond their
+    half-map noise, and is the split better than chance?
+(f) ``map_extrapolation``: do the classes of the largest K reach beyond the maps of the
+    recommended K (finer bins of a continuum are more extreme than coarse ones; finer
+    splits of discrete states only re-mix them)?
 
 Decision (thresholds in :class:`Thresholds`):
 
-* K_rec = 1: "continuous" if the class maps differ beyond noise (e), or lie on a path (c),
-  or the stability decays smoothly with disagreement between neighbours (a, b): there is
-  structural variability that no K separates reproducibly. Otherwise "homogeneous".
-* K_rec >= 2: "continuous" if the maps of the largest K lie on one path (c), the stability
-  curve has no sharp drop after K_rec (a), and either that K exceeds K_rec or its classes
-  are not all highly stable (>= 0.85; discrete states that happen to lie on a line stay
-  "discrete" -- scan a larger K to tell). A sharp drop after a plateau means the extra
-  classes are over-split states whose mixture maps lie on the line between states, so a
-  path there is not evidence of a continuum. "mixed" if the children (>= 3) of one K_rec
-  class at a larger K lie on a path. Otherwise "discrete".
+* K_rec = 1: "continuous" if (e) finds structure, or the maps lie on a path (c), or the
+  stability decays smoothly with disagreement between neighbours (a, b): structural
+  variability that no K separates reproducibly. Otherwise "homogeneous".
+* K_rec >= 2: "continuous" if the largest-K classes extrapolate beyond the K_rec maps
+  (f), or if the largest-K maps lie on one path (c) with no sharp stability drop after
+  K_rec (a) and that K either exceeds K_rec or is not highly stable (>= 0.85; discrete
+  states that happen to lie on a line stay "discrete" -- scan a larger K to tell). A path
+  after a sharp drop is not taken as a continuum: over-split discrete states give mixture
+  maps on the line between the states. "mixed" if the children (>= 3) of one K_rec class
+  at a larger K lie on a path. Otherwise "discrete".
 """
 
 from __future__ import annotations
@@ -56,8 +58,12 @@ class Thresholds:
     path_spearman: float = 0.7
     path_far_near: float = 1.5
     path_gap_ratio: float = 3.0       # max / min step along the order
-    path_end_snr: float = 1.0         # ends: signal^2 / noise^2
-    split_map_snr: float = 2.0        # (e): class maps differ beyond noise
+    path_end_snr: float = 3.0         # ends: signal^2 / noise^2
+    split_map_snr: float = 1.0        # (e): class maps differ beyond noise ...
+    split_jaccard_above_chance: float = 0.1   # ... with a split better than chance
+    split_map_snr_strong: float = 2.0  # (e) on its own
+    extrapolation_min: float = 0.03   # (f)
+    extrapolation_z: float = 3.0
     band_excess: float = 0.2          # band fraction must exceed the uniform 2/K by this
     band_min: float = 0.7
     spread_max_posterior: float = 0.8
@@ -202,12 +208,15 @@ def map_path(maps: np.ndarray, half_maps: Optional[np.ndarray] = None,
 
 
 def map_signal(maps: np.ndarray, half_maps: np.ndarray, mask: Optional[np.ndarray] = None,
-               th: Thresholds = Thresholds()) -> dict:
-    """Evidence (e): do the class maps of a split differ beyond their noise?
+               min_class_jaccard: Optional[float] = None, th: Thresholds = Thresholds()) -> dict:
+    """Evidence (e): is there real structure behind a split that does not reproduce?
 
     ``signal^2 / noise^2`` per class pair from :func:`map_distances` (squared distance of
-    the noise-free maps over the summed half-map noise). Classes of homogeneous data differ
-    by noise only (ratio about 1 or below); real structural differences give more.
+    the noise-free maps over the summed half-map noise): classes of homogeneous data differ
+    by noise only (ratio below 1). ``min_class_jaccard`` of the split is compared with the
+    chance level ``1 / (2K - 1)`` (two random partitions into K equal classes). Structure:
+    ratio >= ``split_map_snr_strong``, or ratio >= ``split_map_snr`` together with a
+    Jaccard of at least ``split_jaccard_above_chance`` above chance.
     """
     dist, _, noise2, _ = map_distances(maps, half_maps, mask)
     k = dist.shape[0]
@@ -215,9 +224,61 @@ def map_signal(maps: np.ndarray, half_maps: np.ndarray, mask: Optional[np.ndarra
     denom = (noise2[:, None] + noise2[None, :])[iu]
     ratio = np.where(denom > 0, dist[iu] ** 2 / np.where(denom > 0, denom, 1), np.inf)
     best = float(ratio.max()) if ratio.size else float("nan")
+    chance = 1.0 / (2 * k - 1)
+    above = bool(min_class_jaccard is not None and np.isfinite(min_class_jaccard)
+                 and min_class_jaccard >= chance + th.split_jaccard_above_chance)
+    strong = bool(np.isfinite(best) and best >= th.split_map_snr_strong)
+    weak = bool(np.isfinite(best) and best >= th.split_map_snr)
     return {"k": k, "pair_signal_to_noise": [_r(v, 3) for v in ratio],
-            "max_signal_to_noise": _r(best, 3), "threshold": th.split_map_snr,
-            "beyond_noise": bool(np.isfinite(best) and best >= th.split_map_snr)}
+            "max_signal_to_noise": _r(best, 3), "min_class_jaccard": _r(min_class_jaccard),
+            "chance_jaccard": _r(chance), "jaccard_above_chance": above,
+            "thresholds": {"signal_to_noise": th.split_map_snr,
+                           "signal_to_noise_strong": th.split_map_snr_strong,
+                           "jaccard_above_chance": th.split_jaccard_above_chance},
+            "beyond_noise": strong or (weak and above)}
+
+
+def map_extrapolation(coarse_maps: np.ndarray, fine_maps: np.ndarray, fine_half_maps: np.ndarray,
+                      mask: Optional[np.ndarray] = None, th: Thresholds = Thresholds()) -> dict:
+    """Evidence (f): do classes of a finer K reach beyond the classes of the coarser K?
+
+    Each fine map is fitted (least squares, with a constant) by the coarse maps; a negative
+    coefficient means the fine class lies beyond the coarse ones. Splitting a discrete state
+    more finely only re-mixes the states (coefficients within [0, 1] up to noise); binning a
+    continuum more finely gives end classes more extreme than the coarse bins, whose maps
+    average over a wider range. The coefficient's noise is half the difference of the fits
+    of the two half maps. Significant when the largest extrapolation exceeds both
+    ``extrapolation_min`` and ``extrapolation_z`` times its noise.
+    """
+    coarse = np.asarray(coarse_maps, dtype=np.float64)
+    fine = np.asarray(fine_maps, dtype=np.float64)
+    halves = np.asarray(fine_half_maps, dtype=np.float64)
+    b = coarse.shape[-1]
+    w = _sphere_mask(b).astype(np.float64) if mask is None else np.asarray(mask, np.float64)
+    sel = w > 0
+
+    def vec(m):
+        v = m[sel] * w[sel]
+        return v - v.mean()
+
+    a = np.stack([vec(m) for m in coarse] + [np.ones(int(sel.sum()))], axis=1)
+    rows = []
+    for c in range(fine.shape[0]):
+        coef = np.linalg.lstsq(a, vec(fine[c]), rcond=None)[0][:-1]
+        ch = [np.linalg.lstsq(a, vec(halves[h, c]), rcond=None)[0][:-1] for h in range(2)]
+        noise = np.abs(ch[0] - ch[1]) / 2.0
+        j = int(np.argmin(coef))
+        rows.append({"class": c + 1, "coefficients": [_r(v) for v in coef],
+                     "extrapolation": _r(-coef[j]), "noise": _r(noise[j]),
+                     "beyond_coarse_class": j + 1})
+    best = max(rows, key=lambda r: r["extrapolation"] or -np.inf) if rows else None
+    significant = bool(best is not None and best["extrapolation"] is not None
+                       and best["extrapolation"] >= th.extrapolation_min
+                       and best["extrapolation"] >= th.extrapolation_z * (best["noise"] or 0.0))
+    return {"coarse_k": coarse.shape[0], "fine_k": fine.shape[0], "classes": rows,
+            "max_extrapolation": None if best is None else best["extrapolation"],
+            "thresholds": {"min": th.extrapolation_min, "z": th.extrapolation_z},
+            "significant": significant}
 
 
 def neighbour_disagreement(aligned: np.ndarray, k: int, order, th: Thresholds = Thresholds()) -> dict:
@@ -319,10 +380,19 @@ def heterogeneity_verdict(per_k: Mapping[int, KScores], maps_by_k: Mapping[int, 
     split = None
     ks_maps = sorted(k for k in maps_by_k if k >= 2)
     if ks_maps and half_maps_by_k is not None and ks_maps[0] in half_maps_by_k:
-        split = map_signal(maps_by_k[ks_maps[0]], half_maps_by_k[ks_maps[0]], mask, th)
+        k0 = ks_maps[0]
+        split = map_signal(maps_by_k[k0], half_maps_by_k[k0], mask,
+                           per_k[k0].min_class_jaccard if k0 in per_k else None, th)
     evidence["split_map_signal"] = split
     differs = bool(split and split["beyond_noise"])
     drop = curve["shape"] == "plateau_then_drop"
+    extra = None
+    if (k_rec >= 2 and k_rec in maps_by_k and half_maps_by_k is not None
+            and k_max > k_rec and k_max in half_maps_by_k):
+        extra = map_extrapolation(maps_by_k[k_rec], maps_by_k[k_max], half_maps_by_k[k_max],
+                                  mask, th)
+    evidence["map_extrapolation"] = extra
+    extrapolates = bool(extra and extra["significant"])
 
     if k_rec == 1:
         if is_path or differs or (curve["shape"] == "smooth_decay" and is_band):
@@ -343,6 +413,12 @@ def heterogeneity_verdict(per_k: Mapping[int, KScores], maps_by_k: Mapping[int, 
             verdict = "homogeneous"
             reasons.append("no split into 2 or more classes is reproducible and the class maps "
                            "differ by noise only")
+    elif extrapolates:
+        verdict = "continuous"
+        reasons.append(f"K={k_rec} is reproducible, but K={k_max} classes reach beyond the "
+                       f"K={k_rec} maps (extrapolation {extra['max_extrapolation']}): finer "
+                       "classes are more extreme, as when binning a continuum")
+        affected[:] = True
     elif is_path and not drop and (k_max > k_rec or per_k[k_max].min_class_jaccard
                                    < th.highly_stable_jaccard):
         verdict = "continuous"

@@ -75,7 +75,6 @@ class HetClassProtClassify3D(ProtClassify3D):
                          n_iter=int(result.n_iter))
 
     def createOutputStep(self):
-        parts = self.inputParticles.get()
         ids = np.load(self._getExtraPath(common.INPUT_IDS))
         res = np.load(self._getExtraPath(RESULT_NPZ))
         labels, max_post = res["labels"], res["max_posterior"]
@@ -100,7 +99,7 @@ class HetClassProtClassify3D(ProtClassify3D):
             rep.setSamplingRate(voxel_A)
             cls._hetclassResolution = Float(float(resolution[c]))
 
-        classes = self._createSetOfClasses3D(parts)
+        classes = self._createSetOfClasses3D(self.inputParticles)
         classes.classifyItems(updateItemCallback=update_particle,
                               updateClassCallback=update_class)
         volumes = self._createSetOfVolumes()

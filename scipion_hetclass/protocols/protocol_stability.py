@@ -198,7 +198,7 @@ class HetClassProtStability(ProtClassify3D):
         self._register(outputs)
 
     def _classes(self, update_particle, update_class):
-        classes = self._createSetOfClasses3D(self.inputParticles.get())
+        classes = self._createSetOfClasses3D(self.inputParticles)
         classes.classifyItems(updateItemCallback=update_particle,
                               updateClassCallback=update_class)
         return classes
