@@ -16,11 +16,12 @@ setup(
     package_dir={"hetclass_standalone": "standalone", "hetclass_relion": "relion_external"},
     package_data={"scipion_hetclass": ["protocols.conf", "*.bib"]},
     install_requires=["numpy>=1.22", "scipy>=1.8", "mrcfile>=1.4", "starfile>=0.5", "pandas>=2.1.1",
-                      "gemmi>=0.6", "matplotlib>=3.5"],
+                      "gemmi>=0.6", "matplotlib>=3.5", "threadpoolctl>=3"],
     extras_require={
         "gpu": ["cupy-cuda12x"],
-        "scipion": ["scipion-pyworkflow>=3.0", "scipion-em>=3.0"],
-        "test": ["pytest>=7", "scikit-learn>=1.0"],
+        "scipion": ["scipion-pyworkflow>=3.11", "scipion-em>=3.11", "pandas<3"],
+        "cryosparc": ["cryosparc-tools>=5.0"],
+        "test": ["pytest>=7", "scikit-learn>=1.0", "pyyaml"],
         "mpi": ["mpi4py>=3.1"],
     },
     entry_points={

@@ -197,11 +197,14 @@ def link_halves(half_maps: np.ndarray, mask: np.ndarray):
     return perm
 
 
-def reseed_empty(refs, fractions, tau2, half_maps, solvent_mask, min_fraction: float):
+def reseed_empty(refs, fractions, tau2, min_fraction: float, rng: np.random.Generator,
+                 lowpass_A: float, pixel_size_A: float, solvent_mask):
     """Give (nearly) empty classes a new start by splitting the largest class, in place.
 
-    The new class starts from the largest class's references pushed along the difference of
-    its two half maps (deterministic, no RNG); the two share the largest class's weight.
+    The new class and the largest one start from the largest class's references pushed in
+    opposite directions along a smooth random field (the same field in both half sets, so
+    class numbers keep one meaning; a field made from the half maps' own noise would pull
+    each half's particles towards opposite classes). They share the largest class's weight.
     Returns the 1-based numbers of the re-seeded classes.
     """
     reseeded = []
@@ -209,11 +212,13 @@ def reseed_empty(refs, fractions, tau2, half_maps, solvent_mask, min_fraction: f
         big = int(np.argmax(fractions))
         if fractions[big] < 2 * min_fraction:
             break
-        delta = (half_maps[0, big] - half_maps[1, big]) * solvent_mask
-        scale = np.sqrt(np.mean(refs[:, big] ** 2) / max(float(np.mean(delta ** 2)), 1e-30))
+        field = rng.standard_normal(refs.shape[2:]).astype(np.float32)
+        field = lowpass_volume(field, pixel_size_A, lowpass_A) * solvent_mask
+        scale = np.sqrt(np.mean(refs[:, big] ** 2) / max(float(np.mean(field ** 2)), 1e-30))
         for h in range(2):
-            refs[h, j] = refs[h, big] + 0.25 * scale * delta
-            refs[h, big] = refs[h, big] - 0.25 * scale * delta
+            base = refs[h, big].copy()
+            refs[h, j] = base + 0.2 * scale * field
+            refs[h, big] = base - 0.2 * scale * field
         tau2[j] = tau2[big]
         fractions[j] = fractions[big] = fractions[big] / 2.0
         reseeded.append(int(j) + 1)
@@ -269,8 +274,11 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
         shared = (fractions[:, None] * np.maximum(ms.tau2, 0.0)).sum(0)
         tau2 = np.tile(shared[None], (k, 1))
         if it <= options.max_iter // 2:
-            reseeded = reseed_empty(refs, fractions, tau2, ms.half_maps, solvent_mask,
-                                    min_fraction=max(5.0 / n_active, 0.002))
+            rng = np.random.default_rng(np.random.SeedSequence(int(options.seed),
+                                                               spawn_key=(7919, it)))
+            reseeded = reseed_empty(refs, fractions, tau2, max(5.0 / n_active, 0.002), rng,
+                                    max(best_res, options.init_lowpass_A / 2),
+                                    ws.data.plan.crop_pixel_size_A, solvent_mask)
             if reseeded:
                 stats["reseeded_classes"] = reseeded
                 converged = False

@@ -236,7 +236,7 @@ def test_cli_bad_values_exit_2_with_one_line(tmp_path, capsys, argv, field):
     from hetclass.simulate import simulate_dataset
     from hetclass.phantoms import phantom_model
     ds = simulate_dataset(tmp_path / "d", {"open": phantom_model("open")}, n_particles=20,
-                          box_px=18, pixel_size_A=12.0, snr=None, seed=0)
+                          box_px=20, pixel_size_A=12.0, snr=None, seed=0)
     rc = main(argv + ["--particles", ds.star_path, "--project-dir", ds.out_dir,
                       "--out", str(tmp_path / "out"), "--quiet"])
     err = capsys.readouterr().err.strip()
