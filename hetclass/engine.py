@@ -81,6 +81,9 @@ def validate_options(options: ClassifyOptions, n_particles: int) -> None:
         raise InputError("must be > 0", field="--tau2-fudge", value=options.tau2_fudge)
     if options.convergence_pct < 0:
         raise InputError("must be >= 0", field="--convergence", value=options.convergence_pct)
+    if options.device not in ("cpu", "auto"):
+        raise InputError("the GPU backend is not available in this version; use --device cpu "
+                         "(or auto)", field="--device", value=options.device)
     if options.init not in ("random", "ref"):
         raise InputError("must be 'random' or 'ref'", field="--init", value=options.init)
 
@@ -113,6 +116,9 @@ def prepare(particles: ParticleSet, options: ClassifyOptions, progress=None, abo
     validate_options(options, len(particles))
     source = None
     if read_images is None:
+        if particles.source.get("format") == "cs":
+            from .io.cryosparc import require_stacks
+            require_stacks(particles)
         from .io.images import ImageSource
         source = ImageSource(particles)
         source.validate()

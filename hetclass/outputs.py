@@ -118,12 +118,16 @@ def write_classify_outputs(out_dir: str, particles, result, options, run_info: d
             files[hname] = os.path.join(out_dir, hname)
     post = result.posteriors
     labels = result.labels
-    extra = {
+    extra = {}
+    if particles.source.get("format") == "cs":  # keep uids so results can go back to .cs
+        from .io.cryosparc import star_columns
+        extra.update(star_columns(particles))
+    extra.update({
         "rlnClassNumber": labels.astype(np.int64) + 1,
         "rlnMaxValueProbDistribution": post.max(1).astype(np.float64),
         "rlnLogLikeliContribution": np.asarray(result.log_likelihood, dtype=np.float64),
         "rlnNrOfSignificantSamples": (post >= 0.01).sum(1).astype(np.int64),
-    }
+    })
     write_particles_star(os.path.join(out_dir, DATA_STAR), particles, extra)
     files[DATA_STAR] = os.path.join(out_dir, DATA_STAR)
     write_star_blocks(os.path.join(out_dir, MODEL_STAR),
