@@ -13,6 +13,8 @@ Measured per run:
   ``run_it000`` is written), ``s_per_iter`` (hetclass: EM time / iterations; RELION: time
   between ``run_it000`` and the last ``run_itNNN_model.star`` / iterations) and
   ``time_to_result_s`` (everything, start-up and output writing included);
+* ``cpu_s``: user + system CPU seconds of the child(ren) (cpu_s / total_s < threads means
+  the run did not keep its threads busy, or the machine was shared);
 * ``peak_rss_MB``: the child's own peak resident set size, from ``os.wait4`` (stdlib);
 * ``throughput``: particles x classes x Fourier coefficients per second of one iteration
   (hetclass only; ``M`` = coefficients kept after Fourier cropping);
@@ -72,7 +74,8 @@ def make_dataset(out_dir: str, n: int, box_px: int, k: int, snr: float, pixel_si
     from hetclass.simulate import simulate_dataset
 
     if not 1 <= k <= len(STATES):
-        raise SystemExit(f"bench_classify: synthetic data supports 1..{len(STATES)} classes, got {k}")
+        raise SystemExit(f"bench_classify: synthetic data supports 1..{len(STATES)} classes, "
+                         f"got {k}")
     pops = default_populations(k) if populations is None else np.asarray(populations, float)
     params = dict(n=n, box_px=box_px, k=k, snr=snr, pixel_size_A=pixel_size_A, seed=seed,
                   populations=[round(float(p), 6) for p in pops])
@@ -101,7 +104,8 @@ def star_info(star: str) -> Dict[str, float]:
     if "rlnImagePixelSize" in src:
         psize = float(src["rlnImagePixelSize"].iloc[0])
     elif "rlnDetectorPixelSize" in src:
-        psize = float(src["rlnDetectorPixelSize"].iloc[0]) * 1e4 / float(src["rlnMagnification"].iloc[0])
+        psize = (float(src["rlnDetectorPixelSize"].iloc[0]) * 1e4
+                 / float(src["rlnMagnification"].iloc[0]))
     else:
         psize = None
     return {"n": int(len(parts)), "box_px": box, "pixel_size_A": psize}
@@ -149,16 +153,17 @@ def run_child(cmd: List[str], cwd: str, log_path: str) -> Dict[str, float]:
 
 
 def n_coefficients(run_info: dict, box_px: int, pixel_size_A: float) -> int:
-    """Fourier coefficients per particle after cropping: from run.json, else recomputed."""
+    """Fourier coefficients per particle after cropping: from run.json, else recomputed from
+    the crop box and target resolution recorded there."""
     if "n_coefficients" in run_info:
         return int(run_info["n_coefficients"])
     from hetclass.fourier import coefficient_set
     from hetclass.preprocess import plan_crop
 
-    plan = plan_crop(box_px, pixel_size_A, (run_info.get("options") or {}).get("target_res_A"))
-    if "crop_box_px" in run_info and int(run_info["crop_box_px"]) != plan.crop_box_px:
-        raise RuntimeError("recomputed crop box differs from run.json; add n_coefficients to run.json")
-    return coefficient_set(plan.crop_box_px, plan.data_shell).size
+    plan = plan_crop(box_px, pixel_size_A, run_info.get("target_resolution_A"))
+    crop = int(run_info.get("crop_box_px", plan.crop_box_px))
+    shell = plan.data_shell if crop == plan.crop_box_px else crop // 2 - 2
+    return coefficient_set(crop, shell).size
 
 
 def run_hetclass(ds: dict, k: int, args, work: str) -> dict:
@@ -171,6 +176,7 @@ def run_hetclass(ds: dict, k: int, args, work: str) -> dict:
     if args.quick:
         cmd += ["--max-iter", "3"]
     cmd += list(args.hetclass_arg)
+    version = code_version()          # the sources the child is about to import
     child = run_child(cmd, ds["project_dir"], os.path.join(work, f"hetclass_K{k}.log"))
     with open(os.path.join(out, "run.json")) as fh:
         info = json.load(fh)
@@ -183,7 +189,7 @@ def run_hetclass(ds: dict, k: int, args, work: str) -> dict:
                 time_to_result_s=child["wall_s"], n_coefficients=m,
                 crop_box_px=info.get("crop_box_px"),
                 throughput=ds["n"] * k * m / s_iter if s_iter > 0 else None,
-                converged=info.get("converged"),
+                converged=info.get("converged"), code_version=version,
                 ari=ari_vs_truth(os.path.join(out, "run_data.star"), ds.get("truth")),
                 command=" ".join(cmd))
 
@@ -220,18 +226,43 @@ def run_relion(ds: dict, k: int, args, work: str) -> dict:
                 command=" ".join(rec_cmd) + " && " + " ".join(cmd))
 
 
+def code_version() -> str:
+    """hetclass version, git commit (``+dirty`` with uncommitted edits) and a hash of the
+    package's sources (to see whether the engine changed while a benchmark ran)."""
+    import hashlib
+
+    import hetclass
+
+    here = os.path.dirname(os.path.abspath(hetclass.__file__))
+    digest = hashlib.sha1()
+    for path in sorted(glob.glob(os.path.join(here, "**", "*.py"), recursive=True)):
+        with open(path, "rb") as fh:
+            digest.update(fh.read())
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
+                                capture_output=True, timeout=20).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=here, text=True,
+                               capture_output=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    tag = f"hetclass {getattr(hetclass, '__version__', '?')}"
+    git = f" {commit}{'+dirty' if dirty else ''}" if commit else ""
+    return f"{tag} ({git.strip()}{' ' if git else ''}src {digest.hexdigest()[:10]})"
+
+
 # ----- report --------------------------------------------------------------------------------
 COLUMNS = [("tool", "{}"), ("n", "{}"), ("box", "{}"), ("K", "{}"), ("M", "{}"),
            ("iter", "{}"), ("prep_s", "{:.1f}"), ("s/iter", "{:.2f}"), ("total_s", "{:.1f}"),
-           ("peak_RSS_MB", "{:.0f}"), ("cropped_MB", "{:.1f}"), ("RSS<=crop+1GB", "{}"),
-           ("evals/s", "{:.3g}"), ("ARI", "{:.3f}"), ("load", "{}")]
+           ("cpu_s", "{:.0f}"), ("peak_RSS_MB", "{:.0f}"), ("cropped_MB", "{:.1f}"),
+           ("RSS<=crop+1GB", "{}"), ("evals/s", "{:.3g}"), ("ARI", "{:.3f}"), ("load", "{}")]
 
 
 def table_row(r: dict) -> Dict[str, str]:
     vals = {"tool": r["tool"], "n": r["n"], "box": r["box_px"], "K": r["K"],
             "M": r.get("n_coefficients"), "iter": r["iterations"], "prep_s": r["preprocess_s"],
             "s/iter": r["s_per_iter"], "total_s": r["time_to_result_s"],
-            "peak_RSS_MB": r["peak_rss_bytes"] / MB, "cropped_MB": r.get("cropped_MB"),
+            "cpu_s": r.get("cpu_s"), "peak_RSS_MB": r["peak_rss_bytes"] / MB,
+            "cropped_MB": r.get("cropped_MB"),
             "RSS<=crop+1GB": r.get("rss_ok"), "evals/s": r.get("throughput"),
             "ARI": r.get("ari"), "load": f"{r['load_before']:.1f}/{r['load_after']:.1f}"}
     out = {}
@@ -343,15 +374,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 row["rss_ok"] = bool(row["peak_rss_bytes"] <= cropped + 1024 ** 3)
             if "relion_refine" in got:
                 h, r = got["hetclass"], got["relion_refine"]
-                ratios.append(dict(n=n, K=k, time_ratio=r["time_to_result_s"] / h["time_to_result_s"],
+                ratios.append(dict(n=n, K=k,
+                                   time_ratio=r["time_to_result_s"] / h["time_to_result_s"],
                                    iter_ratio=r["s_per_iter"] / h["s_per_iter"],
                                    ari_hetclass=h["ari"], ari_relion=r["ari"],
                                    rss_hetclass_MB=h["peak_rss_bytes"] / MB,
                                    rss_relion_MB=r["peak_rss_bytes"] / MB))
+        used = sorted({r["code_version"] for r in rows if "code_version" in r})
+        version = (used[0] if used else code_version()) if len(used) <= 1 else \
+            " / ".join(used) + ": THE ENGINE CHANGED BETWEEN hetclass RUNS (see the JSON)"
         print(format_table(rows, ratios))
+        print(f"code: {version}; {os.cpu_count()} CPUs; load average at the end "
+              + " ".join(f"{v:.2f}" for v in os.getloadavg()))
         if args.json:
             doc = {"started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                    "argv": list(sys.argv[1:] if argv is None else argv), "cpus": os.cpu_count(),
+                   "code_version": version,
                    "loadavg_end": os.getloadavg(), "rows": rows, "ratios": ratios}
             with open(args.json + ".tmp", "w") as fh:
                 json.dump(doc, fh, indent=1, default=float)

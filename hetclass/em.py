@@ -25,6 +25,11 @@ from .workspace import Workspace
 # The E-step uses data up to the current resolution plus this many shells (as RELION does),
 # so that early iterations are not drowned in high-frequency noise.
 RES_STEP_SHELLS = 4
+# a run still changing more than this % of labels at this iteration is cycling between
+# solutions (seen with very small classes); the engine restarts it from a new derived seed
+STALL_ITER = 8
+STALL_CHANGED_PCT = 10.0
+MAX_RESTARTS = 2
 
 
 @dataclass
@@ -48,6 +53,10 @@ class EMState:
     loglik: Optional[np.ndarray] = None      # (n,) log evidence per particle
     unmasked_maps: Optional[np.ndarray] = None  # (K, b, b, b) class maps before masking
     like_shells: int = 0                     # shells used by the next E-step (0 = from the maps)
+    stalled: bool = False                    # still cycling late in the run: restart advised
+    attempt: int = 0                         # restarts so far (each with a new derived seed)
+    restarts: List[dict] = field(default_factory=list)  # why and when each restart happened
+    polishing: bool = False                  # gold-standard phase converged: full-map scoring
 
 
 @dataclass
@@ -172,21 +181,27 @@ def initial_maps(ws: Workspace, rng: np.random.Generator, k: int, active: np.nda
     return (refs * solvent_mask).astype(np.float32)
 
 
-def link_halves(half_maps: np.ndarray, mask: np.ndarray):
+def link_halves(half_maps: np.ndarray, mask: np.ndarray, pixel_size_A: float,
+                resolution_A: float):
     """Keep class k meaning the same in both half sets.
 
     Scoring each half against the other half's maps can let the halves' class numbers drift
-    apart (then classes swap every iteration). Returns ``perm`` with half-2 class j best
-    matching half-1 class ``perm[j]`` (by masked map correlation), or None when already linked.
+    apart (then classes swap every iteration). The half maps, low-passed to ``resolution_A``
+    and masked, are matched by correlation (Hungarian). Returns ``perm`` with half-2 class j
+    best matching half-1 class ``perm[j]``, or None when they are already linked.
     """
     from scipy.optimize import linear_sum_assignment
     k = half_maps.shape[1]
     if k < 2:
         return None
-    a = (half_maps[0] * mask).reshape(k, -1)
-    b = (half_maps[1] * mask).reshape(k, -1)
-    a = a - a.mean(1, keepdims=True)
-    b = b - b.mean(1, keepdims=True)
+    a = np.stack([lowpass_volume(m, pixel_size_A, resolution_A) * mask for m in half_maps[0]])
+    b = np.stack([lowpass_volume(m, pixel_size_A, resolution_A) * mask for m in half_maps[1]])
+    a = a.reshape(k, -1) - a.reshape(k, -1).mean(1, keepdims=True)
+    b = b.reshape(k, -1) - b.reshape(k, -1).mean(1, keepdims=True)
+    # correlate the class maps' deviations from their half's mean map: the common part of
+    # similar states would otherwise swamp the differences that define the classes
+    a = a - a.mean(0, keepdims=True)
+    b = b - b.mean(0, keepdims=True)
     na = np.linalg.norm(a, axis=1)
     nb = np.linalg.norm(b, axis=1)
     corr = (b @ a.T) / np.maximum(nb[:, None] * na[None, :], 1e-30)
@@ -228,7 +243,7 @@ def reseed_empty(refs, fractions, tau2, min_fraction: float, rng: np.random.Gene
 def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
             solvent_mask: np.ndarray, focus_mask: Optional[np.ndarray],
             checkpoint: Optional[Callable[[EMState], None]] = None,
-            abort_check=None, progress=None) -> EMState:
+            abort_check=None, progress=None, max_restarts: int = 0) -> EMState:
     """Run EM iterations from ``state`` until convergence or ``options.max_iter``."""
     k = state.refs.shape[1]
     n_active = max(int(active.sum()), 1)
@@ -242,14 +257,20 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
                                      options.hard, abort_check=abort_check, progress=progress,
                                      like_shells=like)
         ms = m_step(ws, acc, state.tau2, options.tau2_fudge, solvent_mask, focus_mask)
-        perm = link_halves(ms.half_maps, solvent_mask)
+        fractions = acc.class_weight / max(acc.class_weight.sum(), 1e-12)
+        link_res = max(2.0 * float(np.min(ms.resolution_A)), options.init_lowpass_A / 2)
+        perm = link_halves(ms.half_maps, solvent_mask, ws.data.plan.crop_pixel_size_A, link_res)
         if perm is not None:  # class j of half set 2 is class perm[j] of half set 1
-            ms.half_maps[1] = ms.half_maps[1][np.argsort(perm)]
+            inverse = np.argsort(perm)
+            ms.half_maps[1] = ms.half_maps[1][inverse]
             second = ws.data.subset == 2
-            post[second] = post[second][:, np.argsort(perm)]
+            post[second] = post[second][:, inverse]
+            weights = post[active]
+            if options.hard:
+                weights = np.eye(k)[weights.argmax(1)]
+            fractions = weights.sum(0) / max(weights.sum(), 1e-12)
         labels = np.where(active, post.argmax(1), -1)
         changed = float(np.mean(labels[active] != state.labels[active])) * 100.0
-        fractions = acc.class_weight / max(acc.class_weight.sum(), 1e-12)
         if np.any(fractions < 0.5 / n_active):
             warnings.warn(f"iteration {state.iteration + 1}: "
                           f"{int(np.sum(fractions < 0.5 / n_active))} class(es) are empty",
@@ -268,7 +289,15 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
         stats["likelihood_shells"] = like
         converged = (it >= 3 and changed < options.convergence_pct and d_frac < 0.01
                      and next_like == like)
-        refs = np.stack([ms.half_maps[1], ms.half_maps[0]]) * solvent_mask
+        polishing = state.polishing
+        if converged and not polishing:
+            # the partition is settled without self-bias; refine it against full-data maps,
+            # which are less noisy than half maps
+            polishing, converged = True, False
+        if polishing:
+            refs = np.stack([ms.maps, ms.maps]) * solvent_mask
+        else:
+            refs = np.stack([ms.half_maps[1], ms.half_maps[0]]) * solvent_mask
         # one prior spectrum for all classes (population-weighted): a per-class spectrum from
         # each class's own shrunken map feeds back and empties small classes
         shared = (fractions[:, None] * np.maximum(ms.tau2, 0.0)).sum(0)
@@ -288,10 +317,15 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
                         labels=labels, posteriors=post, history=state.history + [stats],
                         converged=converged, half_maps=ms.half_maps, fsc=ms.fsc,
                         resolution_A=ms.resolution_A, loglik=loglik, unmasked_maps=ms.maps,
-                        like_shells=next_like)
+                        like_shells=next_like, attempt=state.attempt, restarts=state.restarts,
+                        polishing=polishing,
+                        stalled=(it >= STALL_ITER and changed > STALL_CHANGED_PCT
+                                 and not converged))
         if progress is not None:
             progress("iteration", it=it, max_iter=options.max_iter, changed_pct=changed,
                      class_fractions=fractions.tolist(), resolution_A=ms.resolution_A.tolist())
         if checkpoint is not None:
             checkpoint(state)
+        if state.stalled and state.attempt < max_restarts:
+            break
     return state

@@ -129,6 +129,7 @@ def process_batch(rows, half, operator, grids_stacked, data, ctf, group, sigma2,
     values = np.concatenate([np.ascontiguousarray(a).view(np.float32).reshape(n * m, 2 * k),
                              d.reshape(n * m, k)], axis=1)
     acc.grid = None
-    return BatchResult(rows, post.astype(np.float32), evidence, acc, int(half),
+    reported = weights if (hard and with_estep) else post
+    return BatchResult(rows, reported.astype(np.float32), evidence, acc, int(half),
                        np.asarray(backproject(operator, values), dtype=np.float32))
 

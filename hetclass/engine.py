@@ -13,7 +13,7 @@ from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .em import EMState, initial_maps, iterate, m_step, run_pass
+from .em import MAX_RESTARTS, EMState, initial_maps, iterate, m_step, run_pass
 from .em_step import shell_onehot
 from .errors import InputError
 from .fourier import resize_volume
@@ -216,12 +216,28 @@ def fit(prepared: PreparedData, options: ClassifyOptions, seed: SeedLike = None,
     validate_options(options, len(prepared.data) if rows is None else len(rows))
     n = len(prepared.data)
     active = _active(n, rows)
-    if state is None:
-        state = initial_state(prepared, options, options.seed if seed is None else seed, rows,
-                              progress, abort_check)
-    state = iterate(prepared.workspace, state, options, active, prepared.solvent_mask,
-                    prepared.focus_mask, checkpoint=checkpoint, abort_check=abort_check,
-                    progress=progress)
+    seed_seq = _as_seed_sequence(options.seed if seed is None else seed)
+    # restart seeds are derived from the run's seed: attempt a uses restarts[a - 1]
+    restarts = seed_seq.spawn(MAX_RESTARTS)
+    while True:
+        if state is None or (state.stalled and state.attempt < MAX_RESTARTS
+                             and state.iteration < options.max_iter):
+            attempt, notes = 0, []
+            if state is not None:
+                attempt = state.attempt + 1
+                notes = state.restarts + [{
+                    "restart": attempt, "after_iteration": state.iteration,
+                    "changed_pct": state.history[-1]["changed_pct"],
+                    "reason": "labels still cycling between solutions"}]
+            state = initial_state(prepared, options, seed_seq if attempt == 0
+                                  else restarts[attempt - 1], rows, progress, abort_check)
+            state.attempt, state.restarts = attempt, notes
+        state = iterate(prepared.workspace, state, options, active, prepared.solvent_mask,
+                        prepared.focus_mask, checkpoint=checkpoint, abort_check=abort_check,
+                        progress=progress, max_restarts=MAX_RESTARTS)
+        if not (state.stalled and state.attempt < MAX_RESTARTS
+                and state.iteration < options.max_iter):
+            break
     idx = np.flatnonzero(active)
     post = state.posteriors[idx]
     maps = state.unmasked_maps if state.unmasked_maps is not None else state.maps

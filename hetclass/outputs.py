@@ -102,6 +102,15 @@ def model_blocks(result, particles, options, files: Dict[str, str], out_dir: str
     return blocks
 
 
+def to_original_box(volume: np.ndarray, box_px: int) -> np.ndarray:
+    """A map at the cropped box -> the original box, on RELION's intensity scale.
+
+    Cropping keeps pixel values, so a map at box b projects b voxels where the data's box B
+    projects B: voxel values are scaled by b / B (then the Fourier padding keeps them).
+    """
+    return resize_volume(volume, box_px) * (volume.shape[-1] / box_px)
+
+
 def write_classify_outputs(out_dir: str, particles, result, options, run_info: dict) -> Dict[str, str]:
     """Write every output file atomically; returns {name: path as referenced in STAR files}."""
     k = result.maps.shape[0]
@@ -110,11 +119,12 @@ def write_classify_outputs(out_dir: str, particles, result, options, run_info: d
     files = {}
     for j in range(k):
         name = class_map_name(j)
-        write_map(os.path.join(out_dir, name), resize_volume(result.maps[j], big), psize)
+        write_map(os.path.join(out_dir, name), to_original_box(result.maps[j], big), psize)
         files[name] = os.path.join(out_dir, name)
         for h in range(2):
             hname = half_map_name(h, j)
-            write_map(os.path.join(out_dir, hname), resize_volume(result.half_maps[h, j], big), psize)
+            write_map(os.path.join(out_dir, hname), to_original_box(result.half_maps[h, j], big),
+                      psize)
             files[hname] = os.path.join(out_dir, hname)
     post = result.posteriors
     labels = result.labels
@@ -149,6 +159,7 @@ def write_classify_outputs(out_dir: str, particles, result, options, run_info: d
         "class_fractions": np.asarray(result.class_fractions).tolist(),
         "resolution_A": np.asarray(result.resolution_A).tolist(),
         "iterations": result.stats, "converged": bool(result.state.converged),
+        "restarts": result.state.restarts,
         "map_pixel_size_A": psize, "map_box_px": big,
         "files": {name: os.path.basename(p) for name, p in files.items()},
     })

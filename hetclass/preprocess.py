@@ -39,8 +39,12 @@ class CropPlan:
 
 
 def default_target_res_A(box_px: int, pixel_size_A: float) -> float:
-    """Twice the Nyquist resolution, but never finer than 8 A (classification rarely needs more)."""
-    return max(4.0 * pixel_size_A, 8.0)
+    """Twice the Nyquist resolution, but never finer than 15 A.
+
+    On simulated data at SNR 0.05 the recovered classes were as good or better at 15 A than at
+    12 A (and much faster); use ``--target-res`` for differences that need finer detail.
+    """
+    return max(4.0 * pixel_size_A, 15.0)
 
 
 def plan_crop(box_px: int, pixel_size_A: float, target_res_A: Optional[float],

@@ -24,8 +24,8 @@ def test_benchmark_quick_prints_table(tmp_path):
     header = lines[0].split()
     for col in ("tool", "s/iter", "total_s", "peak_RSS_MB", "cropped_MB", "ARI"):
         assert col in header
-    rows = {ln.split()[0]: ln.split() for ln in lines[1:] if ln.split() and
-            ln.split()[0] in ("hetclass", "relion_refine")}
+    rows = {ln.split()[0]: ln.split() for ln in lines[1:] if len(ln.split()) == len(header)
+            and ln.split()[0] in ("hetclass", "relion_refine")}
     assert "hetclass" in rows
     assert rows["hetclass"][header.index("n")] == "200"
     assert rows["hetclass"][header.index("K")] == "2"
@@ -44,3 +44,4 @@ def test_benchmark_quick_prints_table(tmp_path):
         assert rel["iterations"] == 2 and rel["ari"] is not None
         assert len(doc["ratios"]) == 1 and doc["ratios"][0]["time_ratio"] > 0
         assert any(ln.startswith("n=200 K=2: time RELION/hetclass") for ln in lines)
+    assert any(ln.startswith("code: hetclass") for ln in lines)

@@ -62,7 +62,8 @@ def test_project_backproject_recovers_map(with_ctf):
         rng = np.random.default_rng(3)
         du = rng.uniform(8000, 20000, n)
         size_A = BOX * 2.0
-        ctf = ctf_values(coeffs.kx / size_A, coeffs.ky / size_A, du, du - 300, rng.uniform(0, 180, n),
+        ctf = ctf_values(coeffs.kx / size_A, coeffs.ky / size_A, du, du - 300,
+                         rng.uniform(0, 180, n),
                          300.0, 2.7, 0.1)
         slices = ctf * slices
     rec = _reconstruct(slices, op, n, coeffs.size, ctf)

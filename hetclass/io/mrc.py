@@ -186,6 +186,13 @@ def write_map(path, array, voxel_size_A: float, origin=0) -> None:
             mrc.voxel_size = float(voxel_size_A)
             mrc.header.origin = _origin3(origin)
             mrc.update_header_stats()
+            _fixed_label(mrc)
+
+
+def _fixed_label(mrc) -> None:
+    """Replace mrcfile's timestamped label so the same data give the same bytes."""
+    mrc.header.label[0] = b"hetclass"
+    mrc.header.nlabl = 1
 
 
 def write_stack(path, images, pixel_size_A: float) -> None:
@@ -199,6 +206,7 @@ def write_stack(path, images, pixel_size_A: float) -> None:
             mrc.set_image_stack()
             mrc.voxel_size = float(pixel_size_A)
             mrc.update_header_stats()
+            _fixed_label(mrc)
 
 
 def check_map_matches(path, array, box_px: int, pixel_size_A: float,

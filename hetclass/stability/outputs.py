@@ -29,7 +29,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from .. import __version__
-from ..fourier import resize_volume
+from ..outputs import to_original_box
 from ..io.atomic import atomic_path, atomic_write_json
 from ..io.mrc import write_map
 from ..io.star import write_particles_star
@@ -84,11 +84,11 @@ def _write_maps(out_dir: str, rec, columns, names, big_box: int, big_psize: floa
     files = {}
     for col, c in zip(columns, names):
         path = os.path.join(out_dir, class_map_name(c))
-        write_map(path, resize_volume(rec.maps[col], big_box), big_psize)
+        write_map(path, to_original_box(rec.maps[col], big_box), big_psize)
         files[class_map_name(c)] = path
         for h in range(2):
             hp = os.path.join(out_dir, half_map_name(h, c))
-            write_map(hp, resize_volume(rec.half_maps[h, col], big_box), big_psize)
+            write_map(hp, to_original_box(rec.half_maps[h, col], big_box), big_psize)
             files[half_map_name(h, c)] = hp
     return files
 
@@ -237,11 +237,11 @@ def write_exhaustive_outputs(out_dir: str, particles, prepared, root, options, p
         entry = {"id": leaf.node_id, "n_particles": leaf.n_particles, "reason": leaf.reason,
                  "resolution_A": _r(leaf.resolution_A, 2), "star": name + ".star"}
         if leaf.map is not None:
-            write_map(os.path.join(out_dir, name + ".mrc"), resize_volume(leaf.map, big_box), big_psize)
+            write_map(os.path.join(out_dir, name + ".mrc"), to_original_box(leaf.map, big_box), big_psize)
             entry["map"] = name + ".mrc"
             for h in range(2):
                 hn = f"{name}_half{h + 1}_unfil.mrc"
-                write_map(os.path.join(out_dir, hn), resize_volume(leaf.half_maps[h], big_box),
+                write_map(os.path.join(out_dir, hn), to_original_box(leaf.half_maps[h], big_box),
                           big_psize)
             entry["half_maps"] = [f"{name}_half1_unfil.mrc", f"{name}_half2_unfil.mrc"]
         leaves.append(entry)
