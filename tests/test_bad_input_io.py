@@ -16,13 +16,9 @@ from hetclass.io.loader import load_particles
 from hetclass.io.mrc import read_map, write_map, write_stack
 from hetclass.io.star import read_star
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-FIXTURES = next((d for d in (os.environ.get("HETCLASS_FIXTURES", ""),
-                             os.path.join(_HERE, "..", "shared", "fixtures"),
-                             os.path.join(_HERE, "..", "..", "shared", "fixtures"),
-                             "/work/shared/fixtures")
-                 if d and os.path.isdir(os.path.join(d, "relion31"))), "/work/shared/fixtures")
-FIXTURES = os.path.join(FIXTURES, "relion31")
+from shared_fixtures import fixtures_dir
+
+FIXTURES = fixtures_dir("relion31")
 
 
 def blocks31():

@@ -15,9 +15,9 @@ from hetclass.io import cryosparc as cs
 from hetclass.io.cryosparc_read import MAX_HEADER_BYTES
 from hetclass.io.star import read_star, write_particles_star
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "cryosparc")
-if not os.path.isdir(FIXTURES):
-    FIXTURES = "/work/shared/fixtures/cryosparc"
+from shared_fixtures import fixtures_dir
+
+FIXTURES = fixtures_dir("cryosparc")
 PLAIN = os.path.join(FIXTURES, "synthetic_particles.cs")
 PASS = os.path.join(FIXTURES, "synthetic_passthrough_particles.cs")
 CSDAT = os.path.join(FIXTURES, "synthetic_particles_csdat.cs")

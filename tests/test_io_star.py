@@ -18,13 +18,9 @@ from hetclass.io.star import (particles_to_tables, read_star, write_particles_st
                               write_star_blocks)
 from hetclass.particles import Optics, ParticleSet
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-FIXTURES = next((d for d in (os.environ.get("HETCLASS_FIXTURES", ""),
-                             os.path.join(_HERE, "..", "shared", "fixtures"),
-                             os.path.join(_HERE, "..", "..", "shared", "fixtures"),
-                             "/work/shared/fixtures")
-                 if d and os.path.isdir(os.path.join(d, "relion31"))), "/work/shared/fixtures")
-FIXTURES = os.path.join(FIXTURES, "relion31")
+from shared_fixtures import fixtures_dir
+
+FIXTURES = fixtures_dir("relion31")
 F31 = "input_particles_relion31.star"
 F30 = "particles_relion30_style.star"
 F30_CONVERTED = "particles_relion30_converted_to_31.star"   # made by relion_convert_star

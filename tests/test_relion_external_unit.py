@@ -29,19 +29,14 @@ from hetclass_relion.nodes import (Node, detect_relion_version, format_output_no
                                    project_relative, write_output_nodes)
 from hetclass_relion.options import PARAMETERS, build_config, parse_argv
 
+from shared_fixtures import fixtures_dir
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _fixture_dir() -> Path:
-    """``fixtures/relion31/external_job`` ($HETCLASS_FIXTURES, else ../shared, ../../shared)."""
-    env = os.environ.get("HETCLASS_FIXTURES")
-    for base in ([Path(env)] if env else []) + [REPO / "shared" / "fixtures",
-                                                 REPO.parent / "shared" / "fixtures",
-                                                 Path("/work/shared/fixtures")]:
-        path = base / "relion31" / "external_job"
-        if path.is_dir():
-            return path
-    pytest.skip("RELION 3.1.3 External-job fixtures (shared/fixtures/relion31/external_job) not found")
+    """``fixtures/relion31/external_job`` from the shared fixtures (see shared_fixtures.py)."""
+    return Path(fixtures_dir(os.path.join("relion31", "external_job")))
 
 
 @pytest.fixture
