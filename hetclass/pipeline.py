@@ -114,6 +114,7 @@ def run_classify(particles, options: ClassifyOptions, out_dir: str, resume: bool
     run_info = {"timings_s": {"preprocess": t_prep, "em": t_em, "total": time.time() - t0},
                 "resumed_from_iteration": resumed_at,
                 "crop_box_px": int(prepared.data.plan.crop_box_px),
+                "n_coefficients": int(prepared.data.coeffs.size),
                 "target_resolution_A": float(prepared.data.plan.target_res_A),
                 "particle_diameter_A": float(prepared.data.diameter_A),
                 "input": particles.source.get("path")}
