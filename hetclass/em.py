@@ -19,7 +19,7 @@ from .errors import EmptyClassWarning
 from .fourier import lowpass_volume
 from .fsc import fsc, resolution_from_fsc
 from .projector import stack_grids
-from .reconstruct import grid_shells, grid_to_volume, shell_power, solve_grid, symmetrise, volume_to_grid
+from .reconstruct import grid_to_volume, shell_power, solve_grid, symmetrise, volume_to_grid
 from .workspace import Workspace
 
 # The E-step uses data up to the current resolution plus this many shells (as RELION does),
