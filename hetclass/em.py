@@ -167,12 +167,12 @@ def initial_maps(ws: Workspace, rng: np.random.Generator, k: int, active: np.nda
     psize = ws.data.plan.crop_pixel_size_A
     # Both half sets start from the same maps so that class k means the same in both;
     # afterwards half set h is scored against maps made from the other half (gold standard).
-    one = np.stack([lowpass_volume(m, psize, lowpass_A) for m in ms.maps])
+    one = lowpass_volume(ms.maps, psize, lowpass_A)
     random_refs = np.stack([one, one])
     if references is None:
         refs = random_refs
     elif references.shape[0] == k:
-        one = np.stack([lowpass_volume(r, psize, lowpass_A) for r in references])
+        one = lowpass_volume(references, psize, lowpass_A)
         refs = np.stack([one, one])
     else:
         ref = lowpass_volume(references[0], psize, lowpass_A)
@@ -194,8 +194,8 @@ def link_halves(half_maps: np.ndarray, mask: np.ndarray, pixel_size_A: float,
     k = half_maps.shape[1]
     if k < 2:
         return None
-    a = np.stack([lowpass_volume(m, pixel_size_A, resolution_A) * mask for m in half_maps[0]])
-    b = np.stack([lowpass_volume(m, pixel_size_A, resolution_A) * mask for m in half_maps[1]])
+    a = lowpass_volume(half_maps[0], pixel_size_A, resolution_A) * mask
+    b = lowpass_volume(half_maps[1], pixel_size_A, resolution_A) * mask
     a = a.reshape(k, -1) - a.reshape(k, -1).mean(1, keepdims=True)
     b = b.reshape(k, -1) - b.reshape(k, -1).mean(1, keepdims=True)
     # correlate the class maps' deviations from their half's mean map: the common part of

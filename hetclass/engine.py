@@ -20,7 +20,7 @@ from .fourier import resize_volume
 from .masks import soft_sphere
 from .particles import ParticleSet
 from .pipeline import ClassifyOptions
-from .preprocess import FourierData, preprocess
+from .preprocess import MASK_EDGE_PX, FourierData, mask_radius_px, preprocess
 from .workspace import Workspace
 
 SeedLike = Union[int, np.random.SeedSequence]
@@ -131,8 +131,8 @@ def prepare(particles: ParticleSet, options: ClassifyOptions, progress=None, abo
         if source is not None:
             source.close()
     b = data.plan.crop_box_px
-    radius_px = min(data.diameter_A / 2 / data.plan.crop_pixel_size_A, b / 2 - 1)
-    solvent = (soft_sphere(b, radius_px - 1.5, 3.0) if options.solvent_mask is None
+    solvent = (soft_sphere(b, mask_radius_px(data.diameter_A, data.plan), MASK_EDGE_PX)
+               if options.solvent_mask is None
                else _load_mask(options.solvent_mask, particles, b))
     focus = None if options.focus_mask is None else _load_mask(options.focus_mask, particles, b)
     refs = None
@@ -219,9 +219,11 @@ def fit(prepared: PreparedData, options: ClassifyOptions, seed: SeedLike = None,
     seed_seq = _as_seed_sequence(options.seed if seed is None else seed)
     # restart seeds are derived from the run's seed: attempt a uses restarts[a - 1]
     restarts = seed_seq.spawn(MAX_RESTARTS)
+    def restart_due(st: EMState) -> bool:
+        return st.stalled and st.attempt < MAX_RESTARTS and st.iteration < options.max_iter
+
     while True:
-        if state is None or (state.stalled and state.attempt < MAX_RESTARTS
-                             and state.iteration < options.max_iter):
+        if state is None or restart_due(state):
             attempt, notes = 0, []
             if state is not None:
                 attempt = state.attempt + 1
@@ -235,8 +237,7 @@ def fit(prepared: PreparedData, options: ClassifyOptions, seed: SeedLike = None,
         state = iterate(prepared.workspace, state, options, active, prepared.solvent_mask,
                         prepared.focus_mask, checkpoint=checkpoint, abort_check=abort_check,
                         progress=progress, max_restarts=MAX_RESTARTS)
-        if not (state.stalled and state.attempt < MAX_RESTARTS
-                and state.iteration < options.max_iter):
+        if not restart_due(state):
             break
     idx = np.flatnonzero(active)
     post = state.posteriors[idx]

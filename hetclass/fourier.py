@@ -60,30 +60,6 @@ def centred_rfft2(images):
     return xp.fft.rfft2(xp.fft.ifftshift(images, axes=(-2, -1)), axes=(-2, -1))
 
 
-def centred_irfft2(coeffs, box_px: int):
-    xp = _xp(coeffs)
-    return xp.fft.fftshift(xp.fft.irfft2(coeffs, s=(box_px, box_px), axes=(-2, -1)), axes=(-2, -1))
-
-
-def fourier_crop_images(images, new_box_px: int):
-    """Crop (n, B, B) centred images in Fourier space to (n, b, b), keeping pixel values.
-
-    The pixel size grows by ``B / b``. ``b`` must be even and ``<= B``.
-    """
-    xp = _xp(images)
-    big = images.shape[-1]
-    b = int(new_box_px)
-    if b == big:
-        return images.astype(xp.float32, copy=False)
-    f = xp.fft.fftshift(xp.fft.fft2(xp.fft.ifftshift(images, axes=(-2, -1)), axes=(-2, -1)),
-                        axes=(-2, -1))
-    lo = big // 2 - b // 2
-    f = f[..., lo:lo + b, lo:lo + b]
-    out = xp.fft.fftshift(xp.fft.ifft2(xp.fft.ifftshift(f, axes=(-2, -1)), axes=(-2, -1)),
-                          axes=(-2, -1)).real
-    return (out * (b / big) ** 2).astype(xp.float32)
-
-
 def resize_volume(volume, new_box_px: int):
     """Fourier crop or zero-pad a centred cubic volume, preserving voxel values.
 
@@ -124,16 +100,18 @@ def radial_mean(values, shells, n_shells: int):
 
 
 def lowpass_volume(volume, pixel_size_A: float, resolution_A: float, edge_px: float = 2.0):
-    """Soft (raised-cosine edge) low-pass of a centred volume to ``resolution_A``."""
-    b = volume.shape[0]
+    """Soft (raised-cosine edge) low-pass to ``resolution_A`` of a centred cubic map, or of a
+    stack of them (``(..., b, b, b)``: one transform for the whole stack)."""
+    b = volume.shape[-1]
     r_cut = b * pixel_size_A / resolution_A
     c = np.arange(b) - b // 2
-    z, y, x = np.meshgrid(c, c, c, indexing="ij")
-    r = np.sqrt(x * x + y * y + z * z)
+    r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
     filt = np.clip((r_cut + edge_px / 2 - r) / edge_px, 0.0, 1.0)
     filt = 0.5 - 0.5 * np.cos(np.pi * filt)
-    f = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(volume)))
-    return np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(f * filt))).real.astype(np.float32)
+    axes = (-3, -2, -1)
+    f = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(volume, axes=axes), axes=axes), axes=axes)
+    out = np.fft.ifftn(np.fft.ifftshift(f * filt, axes=axes), axes=axes)
+    return np.fft.fftshift(out, axes=axes).real.astype(np.float32)
 
 
 def _xp(a):

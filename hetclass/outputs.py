@@ -29,7 +29,6 @@ DATA_STAR = "run_data.star"
 MODEL_STAR = "run_model.star"
 POSTERIORS = "run_posteriors.npy"
 RUN_JSON = "run.json"
-CS_OUT = "run_particles.cs"
 
 
 def class_map_name(k: int) -> str:

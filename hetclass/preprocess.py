@@ -18,7 +18,7 @@ import numpy as np
 from .ctf import ctf_values
 from .errors import InputError
 from .fourier import CoefficientSet, centred_rfft2, coefficient_set
-from .masks import soft_disk
+from .masks import default_diameter_A, soft_disk
 from .particles import ParticleSet
 
 
@@ -36,6 +36,15 @@ class CropPlan:
     @property
     def crop_pixel_size_A(self) -> float:
         return self.pixel_size_A * self.box_px / self.crop_box_px
+
+
+MASK_EDGE_PX = 3.0
+
+
+def mask_radius_px(diameter_A: float, plan: CropPlan) -> float:
+    """Inner radius (cropped pixels) of the soft particle mask: the soft edge ends inside the
+    diameter and inside the box."""
+    return min(diameter_A / 2 / plan.crop_pixel_size_A, plan.crop_box_px / 2 - 1) - MASK_EDGE_PX / 2
 
 
 def default_target_res_A(box_px: int, pixel_size_A: float) -> float:
@@ -165,12 +174,11 @@ def preprocess(particles: ParticleSet, read_images: Callable[[np.ndarray], np.nd
     plan = plan_crop(big, p, target_res_A)
     coeffs = coefficient_set(plan.crop_box_px, plan.data_shell)
     if diameter_A is None:
-        diameter_A = 0.85 * big * p
+        diameter_A = default_diameter_A(big, p)
     if not diameter_A > 0:
         raise InputError("particle diameter must be positive", field="--particle-diameter",
                          value=diameter_A)
-    radius_px = min(diameter_A / 2 / plan.crop_pixel_size_A, plan.crop_box_px / 2 - 1)
-    disk = soft_disk(plan.crop_box_px, radius_px - 1.5, edge_px=3.0)
+    disk = soft_disk(plan.crop_box_px, mask_radius_px(diameter_A, plan), edge_px=MASK_EDGE_PX)
     data = np.empty((n, coeffs.size), dtype=np.complex64)
     ctf = np.empty((n, coeffs.size), dtype=np.float32)
     shifts_px = particles.shifts_A / particles.pixel_size_A[:, None]

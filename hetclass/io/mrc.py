@@ -179,12 +179,20 @@ def write_map(path, array, voxel_size_A: float, origin=0) -> None:
     data = np.ascontiguousarray(array, dtype=np.float32)
     if data.ndim != 3:
         raise ValueError(f"write_map expects a 3D array, got shape {data.shape}")
+    _write(path, data, voxel_size_A, stack=False, origin=origin)
+
+
+def _write(path, data: np.ndarray, voxel_size_A: float, stack: bool, origin=0) -> None:
+    """Atomic float32 MRC write: a volume or an image stack, fixed header label."""
     with atomic_path(path) as tmp:
         with mrcfile.new(tmp, overwrite=True) as mrc:
             mrc.set_data(data)
-            mrc.set_volume()
+            if stack:
+                mrc.set_image_stack()
+            else:
+                mrc.set_volume()
+                mrc.header.origin = _origin3(origin)
             mrc.voxel_size = float(voxel_size_A)
-            mrc.header.origin = _origin3(origin)
             mrc.update_header_stats()
             _fixed_label(mrc)
 
@@ -200,13 +208,7 @@ def write_stack(path, images, pixel_size_A: float) -> None:
     data = np.ascontiguousarray(images, dtype=np.float32)
     if data.ndim != 3:
         raise ValueError(f"write_stack expects (n, ny, nx), got shape {data.shape}")
-    with atomic_path(path) as tmp:
-        with mrcfile.new(tmp, overwrite=True) as mrc:
-            mrc.set_data(data)
-            mrc.set_image_stack()
-            mrc.voxel_size = float(pixel_size_A)
-            mrc.update_header_stats()
-            _fixed_label(mrc)
+    _write(path, data, pixel_size_A, stack=True)
 
 
 def check_map_matches(path, array, box_px: int, pixel_size_A: float,
