@@ -29,22 +29,38 @@ def _fingerprint(options, n_particles: int) -> str:
                       default=str)
 
 
-def save(out_dir: str, state: EMState, options, n_particles: int) -> None:
+# per-particle arrays of EMState: local to a rank's shard in memory, global in the file
+_PER_PARTICLE = ("labels", "posteriors", "loglik")
+
+
+def save(out_dir: str, state: EMState, options, n_particles: int, comm=None,
+         rows: Optional[np.ndarray] = None) -> None:
+    """Write ``state`` (collective under MPI: every rank calls it, rank 0 writes).
+
+    ``rows`` are the global indices of this rank's particles (default: all ``n_particles``).
+    The file holds every particle, so a run can resume with another number of ranks.
+    """
     arrays = {}
     meta = {"fingerprint": _fingerprint(options, n_particles)}
     for f in fields(EMState):
         v = getattr(state, f.name)
         if isinstance(v, np.ndarray):
+            if comm is not None and f.name in _PER_PARTICLE:
+                v = comm.gather_rows(v, rows, n_particles)
             arrays[f.name] = v
         elif v is not None:
             meta[f.name] = v
+    if comm is not None and not comm.is_root:
+        return
     arrays["_meta"] = np.frombuffer(json.dumps(meta, default=float).encode(), dtype=np.uint8)
     with atomic_path(os.path.join(out_dir, CHECKPOINT)) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
 
 
-def load(out_dir: str, options, n_particles: int) -> Optional[EMState]:
+def load(out_dir: str, options, n_particles: int,
+         rows: Optional[np.ndarray] = None) -> Optional[EMState]:
+    """The checkpointed state (per-particle arrays restricted to ``rows``), or None."""
     path = os.path.join(out_dir, CHECKPOINT)
     if not os.path.exists(path):
         return None
@@ -58,5 +74,9 @@ def load(out_dir: str, options, n_particles: int) -> Optional[EMState]:
     if meta.pop("fingerprint") != _fingerprint(options, n_particles):
         raise InputError("checkpoint was made with other inputs or options; use --overwrite",
                          file=path, field="options")
+    if rows is not None:
+        for name in _PER_PARTICLE:
+            if name in arrays:
+                arrays[name] = arrays[name][rows]
     kwargs = {**meta, **arrays}
     return EMState(**{f.name: kwargs[f.name] for f in fields(EMState) if f.name in kwargs})

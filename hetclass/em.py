@@ -17,9 +17,9 @@ import numpy as np
 from .em_step import Accumulators, empty_accumulators, process_batch, shell_onehot
 from .errors import EmptyClassWarning
 from .fourier import lowpass_volume
-from .fsc import fsc, resolution_from_fsc
+from .mstep import m_step
 from .projector import stack_grids
-from .reconstruct import grid_to_volume, shell_power, solve_grid, symmetrise, volume_to_grid
+from .reconstruct import volume_to_grid
 from .workspace import Workspace
 
 # The E-step uses data up to the current resolution plus this many shells (as RELION does),
@@ -59,19 +59,16 @@ class EMState:
     polishing: bool = False                  # gold-standard phase converged: full-map scoring
 
 
-@dataclass
-class MStepResult:
-    maps: np.ndarray        # (K, b, b, b) unmasked class maps
-    half_maps: np.ndarray   # (2, K, b, b, b) unmasked half-set maps
-    tau2: np.ndarray        # (K, S)
-    fsc: np.ndarray         # (K, S)
-    resolution_A: np.ndarray
-
-
 def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, active, hard,
              fixed_weights=None, abort_check=None, progress=None, stage="em",
              like_shells: Optional[int] = None):
     """One pass over all batches; returns (Accumulators, posteriors (n,K), loglik (n,))."""
+    if ws.device_pass is not None:  # GPU: data and grids stay on the device
+        acc, post, loglik = ws.device_pass.run_pass(
+            refs, sigma2, log_prior, active, hard, fixed_weights=fixed_weights,
+            abort_check=abort_check, progress=progress, stage=stage,
+            like_shells=like_shells or ws.like_shells)
+        return reduce_accumulators(ws.comm, acc), post, loglik
     k = log_prior.size
     n = len(ws.data)
     acc = empty_accumulators(ws.n_voxels, k, ws.data.n_groups, ws.n_shells)
@@ -91,8 +88,9 @@ def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, activ
         weights = None
         if fixed_weights is not None:
             weights = fixed_weights[rows] * use[:, None]
-        res = process_batch(rows, half, ws.operator(bi), grids[half], ws.data.data, ws.data.ctf,
-                            ws.data.group, sigma2, log_prior, onehot, ws.data.coeffs.shell,
+        x, c, g = ws.batch_arrays(bi)
+        res = process_batch(rows, half, ws.operator(bi), grids[half], x, c, g,
+                            sigma2, log_prior, onehot, ws.data.coeffs.shell,
                             like_shells or ws.like_shells, hard, with_estep=fixed_weights is None,
                             fixed_weights=weights, active=use)
         acc.add(res.acc)
@@ -101,54 +99,24 @@ def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, activ
         loglik[rows] = res.loglik
         if progress is not None:
             progress("batch", stage=stage, done=bi + 1, total=len(ws.batches))
-    return acc, post, loglik
+    return reduce_accumulators(ws.comm, acc), post, loglik
 
 
-def m_step(ws: Workspace, acc: Accumulators, tau2: np.ndarray, tau2_fudge: float,
-           solvent_mask: np.ndarray, focus_mask: Optional[np.ndarray]) -> MStepResult:
-    """Class maps (full and half sets) from the accumulators; new tau2 and FSCs."""
-    k = tau2.shape[0]
-    side, pad, b = ws.side, ws.pad, ws.data.plan.crop_box_px
-    shape = (side, side, side)
-    r_max = ws.data.plan.data_shell
-    nums, dens = [], []
-    for h in range(2):
-        g = acc.grid[h]
-        cplx = g[:, :2 * k].reshape(-1, k, 2)
-        nums.append([(cplx[:, j, 0] + 1j * cplx[:, j, 1]).reshape(shape) for j in range(k)])
-        dens.append([g[:, 2 * k + j].astype(np.float64).reshape(shape) for j in range(k)])
-    maps = np.zeros((k, b, b, b), np.float32)
-    halves = np.zeros((2, k, b, b, b), np.float32)
-    new_tau2 = np.zeros_like(tau2)
-    sym = [[symmetrise(nums[h][j], dens[h][j]) for j in range(k)] for h in range(2)]
-    for j in range(k):
-        num = sym[0][j][0] + sym[1][j][0]
-        den = sym[0][j][1] + sym[1][j][1]
-        grid = solve_grid(num, den, tau2_fudge * tau2[j], ws.grid_shell, pad, r_max)
-        new_tau2[j] = shell_power(grid, ws.grid_shell, tau2.shape[1])
-        maps[j] = grid_to_volume(grid, b)
-        for h in range(2):
-            hg = solve_grid(sym[h][j][0], sym[h][j][1], tau2_fudge * tau2[j],
-                            ws.grid_shell, pad, r_max)
-            halves[h, j] = grid_to_volume(hg, b)
-    if focus_mask is not None:
-        # focused classification: classes share one density outside the focus mask
-        def shared(hs):
-            num = sum(sym[h][j][0] for h in hs for j in range(k))
-            den = sum(sym[h][j][1] for h in hs for j in range(k))
-            return grid_to_volume(solve_grid(num, den, tau2_fudge * tau2.mean(0), ws.grid_shell,
-                                             pad, r_max), b)
-        maps = focus_mask * maps + (1.0 - focus_mask) * shared((0, 1))
-        for h in range(2):
-            halves[h] = focus_mask * halves[h] + (1.0 - focus_mask) * shared((h,))
-    fscs = np.zeros((k, tau2.shape[1]))
-    res = np.zeros(k)
-    psize = ws.data.plan.crop_pixel_size_A
-    for j in range(k):
-        curve = fsc(halves[0, j] * solvent_mask, halves[1, j] * solvent_mask)
-        fscs[j, :min(len(curve), fscs.shape[1])] = curve[:fscs.shape[1]]
-        res[j] = resolution_from_fsc(curve, b, psize, max_shell=ws.like_shells - 1)
-    return MStepResult(maps.astype(np.float32), halves, new_tau2, fscs, res)
+def reduce_accumulators(comm, acc: Accumulators) -> Accumulators:
+    """Sum the accumulators of every rank (identity in a single process)."""
+    if comm.size == 1:
+        return acc
+    to_host = getattr(acc.grid, "get", None)   # a device (CuPy) array: reduce on the host
+    if to_host is not None:
+        import cupy
+        acc.grid = cupy.asarray(comm.allreduce(to_host()))
+    else:
+        acc.grid = comm.allreduce(acc.grid)
+    acc.noise = comm.allreduce(acc.noise)
+    acc.noise_count = comm.allreduce(acc.noise_count)
+    acc.class_weight = comm.allreduce(acc.class_weight)
+    acc.log_likelihood = comm.allreduce_scalar(acc.log_likelihood)
+    return acc
 
 
 def initial_maps(ws: Workspace, rng: np.random.Generator, k: int, active: np.ndarray,
@@ -157,7 +125,8 @@ def initial_maps(ws: Workspace, rng: np.random.Generator, k: int, active: np.nda
     """Initial references: random-subset reconstructions (low-passed), optionally mixed
     with user references: K maps are used as given, one map gets K perturbed copies."""
     n = len(ws.data)
-    labels = rng.integers(0, k, size=n)
+    # drawn over the whole set, so the start does not depend on the sharding across ranks
+    labels = rng.integers(0, k, size=ws.data.n_total)[ws.data.rows]
     weights = np.zeros((n, k))
     weights[np.arange(n), labels] = 1.0
     acc, _, _ = run_pass(ws, None, sigma2, np.zeros(k), active, False, fixed_weights=weights,
@@ -246,7 +215,8 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
             abort_check=None, progress=None, max_restarts: int = 0) -> EMState:
     """Run EM iterations from ``state`` until convergence or ``options.max_iter``."""
     k = state.refs.shape[1]
-    n_active = max(int(active.sum()), 1)
+    comm = ws.comm
+    n_active = max(int(comm.allreduce_scalar(float(active.sum()))), 1)
     b = ws.data.plan.crop_box_px
     size_A = b * ws.data.plan.crop_pixel_size_A
     while not state.converged and state.iteration < options.max_iter:
@@ -268,10 +238,12 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
             weights = post[active]
             if options.hard:
                 weights = np.eye(k)[weights.argmax(1)]
-            fractions = weights.sum(0) / max(weights.sum(), 1e-12)
+            totals = comm.allreduce(weights.sum(0).astype(np.float64))
+            fractions = totals / max(totals.sum(), 1e-12)
         labels = np.where(active, post.argmax(1), -1)
-        changed = float(np.mean(labels[active] != state.labels[active])) * 100.0
-        if np.any(fractions < 0.5 / n_active):
+        n_changed = comm.allreduce_scalar(float(np.sum(labels[active] != state.labels[active])))
+        changed = n_changed / n_active * 100.0
+        if comm.is_root and np.any(fractions < 0.5 / n_active):
             warnings.warn(f"iteration {state.iteration + 1}: "
                           f"{int(np.sum(fractions < 0.5 / n_active))} class(es) are empty",
                           EmptyClassWarning, stacklevel=2)
@@ -283,7 +255,8 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
         stats = {"iteration": it, "changed_pct": changed, "class_fractions": fractions.tolist(),
                  "log_likelihood": acc.log_likelihood / n_active,
                  "resolution_A": ms.resolution_A.tolist(),
-                 "mean_max_posterior": float(post[active].max(1).mean())}
+                 "mean_max_posterior": comm.allreduce_scalar(
+                     float(post[active].max(1).sum()) if active.any() else 0.0) / n_active}
         best_res = float(np.min(ms.resolution_A)) if len(ms.resolution_A) else size_A
         next_like = min(ws.like_shells, max(like, int(size_A / best_res) + RES_STEP_SHELLS + 1))
         stats["likelihood_shells"] = like

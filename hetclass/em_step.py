@@ -87,22 +87,21 @@ class BatchResult:
     grid: np.ndarray         # (V, 3K) float32 back-projection of this batch
 
 
-def process_batch(rows, half, operator, grids_stacked, data, ctf, group, sigma2, log_prior,
+def process_batch(rows, half, operator, grids_stacked, x, c, g, sigma2, log_prior,
                   onehot, shell, like_shells, hard, with_estep=True,
                   fixed_weights: Optional[np.ndarray] = None,
                   active: Optional[np.ndarray] = None) -> BatchResult:
     """E-step for ``rows`` (all in half set ``half`` = 0/1) and their M-step contributions.
 
-    ``fixed_weights`` (n, K) replaces the E-step (used for initial/explicit reconstructions);
-    ``active`` (n,) bool excludes particles (e.g. a replicate's subsample) from every sum.
+    ``x`` (n, M) complex64 data, ``c`` (n, M) float32 CTF and ``g`` (n,) optics groups of the
+    batch's particles. ``fixed_weights`` (n, K) replaces the E-step (used for initial/explicit
+    reconstructions); ``active`` (n,) bool excludes particles (e.g. a replicate's subsample)
+    from every sum.
     """
     n = rows.size
     m = shell.size
     k = log_prior.size
     n_groups, n_shells = sigma2.shape
-    x = data[rows]
-    c = ctf[rows]
-    g = group[rows]
     sig = sigma2[g][:, np.minimum(shell, n_shells - 1)].astype(np.float32)  # (n, M)
     acc = empty_accumulators(0, k, n_groups, n_shells)
     if with_estep:

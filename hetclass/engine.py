@@ -18,6 +18,7 @@ from .em_step import shell_onehot
 from .errors import InputError
 from .fourier import resize_volume
 from .masks import soft_sphere
+from .comm import SerialComm, shard_rows
 from .particles import ParticleSet
 from .pipeline import ClassifyOptions
 from .preprocess import MASK_EDGE_PX, FourierData, mask_radius_px, preprocess
@@ -81,9 +82,8 @@ def validate_options(options: ClassifyOptions, n_particles: int) -> None:
         raise InputError("must be > 0", field="--tau2-fudge", value=options.tau2_fudge)
     if options.convergence_pct < 0:
         raise InputError("must be >= 0", field="--convergence", value=options.convergence_pct)
-    if options.device not in ("cpu", "auto"):
-        raise InputError("the GPU backend is not available in this version; use --device cpu "
-                         "(or auto)", field="--device", value=options.device)
+    if options.device not in ("cpu", "gpu", "auto"):
+        raise InputError("must be cpu, gpu or auto", field="--device", value=options.device)
     if options.init not in ("random", "ref"):
         raise InputError("must be 'random' or 'ref'", field="--init", value=options.init)
 
@@ -96,23 +96,48 @@ def _load_mask(path: str, particles: ParticleSet, crop_box: int) -> np.ndarray:
     return np.clip(resize_volume(vol, crop_box), 0.0, 1.0).astype(np.float32)
 
 
-def _data_power(data: FourierData, n_shells: int):
+def _data_power(data: FourierData, n_shells: int, comm):
+    """Mean |X|^2 per optics group and shell (G, S) and mean CTF^2 per shell (S,), over every
+    rank's particles."""
     onehot = shell_onehot(data.coeffs.shell, n_shells)
     counts = np.maximum(onehot.sum(0), 1)
-    power = np.zeros((data.n_groups, n_shells))
+    sums = np.zeros((data.n_groups, n_shells))
+    n_group = np.zeros(data.n_groups)
     for g in range(data.n_groups):
         sel = data.group == g
         if sel.any():
-            p = (np.abs(data.data[sel]) ** 2) @ onehot
-            power[g] = p.mean(0) / counts
-    ctf2 = ((data.ctf ** 2) @ onehot).mean(0) / counts
+            sums[g] = ((np.abs(data.data[sel]) ** 2) @ onehot).sum(0)
+            n_group[g] = sel.sum()
+    ctf_sum = ((data.ctf ** 2) @ onehot).sum(0).astype(np.float64)
+    sums, n_group = comm.allreduce(sums), comm.allreduce(n_group)
+    ctf_sum = comm.allreduce(ctf_sum)
+    power = np.where(n_group[:, None] > 0, sums / np.maximum(n_group, 1)[:, None], 0.0) / counts
+    ctf2 = ctf_sum / max(float(n_group.sum()), 1.0) / counts
     power[power <= 0] = max(float(power[power > 0].min()) if (power > 0).any() else 1.0, 1e-12)
     return power, np.maximum(ctf2, 1e-6)
 
 
 def prepare(particles: ParticleSet, options: ClassifyOptions, progress=None, abort_check=None,
-            read_images: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> PreparedData:
-    """Validate, read every image once and preprocess (Fourier crop, mask, CTF)."""
+            read_images: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+            comm=None) -> PreparedData:
+    """Validate, read every image once and preprocess (Fourier crop, mask, CTF).
+
+    With an MPI ``comm`` (:mod:`hetclass.comm`) each rank reads and preprocesses only its
+    shard of the particles; errors on any rank are raised on every rank.
+    """
+    comm = SerialComm() if comm is None else comm
+    error = None
+    try:
+        prepared = _prepare(particles, options, progress, abort_check, read_images, comm)
+    except Exception as exc:  # raised collectively below, so no rank waits forever
+        error, prepared = exc, None
+    comm.check(error)
+    ws = prepared.workspace
+    prepared.data_power, prepared.ctf_power = _data_power(prepared.data, ws.n_shells, comm)
+    return prepared
+
+
+def _prepare(particles, options, progress, abort_check, read_images, comm) -> PreparedData:
     validate_options(options, len(particles))
     source = None
     if read_images is None:
@@ -126,7 +151,8 @@ def prepare(particles: ParticleSet, options: ClassifyOptions, progress=None, abo
     root = np.random.SeedSequence(int(options.seed))
     try:
         data = preprocess(particles, read_images, options.target_res_A, options.particle_diameter_A,
-                          root.spawn(1)[0], progress=progress, abort_check=abort_check)
+                          root.spawn(1)[0], progress=progress, abort_check=abort_check,
+                          rows=shard_rows(len(particles), comm.size, comm.rank))
     finally:
         if source is not None:
             source.close()
@@ -149,9 +175,11 @@ def prepare(particles: ParticleSet, options: ClassifyOptions, progress=None, abo
         refs = np.stack(loaded)
     ws = Workspace(data, max(options.classes, 2), batch_size=options.batch_size,
                    cache_bytes=None if options.max_memory_GB is None
-                   else int(options.max_memory_GB * 2 ** 30 * 0.5))
-    power, ctf2 = _data_power(data, ws.n_shells)
-    return PreparedData(particles, data, ws, solvent, focus, refs, power, ctf2)
+                   else int(options.max_memory_GB * 2 ** 30 * 0.5), comm=comm)
+    if options.device != "cpu":
+        from .gpu import attach   # None for "auto" without a usable GPU
+        ws.device_pass = attach(ws, options.device)
+    return PreparedData(particles, data, ws, solvent, focus, refs, None, None)
 
 
 def _as_seed_sequence(seed: SeedLike) -> np.random.SeedSequence:
@@ -160,21 +188,20 @@ def _as_seed_sequence(seed: SeedLike) -> np.random.SeedSequence:
     return np.random.SeedSequence(int(seed)).spawn(2)[1]
 
 
-def _active(n: int, rows: Optional[Sequence[int]]) -> np.ndarray:
-    active = np.zeros(n, bool)
+def _active(data: FourierData, rows: Optional[Sequence[int]]) -> np.ndarray:
+    """(n_local,) bool: which of this rank's particles are among the global ``rows``."""
     if rows is None:
-        active[:] = True
-    else:
-        active[np.asarray(rows, dtype=np.int64)] = True
-    return active
+        return np.ones(len(data), bool)
+    active = np.zeros(data.n_total, bool)
+    active[np.asarray(rows, dtype=np.int64)] = True
+    return active[data.rows]
 
 
 def _scale_references(prepared: PreparedData, refs: np.ndarray, active: np.ndarray,
                       sigma2, tau2) -> np.ndarray:
     """Least-squares scale of user references onto a consensus reconstruction of the data."""
     ws = prepared.workspace
-    n = len(prepared.data)
-    weights = np.ones((n, 1))
+    weights = np.ones((len(prepared.data), 1))
     acc, _, _ = run_pass(ws, None, sigma2, np.zeros(1), active, False, fixed_weights=weights)
     consensus = m_step(ws, acc, tau2[:1], 1.0, prepared.solvent_mask, None).maps[0]
     m = prepared.solvent_mask
@@ -191,7 +218,7 @@ def initial_state(prepared: PreparedData, options: ClassifyOptions, seed: SeedLi
     k = options.classes
     ws = prepared.workspace
     n = len(prepared.data)
-    active = _active(n, rows)
+    active = _active(prepared.data, rows)
     rng = np.random.default_rng(_as_seed_sequence(seed))
     sigma2 = prepared.data_power.copy()
     tau2 = np.tile((prepared.data_power.mean(0) / prepared.ctf_power)[None], (k, 1))
@@ -213,9 +240,9 @@ def fit(prepared: PreparedData, options: ClassifyOptions, seed: SeedLike = None,
     ``seed`` defaults to ``options.seed``; pass a spawned ``SeedSequence`` per replicate.
     ``state`` resumes from a checkpointed :class:`EMState`.
     """
-    validate_options(options, len(prepared.data) if rows is None else len(rows))
-    n = len(prepared.data)
-    active = _active(n, rows)
+    data = prepared.data
+    validate_options(options, data.n_total if rows is None else len(rows))
+    active = _active(data, rows)
     seed_seq = _as_seed_sequence(options.seed if seed is None else seed)
     # restart seeds are derived from the run's seed: attempt a uses restarts[a - 1]
     restarts = seed_seq.spawn(MAX_RESTARTS)
@@ -239,11 +266,14 @@ def fit(prepared: PreparedData, options: ClassifyOptions, seed: SeedLike = None,
                         progress=progress, max_restarts=MAX_RESTARTS)
         if not restart_due(state):
             break
-    idx = np.flatnonzero(active)
-    post = state.posteriors[idx]
+    # results are global: every rank gets every particle's posteriors
+    comm = prepared.workspace.comm
+    idx = np.flatnonzero(comm.gather_rows(active, data.rows, data.n_total))
+    post = comm.gather_rows(state.posteriors, data.rows, data.n_total)[idx]
+    loglik = comm.gather_rows(state.loglik, data.rows, data.n_total)[idx]
     maps = state.unmasked_maps if state.unmasked_maps is not None else state.maps
     return EMResult(rows=idx, labels=post.argmax(1).astype(np.int64), posteriors=post,
-                    log_likelihood=state.loglik[idx], maps=maps, half_maps=state.half_maps,
+                    log_likelihood=loglik, maps=maps, half_maps=state.half_maps,
                     fsc=state.fsc, resolution_A=state.resolution_A,
                     class_fractions=state.class_fractions, pixel_size_A=prepared.pixel_size_A,
                     stats=state.history, state=state)
@@ -252,7 +282,8 @@ def fit(prepared: PreparedData, options: ClassifyOptions, seed: SeedLike = None,
 def reconstruct(prepared: PreparedData, weights: np.ndarray, rows=None,
                 tau2_fudge: float = 4.0, sigma2: Optional[np.ndarray] = None) -> ReconResult:
     """Maps, half maps and FSC resolution from explicit per-particle class weights (n, K)."""
-    n = len(prepared.data)
+    data = prepared.data
+    n = data.n_total
     weights = np.asarray(weights, dtype=np.float64)
     if weights.ndim == 1:
         weights = weights[:, None]
@@ -260,8 +291,9 @@ def reconstruct(prepared: PreparedData, weights: np.ndarray, rows=None,
         full = np.zeros((n, weights.shape[1]))
         full[np.asarray(rows)] = weights
         weights = full
+    weights = weights[data.rows]   # this rank's particles
     k = weights.shape[1]
-    active = _active(n, rows)
+    active = _active(data, rows)
     sig = prepared.data_power if sigma2 is None else sigma2
     tau2 = np.tile((prepared.data_power.mean(0) / prepared.ctf_power)[None], (k, 1))
     ws = prepared.workspace

@@ -86,26 +86,46 @@ def check_out_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
 
 def run_classify(particles, options: ClassifyOptions, out_dir: str, resume: bool = False,
                  overwrite: bool = False, progress: Optional[ProgressFn] = None,
-                 abort_check: Optional[AbortFn] = None, prepared=None) -> ClassifyResult:
-    """Classify ``particles`` and write RELION Class3D-style outputs into ``out_dir``."""
+                 abort_check: Optional[AbortFn] = None, prepared=None,
+                 comm=None) -> ClassifyResult:
+    """Classify ``particles`` and write RELION Class3D-style outputs into ``out_dir``.
+
+    Under MPI (``comm`` from :func:`hetclass.comm.world_comm`) every rank calls this; each
+    preprocesses its shard, the EM combines the ranks, and rank 0 writes the outputs.
+    """
     from . import checkpoint, engine
+    from .comm import SerialComm
     from .outputs import write_classify_outputs
 
-    check_out_dir(out_dir, resume, overwrite)
+    comm = SerialComm() if comm is None else comm
+    error = None
+    try:
+        check_out_dir(out_dir, resume, overwrite)
+    except InputError as exc:
+        error = exc
+    comm.check(error)
+    comm.barrier()  # every rank has looked at out_dir before rank 0 creates it
     t0 = time.time()
     if prepared is None:
-        prepared = engine.prepare(particles, options, progress=progress, abort_check=abort_check)
+        prepared = engine.prepare(particles, options, progress=progress, abort_check=abort_check,
+                                  comm=comm)
     t_prep = time.time() - t0
-    os.makedirs(out_dir, exist_ok=True)
-    state = None
-    if resume:
-        state = checkpoint.load(out_dir, options, len(particles))
-    elif overwrite and os.path.exists(os.path.join(out_dir, checkpoint.CHECKPOINT)):
-        os.remove(os.path.join(out_dir, checkpoint.CHECKPOINT))
+    if comm.is_root:
+        os.makedirs(out_dir, exist_ok=True)
+    state, error = None, None
+    try:
+        if resume:
+            state = checkpoint.load(out_dir, options, len(particles), rows=prepared.data.rows)
+        elif overwrite and comm.is_root and os.path.exists(
+                os.path.join(out_dir, checkpoint.CHECKPOINT)):
+            os.remove(os.path.join(out_dir, checkpoint.CHECKPOINT))
+    except InputError as exc:
+        error = exc
+    comm.check(error)
     resumed_at = 0 if state is None else int(state.iteration)
 
     def save(st):
-        checkpoint.save(out_dir, st, options, len(particles))
+        checkpoint.save(out_dir, st, options, len(particles), comm=comm, rows=prepared.data.rows)
 
     t1 = time.time()
     result = engine.fit(prepared, options, progress=progress, abort_check=abort_check,
@@ -117,8 +137,12 @@ def run_classify(particles, options: ClassifyOptions, out_dir: str, resume: bool
                 "n_coefficients": int(prepared.data.coeffs.size),
                 "target_resolution_A": float(prepared.data.plan.target_res_A),
                 "particle_diameter_A": float(prepared.data.diameter_A),
-                "input": particles.source.get("path")}
-    files = write_classify_outputs(out_dir, particles, result, options, run_info)
+                "input": particles.source.get("path"),
+                "mpi_ranks": int(comm.size)}
+    files = {}
+    if comm.is_root:
+        files = write_classify_outputs(out_dir, particles, result, options, run_info)
+    comm.barrier()
     return ClassifyResult(result.labels, result.posteriors, np.asarray(result.resolution_A),
                           np.asarray(result.class_fractions), files, len(result.stats),
                           bool(result.state.converged), result, prepared)

@@ -94,6 +94,8 @@ class FourierData:
     n_groups: int
     subset: np.ndarray        # (n,) int64 in {1, 2}
     diameter_A: float
+    rows: np.ndarray          # (n,) int64 global particle index of each local row (a shard)
+    n_total: int              # particles in the whole set (all shards)
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
@@ -158,10 +160,18 @@ def half_sets(particles: ParticleSet, seed_seq: np.random.SeedSequence) -> np.nd
 def preprocess(particles: ParticleSet, read_images: Callable[[np.ndarray], np.ndarray],
                target_res_A: Optional[float], diameter_A: Optional[float],
                seed_seq: np.random.SeedSequence, batch_size: int = 512,
-               progress: Optional[Callable] = None, abort_check: Optional[Callable] = None
-               ) -> FourierData:
-    """Read every image once (in batches via ``read_images(rows)``) and build FourierData."""
-    n = len(particles)
+               progress: Optional[Callable] = None, abort_check: Optional[Callable] = None,
+               rows: Optional[np.ndarray] = None) -> FourierData:
+    """Read every image once (in batches via ``read_images(rows)``) and build FourierData.
+
+    ``rows`` (global particle indices, default all) restricts reading and preprocessing to a
+    shard (one MPI rank's particles); the half sets are drawn over the whole set first, so a
+    particle's half set does not depend on the sharding.
+    """
+    n_total = len(particles)
+    shard = (np.arange(n_total, dtype=np.int64) if rows is None
+             else np.asarray(rows, dtype=np.int64))
+    n = int(shard.size)
     box = np.unique(particles.box_px)
     psize = np.unique(np.round(particles.pixel_size_A, 4))
     if box.size != 1:
@@ -185,14 +195,16 @@ def preprocess(particles: ParticleSet, read_images: Callable[[np.ndarray], np.nd
     for start in range(0, n, batch_size):
         if abort_check is not None:
             abort_check()
-        rows = np.arange(start, min(n, start + batch_size))
-        images = read_images(rows)
-        data[rows] = preprocess_batch(images, shifts_px[rows], plan, coeffs, disk)
-        ctf[rows] = ctf_for(particles, rows, coeffs, plan)
+        local = np.arange(start, min(n, start + batch_size))
+        glob = shard[local]
+        images = read_images(glob)
+        data[local] = preprocess_batch(images, shifts_px[glob], plan, coeffs, disk)
+        ctf[local] = ctf_for(particles, glob, coeffs, plan)
         if progress is not None:
-            progress("batch", stage="preprocess", done=int(rows[-1] + 1), total=n)
+            progress("batch", stage="preprocess", done=int(local[-1] + 1), total=n)
     return FourierData(plan=plan, coeffs=coeffs, data=data, ctf=ctf,
-                       rotations=np.asarray(particles.rotations, dtype=np.float64),
-                       group=np.asarray(particles.optics_group, dtype=np.int64),
-                       n_groups=len(particles.optics), subset=half_sets(particles, seed_seq),
-                       diameter_A=float(diameter_A))
+                       rotations=np.asarray(particles.rotations, dtype=np.float64)[shard],
+                       group=np.asarray(particles.optics_group, dtype=np.int64)[shard],
+                       n_groups=len(particles.optics),
+                       subset=half_sets(particles, seed_seq)[shard],
+                       diameter_A=float(diameter_A), rows=shard, n_total=n_total)

@@ -12,6 +12,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from .comm import SerialComm
 from .preprocess import FourierData
 from .projector import grid_side, slice_operator
 from .reconstruct import grid_shells
@@ -23,8 +24,10 @@ class Workspace:
     """Batches and operators for ``data``; ``pad`` is the Fourier oversampling of the maps."""
 
     def __init__(self, data: FourierData, k: int, pad: int = 2, batch_size: Optional[int] = None,
-                 cache_bytes: Optional[int] = None):
+                 cache_bytes: Optional[int] = None, comm=None):
         self.data = data
+        self.comm = SerialComm() if comm is None else comm
+        self.device_pass = None   # a GPU pass (hetclass.gpu) replacing the CPU batches
         self.pad = int(pad)
         b = data.plan.crop_box_px
         self.side = grid_side(b, self.pad)
@@ -47,6 +50,11 @@ class Workspace:
         self.cache_operators = nnz_bytes <= limit
         self._ops = {}
         self._lock = threading.Lock()
+
+    def batch_arrays(self, index: int):
+        """(data (n, M) complex64, ctf (n, M) float32, group (n,)) of batch ``index``."""
+        rows = self.batches[index][0]
+        return self.data.data[rows], self.data.ctf[rows], self.data.group[rows]
 
     def operator(self, index: int):
         """Sparse slice operator of batch ``index`` (cached when the budget allows)."""

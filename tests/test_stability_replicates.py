@@ -90,6 +90,7 @@ class FakeEngine:
 class _Sized:
     def __init__(self, n, plan):
         self.n = n
+        self.n_total = n
         self.plan = plan
 
     def __len__(self):

@@ -73,7 +73,7 @@ def run_stability(prepared, options, k_values: Sequence[int], n_replicates: int 
     """
     validate_replicate_args(n_replicates, subsample)
     k_values = sorted(set(int(k) for k in k_values))
-    n_total = len(prepared.data)
+    n_total = prepared.data.n_total
     base = np.arange(n_total) if rows is None else np.asarray(rows, dtype=np.int64)
     rng = np.random.default_rng(analysis_seed(seed))
     per_k: Dict[int, KScores] = {}

@@ -188,7 +188,7 @@ def explore(prepared, options, rows: Optional[Sequence[int]] = None, min_class_s
     if reconstruct is None:
         from ..engine import reconstruct
     k_scan = _validate_tree_args(min_class_size, max_depth, k_scan)
-    rows = np.arange(len(prepared.data)) if rows is None else np.asarray(rows, dtype=np.int64)
+    rows = np.arange(prepared.data.n_total) if rows is None else np.asarray(rows, dtype=np.int64)
     t0 = time.perf_counter()
     node = Node(node_id=node_id, depth=depth, rows=rows)
     seq = node_seed(seed, node_id)

@@ -132,7 +132,7 @@ def run_replicates(prepared, options, k: int, n_replicates: int = 5, seed: SeedL
     validate_replicate_args(n_replicates, subsample)
     if fit is None:
         from ..engine import fit
-    n_total = len(prepared.data)
+    n_total = prepared.data.n_total
     base = np.arange(n_total) if rows is None else np.asarray(rows, dtype=np.int64)
     n = base.size
     if k < 1 or k > n:
