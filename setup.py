@@ -9,7 +9,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["hetclass", "hetclass.io", "hetclass.stability",
+    packages=["hetclass", "hetclass.io", "hetclass.stability", "hetclass.gpu",
               "hetclass_standalone", "hetclass_relion",
               "scipion_hetclass", "scipion_hetclass.protocols", "scipion_hetclass.viewers",
               "scipion_hetclass.tests"],

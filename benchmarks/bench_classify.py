@@ -16,6 +16,7 @@ Measured per run:
 * ``cpu_s``: user + system CPU seconds of the child(ren) (cpu_s / total_s < threads means
   the run did not keep its threads busy, or the machine was shared);
 * ``peak_rss_MB``: the child's own peak resident set size, from ``os.wait4`` (stdlib);
+  ``dev_MB``: hetclass's peak GPU memory (``--device gpu``; from its run.json);
 * ``throughput``: particles x classes x Fourier coefficients per second of one iteration
   (hetclass only; ``M`` = coefficients kept after Fourier cropping);
 * ``cropped_MB`` = n x M x 8 bytes (complex64), and ``rss_ok``: peak RSS <= cropped + 1 GB;
@@ -172,7 +173,7 @@ def run_hetclass(ds: dict, k: int, args, work: str) -> dict:
     cmd = [sys.executable, "-m", "hetclass_standalone.main", "classify",
            "--particles", ds["star"], "--classes", str(k), "--out", out, "--tau2-fudge", "4",
            "--threads", str(args.threads), "--particle-diameter", f"{ds['diameter_A']:g}",
-           "--seed", str(args.seed), "--quiet"]
+           "--seed", str(args.seed), "--device", args.device, "--quiet"]
     if args.quick:
         cmd += ["--max-iter", "3"]
     cmd += list(args.hetclass_arg)
@@ -187,7 +188,9 @@ def run_hetclass(ds: dict, k: int, args, work: str) -> dict:
     return dict(child, tool="hetclass", iterations=n_iter,
                 preprocess_s=float(timings.get("preprocess", float("nan"))), s_per_iter=s_iter,
                 time_to_result_s=child["wall_s"], n_coefficients=m,
-                crop_box_px=info.get("crop_box_px"),
+                crop_box_px=info.get("crop_box_px"), device=info.get("device", "cpu"),
+                device_peak_bytes=(info["device_peak_MB"] * MB
+                                   if info.get("device_peak_MB") is not None else None),
                 throughput=ds["n"] * k * m / s_iter if s_iter > 0 else None,
                 converged=info.get("converged"), code_version=version,
                 ari=ari_vs_truth(os.path.join(out, "run_data.star"), ds.get("truth")),
@@ -253,7 +256,8 @@ def code_version() -> str:
 # ----- report --------------------------------------------------------------------------------
 COLUMNS = [("tool", "{}"), ("n", "{}"), ("box", "{}"), ("K", "{}"), ("M", "{}"),
            ("iter", "{}"), ("prep_s", "{:.1f}"), ("s/iter", "{:.2f}"), ("total_s", "{:.1f}"),
-           ("cpu_s", "{:.0f}"), ("peak_RSS_MB", "{:.0f}"), ("cropped_MB", "{:.1f}"),
+           ("cpu_s", "{:.0f}"), ("peak_RSS_MB", "{:.0f}"), ("dev_MB", "{:.0f}"),
+           ("cropped_MB", "{:.1f}"),
            ("RSS<=crop+1GB", "{}"), ("evals/s", "{:.3g}"), ("ARI", "{:.3f}"), ("load", "{}")]
 
 
@@ -262,6 +266,8 @@ def table_row(r: dict) -> Dict[str, str]:
             "M": r.get("n_coefficients"), "iter": r["iterations"], "prep_s": r["preprocess_s"],
             "s/iter": r["s_per_iter"], "total_s": r["time_to_result_s"],
             "cpu_s": r.get("cpu_s"), "peak_RSS_MB": r["peak_rss_bytes"] / MB,
+            "dev_MB": (r["device_peak_bytes"] / MB if r.get("device_peak_bytes") is not None
+                       else None),
             "cropped_MB": r.get("cropped_MB"),
             "RSS<=crop+1GB": r.get("rss_ok"), "evals/s": r.get("throughput"),
             "ARI": r.get("ari"), "load": f"{r['load_before']:.1f}/{r['load_after']:.1f}"}
@@ -312,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("runs")
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu",
+                   help="hetclass --device (RELION stays on the CPU)")
     r.add_argument("--no-relion", action="store_true", help="skip relion_refine")
     r.add_argument("--relion-iter", type=int, default=25, help="RELION iterations (default 25)")
     r.add_argument("--hetclass-arg", action="append", default=[], metavar="ARG",

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv-scipion: hetclass + the scipion extra (scipion-pyworkflow, scipion-em) + test deps.
+# Create .venv-scipion: hetclass + the scipion extra (scipion-pyworkflow, scipion-em) + test deps
+# + mpi4py (the mpi extra: the protocols launch MPI runs through Scipion's runJob).
 #
 # Scipion pins numpy==1.26.1 (and scipy<=1.10 through scipion-em), so this venv is also where
 # CI tests hetclass's core on numpy 1.26 / pandas 2. "pandas<3" is given explicitly: without
@@ -19,7 +20,7 @@ start=$(date +%s)
 if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install --quiet -e ".[scipion,test]" \
+"$VENV/bin/python" -m pip install --quiet -e ".[scipion,test,mpi]" \
     "scipion-pyworkflow>=3.11" "scipion-em>=3.11" "pandas<3"
 # optional reference for the convention test; never let it change numpy
 "$VENV/bin/python" -m pip install --quiet scipion-em-relion "numpy==1.26.1" "pandas<3" \

@@ -160,9 +160,12 @@ def link_halves(half_maps: np.ndarray, mask: np.ndarray, pixel_size_A: float,
     best matching half-1 class ``perm[j]``, or None when they are already linked.
     """
     from scipy.optimize import linear_sum_assignment
+    from .gpu.xp import array_module, to_host
+    xp = array_module(half_maps)   # on the device when the M-step ran there
     k = half_maps.shape[1]
     if k < 2:
         return None
+    mask = xp.asarray(mask)
     a = lowpass_volume(half_maps[0], pixel_size_A, resolution_A) * mask
     b = lowpass_volume(half_maps[1], pixel_size_A, resolution_A) * mask
     a = a.reshape(k, -1) - a.reshape(k, -1).mean(1, keepdims=True)
@@ -171,9 +174,9 @@ def link_halves(half_maps: np.ndarray, mask: np.ndarray, pixel_size_A: float,
     # similar states would otherwise swamp the differences that define the classes
     a = a - a.mean(0, keepdims=True)
     b = b - b.mean(0, keepdims=True)
-    na = np.linalg.norm(a, axis=1)
-    nb = np.linalg.norm(b, axis=1)
-    corr = (b @ a.T) / np.maximum(nb[:, None] * na[None, :], 1e-30)
+    na = xp.linalg.norm(a, axis=1)
+    nb = xp.linalg.norm(b, axis=1)
+    corr = to_host((b @ a.T) / xp.maximum(nb[:, None] * na[None, :], 1e-30))
     rows, cols = linear_sum_assignment(-corr)
     perm = cols[np.argsort(rows)]
     if np.all(perm == np.arange(k)) or corr[np.arange(k), perm].sum() <= np.trace(corr) + 1e-6:
@@ -229,7 +232,8 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
         ms = m_step(ws, acc, state.tau2, options.tau2_fudge, solvent_mask, focus_mask)
         fractions = acc.class_weight / max(acc.class_weight.sum(), 1e-12)
         link_res = max(2.0 * float(np.min(ms.resolution_A)), options.init_lowpass_A / 2)
-        perm = link_halves(ms.half_maps, solvent_mask, ws.data.plan.crop_pixel_size_A, link_res)
+        perm = link_halves(ms.half_maps if ms.half_maps_xp is None else ms.half_maps_xp,
+                           solvent_mask, ws.data.plan.crop_pixel_size_A, link_res)
         if perm is not None:  # class j of half set 2 is class perm[j] of half set 1
             inverse = np.argsort(perm)
             ms.half_maps[1] = ms.half_maps[1][inverse]

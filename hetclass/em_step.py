@@ -53,13 +53,16 @@ def class_log_likelihoods(data, ctf, slices, sigma2_coeff, onehot, like_shells: 
     data (n, M) complex64, ctf (n, M) float32, slices (n, M, K) complex64, sigma2_coeff (n, M)
     noise variance of each coefficient; only shells ``< like_shells`` enter the likelihood.
     """
-    resid = data[:, :, None] - ctf[:, :, None] * slices
-    power = resid.real ** 2 + resid.imag ** 2                       # (n, M, K)
+    resid = slices * (-ctf[:, :, None])
+    resid += data[:, :, None]
+    power = resid.real ** 2                                         # (n, M, K)
+    power += resid.imag ** 2
     per_shell = np.matmul(power.transpose(0, 2, 1), onehot)        # (n, K, S)
-    weighted = power / sigma2_coeff[:, :, None]
-    like_mask = onehot[:, :like_shells].sum(1)                      # (M,) 1 inside the limit
-    loglik = -np.einsum("nmk,m->nk", weighted, like_mask, optimize=True).astype(np.float64)
-    return loglik, per_shell
+    # the noise variance is constant within a shell: divide the per-shell sums once
+    counts = np.maximum(onehot[:, :like_shells].sum(0), 1.0)
+    sigma2_shell = (sigma2_coeff @ onehot[:, :like_shells]) / counts  # (n, like_shells)
+    loglik = -(per_shell[:, :, :like_shells] / sigma2_shell[:, None, :]).sum(-1)
+    return loglik.astype(np.float64), per_shell
 
 
 def posteriors_from_loglik(loglik: np.ndarray, log_prior: np.ndarray, hard: bool):

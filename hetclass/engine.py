@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Union
 
@@ -21,8 +23,9 @@ from .masks import soft_sphere
 from .comm import SerialComm, shard_rows
 from .particles import ParticleSet
 from .pipeline import ClassifyOptions
-from .preprocess import MASK_EDGE_PX, FourierData, mask_radius_px, preprocess
-from .workspace import Workspace
+from .preprocess import (MASK_EDGE_PX, FourierData, fill_store, fourier_data, mask_radius_px,
+                         setup_preprocess)
+from .workspace import Workspace, plan_memory
 
 SeedLike = Union[int, np.random.SeedSequence]
 
@@ -96,19 +99,40 @@ def _load_mask(path: str, particles: ParticleSet, crop_box: int) -> np.ndarray:
     return np.clip(resize_volume(vol, crop_box), 0.0, 1.0).astype(np.float32)
 
 
-def _data_power(data: FourierData, n_shells: int, comm):
+def _each(comm, fn, *args):
+    """``fn(*args)`` on every rank; an error on any rank is raised on every rank (so no rank
+    waits forever in a later collective)."""
+    error, out = None, None
+    try:
+        out = fn(*args)
+    except Exception as exc:
+        error = exc
+    comm.check(error)
+    return out
+
+
+def _data_power(ws: Workspace, comm):
     """Mean |X|^2 per optics group and shell (G, S) and mean CTF^2 per shell (S,), over every
-    rank's particles."""
-    onehot = shell_onehot(data.coeffs.shell, n_shells)
+    rank's particles; read batch by batch (the data may stream from disk)."""
+    data = ws.data
+    onehot = shell_onehot(data.coeffs.shell, ws.n_shells)
     counts = np.maximum(onehot.sum(0), 1)
-    sums = np.zeros((data.n_groups, n_shells))
-    n_group = np.zeros(data.n_groups)
-    for g in range(data.n_groups):
-        sel = data.group == g
-        if sel.any():
-            sums[g] = ((np.abs(data.data[sel]) ** 2) @ onehot).sum(0)
-            n_group[g] = sel.sum()
-    ctf_sum = ((data.ctf ** 2) @ onehot).sum(0).astype(np.float64)
+
+    def local_sums():
+        sums = np.zeros((data.n_groups, ws.n_shells))
+        n_group = np.zeros(data.n_groups)
+        ctf_sum = np.zeros(ws.n_shells)
+        for bi in range(len(ws.batches)):
+            x, c, grp = ws.batch_arrays(bi)
+            power = (x.real ** 2 + x.imag ** 2) @ onehot      # (n, S) float32
+            for g in np.unique(grp):
+                sel = grp == g
+                sums[g] += power[sel].sum(0, dtype=np.float64)
+                n_group[g] += sel.sum()
+            ctf_sum += ((c ** 2) @ onehot).sum(0, dtype=np.float64)
+        return sums, n_group, ctf_sum
+
+    sums, n_group, ctf_sum = _each(comm, local_sums)
     sums, n_group = comm.allreduce(sums), comm.allreduce(n_group)
     ctf_sum = comm.allreduce(ctf_sum)
     power = np.where(n_group[:, None] > 0, sums / np.maximum(n_group, 1)[:, None], 0.0) / counts
@@ -119,25 +143,44 @@ def _data_power(data: FourierData, n_shells: int, comm):
 
 def prepare(particles: ParticleSet, options: ClassifyOptions, progress=None, abort_check=None,
             read_images: Optional[Callable[[np.ndarray], np.ndarray]] = None,
-            comm=None) -> PreparedData:
+            comm=None, concurrent_fits: int = 1) -> PreparedData:
     """Validate, read every image once and preprocess (Fourier crop, mask, CTF).
 
     With an MPI ``comm`` (:mod:`hetclass.comm`) each rank reads and preprocesses only its
     shard of the particles; errors on any rank are raised on every rank.
+
+    ``options.cache_dir``: the cropped data are written once into this cache directory
+    (:mod:`hetclass.fourier_store`) and reused, without reading any image, by later runs
+    with the same inputs. ``options.max_memory_GB`` bounds this process's host memory
+    (:func:`hetclass.workspace.plan_memory`): batch sizes, operator caching, and whether the
+    data stay in RAM or stream from the cache (a temporary one, removed at the end, when no
+    ``cache_dir`` is given). ``concurrent_fits``: how many ``fit`` calls will run at once
+    in threads (replicates), each with its own maps and batch arrays within the budget.
+    ``prepared.data.cache_info`` says what was done.
     """
     comm = SerialComm() if comm is None else comm
-    error = None
-    try:
-        prepared = _prepare(particles, options, progress, abort_check, read_images, comm)
-    except Exception as exc:  # raised collectively below, so no rank waits forever
-        error, prepared = exc, None
-    comm.check(error)
-    ws = prepared.workspace
-    prepared.data_power, prepared.ctf_power = _data_power(prepared.data, ws.n_shells, comm)
+    prepared = _prepare(particles, options, progress, abort_check, read_images, comm,
+                        concurrent_fits)
+    prepared.data_power, prepared.ctf_power = _data_power(prepared.workspace, comm)
     return prepared
 
 
-def _prepare(particles, options, progress, abort_check, read_images, comm) -> PreparedData:
+def _prepare(particles, options, progress, abort_check, read_images, comm,
+             concurrent_fits=1) -> PreparedData:
+    source = None
+    try:
+        setup, read, source, memory = _each(comm, _setup, particles, options, read_images, comm,
+                                            concurrent_fits)
+        store, info = _make_store(setup, particles, options, memory, read, progress,
+                                  abort_check, comm)
+    finally:
+        if source is not None:
+            source.close()
+    return _each(comm, _finish_prepare, particles, options, setup, store, info, memory, comm)
+
+
+def _setup(particles, options, read_images, comm, concurrent_fits):
+    """Checks, crop plan, half sets and memory plan (before any image is read)."""
     validate_options(options, len(particles))
     source = None
     if read_images is None:
@@ -146,16 +189,126 @@ def _prepare(particles, options, progress, abort_check, read_images, comm) -> Pr
             require_stacks(particles)
         from .io.images import ImageSource
         source = ImageSource(particles)
-        source.validate()
-        read_images = source.read
-    root = np.random.SeedSequence(int(options.seed))
-    try:
-        data = preprocess(particles, read_images, options.target_res_A, options.particle_diameter_A,
-                          root.spawn(1)[0], progress=progress, abort_check=abort_check,
-                          rows=shard_rows(len(particles), comm.size, comm.rank))
-    finally:
-        if source is not None:
+        try:
+            source.validate()
+        except BaseException:
             source.close()
+            raise
+        read_images = source.read
+        if options.max_memory_GB is not None:
+            read_images = _unmapping_reader(source)
+    root = np.random.SeedSequence(int(options.seed))
+    setup = setup_preprocess(particles, options.target_res_A, options.particle_diameter_A,
+                             root.spawn(1)[0], rows=shard_rows(len(particles), comm.size, comm.rank))
+    memory = plan_memory(options.max_memory_GB, setup.rows.size, setup.n_total,
+                         setup.coeffs.size, options.classes, setup.plan.crop_box_px,
+                         setup.plan.box_px, batch_size=options.batch_size,
+                         concurrent=max(1, int(concurrent_fits)))
+    return setup, read_images, source, memory
+
+
+def _unmapping_reader(source):
+    """``source.read`` that unmaps the stacks after every batch: pages of memory-mapped
+    stacks count as resident memory while mapped."""
+    def read(rows):
+        try:
+            return source.read(rows)
+        finally:
+            source.close()
+    return read
+
+
+def _shard_range(setup) -> tuple:
+    rows = setup.rows
+    if rows.size and not np.array_equal(rows, np.arange(rows[0], rows[-1] + 1)):
+        raise ValueError("a cache part needs a contiguous shard of particles")
+    return (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 0)
+
+
+def _make_store(setup, particles, options, memory, read_images, progress, abort_check, comm):
+    """The store of this rank's data (in RAM or on disk) and a dict saying how it was made."""
+    from . import fourier_store as fs
+    n, m = setup.rows.size, setup.coeffs.size
+
+    def fill(sink):
+        fill_store(setup, particles, read_images, sink, memory.preprocess_batch, progress,
+                   abort_check)
+
+    def write_part(directory, index, sync):
+        if n == 0:
+            return None
+        if not os.path.isdir(directory):
+            raise InputError("cache directory not found on this rank's host; under MPI the "
+                             "cache must be on a file system every rank sees",
+                             file=directory, field="--cache")
+        lo, hi = _shard_range(setup)
+        writer = fs.PartWriter(directory, index, lo, hi, setup.subset, m)
+        try:
+            fill(writer)
+        except BaseException:
+            writer.abort()
+            raise
+        return writer.finish(sync)
+
+    info = {"cache": "none", "data_in_memory": bool(memory.data_in_memory)}
+    if memory.budget_bytes is not None:
+        info["memory_plan_MB"] = memory.summary()
+    if options.cache_dir is None:
+        if memory.data_in_memory:
+            store = fs.MemoryStore.empty(n, m)
+            _each(comm, fill, store)
+            return store, info
+
+        def temporary():   # each rank its own, removed when the store closes
+            import shutil
+            import tempfile
+            build = tempfile.mkdtemp(prefix="hetclass-cache-")
+            try:
+                part = write_part(build, 0, False)
+                return fs.DiskStore(build, [part] if part else [], m, setup.rows, setup.subset,
+                                    temporary=True)
+            except BaseException:
+                shutil.rmtree(build, ignore_errors=True)
+                raise
+        info["cache"] = "temporary"
+        return _each(comm, temporary), info
+
+    def look():
+        cache = fs.CacheDir(options.cache_dir)
+        fingerprint = fs.cache_fingerprint(particles, setup.plan, setup.coeffs,
+                                           setup.diameter_A, MASK_EDGE_PX, setup.subset)
+        manifest = cache.find(fingerprint)
+        return cache, fingerprint, manifest, None if manifest else cache.begin()
+
+    cache, fingerprint, manifest, build = _each(comm, look if comm.is_root else lambda: (None,) * 4)
+    manifest, build = comm.bcast_obj((manifest, build))
+    info.update(cache="reused", cache_dir=os.path.abspath(options.cache_dir))
+    if manifest is None:
+        t0 = time.time()
+        try:
+            part = _each(comm, write_part, build, comm.rank, True)
+            parts = [p for p in comm.allgather_obj(part) if p]
+            manifest = _each(comm, (lambda: cache.commit(build, fingerprint, parts,
+                                                         time.time() - t0))
+                             if comm.is_root else lambda: None)
+        except BaseException:
+            if comm.is_root:
+                fs.CacheDir.abandon(build)
+            raise
+        manifest = comm.bcast_obj(manifest)
+        info.update(cache="built", cache_build_s=float(time.time() - t0))
+    elif progress is not None:
+        progress("message", text=f"reusing the preprocessed data in {manifest['path']}")
+    info.update(cache_path=manifest["path"], cache_MB=float(manifest["bytes"]) / 2 ** 20)
+
+    def open_store():
+        store = fs.open_cache(manifest, setup.rows, setup.subset)
+        return fs.load_into_memory(store) if memory.data_in_memory else store
+    return _each(comm, open_store), info
+
+
+def _finish_prepare(particles, options, setup, store, info, memory, comm) -> PreparedData:
+    data = fourier_data(setup, particles, store, cache_info=info)
     b = data.plan.crop_box_px
     solvent = (soft_sphere(b, mask_radius_px(data.diameter_A, data.plan), MASK_EDGE_PX)
                if options.solvent_mask is None
@@ -173,12 +326,11 @@ def _prepare(particles, options, progress, abort_check, read_images, comm) -> Pr
             raise InputError(f"give one reference or exactly {options.classes}",
                              field="--ref", value=len(loaded))
         refs = np.stack(loaded)
-    ws = Workspace(data, max(options.classes, 2), batch_size=options.batch_size,
-                   cache_bytes=None if options.max_memory_GB is None
-                   else int(options.max_memory_GB * 2 ** 30 * 0.5), comm=comm)
+    ws = Workspace(data, max(options.classes, 2), batch_size=memory.batch_size,
+                   cache_bytes=memory.operator_cache_bytes, comm=comm, memory_plan=memory)
     if options.device != "cpu":
         from .gpu import attach   # None for "auto" without a usable GPU
-        ws.device_pass = attach(ws, options.device)
+        ws.device_pass = attach(ws, options.device, classes=options.classes)
     return PreparedData(particles, data, ws, solvent, focus, refs, None, None)
 
 

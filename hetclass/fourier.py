@@ -90,33 +90,35 @@ def radial_index_3d(box_px: int) -> np.ndarray:
 
 
 def radial_mean(values, shells, n_shells: int):
-    """Mean of ``values`` per shell index (both flat arrays); empty shells give 0."""
-    v = np.asarray(values).ravel()
-    s = np.asarray(shells).ravel()
+    """Mean of ``values`` per shell index (both flat arrays); empty shells give 0.
+
+    NumPy or CuPy (the module of ``values``; ``shells`` is moved there if needed).
+    """
+    xp = _xp(values)
+    v = xp.asarray(values).ravel()
+    s = xp.asarray(shells).ravel()
     ok = s < n_shells
-    sums = np.bincount(s[ok], weights=v[ok], minlength=n_shells)[:n_shells]
-    counts = np.bincount(s[ok], minlength=n_shells)[:n_shells]
-    return sums / np.maximum(counts, 1)
+    sums = xp.bincount(s[ok], weights=v[ok], minlength=n_shells)[:n_shells]
+    counts = xp.bincount(s[ok], minlength=n_shells)[:n_shells]
+    return sums / xp.maximum(counts, 1)
 
 
 def lowpass_volume(volume, pixel_size_A: float, resolution_A: float, edge_px: float = 2.0):
     """Soft (raised-cosine edge) low-pass to ``resolution_A`` of a centred cubic map, or of a
-    stack of them (``(..., b, b, b)``: one transform for the whole stack)."""
+    stack of them (``(..., b, b, b)``: one transform for the whole stack). NumPy or CuPy."""
+    xp = _xp(volume)
     b = volume.shape[-1]
     r_cut = b * pixel_size_A / resolution_A
     c = np.arange(b) - b // 2
     r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
     filt = np.clip((r_cut + edge_px / 2 - r) / edge_px, 0.0, 1.0)
-    filt = 0.5 - 0.5 * np.cos(np.pi * filt)
+    filt = xp.asarray(0.5 - 0.5 * np.cos(np.pi * filt))
     axes = (-3, -2, -1)
-    f = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(volume, axes=axes), axes=axes), axes=axes)
-    out = np.fft.ifftn(np.fft.ifftshift(f * filt, axes=axes), axes=axes)
-    return np.fft.fftshift(out, axes=axes).real.astype(np.float32)
+    f = xp.fft.fftshift(xp.fft.fftn(xp.fft.ifftshift(volume, axes=axes), axes=axes), axes=axes)
+    out = xp.fft.ifftn(xp.fft.ifftshift(f * filt, axes=axes), axes=axes)
+    return xp.fft.fftshift(out, axes=axes).real.astype(np.float32)
 
 
 def _xp(a):
-    mod = type(a).__module__.split(".")[0]
-    if mod == "cupy":  # pragma: no cover - GPU only
-        import cupy
-        return cupy
-    return np
+    from .gpu.xp import array_module
+    return array_module(a)

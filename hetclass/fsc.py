@@ -5,21 +5,26 @@ from __future__ import annotations
 import numpy as np
 
 from .fourier import radial_index_3d
+from .gpu.xp import array_module
 
 
-def fsc(map1: np.ndarray, map2: np.ndarray) -> np.ndarray:
-    """FSC between two centred cubic maps of side b; returns (b//2 + 1,) float64 (shell 0 = DC)."""
+def fsc(map1, map2):
+    """FSC between two centred cubic maps of side b; returns (b//2 + 1,) float64 (shell 0 = DC).
+
+    NumPy or CuPy maps; the curve is in the maps' array module.
+    """
+    xp = array_module(map1, map2)
     b = map1.shape[0]
-    f1 = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(map1)))
-    f2 = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(map2)))
-    shells = radial_index_3d(b).ravel()
+    f1 = xp.fft.fftshift(xp.fft.fftn(xp.fft.ifftshift(map1)))
+    f2 = xp.fft.fftshift(xp.fft.fftn(xp.fft.ifftshift(map2)))
+    shells = xp.asarray(radial_index_3d(b).ravel())
     n = b // 2 + 1
     ok = shells < n
     s = shells[ok]
-    cross = np.bincount(s, weights=np.real(f1 * np.conj(f2)).ravel()[ok], minlength=n)
-    p1 = np.bincount(s, weights=(np.abs(f1) ** 2).ravel()[ok], minlength=n)
-    p2 = np.bincount(s, weights=(np.abs(f2) ** 2).ravel()[ok], minlength=n)
-    return cross / np.sqrt(np.maximum(p1 * p2, 1e-30))
+    cross = xp.bincount(s, weights=(f1 * f2.conj()).real.ravel()[ok], minlength=n)
+    p1 = xp.bincount(s, weights=(xp.abs(f1) ** 2).ravel()[ok], minlength=n)
+    p2 = xp.bincount(s, weights=(xp.abs(f2) ** 2).ravel()[ok], minlength=n)
+    return cross / xp.sqrt(xp.maximum(p1 * p2, 1e-30))
 
 
 def resolution_from_fsc(curve: np.ndarray, box_px: int, pixel_size_A: float,

@@ -138,11 +138,29 @@ def run_classify(particles, options: ClassifyOptions, out_dir: str, resume: bool
                 "target_resolution_A": float(prepared.data.plan.target_res_A),
                 "particle_diameter_A": float(prepared.data.diameter_A),
                 "input": particles.source.get("path"),
-                "mpi_ranks": int(comm.size)}
-    files = {}
+                "mpi_ranks": int(comm.size),
+                # "built" / "reused" / "temporary" / "none", size, where the data lived
+                "data_store": getattr(prepared.data, "cache_info", None)}
+    run_info.update(_device_info(prepared.workspace.device_pass))
+    files, error = {}, None
     if comm.is_root:
-        files = write_classify_outputs(out_dir, particles, result, options, run_info)
-    comm.barrier()
+        try:
+            files = write_classify_outputs(out_dir, particles, result, options, run_info)
+        except Exception as exc:      # raised on every rank: none waits in a barrier
+            error = exc
+    comm.check(error)
     return ClassifyResult(result.labels, result.posteriors, np.asarray(result.resolution_A),
                           np.asarray(result.class_fractions), files, len(result.stats),
                           bool(result.state.converged), result, prepared)
+
+
+def _device_info(device_pass) -> dict:
+    """Where the E-step ran: ``device`` ("cpu" or the GPU's name) and, on a GPU, the peak
+    device memory in MB."""
+    if device_pass is None:
+        return {"device": "cpu"}
+    info = {"device": str(getattr(device_pass, "name", "gpu"))}
+    peak = getattr(device_pass, "peak_bytes", None)
+    if callable(peak):
+        info["device_peak_MB"] = float(peak()) / 2 ** 20
+    return info

@@ -83,12 +83,16 @@ def plan_crop(box_px: int, pixel_size_A: float, target_res_A: Optional[float],
 
 @dataclass
 class FourierData:
-    """Preprocessed particles (all arrays on the host, ordered as the ParticleSet)."""
+    """Preprocessed particles of this rank (per-particle arrays in local row order).
+
+    The (n, M) coefficient and CTF arrays live in ``store`` (:mod:`hetclass.fourier_store`):
+    in RAM or streamed from a cache on disk; read them batch by batch with
+    ``store.read(local_rows)`` (or :meth:`hetclass.workspace.Workspace.batch_arrays`).
+    """
 
     plan: CropPlan
     coeffs: CoefficientSet
-    data: np.ndarray          # (n, M) complex64
-    ctf: np.ndarray           # (n, M) float32
+    store: object             # MemoryStore | DiskStore: (n, M) complex64 data, float32 CTF
     rotations: np.ndarray     # (n, 3, 3) float64
     group: np.ndarray         # (n,) int64, optics group
     n_groups: int
@@ -96,9 +100,24 @@ class FourierData:
     diameter_A: float
     rows: np.ndarray          # (n,) int64 global particle index of each local row (a shard)
     n_total: int              # particles in the whole set (all shards)
+    cache_info: Optional[dict] = None   # how the store was made (see engine.prepare)
 
     def __len__(self) -> int:
-        return int(self.data.shape[0])
+        return int(self.rows.shape[0])
+
+    @property
+    def data(self) -> np.ndarray:
+        """(n, M) complex64, all local rows (a full read when the store is on disk)."""
+        if self.store.in_memory:
+            return self.store.data
+        return self.store.read(np.arange(len(self)))[0]
+
+    @property
+    def ctf(self) -> np.ndarray:
+        """(n, M) float32, all local rows (a full read when the store is on disk)."""
+        if self.store.in_memory:
+            return self.store.ctf
+        return self.store.read(np.arange(len(self)))[1]
 
 
 def _crop_rfft(f: np.ndarray, crop: int) -> np.ndarray:
@@ -157,21 +176,30 @@ def half_sets(particles: ParticleSet, seed_seq: np.random.SeedSequence) -> np.nd
     return out
 
 
-def preprocess(particles: ParticleSet, read_images: Callable[[np.ndarray], np.ndarray],
-               target_res_A: Optional[float], diameter_A: Optional[float],
-               seed_seq: np.random.SeedSequence, batch_size: int = 512,
-               progress: Optional[Callable] = None, abort_check: Optional[Callable] = None,
-               rows: Optional[np.ndarray] = None) -> FourierData:
-    """Read every image once (in batches via ``read_images(rows)``) and build FourierData.
+@dataclass
+class PreprocessSetup:
+    """What preprocessing will compute, decided before any image is read."""
 
-    ``rows`` (global particle indices, default all) restricts reading and preprocessing to a
-    shard (one MPI rank's particles); the half sets are drawn over the whole set first, so a
-    particle's half set does not depend on the sharding.
+    plan: CropPlan
+    coeffs: CoefficientSet
+    diameter_A: float
+    disk: np.ndarray          # (b, b) float32 soft particle mask at the cropped box
+    subset: np.ndarray        # (n_total,) int64 half sets of every particle (1 or 2)
+    rows: np.ndarray          # (n,) int64 global indices of this rank's particles
+    n_total: int
+
+
+def setup_preprocess(particles: ParticleSet, target_res_A: Optional[float],
+                     diameter_A: Optional[float], seed_seq: np.random.SeedSequence,
+                     rows: Optional[np.ndarray] = None) -> PreprocessSetup:
+    """Validate the particles' box and pixel size, plan the crop and draw the half sets.
+
+    ``rows`` (global particle indices, default all) is this rank's shard; the half sets are
+    drawn over the whole set, so a particle's half set does not depend on the sharding.
     """
     n_total = len(particles)
     shard = (np.arange(n_total, dtype=np.int64) if rows is None
              else np.asarray(rows, dtype=np.int64))
-    n = int(shard.size)
     box = np.unique(particles.box_px)
     psize = np.unique(np.round(particles.pixel_size_A, 4))
     if box.size != 1:
@@ -189,8 +217,21 @@ def preprocess(particles: ParticleSet, read_images: Callable[[np.ndarray], np.nd
         raise InputError("particle diameter must be positive", field="--particle-diameter",
                          value=diameter_A)
     disk = soft_disk(plan.crop_box_px, mask_radius_px(diameter_A, plan), edge_px=MASK_EDGE_PX)
-    data = np.empty((n, coeffs.size), dtype=np.complex64)
-    ctf = np.empty((n, coeffs.size), dtype=np.float32)
+    return PreprocessSetup(plan, coeffs, float(diameter_A), disk,
+                           half_sets(particles, seed_seq), shard, n_total)
+
+
+def fill_store(setup: PreprocessSetup, particles: ParticleSet,
+               read_images: Callable[[np.ndarray], np.ndarray], sink, batch_size: int = 512,
+               progress: Optional[Callable] = None, abort_check: Optional[Callable] = None
+               ) -> None:
+    """Read this rank's images once, in batches of ``batch_size`` (``read_images(global_rows)``
+    -> (n, B, B)), and write their coefficients and CTFs: ``sink.write(rows, data, ctf)``
+    with local rows (a MemoryStore) or global rows (a cache part writer, ``sink.global_rows``).
+    """
+    shard, plan, coeffs = setup.rows, setup.plan, setup.coeffs
+    n = int(shard.size)
+    by_global = getattr(sink, "global_rows", False)
     shifts_px = particles.shifts_A / particles.pixel_size_A[:, None]
     for start in range(0, n, batch_size):
         if abort_check is not None:
@@ -198,13 +239,40 @@ def preprocess(particles: ParticleSet, read_images: Callable[[np.ndarray], np.nd
         local = np.arange(start, min(n, start + batch_size))
         glob = shard[local]
         images = read_images(glob)
-        data[local] = preprocess_batch(images, shifts_px[glob], plan, coeffs, disk)
-        ctf[local] = ctf_for(particles, glob, coeffs, plan)
+        sink.write(glob if by_global else local,
+                   preprocess_batch(images, shifts_px[glob], plan, coeffs, setup.disk),
+                   ctf_for(particles, glob, coeffs, plan))
+        del images
         if progress is not None:
             progress("batch", stage="preprocess", done=int(local[-1] + 1), total=n)
-    return FourierData(plan=plan, coeffs=coeffs, data=data, ctf=ctf,
+
+
+def fourier_data(setup: PreprocessSetup, particles: ParticleSet, store,
+                 cache_info: Optional[dict] = None) -> FourierData:
+    """FourierData of this rank's particles over a filled ``store``."""
+    shard = setup.rows
+    return FourierData(plan=setup.plan, coeffs=setup.coeffs, store=store,
                        rotations=np.asarray(particles.rotations, dtype=np.float64)[shard],
                        group=np.asarray(particles.optics_group, dtype=np.int64)[shard],
-                       n_groups=len(particles.optics),
-                       subset=half_sets(particles, seed_seq)[shard],
-                       diameter_A=float(diameter_A), rows=shard, n_total=n_total)
+                       n_groups=len(particles.optics), subset=setup.subset[shard],
+                       diameter_A=setup.diameter_A, rows=shard, n_total=setup.n_total,
+                       cache_info=cache_info)
+
+
+def preprocess(particles: ParticleSet, read_images: Callable[[np.ndarray], np.ndarray],
+               target_res_A: Optional[float], diameter_A: Optional[float],
+               seed_seq: np.random.SeedSequence, batch_size: int = 512,
+               progress: Optional[Callable] = None, abort_check: Optional[Callable] = None,
+               rows: Optional[np.ndarray] = None) -> FourierData:
+    """Read every image once (in batches via ``read_images(rows)``) into FourierData in RAM.
+
+    ``rows`` (global particle indices, default all) restricts reading and preprocessing to a
+    shard (one MPI rank's particles); the half sets are drawn over the whole set first, so a
+    particle's half set does not depend on the sharding. (:func:`hetclass.engine.prepare`
+    also handles caches on disk and memory bounds.)
+    """
+    from .fourier_store import MemoryStore
+    setup = setup_preprocess(particles, target_res_A, diameter_A, seed_seq, rows)
+    store = MemoryStore.empty(setup.rows.size, setup.coeffs.size)
+    fill_store(setup, particles, read_images, store, batch_size, progress, abort_check)
+    return fourier_data(setup, particles, store)

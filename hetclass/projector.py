@@ -17,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .fourier import CoefficientSet
+from .gpu.xp import array_module
 
 
 def grid_side(box_px: int, pad: int) -> int:
@@ -79,13 +80,21 @@ def backproject(operator: sp.csr_matrix, values: np.ndarray) -> np.ndarray:
     return operator.T @ values
 
 
-def stack_grids(grids: np.ndarray) -> np.ndarray:
-    """(K, N, N, N) complex -> (N**3, K) complex64 contiguous (classes as columns)."""
+def stack_grids(grids):
+    """(K, N, N, N) complex -> (N**3, K) complex64 contiguous (classes as columns).
+
+    NumPy or CuPy: the result lives where ``grids`` lives.
+    """
+    xp = array_module(grids)
     k = grids.shape[0]
-    return np.ascontiguousarray(grids.reshape(k, -1).T, dtype=np.complex64)
+    return xp.ascontiguousarray(grids.reshape(k, -1).T, dtype=np.complex64)
 
 
-def hermitian_flip(grid: np.ndarray) -> np.ndarray:
-    """``out[p] = grid[-p]`` for a centred even grid (last three axes); index 0 wraps to 0."""
+def hermitian_flip(grid):
+    """``out[p] = grid[-p]`` for a centred even grid (last three axes); index 0 wraps to 0.
+
+    NumPy or CuPy (the module of ``grid``).
+    """
+    xp = array_module(grid)
     flipped = grid[..., ::-1, ::-1, ::-1]
-    return np.roll(flipped, 1, axis=(-3, -2, -1))
+    return xp.roll(flipped, 1, axis=(-3, -2, -1))

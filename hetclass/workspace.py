@@ -1,33 +1,159 @@
-"""Per-dataset working set for EM: batches, the cached slice operators and grid bookkeeping.
+"""Per-dataset working set for EM: batches, the cached slice operators, grid bookkeeping, and
+the host-memory plan (``--max-memory``).
 
 Built once per preprocessed dataset and shared by every replicate (the operators depend only
 on the poses). Batches never straddle half sets, so each batch's back-projection goes to one
-half-set accumulator.
+half-set accumulator; within a half set they follow the input order, which is also the order
+of a cache on disk (:mod:`hetclass.fourier_store`), so a batch is one contiguous read.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+from dataclasses import asdict, dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
 
 from .comm import SerialComm
+from .errors import InputError
+from .fourier_store import BYTES_PER_COEFFICIENT
 from .preprocess import FourierData
 from .projector import grid_side, slice_operator
 from .reconstruct import grid_shells
 
 DEFAULT_CACHE_BYTES = 3 * 2 ** 30
+MIN_BATCH = 64
+MAX_BATCH = 4096
+PREPROCESS_BATCH = 512
+MB = 2 ** 20
+
+# Host memory model of one EM, fitted to peak-RSS measurements of fits on simulated data
+# (box 64; M = 307 and 1061; K = 2, 4, 8; batches of 512 to 4096) with some headroom;
+# benchmarks/bench_memory.py checks the bound end to end. Per particle-coefficient of one
+# batch: the slice operator and its construction temporaries, data/CTF read buffers, the
+# E-step and back-projection work arrays (measured ~112 + ~32 K bytes).
+BATCH_BYTES_PER_COEF = 128
+BATCH_BYTES_PER_COEF_CLASS = 40
+OPERATOR_BYTES_PER_COEF = 64          # a cached operator: 8 (float32 weight, int32 index) pairs
+VOLUME_BYTES_PER_VOXEL_CLASS = 112    # accumulators, stacked grids, M-step work (measured ~104)
+PARTICLE_BYTES = 96                   # per particle: poses, labels, log-likelihoods, ...
+PARTICLE_BYTES_PER_CLASS = 24         # posteriors (local and gathered)
+PREPROCESS_BYTES_PER_PIXEL = 48       # image, FFTs and phase arrays per original pixel (~31)
+# writing run_data.star & co. after the EM (text of every particle's row): measured ~1.1 kB
+OUTPUT_BYTES_PER_PARTICLE = 1280
+MARGIN_BYTES = 96 * MB                # modules imported later, allocator slack, outputs
+
+
+def default_batch_size(m: int, k: int) -> int:
+    """~64 MB of (batch, M, K) complex work arrays, between 64 and 4096 particles."""
+    return int(np.clip(8e6 / max(m * max(k, 1), 1), MIN_BATCH, MAX_BATCH))
+
+
+def current_rss_bytes() -> int:
+    """Resident memory of this process now (Linux), else its peak so far (0 if unknown)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass
+    try:
+        import resource
+        import sys
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)
+    except Exception:
+        return 0
+
+
+@dataclass
+class MemoryPlan:
+    """How one rank uses host memory (all sizes in bytes).
+
+    ``data_in_memory`` False: the particle data stream from a cache on disk, batch by batch.
+    ``operator_cache_bytes`` 0: slice operators are rebuilt for every batch.
+    """
+
+    budget_bytes: Optional[int]
+    batch_size: Optional[int]           # None: :func:`default_batch_size`
+    preprocess_batch: int
+    data_in_memory: bool
+    operator_cache_bytes: Optional[int]  # None: DEFAULT_CACHE_BYTES
+    base_bytes: int = 0                 # resident before preprocessing (libraries, metadata)
+    fixed_bytes: int = 0                # base + maps/accumulators + per-particle arrays
+    data_bytes: int = 0                 # this rank's cropped data + CTF
+    batch_bytes: int = 0                # one batch's working set (times concurrent fits)
+
+    def summary(self) -> dict:
+        out = asdict(self)
+        return {k: (round(v / MB, 1) if k.endswith("_bytes") and v is not None else v)
+                for k, v in out.items()}
+
+
+def plan_memory(max_memory_GB: Optional[float], n_local: int, n_total: int, m: int, k: int,
+                crop_box_px: int, box_px: int, pad: int = 2, batch_size: Optional[int] = None,
+                concurrent: int = 1, base_bytes: Optional[int] = None) -> MemoryPlan:
+    """Batch sizes, data placement and operator caching for a host-memory budget.
+
+    Without a budget: today's defaults (data in RAM, operators cached up to 3 GB). With
+    ``max_memory_GB`` (per process): after the fixed costs (``base_bytes``, default this
+    process's resident memory now; maps; per-particle arrays) and ``concurrent`` batch working
+    sets, the data stay in RAM only if they fit, and the operators are cached only if they
+    fit after the data. InputError (field ``--max-memory``) below the minimum.
+    """
+    k = max(int(k), 2)
+    if max_memory_GB is None:
+        return MemoryPlan(None, batch_size, PREPROCESS_BATCH, True, None)
+    if not max_memory_GB > 0:
+        raise InputError("must be > 0 (GB)", field="--max-memory", value=max_memory_GB)
+    budget = int(float(max_memory_GB) * 2 ** 30)
+    base = current_rss_bytes() if base_bytes is None else int(base_bytes)
+    concurrent = max(int(concurrent), 1)
+    voxels = grid_side(crop_box_px, pad) ** 3
+    common = (base + MARGIN_BYTES + n_local * (PARTICLE_BYTES + PARTICLE_BYTES_PER_CLASS * k)
+              + n_total * PARTICLE_BYTES_PER_CLASS * k)
+    # two phases that do not overlap: the EM (maps + one batch per concurrent fit), then
+    # writing the outputs (data kept in RAM, if any, stay through both)
+    em_fixed = common + concurrent * VOLUME_BYTES_PER_VOXEL_CLASS * voxels * k
+    out_fixed = common + n_total * OUTPUT_BYTES_PER_PARTICLE
+    per_row = concurrent * m * (BATCH_BYTES_PER_COEF + BATCH_BYTES_PER_COEF_CLASS * k)
+    need = max(em_fixed + MIN_BATCH * per_row, out_fixed)
+    if budget < need:
+        raise InputError(f"below the {need / 2 ** 30:.2f} GB this run needs at least "
+                         f"({base / MB:.0f} MB already in use, "
+                         f"{(em_fixed - base) / MB:.0f} MB for maps and per-particle arrays "
+                         f"and {MIN_BATCH * per_row / MB:.0f} MB for the smallest batch, or "
+                         f"{(out_fixed - base) / MB:.0f} MB to write the outputs)",
+                         field="--max-memory", value=max_memory_GB)
+    free = budget - em_fixed
+    if batch_size is None:
+        # at most half of what the EM has left goes to the batch working set
+        batch_size = int(min(default_batch_size(m, k), max(MIN_BATCH, free // 2 // per_row)))
+    batch_bytes = int(batch_size) * per_row
+    left = min(free - batch_bytes, budget - out_fixed)
+    data_bytes = n_local * m * BYTES_PER_COEFFICIENT
+    in_memory = data_bytes <= left
+    if in_memory:
+        left -= data_bytes
+    ops = n_local * m * OPERATOR_BYTES_PER_COEF
+    op_cache = int(min(DEFAULT_CACHE_BYTES, left)) if ops <= left else 0
+    pre = int(np.clip((budget - common - (data_bytes if in_memory else 0))
+                      // (PREPROCESS_BYTES_PER_PIXEL * box_px ** 2), 8, PREPROCESS_BATCH))
+    fixed = max(em_fixed, out_fixed)
+    return MemoryPlan(budget, int(batch_size), pre, bool(in_memory), op_cache, int(base),
+                      int(fixed), int(data_bytes), int(batch_bytes))
 
 
 class Workspace:
     """Batches and operators for ``data``; ``pad`` is the Fourier oversampling of the maps."""
 
     def __init__(self, data: FourierData, k: int, pad: int = 2, batch_size: Optional[int] = None,
-                 cache_bytes: Optional[int] = None, comm=None):
+                 cache_bytes: Optional[int] = None, comm=None, memory_plan: Optional[MemoryPlan] = None):
         self.data = data
         self.comm = SerialComm() if comm is None else comm
         self.device_pass = None   # a GPU pass (hetclass.gpu) replacing the CPU batches
+        self.memory_plan = memory_plan
         self.pad = int(pad)
         b = data.plan.crop_box_px
         self.side = grid_side(b, self.pad)
@@ -37,24 +163,25 @@ class Workspace:
         self.grid_shell = grid_shells(self.side, self.pad)
         m = data.coeffs.size
         if batch_size is None:
-            # ~64 MB of (batch, M, K) complex work arrays
-            batch_size = int(np.clip(8e6 / max(m * max(k, 1), 1), 64, 4096))
+            batch_size = default_batch_size(m, k)
         self.batch_size = int(batch_size)
         self.batches: List[Tuple[np.ndarray, int]] = []
         for half in (1, 2):
             rows = np.flatnonzero(data.subset == half)
             for start in range(0, rows.size, self.batch_size):
                 self.batches.append((rows[start:start + self.batch_size], half - 1))
-        nnz_bytes = 8 * 8 * len(data) * m
+        nnz_bytes = OPERATOR_BYTES_PER_COEF * len(data) * m
         limit = DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes
         self.cache_operators = nnz_bytes <= limit
         self._ops = {}
         self._lock = threading.Lock()
 
     def batch_arrays(self, index: int):
-        """(data (n, M) complex64, ctf (n, M) float32, group (n,)) of batch ``index``."""
+        """(data (n, M) complex64, ctf (n, M) float32, group (n,)) of batch ``index``
+        (read from disk when the data stream from a cache)."""
         rows = self.batches[index][0]
-        return self.data.data[rows], self.data.ctf[rows], self.data.group[rows]
+        x, c = self.data.store.read(rows)
+        return x, c, self.data.group[rows]
 
     def operator(self, index: int):
         """Sparse slice operator of batch ``index`` (cached when the budget allows)."""

@@ -14,7 +14,8 @@ corresponding ``hetclass`` commands with the job directory as output. Then the o
 are registered in ``RELION_OUTPUT_NODES.star`` and ``RELION_JOB_EXIT_SUCCESS`` is written;
 every error writes ``RELION_JOB_EXIT_FAILURE`` with a one-line reason on stderr (run.err);
 ``RELION_JOB_ABORT_NOW``, SIGTERM or SIGINT give ``RELION_JOB_EXIT_ABORTED``. Progress
-lines go to stdout (run.out).
+lines go to stdout (run.out). The parameter ``mpi_ranks`` N > 1 runs the work under MPI
+(:mod:`hetclass_relion.mpi_launch`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ import warnings
 from typing import Callable, List, Optional, Sequence, TextIO
 
 from hetclass import __version__
+from hetclass.comm import launched_by_mpi
 
 from .markers import JobMarkers
+from .mpi_launch import mpi_nodes, run_mpi_job
 from .nodes import (Node, detect_relion_version, job_is_continue, project_relative,
                     write_output_nodes)
 from .options import (PARAMETERS, JobConfig, build_config, check_inputs_exist, classify_options,
@@ -199,7 +202,12 @@ def main(argv: Optional[Sequence[str]] = None, *, load_particles=None, run_class
         _apply_gpu_ids(cfg, os.environ if environ is None else environ)
         version = detect_relion_version(cfg.job_dir)
         progress = make_progress(stdout)
-        if cfg.mode == "classify":
+        if (cfg.mpi_ranks or 1) > 1 and not launched_by_mpi():
+            resume = cfg.mode == "classify" and job_is_continue(cfg.job_dir) and os.path.isfile(
+                os.path.join(cfg.job_dir, CHECKPOINT_FILE))
+            run_mpi_job(cfg, job, stdout, stderr, resume=resume, environ=environ)
+            nodes = mpi_nodes(cfg)
+        elif cfg.mode == "classify":
             nodes = run_classify_mode(cfg, job, progress, stdout, load_particles, run_classify)
         else:
             nodes = run_replicate_mode(cfg, job, progress, stdout, load_particles,

@@ -56,6 +56,11 @@ PARAMETERS: Dict[str, Tuple[str, str]] = {
     "max_depth": ("int", "exhaustive: deepest level of splitting (default 3)"),
     "k_scan": ("krange", "exhaustive: K values tried at each node, must include 2 (default 2)"),
     "null_splits": ("int", "exhaustive: random splits for the map-difference test (default 4)"),
+    "mpi_ranks": ("int", "run under MPI with this many processes (particles split across them; "
+                         "one GPU each with gpu; replicates on rank groups); default 1"),
+    "mpi_launcher": ("words", "MPI launch command, {n} = mpi_ranks (default: srun -n {n} inside "
+                              "a SLURM allocation, else mpirun -n {n}; or set "
+                              "HETCLASS_MPI_LAUNCHER); write launcher options with one dash"),
 }
 
 # accepted spellings -> canonical parameter name (labels are compared lower-case, '-' = '_')
@@ -66,6 +71,8 @@ ALIASES = {
     "iter": "max_iter", "n_iter": "max_iter", "random_seed": "seed",
     "tau_fudge": "tau2_fudge", "particle_diameter_a": "particle_diameter",
     "focus": "mask_is_focus", "device": "gpu",
+    "mpi": "mpi_ranks", "np": "mpi_ranks", "nr_mpi": "mpi_ranks", "ranks": "mpi_ranks",
+    "launcher": "mpi_launcher",
 }
 
 # RELION's own arguments that we read
@@ -107,6 +114,8 @@ class JobConfig:
     max_depth: Optional[int] = None
     k_scan: Optional[List[int]] = None
     null_splits: Optional[int] = None
+    mpi_ranks: Optional[int] = None       # > 1: re-launch under MPI (relion_external.mpi_launch)
+    mpi_launcher: Optional[str] = None    # e.g. "mpirun -n {n}"
 
 
 def canonical(label: str) -> str:
@@ -285,6 +294,10 @@ def _apply(cfg: JobConfig, name: str, raw: str, words: List[str]) -> None:
         cfg.replicates = _int(raw, words, 1)
     elif name == "max_iter":
         cfg.max_iter = _int(raw, words, 1)
+    elif name == "mpi_ranks":
+        cfg.mpi_ranks = _int(raw, words, 1)
+    elif name == "mpi_launcher":
+        cfg.mpi_launcher = " ".join(words)
     elif name == "seed":
         cfg.seed = _int(raw, words, -(2 ** 63))
     elif name == "target_res":

@@ -14,6 +14,7 @@ import sys
 from hetclass.errors import InputError
 from hetclass.pipeline import ClassifyOptions, load_particles, run_classify
 
+from .mpi_run import add_mpi_option, agreed, root_progress
 from .progress import ProgressPrinter, print_class_table
 
 
@@ -59,8 +60,14 @@ def add_classify_options(parser: argparse.ArgumentParser, classes_required: bool
     h.add_argument("--threads", "-j", type=int, default=1)
     h.add_argument("--batch-size", type=int, default=None)
     h.add_argument("--max-memory", type=float, default=None, metavar="GB",
-                   help="bound on host memory for cached operators")
-    h.add_argument("--cache", default=None, metavar="DIR", help="preprocessed-data cache directory")
+                   help="bound on this process's host memory (per MPI rank): sets batch sizes, "
+                        "operator caching and whether the data stay in RAM or stream from the "
+                        "cache on disk (--cache, else a temporary one); too small a bound is an "
+                        "error that states the minimum")
+    h.add_argument("--cache", default=None, metavar="DIR",
+                   help="cropped Fourier cache: written once by preprocessing, reused without "
+                        "reading any image by later runs and replicates with the same inputs")
+    add_mpi_option(h)
 
 
 def options_from_args(args, classes=None) -> ClassifyOptions:
@@ -95,13 +102,21 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    options = options_from_args(args)
-    if args.resume and args.overwrite:
-        raise InputError("--continue and --overwrite exclude each other", field="--continue")
-    particles = load_from_args(args)
+    from hetclass.comm import SerialComm
+    comm = getattr(args, "comm", None) or SerialComm()
+
+    def setup():
+        options = options_from_args(args)
+        if args.resume and args.overwrite:
+            raise InputError("--continue and --overwrite exclude each other", field="--continue")
+        return options, load_from_args(args)
+    options, particles = agreed(comm, setup)     # every MPI rank reads the STAR file
     printer = None if args.quiet else ProgressPrinter(sys.stderr, options.max_iter)
     result = run_classify(particles, options, args.out, resume=args.resume,
-                          overwrite=args.overwrite, progress=printer)
+                          overwrite=args.overwrite, progress=root_progress(comm, printer),
+                          comm=comm)
+    if not comm.is_root:
+        return 0
     if printer is not None:
         printer.close()
     print_class_table(sys.stdout, result.em.stats, result.class_fractions, result.resolution_A,

@@ -23,6 +23,7 @@ from hetclass.stability.outputs import exhaustive_key_table
 from hetclass.stability.replicates import parse_k_range
 
 from .classify_cmd import add_classify_options, add_input_options, load_from_args, options_from_args
+from .mpi_run import agreed, root_progress
 from .stability_cmd import ReplicateProgress, add_output_options, add_replicate_options
 
 
@@ -44,15 +45,23 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    options = options_from_args(args, classes=2)
-    k_scan = parse_k_range(args.k_scan)
-    check_out_dir(args.out, resume=False, overwrite=args.overwrite)
-    particles = load_from_args(args)
+    comm = getattr(args, "comm", None)
+
+    def setup():
+        options = options_from_args(args, classes=2)
+        k_scan = parse_k_range(args.k_scan)
+        check_out_dir(args.out, resume=False, overwrite=args.overwrite)
+        return options, k_scan, load_from_args(args)
+    options, k_scan, particles = agreed(comm, setup)
     progress = None if args.quiet else ReplicateProgress(sys.stderr)
+    if comm is not None:
+        progress = root_progress(comm, progress)
     summary, _ = exhaustive_job(particles, options, args.out, args.min_class_size,
                                 args.max_depth, args.replicates, args.subsample, k_scan,
                                 args.null_splits, args.jobs, particles_path=args.particles,
-                                progress=progress)
+                                progress=progress, comm=comm)
+    if summary is None:      # MPI rank other than 0: rank 0 reports
+        return 0
     print(exhaustive_key_table(summary))
     print(f"outputs in {os.path.abspath(args.out)} (tree.json, leaf*.star, leaf*.mrc, report.html)")
     return 0

@@ -1,6 +1,7 @@
 """``hetclass`` command: one module per sub-command, each with ``add_args(parser)`` and ``main(args)``.
 
 Errors a user can fix (:class:`hetclass.errors.InputError`) print one line on stderr and exit 2.
+Under ``mpirun``/``srun`` (``--mpi``, see :mod:`.mpi_run`) only rank 0 prints.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import sys
 from typing import List, Optional
 
 from hetclass import __version__
-from hetclass.errors import HetclassError, InputError
+from hetclass.errors import InputError
+
+from .mpi_run import comm_from_args, launcher_rank, run_command
 
 # sub-command name -> module inside this package
 COMMANDS = {
@@ -56,17 +59,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        result = args._module.main(args)
-    except InputError as exc:
-        print(f"hetclass {args.command}: error: {exc.one_line()}", file=sys.stderr)
+        comm = comm_from_args(args)
+    except InputError as exc:   # --mpi on without mpi4py: no MPI to agree with, one line anyway
+        if launcher_rank() == 0:
+            print(f"hetclass {args.command}: error: {exc.one_line()}", file=sys.stderr)
         return 2
-    except HetclassError as exc:
-        print(f"hetclass {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"hetclass {args.command}: interrupted; rerun with --continue to resume", file=sys.stderr)
-        return 130
-    return int(result or 0)
+    args.comm = comm
+    return run_command(args.command, comm, lambda: args._module.main(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

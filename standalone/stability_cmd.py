@@ -28,6 +28,7 @@ from hetclass.stability.outputs import stability_key_tables
 from hetclass.stability.replicates import parse_k_range
 
 from .classify_cmd import add_classify_options, add_input_options, load_from_args, options_from_args
+from .mpi_run import agreed, root_progress
 
 
 def add_replicate_options(parser: argparse.ArgumentParser) -> None:
@@ -87,16 +88,24 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    k_values = parse_k_range(args.classes)
-    options = options_from_args(args, classes=max(k_values))
-    check_out_dir(args.out, resume=False, overwrite=args.overwrite)
-    if args.jobs is not None and args.jobs < 1:
-        raise InputError("must be >= 1", field="--jobs", value=args.jobs)
-    particles = load_from_args(args)
+    comm = getattr(args, "comm", None)
+
+    def setup():
+        k_values = parse_k_range(args.classes)
+        options = options_from_args(args, classes=max(k_values))
+        check_out_dir(args.out, resume=False, overwrite=args.overwrite)
+        if args.jobs is not None and args.jobs < 1:
+            raise InputError("must be >= 1", field="--jobs", value=args.jobs)
+        return k_values, options, load_from_args(args)
+    k_values, options, particles = agreed(comm, setup)
     progress = None if args.quiet else ReplicateProgress(sys.stderr)
+    if comm is not None:
+        progress = root_progress(comm, progress)
     summary, _ = stability_job(particles, options, args.out, k_values, args.replicates,
                                args.subsample, args.jobs, args.core_stability,
-                               particles_path=args.particles, progress=progress)
+                               particles_path=args.particles, progress=progress, comm=comm)
+    if summary is None:      # MPI rank other than 0: rank 0 reports
+        return 0
     print(stability_key_tables(summary))
     print(f"outputs in {os.path.abspath(args.out)} (consensus_data.star, summary.json, "
           f"report.html)")

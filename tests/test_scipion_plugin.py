@@ -77,5 +77,5 @@ def test_protocols_in_headless_project(tmp_path):
     assert "[  FAILED  ]" not in output
     for name in ("test_classify", "test_classify_with_reference_volumes",
                  "test_plugin_registered", "test_validate_messages", "test_stability",
-                 "test_stability_exhaustive"):
+                 "test_stability_exhaustive", "test_classify_mpi", "test_stability_mpi"):
         assert f"{name} (" in output or f"{name}.{name}" in output, (name, output[-4000:])

@@ -18,8 +18,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .replicates import (ReplicateRun, SeedLike, analysis_seed, consensus_maps, run_replicates,
-                         validate_replicate_args)
+from .replicates import (RankGroups, ReplicateRun, SeedLike, analysis_seed, assemble_run,
+                         consensus_maps, replicate_plan, run_replicate_tasks, run_replicates,
+                         split_groups, validate_replicate_args)
 from .scores import KScores, score_replicates, single_class_scores
 from .verdict import Thresholds, Verdict, heterogeneity_verdict
 
@@ -60,8 +61,8 @@ def run_stability(prepared, options, k_values: Sequence[int], n_replicates: int 
                   seed: SeedLike = 0, subsample: Optional[float] = None, rows=None,
                   workers: Optional[int] = None, core_min_stability: float = 0.8,
                   thresholds: Thresholds = Thresholds(), progress: Optional[Callable] = None,
-                  abort_check: Optional[Callable] = None, fit: Optional[Callable] = None
-                  ) -> StabilityResult:
+                  abort_check: Optional[Callable] = None, fit: Optional[Callable] = None,
+                  groups: Optional[RankGroups] = None) -> StabilityResult:
     """Run ``n_replicates`` classifications for every K in ``k_values`` and score them.
 
     ``prepared`` from :func:`hetclass.engine.prepare` (once per dataset; prepare with the
@@ -69,7 +70,9 @@ def run_stability(prepared, options, k_values: Sequence[int], n_replicates: int 
     subset of the prepared particles. ``progress`` receives the engine's events (with
     ``replicate`` and ``k``), ``("replicate", ...)`` per finished replicate and
     ``("k_done", k, seconds, all_stable)`` per K. ``fit`` replaces the engine's ``fit``
-    (tests).
+    (tests). ``groups`` (:func:`hetclass.stability.replicates.split_groups`, MPI): every
+    ``(K, replicate)`` classification of the scan is spread over the rank groups at once;
+    every rank gets the same result as a single process.
     """
     validate_replicate_args(n_replicates, subsample)
     k_values = sorted(set(int(k) for k in k_values))
@@ -81,19 +84,33 @@ def run_stability(prepared, options, k_values: Sequence[int], n_replicates: int 
     maps: Dict[int, np.ndarray] = {}
     halves: Dict[int, np.ndarray] = {}
     seconds: Dict[str, float] = {}
+    gathered = None
+    if groups is not None and groups.is_mpi:   # the whole scan at once over the rank groups
+        t0 = time.perf_counter()
+        ks = [k for k in k_values if k >= 2]
+        base, children, keep = replicate_plan(prepared, ks, n_replicates, seed, subsample, base)
+        tasks = [(k, r) for k in ks for r in range(n_replicates)]
+        results = run_replicate_tasks(prepared, options, tasks, base, keep, children, workers,
+                                      progress, abort_check, fit, groups)
+        gathered = {k: assemble_run(k, base, keep, [results[(k, r)] for r in range(n_replicates)],
+                                    subsample) for k in ks}
+        seconds["replicates"] = time.perf_counter() - t0
     for k in k_values:
         if k == 1:
             per_k[1] = single_class_scores(base.size, n_replicates)
             continue
         t0 = time.perf_counter()
-        run = run_replicates(prepared, options, k, n_replicates, seed, subsample, rows=base,
-                             workers=workers, progress=progress, abort_check=abort_check,
-                             fit=fit)
+        if gathered is not None:
+            run = gathered[k]
+        else:
+            run = run_replicates(prepared, options, k, n_replicates, seed, subsample, rows=base,
+                                 workers=workers, progress=progress, abort_check=abort_check,
+                                 fit=fit)
         scores = score_run(run, rng, core_min_stability)
         runs[k], per_k[k] = run, scores
         maps[k], halves[k] = consensus_maps(run, scores.perms)
         seconds[f"k{k}"] = time.perf_counter() - t0
-        if progress is not None:
+        if progress is not None and (groups is None or groups.world.is_root):
             progress("k_done", k=k, seconds=seconds[f"k{k}"], all_stable=scores.all_stable)
     verdict = heterogeneity_verdict(per_k, maps, halves, prepared.solvent_mask, thresholds)
     chosen = k_values[0] if len(k_values) == 1 else verdict.recommended_k
@@ -112,16 +129,18 @@ def stability_job(particles, options, out_dir: str, k_values: Sequence[int],
                   n_replicates: int = 5, subsample: Optional[float] = None,
                   workers: Optional[int] = None, core_min_stability: float = 0.8,
                   particles_path: Optional[str] = None, progress: Optional[Callable] = None,
-                  abort_check: Optional[Callable] = None):
+                  abort_check: Optional[Callable] = None, comm=None):
     """Everything ``hetclass stability`` does after parsing: prepare once, run, write.
 
     Returns ``(summary dict, StabilityResult)``. The root seed is ``options.seed``; the
     data are prepared with K = max(k_values). Front ends (CLI, RELION External, Scipion)
-    call this.
+    call this. Under MPI (``comm`` from :func:`hetclass.comm.world_comm`, every rank calls
+    this) the replicates run on rank groups (:func:`split_groups`), rank 0 writes the
+    outputs and returns the summary (the other ranks return None for it); an error on any
+    rank is raised on every rank.
     """
     from dataclasses import replace
 
-    from .. import engine
     from ..errors import InputError
     from .outputs import write_stability_outputs
 
@@ -134,17 +153,81 @@ def stability_job(particles, options, out_dir: str, k_values: Sequence[int],
         raise InputError("must be a fraction in (0, 1]", field="--core-stability",
                          value=core_min_stability)
     options = replace(options, classes=max(k_values))
+    groups = None
+    if comm is not None and comm.is_mpi:
+        groups = split_groups(comm, n_replicates * sum(1 for k in k_values if k >= 2))
     t0 = time.perf_counter()
-    prepared = engine.prepare(particles, options, progress=progress, abort_check=abort_check)
+    prepared = prepare_on_groups(particles, options, groups, progress, abort_check)
     t_prep = time.perf_counter() - t0
     result = run_stability(prepared, options, k_values, n_replicates, seed=options.seed,
                            subsample=subsample, workers=workers,
                            core_min_stability=core_min_stability, progress=progress,
-                           abort_check=abort_check)
+                           abort_check=abort_check, groups=groups)
     result.seconds["prepare"] = t_prep
     t1 = time.perf_counter()
-    summary = write_stability_outputs(out_dir, particles, prepared, result, options,
-                                      particles_path=particles_path)
+    summary = write_on_root(groups, prepared, lambda rec: write_stability_outputs(
+        out_dir, particles, prepared, result, options, particles_path=particles_path,
+        reconstruct=rec))
     result.seconds["outputs"] = time.perf_counter() - t1
     result.seconds["total"] = time.perf_counter() - t0
     return summary, result
+
+
+def prepare_on_groups(particles, options, groups: Optional[RankGroups], progress=None,
+                      abort_check=None):
+    """``engine.prepare`` once per rank group (its ranks shard the particles; serial without
+    MPI); an error on any rank is raised on every rank. Progress from world rank 0 only."""
+    from .. import engine
+    # replicates of one group run in a thread pool of options.threads workers: the memory
+    # plan (--max-memory) budgets for that many fits at once
+    fits = max(1, int(options.threads or 1))
+    if groups is None or not groups.is_mpi:
+        return engine.prepare(particles, options, progress=progress, abort_check=abort_check,
+                              concurrent_fits=fits)
+    error, prepared = None, None
+    try:
+        prepared = engine.prepare(particles, options,
+                                  progress=progress if groups.world.is_root else None,
+                                  abort_check=abort_check, comm=groups.group,
+                                  concurrent_fits=fits)
+    except Exception as exc:      # raised on every rank below, so no group waits for another
+        error = exc
+    groups.world.check(error)
+    return prepared
+
+
+def write_on_root(groups: Optional[RankGroups], prepared, write: Callable):
+    """Run ``write(reconstruct)`` on world rank 0 (everywhere without MPI); returns its value
+    there, None on other ranks.
+
+    Writers reconstruct maps (a collective over the rank group holding ``prepared``): on
+    world rank 0 the ``reconstruct`` handed to ``write`` first sends each request to the
+    other ranks of group 0, which serve requests until rank 0 is done. An error in ``write``
+    is raised on every rank.
+    """
+    from ..engine import reconstruct
+    if groups is None or not groups.is_mpi:
+        return write(reconstruct)
+    group, world = groups.group, groups.world
+    value, error = None, None
+    if world.is_root:
+        def rec(prep, weights, rows=None, **kw):
+            if group.is_mpi:
+                group.bcast_obj(("reconstruct", weights, rows, kw))
+            return reconstruct(prep, weights, rows=rows, **kw)
+        try:
+            value = write(rec)
+        except Exception as exc:
+            error = exc
+        finally:
+            if group.is_mpi:
+                group.bcast_obj(None)
+    elif groups.index == 0 and group.is_mpi:
+        while True:
+            request = group.bcast_obj(None)
+            if request is None:
+                break
+            _, weights, rows, kw = request
+            reconstruct(prepared, weights, rows=rows, **kw)
+    world.check(error)
+    return value

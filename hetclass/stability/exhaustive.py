@@ -18,6 +18,11 @@ K of the scan reproducible), ``"continuous"`` (no K reproducible, yet the K = 2 
 differ beyond noise with a better-than-chance split -- structural variability for
 cryoDRGN / 3DVA), ``"no significant map difference"``, or ``"max depth"``.
 
+Under MPI the replicates of every node's stability test run concurrently on rank groups
+(:func:`hetclass.stability.replicates.split_groups`); the decisions that steer the recursion
+(which K is stable, the consensus split, the map test) are broadcast from world rank 0, so
+every rank walks the same tree.
+
 Node identifiers are paths: the root is ``"1"``, its children ``"1.1"``, ``"1.2"``, ...
 (``.1`` = the largest child). Seeds: node ``"1.2.1"`` uses
 ``SeedSequence(seed, spawn_key=(2, 1))`` -- independent of the order nodes are visited.
@@ -33,7 +38,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..fsc import fsc as fsc_curve
-from .analysis import StabilityResult, run_stability
+from .analysis import StabilityResult, prepare_on_groups, run_stability, write_on_root
+from .replicates import RankGroups, split_groups
 from .verdict import Thresholds
 
 REASONS = ("too small", "unstable split", "continuous", "no significant map difference",
@@ -176,18 +182,24 @@ def explore(prepared, options, rows: Optional[Sequence[int]] = None, min_class_s
             n_null: int = 4, workers: Optional[int] = None,
             thresholds: Thresholds = Thresholds(), progress: Optional[Callable] = None,
             abort_check: Optional[Callable] = None, node_id: str = "1", depth: int = 0,
-            reconstruct: Optional[Callable] = None, fit: Optional[Callable] = None) -> Node:
+            reconstruct: Optional[Callable] = None, fit: Optional[Callable] = None,
+            groups: Optional[RankGroups] = None) -> Node:
     """Split ``rows`` (default all prepared particles) recursively; returns the root node.
 
     ``k_scan`` the K values tried at each node, smallest first; the first reproducible one
     is used (2 must be among them).
     ``progress`` receives the replicate events plus ``("node", id, n_particles,
     decision, reason)`` when a node is decided. ``fit``/``reconstruct`` replace the
-    engine's functions (tests).
+    engine's functions (tests). ``groups`` (MPI): rank groups for the replicates; every
+    rank calls this and returns the same tree.
     """
     if reconstruct is None:
         from ..engine import reconstruct
     k_scan = _validate_tree_args(min_class_size, max_depth, k_scan)
+    mpi = groups is not None and groups.is_mpi
+    agree = groups.world.bcast_obj if mpi else (lambda value: value)   # rank 0 decides
+    if mpi and not groups.world.is_root:
+        progress = None
     rows = np.arange(prepared.data.n_total) if rows is None else np.asarray(rows, dtype=np.int64)
     t0 = time.perf_counter()
     node = Node(node_id=node_id, depth=depth, rows=rows)
@@ -219,8 +231,8 @@ def explore(prepared, options, rows: Optional[Sequence[int]] = None, min_class_s
         result: StabilityResult = run_stability(
             prepared, options, [k], n_replicates=n_replicates, seed=seq, subsample=subsample,
             rows=rows, workers=workers, thresholds=thresholds, progress=progress,
-            abort_check=abort_check, fit=fit)
-        sk = result.per_k[k]
+            abort_check=abort_check, fit=fit, groups=groups)
+        sk = agree(result.per_k[k]) if mpi else result.per_k[k]
         scan[k] = sk
         if first_verdict is None:
             first_verdict = result.verdict
@@ -242,6 +254,7 @@ def explore(prepared, options, rows: Optional[Sequence[int]] = None, min_class_s
         return finish("leaf", "too small")
     test, rec = map_difference_test(prepared, rows, consensus, chosen, rng, n_null=n_null,
                                     reconstruct=reconstruct)
+    test = agree(test)            # groups reconstruct with different shardings
     test["child_sizes"] = sizes
     node.map_test = test
     if not test["significant"]:
@@ -252,7 +265,8 @@ def explore(prepared, options, rows: Optional[Sequence[int]] = None, min_class_s
         node.children.append(explore(
             prepared, options, child_rows, min_class_size, max_depth, n_replicates, seed,
             subsample, k_scan, n_null, workers, thresholds, progress, abort_check,
-            node_id=f"{node_id}.{c + 1}", depth=depth + 1, reconstruct=reconstruct, fit=fit))
+            node_id=f"{node_id}.{c + 1}", depth=depth + 1, reconstruct=reconstruct, fit=fit,
+            groups=groups))
     node.seconds = time.perf_counter() - t0
     return node
 
@@ -261,29 +275,31 @@ def exhaustive_job(particles, options, out_dir: str, min_class_size: int = 1000,
                    max_depth: int = 3, n_replicates: int = 5, subsample: Optional[float] = None,
                    k_scan: Sequence[int] = (2, 3), n_null: int = 4, workers: Optional[int] = None,
                    particles_path: Optional[str] = None, progress: Optional[Callable] = None,
-                   abort_check: Optional[Callable] = None):
+                   abort_check: Optional[Callable] = None, comm=None):
     """Everything ``hetclass exhaustive`` does after parsing: prepare once, explore, write.
 
-    Returns ``(tree summary dict, root Node)``; the root seed is ``options.seed``.
+    Returns ``(tree summary dict, root Node)``; the root seed is ``options.seed``. Under MPI
+    (``comm``; every rank calls this) the replicates run on rank groups and rank 0 writes
+    (the other ranks return None for the summary).
     """
     from dataclasses import replace
 
-    from .. import engine
     from .outputs import write_exhaustive_outputs
     from .replicates import validate_replicate_args
 
     validate_replicate_args(n_replicates, subsample)
     _validate_tree_args(min_class_size, max_depth, k_scan)      # before any heavy work
     options = replace(options, classes=max(max(k_scan), 2))
+    groups = split_groups(comm, n_replicates) if comm is not None and comm.is_mpi else None
     t0 = time.perf_counter()
-    prepared = engine.prepare(particles, options, progress=progress, abort_check=abort_check)
+    prepared = prepare_on_groups(particles, options, groups, progress, abort_check)
     root = explore(prepared, options, None, min_class_size, max_depth, n_replicates,
                    options.seed, subsample, k_scan, n_null, workers, progress=progress,
-                   abort_check=abort_check)
+                   abort_check=abort_check, groups=groups)
     params = {"min_class_size": int(min_class_size), "max_depth": int(max_depth),
               "replicates": int(n_replicates), "subsample": subsample,
               "k_scan": sorted(set(int(k) for k in k_scan)), "n_null": int(n_null),
               "seed": int(options.seed), "seconds": round(time.perf_counter() - t0, 2)}
-    summary = write_exhaustive_outputs(out_dir, particles, prepared, root, options, params,
-                                       particles_path=particles_path)
+    summary = write_on_root(groups, prepared, lambda rec: write_exhaustive_outputs(
+        out_dir, particles, prepared, root, options, params, particles_path=particles_path))
     return summary, root

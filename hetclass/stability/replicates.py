@@ -11,6 +11,12 @@ Replicates run concurrently in a thread pool: the engine's heavy NumPy/SciPy arr
 releases the GIL and the per-dataset :class:`hetclass.engine.PreparedData` (images,
 operators) is shared read-only, so threads scale without copying the data.
 
+Under MPI (:mod:`hetclass.comm`) the world's P ranks are split into G = min(P, tasks) rank
+groups (:func:`split_groups`); each group prepares the data once (its ranks shard the
+particles) and runs the replicates r with r mod G = its group index (``(k, r)`` tasks of a
+K scan likewise), then every replicate's result is gathered on every rank. Replicate r
+always uses seed child r, so labels equal those of a single process with the same seed.
+
 Example::
 
     prepared = engine.prepare(particles, options)
@@ -25,7 +31,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Callable, List, Optional, Sequence, Union
+from types import SimpleNamespace
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -113,44 +120,74 @@ def default_workers(n_replicates: int, workers: Optional[int] = None) -> int:
     return int(max(1, min(workers, n_replicates)))
 
 
-def run_replicates(prepared, options, k: int, n_replicates: int = 5, seed: SeedLike = 0,
-                   subsample: Optional[float] = None, rows: Optional[Sequence[int]] = None,
-                   workers: Optional[int] = None, progress: Optional[Callable] = None,
-                   abort_check: Optional[Callable] = None, fit: Optional[Callable] = None
-                   ) -> ReplicateRun:
-    """Classify ``rows`` (default every particle) ``n_replicates`` times with K = ``k``.
+@dataclass
+class RankGroups:
+    """The MPI world split into ``count`` rank groups that run replicates concurrently.
 
-    ``prepared`` comes from :func:`hetclass.engine.prepare` (done once per dataset);
-    ``options`` a :class:`hetclass.pipeline.ClassifyOptions` (its ``classes`` is replaced by
-    ``k`` and its ``seed`` by the replicate seeds). ``progress`` receives the engine's
-    events with ``replicate`` and ``k`` added, plus ``("replicate", k, replicate, done,
-    total, seconds)`` when a replicate finishes; calls are serialised by a lock.
-    ``abort_check`` is polled by every replicate; the first :class:`AbortRequested` stops
-    the others at their next check and is re-raised. ``fit`` overrides the engine's
-    ``fit`` (tests).
+    ``world`` the run's communicator; ``group`` this rank's group communicator (a
+    :class:`hetclass.comm.SerialComm` for a one-rank group, so its replicates may use the
+    thread pool); ``index`` this rank's group (0..count-1; world rank 0 is in group 0).
     """
-    validate_replicate_args(n_replicates, subsample)
+
+    world: object
+    group: object
+    index: int
+    count: int
+
+    @property
+    def is_mpi(self) -> bool:
+        return bool(getattr(self.world, "is_mpi", False))
+
+
+def split_groups(world, n_tasks: int) -> RankGroups:
+    """Split ``world`` (collective) into G = min(P, ``n_tasks``) groups of contiguous ranks
+    whose sizes differ by at most one."""
+    from ..comm import SerialComm
+    count = int(max(1, min(world.size, n_tasks)))
+    index = world.rank * count // world.size
+    group = world.split(index) if count > 1 else world
+    if group.size == 1 and getattr(group, "is_mpi", False):
+        group = SerialComm()
+    return RankGroups(world=world, group=group, index=index, count=count)
+
+
+def _compact(res) -> SimpleNamespace:
+    """What the analysis needs of one engine ``EMResult`` (picklable, global arrays)."""
+    return SimpleNamespace(
+        labels=np.asarray(res.labels, dtype=np.int64),
+        posteriors=np.asarray(res.posteriors, dtype=np.float32),
+        maps=np.asarray(res.maps, dtype=np.float32),
+        half_maps=np.asarray(res.half_maps, dtype=np.float32),
+        fsc=np.asarray(res.fsc), resolution_A=np.asarray(res.resolution_A, dtype=np.float64),
+        stats=list(res.stats), pixel_size_A=float(res.pixel_size_A))
+
+
+def run_replicate_tasks(prepared, options, tasks: Sequence[Tuple[int, int]], rows: np.ndarray,
+                        keep: Sequence[np.ndarray], children, workers: Optional[int] = None,
+                        progress: Optional[Callable] = None,
+                        abort_check: Optional[Callable] = None, fit: Optional[Callable] = None,
+                        groups: Optional[RankGroups] = None
+                        ) -> Dict[Tuple[int, int], Tuple[SimpleNamespace, float]]:
+    """Fit every ``(k, r)`` task on ``rows[keep[r]]`` with seed ``children[r]``.
+
+    Returns ``{(k, r): (result, seconds)}`` for every task, on every rank. Without MPI the
+    tasks share a thread pool of ``workers``; under MPI (``groups``) task i runs on group
+    ``i mod G`` (threads inside one-rank groups, one task at a time in larger groups) and
+    the results are gathered on every rank. Errors of any group are raised on every rank.
+    """
     if fit is None:
         from ..engine import fit
-    n_total = prepared.data.n_total
-    base = np.arange(n_total) if rows is None else np.asarray(rows, dtype=np.int64)
-    n = base.size
-    if k < 1 or k > n:
-        raise InputError(f"number of classes must be between 1 and the {n} particles",
-                         field="--classes", value=k)
-    children = replicate_seeds(seed, n_replicates)
-    keep = [subsample_rows(c, n, subsample) for c in children]
-    opts = replace(options, classes=int(k))
+    tasks = list(tasks)
+    mpi = groups is not None and groups.is_mpi
+    mine = [t for i, t in enumerate(tasks) if not mpi or i % groups.count == groups.index]
     lock = threading.Lock()
     stop = threading.Event()
-    done = [0]
+    root = not mpi or groups.world.is_root
+    finished_tasks: List[Tuple[int, int]] = []
 
-    def make_progress(r):
-        def forward(event, **info):
-            if progress is not None:
-                with lock:
-                    progress(event, replicate=r, k=k, **info)
-        return forward
+    def report(event, **info):      # the caller holds ``lock``
+        if progress is not None and root:
+            progress(event, **info)
 
     def check():
         if stop.is_set():
@@ -162,30 +199,66 @@ def run_replicates(prepared, options, k: int, n_replicates: int = 5, seed: SeedL
                 stop.set()
                 raise
 
-    def one(r):
-        t0 = time.perf_counter()
-        res = fit(prepared, opts, seed=children[r], rows=base[keep[r]],
-                  progress=make_progress(r), abort_check=check)
-        seconds = time.perf_counter() - t0
-        if progress is not None:
+    def finished(k, r, seconds):    # the caller holds ``lock``
+        finished_tasks.append((k, r))
+        report("replicate", k=k, replicate=r,
+               done=sum(1 for kk, _ in finished_tasks if kk == k),
+               total=sum(1 for kk, _ in tasks if kk == k), seconds=seconds)
+
+    def one(task):
+        k, r = task
+        opts = replace(options, classes=int(k))
+
+        def forward(event, **info):
             with lock:
-                done[0] += 1
-                progress("replicate", k=k, replicate=r, done=done[0], total=n_replicates,
-                         seconds=seconds)
-        return res, seconds
+                report(event, replicate=r, k=k, **info)
+        t0 = time.perf_counter()
+        res = fit(prepared, opts, seed=children[r], rows=rows[keep[r]], progress=forward,
+                  abort_check=check)
+        seconds = time.perf_counter() - t0
+        with lock:
+            finished(k, r, seconds)
+        return _compact(res), seconds
 
-    n_workers = default_workers(n_replicates, workers)
-    if n_workers == 1:
-        results = [one(r) for r in range(n_replicates)]
-    else:
-        with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="replicate") as pool:
-            futures = [pool.submit(one, r) for r in range(n_replicates)]
-            try:
-                results = [f.result() for f in futures]
-            except BaseException:
-                stop.set()
-                raise
+    group_is_serial = not mpi or not getattr(groups.group, "is_mpi", False)
+    n_workers = default_workers(len(mine), workers) if group_is_serial and mine else 1
+    error: Optional[BaseException] = None
+    local: Dict[Tuple[int, int], Tuple[SimpleNamespace, float]] = {}
+    try:
+        if n_workers == 1:
+            local = {t: one(t) for t in mine}
+        else:
+            with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="replicate") as pool:
+                futures = [pool.submit(one, t) for t in mine]
+                try:
+                    local = {t: f.result() for t, f in zip(mine, futures)}
+                except BaseException:
+                    stop.set()
+                    raise
+    except Exception as exc:
+        if not mpi:
+            raise
+        error = exc
+    if not mpi:
+        return local
+    groups.world.check(error)
+    # one copy per group (its root's) travels; every rank receives all of them
+    send = local if groups.group.is_root else {}
+    results: Dict[Tuple[int, int], Tuple[SimpleNamespace, float]] = {}
+    for part in groups.world.allgather_obj(send):
+        results.update(part)
+    for k, r in tasks:
+        if (k, r) not in local:
+            with lock:
+                finished(k, r, results[(k, r)][1])
+    return results
 
+
+def assemble_run(k: int, rows: np.ndarray, keep: Sequence[np.ndarray],
+                 results: Sequence[Tuple[SimpleNamespace, float]],
+                 subsample: Optional[float]) -> ReplicateRun:
+    """One :class:`ReplicateRun` from the R replicate results of one K (in replicate order)."""
+    n_replicates, n = len(results), rows.size
     labels = np.full((n_replicates, n), -1, dtype=np.int64)
     post = np.zeros((n_replicates, n, k), dtype=np.float32)
     for r, (res, _) in enumerate(results):
@@ -193,7 +266,7 @@ def run_replicates(prepared, options, k: int, n_replicates: int = 5, seed: SeedL
         post[r, keep[r]] = np.asarray(res.posteriors, dtype=np.float32)
     first = results[0][0]
     return ReplicateRun(
-        k=int(k), rows=base, labels=labels, posteriors=post,
+        k=int(k), rows=rows, labels=labels, posteriors=post,
         maps=np.stack([np.asarray(res.maps, dtype=np.float32) for res, _ in results]),
         half_maps=np.stack([np.asarray(res.half_maps, dtype=np.float32) for res, _ in results]),
         fsc=np.stack([np.asarray(res.fsc) for res, _ in results]),
@@ -201,6 +274,49 @@ def run_replicates(prepared, options, k: int, n_replicates: int = 5, seed: SeedL
         histories=[list(res.stats) for res, _ in results],
         seconds=np.array([s for _, s in results]), pixel_size_A=float(first.pixel_size_A),
         subsample=subsample)
+
+
+def replicate_plan(prepared, k_values: Sequence[int], n_replicates: int, seed: SeedLike,
+                   subsample: Optional[float], rows: Optional[Sequence[int]]):
+    """``(rows, children, keep)``: the run's particles, seed children and per-replicate
+    subsets; InputError when a K does not fit the particles."""
+    validate_replicate_args(n_replicates, subsample)
+    n_total = prepared.data.n_total
+    base = np.arange(n_total) if rows is None else np.asarray(rows, dtype=np.int64)
+    n = base.size
+    for k in k_values:
+        if k < 1 or k > n:
+            raise InputError(f"number of classes must be between 1 and the {n} particles",
+                             field="--classes", value=k)
+    children = replicate_seeds(seed, n_replicates)
+    keep = [subsample_rows(c, n, subsample) for c in children]
+    return base, children, keep
+
+
+def run_replicates(prepared, options, k: int, n_replicates: int = 5, seed: SeedLike = 0,
+                   subsample: Optional[float] = None, rows: Optional[Sequence[int]] = None,
+                   workers: Optional[int] = None, progress: Optional[Callable] = None,
+                   abort_check: Optional[Callable] = None, fit: Optional[Callable] = None,
+                   groups: Optional[RankGroups] = None) -> ReplicateRun:
+    """Classify ``rows`` (default every particle) ``n_replicates`` times with K = ``k``.
+
+    ``prepared`` comes from :func:`hetclass.engine.prepare` (done once per dataset;
+    under MPI with ``groups.group`` as its communicator);
+    ``options`` a :class:`hetclass.pipeline.ClassifyOptions` (its ``classes`` is replaced by
+    ``k`` and its ``seed`` by the replicate seeds). ``progress`` receives the engine's
+    events with ``replicate`` and ``k`` added, plus ``("replicate", k, replicate, done,
+    total, seconds)`` when a replicate finishes; calls are serialised by a lock (under MPI
+    only world rank 0 reports).
+    ``abort_check`` is polled by every replicate; the first :class:`AbortRequested` stops
+    the others at their next check and is re-raised. ``fit`` overrides the engine's
+    ``fit`` (tests). ``groups`` (:func:`split_groups`) spreads the replicates over MPI rank
+    groups; every rank returns the full run.
+    """
+    base, children, keep = replicate_plan(prepared, [k], n_replicates, seed, subsample, rows)
+    tasks = [(int(k), r) for r in range(n_replicates)]
+    results = run_replicate_tasks(prepared, options, tasks, base, keep, children, workers,
+                                  progress, abort_check, fit, groups)
+    return assemble_run(k, base, keep, [results[t] for t in tasks], subsample)
 
 
 def consensus_maps(run: ReplicateRun, perms: np.ndarray):

@@ -67,7 +67,7 @@ def define_engine_params(form, classes_default: int = 3, with_classes: bool = Tr
                    help="Run the EM on a GPU with CuPy (pip install hetclass[gpu]).")
     form.addHidden(GPU_LIST, params.StringParam, default="0", label="GPU id",
                    help="hetclass uses one GPU: the first id of the list.")
-    form.addParallelSection(threads=2, mpi=0)
+    form.addParallelSection(threads=2, mpi=1)
 
 
 def classify_options(prot, classes: int):
@@ -104,11 +104,52 @@ def classify_options(prot, classes: int):
 
 
 def select_gpu(prot) -> None:
-    """Make the form's first GPU id the only visible device (hetclass uses one GPU)."""
+    """Make the form's first GPU id the only visible device (hetclass uses one GPU per
+    process); under MPI every listed GPU stays visible and each rank takes one by its local
+    rank (``hetclass_standalone.mpi_run.assign_rank_gpu``)."""
     if prot.getAttributeValue(USE_GPU, False):
         gpus = prot.getGpuList()
         if gpus:
-            os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus[0])
+            chosen = gpus if mpi_ranks(prot) > 1 else gpus[:1]
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in chosen)
+
+
+def mpi_ranks(prot) -> int:
+    """MPI processes asked for in the form's parallel section (1: no MPI)."""
+    value = prot.numberOfMpi.get() if hasattr(prot, "numberOfMpi") else 1
+    return max(1, int(value or 1))
+
+
+def cli_arguments(command: str, options, out_dir: str, star: str) -> List[str]:
+    """``python`` arguments running ``hetclass <command>`` with ``options`` (a
+    :class:`hetclass.pipeline.ClassifyOptions`) on ``star`` into ``out_dir`` under MPI."""
+    args = ["-m", "hetclass_standalone.main", command, "--particles", os.path.abspath(star),
+            "--project-dir", os.getcwd(), "--out", os.path.abspath(out_dir), "--mpi", "on",
+            "--threads", str(options.threads), "--device", options.device,
+            "--max-iter", str(options.max_iter), "--convergence", str(options.convergence_pct),
+            "--tau2-fudge", str(options.tau2_fudge), "--seed", str(options.seed),
+            "--init", options.init, "--init-lowpass", str(options.init_lowpass_A)]
+    if command == "classify":
+        args += ["--classes", str(options.classes)]
+    if options.hard:
+        args.append("--hard")
+    for ref in options.references:
+        args += ["--ref", ref]
+    for flag, value in (("--target-res", options.target_res_A),
+                        ("--particle-diameter", options.particle_diameter_A),
+                        ("--solvent-mask", options.solvent_mask),
+                        ("--focus-mask", options.focus_mask), ("--cache", options.cache_dir)):
+        if value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+def run_mpi(prot, args: List[str]) -> None:
+    """Launch ``python args`` with the form's MPI processes through Scipion's ``runJob``
+    (the host's PARALLEL_COMMAND, e.g. ``mpirun -np N``, or the queue system)."""
+    import sys
+    prot.runJob(sys.executable, args, numberOfMpi=mpi_ranks(prot),
+                numberOfThreads=max(1, int(prot.numberOfThreads.get() or 1)))
 
 
 def convert_input(prot) -> None:

@@ -61,18 +61,30 @@ class HetClassProtClassify3D(ProtClassify3D):
         from hetclass.pipeline import run_classify
 
         common.select_gpu(self)
-        particles, _ = common.load_input(self)
         options = common.classify_options(self, self.numberOfClasses.get())
         out_dir = self._getExtraPath(CLASSIFY_DIR)
-        result = run_classify(particles, options, out_dir, resume=os.path.isdir(out_dir),
-                              progress=common.progress_logger(self))
+        resume = os.path.isdir(out_dir)
+        if common.mpi_ranks(self) > 1:     # mpirun -np N python -m hetclass_standalone.main
+            args = common.cli_arguments("classify", options, out_dir,
+                                        self._getExtraPath(common.INPUT_STAR))
+            common.run_mpi(self, args + (["--continue"] if resume else []))
+            info = common.read_json(os.path.join(out_dir, "run.json"), {})
+            posteriors = np.load(os.path.join(out_dir, "run_posteriors.npy"))
+            labels, n_iter = posteriors.argmax(axis=1), len(info.get("iterations", []))
+            resolution, fractions = info["resolution_A"], info["class_fractions"]
+        else:
+            particles, _ = common.load_input(self)
+            result = run_classify(particles, options, out_dir, resume=resume,
+                                  progress=common.progress_logger(self))
+            posteriors, labels, n_iter = result.posteriors, result.labels, result.n_iter
+            resolution, fractions = result.resolution_A, result.class_fractions
         with atomic_path(result_path) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, labels=np.asarray(result.labels, dtype=np.int64),
-                         max_posterior=np.asarray(result.posteriors).max(axis=1),
-                         resolution_A=np.asarray(result.resolution_A, dtype=np.float64),
-                         class_fractions=np.asarray(result.class_fractions, dtype=np.float64),
-                         n_iter=int(result.n_iter))
+                np.savez(f, labels=np.asarray(labels, dtype=np.int64),
+                         max_posterior=np.asarray(posteriors).max(axis=1),
+                         resolution_A=np.asarray(resolution, dtype=np.float64),
+                         class_fractions=np.asarray(fractions, dtype=np.float64),
+                         n_iter=int(n_iter))
 
     def createOutputStep(self):
         ids = np.load(self._getExtraPath(common.INPUT_IDS))

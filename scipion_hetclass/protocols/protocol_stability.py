@@ -95,11 +95,14 @@ class HetClassProtStability(ProtClassify3D):
         common.select_gpu(self)
         if os.path.isdir(self._outDir()):
             shutil.rmtree(self._outDir())          # an interrupted run: start it again
-        particles, _ = common.load_input(self)
         options = common.classify_options(self, classes=2)
         subsample = float(self.subsample.get() or 0) or None
         workers = max(1, int(self.numberOfThreads.get() or 1))
         star = os.path.abspath(self._getExtraPath(common.INPUT_STAR))
+        if common.mpi_ranks(self) > 1:     # replicates on MPI rank groups
+            self._runMpi(options, subsample, workers, star)
+            return
+        particles, _ = common.load_input(self)
         progress = common.progress_logger(self)
         if self.exhaustive.get():
             exhaustive_job(particles, options, self._outDir(), int(self.minClassSize.get()),
@@ -110,6 +113,22 @@ class HetClassProtStability(ProtClassify3D):
                           int(self.replicates.get()), subsample, workers,
                           float(self.coreStability.get()), particles_path=star,
                           progress=progress)
+
+    def _runMpi(self, options, subsample, workers, star):
+        """``hetclass stability|exhaustive`` under Scipion's MPI launcher (same arguments)."""
+        command = "exhaustive" if self.exhaustive.get() else "stability"
+        args = common.cli_arguments(command, options, self._outDir(), star)
+        args += ["--replicates", str(int(self.replicates.get())), "--jobs", str(workers)]
+        if subsample is not None:
+            args += ["--subsample", str(subsample)]
+        if self.exhaustive.get():
+            args += ["--min-class-size", str(int(self.minClassSize.get())),
+                     "--max-depth", str(int(self.maxDepth.get()))]
+        else:
+            k = self._kValues()
+            args += ["--classes", f"{k[0]}-{k[-1]}",
+                     "--core-stability", str(float(self.coreStability.get()))]
+        common.run_mpi(self, args)
 
     def _kValues(self):
         return list(range(int(self.kMin.get()), int(self.kMax.get()) + 1))

@@ -110,6 +110,50 @@ class TestHetClassProtocols(BaseTest):
         self.checkViewer(prot, expect_report=False)
         self.checkStepsAreIdempotent(prot, got)
 
+    @staticmethod
+    def requireMpi():
+        """Skip without mpirun / mpi4py; let OpenMPI run as root (CI containers)."""
+        import unittest
+        try:
+            import mpi4py  # noqa: F401
+        except ImportError:
+            raise unittest.SkipTest("mpi4py not installed (pip install 'hetclass[mpi]')")
+        if shutil.which("mpirun") is None:
+            raise unittest.SkipTest("mpirun not installed (apt-get install openmpi-bin)")
+        if hasattr(os, "geteuid") and os.geteuid() == 0:   # OpenMPI refuses root otherwise
+            os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+
+    def test_classify_mpi(self):
+        """numberOfMpi = 2: Scipion's runJob launches ``mpirun -np 2`` (hosts.conf) and the
+        labels equal a single-process classification with the same options."""
+        self.requireMpi()
+        from hetclass.pipeline import run_classify
+        from scipion_hetclass.protocols import common
+        from scipion_hetclass.protocols.protocol_classify3d import RESULT_NPZ
+        data = self.mrcs
+        prot = self.newProtocol(HetClassProtClassify3D, objLabel="hetclass classify MPI",
+                                numberOfClasses=data.n_states, randomSeed=3, maxIterations=8,
+                                numberOfThreads=1, numberOfMpi=2)
+        self.setInput(prot, self.import_mrcs)
+        self.assertEqual(prot.validate(), [])
+        self.launchProtocol(prot)
+        got = labels_by_id(prot.outputClasses)
+        self.assertEqual(sorted(got), sorted(data.truth))
+        info = common.read_json(prot._getExtraPath("classify", "run.json"))
+        self.assertEqual(info["mpi_ranks"], 2)
+        # the same options in this process, without MPI
+        cwd = os.getcwd()
+        os.chdir(prot.getProject().getPath())
+        try:
+            particles, _ = common.load_input(prot)
+            options = common.classify_options(prot, data.n_states)
+            serial = run_classify(particles, options, self.getOutputPath("serial_classify"))
+        finally:
+            os.chdir(cwd)
+        mpi_labels = np.load(prot._getExtraPath(RESULT_NPZ))["labels"]
+        np.testing.assert_array_equal(mpi_labels, serial.labels)
+
     def checkStepsAreIdempotent(self, prot, labels):
         """Re-running the steps (as a resumed run would) reproduces the same files/labels."""
         from scipion_hetclass.protocols import common
@@ -170,6 +214,34 @@ class TestHetClassProtocols(BaseTest):
         self.assertNotIn("not found", cites)
         for text in ("hetclass developers", "Scheres", "Kuhn", "Hubert", "10.1007/BF01908075"):
             self.assertIn(text, cites)
+
+    def test_stability_mpi(self):
+        """Stability with numberOfMpi = 2 (replicates on two ranks) gives the consensus of a
+        single-process stability run with the same options."""
+        self.requireMpi()
+        from hetclass.stability.analysis import stability_job
+        from scipion_hetclass.protocols import common
+        data = self.mrc
+        prot = self.newProtocol(HetClassProtStability, objLabel="hetclass stability MPI",
+                                kMin=2, kMax=2, replicates=2, randomSeed=5, maxIterations=8,
+                                numberOfThreads=1, numberOfMpi=2)
+        self.setInput(prot, self.import_mrc)
+        self.launchProtocol(prot)
+        self.assertEqual(sum(c.getSize() for c in prot.outputClasses), len(data.truth))
+        cwd = os.getcwd()
+        os.chdir(prot.getProject().getPath())
+        try:
+            particles, _ = common.load_input(prot)
+            options = common.classify_options(prot, classes=2)
+            _, serial = stability_job(particles, options, self.getOutputPath("serial_stab"),
+                                      [2], 2)
+            star = os.path.abspath(prot._outDir("consensus_data.star"))
+        finally:
+            os.chdir(cwd)
+        import starfile
+        table = starfile.read(star, always_dict=True)["particles"]
+        np.testing.assert_array_equal(table["rlnClassNumber"].to_numpy() - 1,
+                                      serial.per_k[2].consensus)
 
     def test_validate_messages(self):
         data = self.mrcs
