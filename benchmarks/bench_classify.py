@@ -95,6 +95,16 @@ def make_dataset(out_dir: str, n: int, box_px: int, k: int, snr: float, pixel_si
     return {"star": star, "truth": truth, "sim_s": time.time() - t0}
 
 
+def simulate_in_child(*args) -> Dict[str, str]:
+    """:func:`make_dataset` in a fresh process: on Linux a child's ``ru_maxrss`` starts from
+    its parent's size at fork, so the benchmark process must stay small for the children's
+    peak RSS to be their own."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(make_dataset, args)
+
+
 def star_info(star: str) -> Dict[str, float]:
     """Particle count, box and pixel size of a RELION 3.1 (or 3.0) particle STAR."""
     blocks = starfile.read(star, always_dict=True)
@@ -167,25 +177,34 @@ def n_coefficients(run_info: dict, box_px: int, pixel_size_A: float) -> int:
     return coefficient_set(crop, shell).size
 
 
-def run_hetclass(ds: dict, k: int, args, work: str) -> dict:
-    out = os.path.join(work, f"hetclass_K{k}")
+def run_hetclass(ds: dict, k: int, args, work: str, ranks: int = 1) -> dict:
+    """One ``hetclass classify`` run; ``ranks`` > 1 runs it under ``mpirun -n ranks`` with
+    ``--threads`` divided between the ranks (the same number of cores in all)."""
+    tag = f"K{k}" if ranks == 1 else f"K{k}_mpi{ranks}"
+    out = os.path.join(work, f"hetclass_{tag}")
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "hetclass_standalone.main", "classify",
+    launcher = []
+    threads = args.threads
+    if ranks > 1:
+        launcher = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", str(ranks)]
+        threads = max(1, args.threads // ranks)
+    cmd = launcher + [sys.executable, "-m", "hetclass_standalone.main", "classify",
            "--particles", ds["star"], "--classes", str(k), "--out", out, "--tau2-fudge", "4",
-           "--threads", str(args.threads), "--particle-diameter", f"{ds['diameter_A']:g}",
+           "--threads", str(threads), "--particle-diameter", f"{ds['diameter_A']:g}",
            "--seed", str(args.seed), "--device", args.device, "--quiet"]
     if args.quick:
         cmd += ["--max-iter", "3"]
     cmd += list(args.hetclass_arg)
     version = code_version()          # the sources the child is about to import
-    child = run_child(cmd, ds["project_dir"], os.path.join(work, f"hetclass_K{k}.log"))
+    child = run_child(cmd, ds["project_dir"], os.path.join(work, f"hetclass_{tag}.log"))
     with open(os.path.join(out, "run.json")) as fh:
         info = json.load(fh)
     n_iter = max(1, len(info.get("iterations", [])))
     timings = info.get("timings_s", {})
     m = n_coefficients(info, ds["box_px"], ds["pixel_size_A"])
     s_iter = float(timings.get("em", child["wall_s"])) / n_iter
-    return dict(child, tool="hetclass", iterations=n_iter,
+    return dict(child, tool="hetclass" if ranks == 1 else f"hetclass_mpi{ranks}",
+                iterations=n_iter,
                 preprocess_s=float(timings.get("preprocess", float("nan"))), s_per_iter=s_iter,
                 time_to_result_s=child["wall_s"], n_coefficients=m,
                 crop_box_px=info.get("crop_box_px"), device=info.get("device", "cpu"),
@@ -286,7 +305,8 @@ def format_table(rows: List[dict], ratios: List[dict]) -> str:
     for q in ratios:
         ari = "ARI hetclass {} vs RELION {}".format(
             *("-" if a is None else f"{a:.3f}" for a in (q["ari_hetclass"], q["ari_relion"])))
-        lines.append(f"n={q['n']} K={q['K']}: time RELION/hetclass = {q['time_ratio']:.2f}x "
+        lines.append(f"n={q['n']} K={q['K']}: time RELION/{q.get('tool', 'hetclass')} = "
+                     f"{q['time_ratio']:.2f}x "
                      f"(per iteration {q['iter_ratio']:.2f}x); {ari}; peak RSS hetclass "
                      f"{q['rss_hetclass_MB']:.0f} MB vs RELION {q['rss_relion_MB']:.0f} MB")
     return "\n".join(lines)
@@ -320,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu",
                    help="hetclass --device (RELION stays on the CPU)")
+    r.add_argument("--ranks", type=parse_ints, default=[1],
+                   help="hetclass runs with these MPI rank counts, e.g. 1,2 (ranks > 1: "
+                        "mpirun -n R, --threads divided between the ranks)")
     r.add_argument("--no-relion", action="store_true", help="skip relion_refine")
     r.add_argument("--relion-iter", type=int, default=25, help="RELION iterations (default 25)")
     r.add_argument("--hetclass-arg", action="append", default=[], metavar="ARG",
@@ -357,32 +380,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     d = os.path.join(work, f"data_n{n}_b{args.box}_K{k}_snr{args.snr:g}")
                     print(f"bench_classify: simulating n={n} box={args.box} K={k} ...",
                           file=sys.stderr, flush=True)
-                    ds = make_dataset(d, n, args.box, k, args.snr, psize, args.seed,
-                                      args.populations)
+                    ds = simulate_in_child(d, n, args.box, k, args.snr, psize, args.seed,
+                                           args.populations)
                     datasets.append((n, k, dict(ds, n=n, box_px=args.box, pixel_size_A=psize)))
         for n, k, ds in datasets:
             ds["project_dir"] = os.path.abspath(args.project_dir or os.path.dirname(ds["star"]))
             ds["diameter_A"] = args.diameter or round(0.85 * ds["box_px"] * ds["pixel_size_A"], 1)
             sub = os.path.join(work, f"runs_n{n}_K{k}")
             os.makedirs(sub, exist_ok=True)
-            tools = [run_hetclass] + ([run_relion] if relion else [])
+            tools = [("hetclass", lambda *a, r=r: run_hetclass(*a, ranks=r)) if r > 1
+                     else ("hetclass", run_hetclass) for r in args.ranks]
+            tools += [("relion", run_relion)] if relion else []
             got = {}
-            for tool in tools:
-                print(f"bench_classify: {tool.__name__[4:]} n={n} K={k} ...", file=sys.stderr,
-                      flush=True)
+            for name, tool in tools:
+                print(f"bench_classify: {name} n={n} K={k} ...", file=sys.stderr, flush=True)
                 row = tool(ds, k, args, sub)
                 row.update(n=n, K=k, box_px=ds["box_px"], pixel_size_A=ds["pixel_size_A"],
                            simulate_s=ds["sim_s"], data_star=ds["star"])
                 got[row["tool"]] = row
                 rows.append(row)
-            m = got["hetclass"]["n_coefficients"]
+            m = next(r["n_coefficients"] for name, r in got.items() if name != "relion_refine")
             cropped = n * m * 8
             for row in got.values():
                 row["cropped_MB"] = cropped / MB
                 row["rss_ok"] = bool(row["peak_rss_bytes"] <= cropped + 1024 ** 3)
-            if "relion_refine" in got:
-                h, r = got["hetclass"], got["relion_refine"]
-                ratios.append(dict(n=n, K=k,
+            for name, h in got.items():
+                if name == "relion_refine" or "relion_refine" not in got:
+                    continue
+                r = got["relion_refine"]
+                ratios.append(dict(n=n, K=k, tool=name,
                                    time_ratio=r["time_to_result_s"] / h["time_to_result_s"],
                                    iter_ratio=r["s_per_iter"] / h["s_per_iter"],
                                    ari_hetclass=h["ari"], ari_relion=r["ari"],

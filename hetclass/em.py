@@ -79,27 +79,56 @@ def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, activ
         grids = [stack_grids(np.stack([volume_to_grid(m, ws.pad) for m in refs[h]]))
                  for h in range(2)]
     onehot = shell_onehot(ws.data.coeffs.shell, ws.n_shells)
-    for bi, (rows, half) in enumerate(ws.batches):
+
+    def one(bi):
+        rows, half = ws.batches[bi]
         if abort_check is not None:
             abort_check()
         use = active[rows]
         if not use.any():
-            continue
+            return None
         weights = None
         if fixed_weights is not None:
             weights = fixed_weights[rows] * use[:, None]
         x, c, g = ws.batch_arrays(bi)
-        res = process_batch(rows, half, ws.operator(bi), grids[half], x, c, g,
-                            sigma2, log_prior, onehot, ws.data.coeffs.shell,
-                            like_shells or ws.like_shells, hard, with_estep=fixed_weights is None,
-                            fixed_weights=weights, active=use)
-        acc.add(res.acc)
-        acc.grid[half] += res.grid
-        post[rows] = res.posteriors
-        loglik[rows] = res.loglik
+        return process_batch(rows, half, ws.operator(bi), grids[half], x, c, g,
+                             sigma2, log_prior, onehot, ws.data.coeffs.shell,
+                             like_shells or ws.like_shells, hard,
+                             with_estep=fixed_weights is None, fixed_weights=weights, active=use)
+
+    # results are added in batch order whatever the thread count: identical sums
+    for bi, res in enumerate(_in_order(one, len(ws.batches), ws.threads)):
+        if res is not None:
+            acc.add(res.acc)
+            acc.grid[res.half] += res.grid
+            post[res.rows] = res.posteriors
+            loglik[res.rows] = res.loglik
         if progress is not None:
             progress("batch", stage=stage, done=bi + 1, total=len(ws.batches))
     return reduce_accumulators(ws.comm, acc), post, loglik
+
+
+def _in_order(fn, n: int, threads: int):
+    """``fn(0), ..., fn(n - 1)`` in order, computed by ``threads`` threads with at most
+    ``threads + 1`` results waiting (the NumPy work of one batch overlaps another's)."""
+    if threads <= 1 or n <= 1:
+        for i in range(n):
+            yield fn(i)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending = deque()
+        nxt = 0
+        try:
+            while nxt < n or pending:
+                while nxt < n and len(pending) <= threads:
+                    pending.append(pool.submit(fn, nxt))
+                    nxt += 1
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def reduce_accumulators(comm, acc: Accumulators) -> Accumulators:

@@ -128,10 +128,12 @@ def process_batch(rows, half, operator, grids_stacked, x, c, g, sigma2, log_prio
     w32 = weights.astype(np.float32)
     a = (c * x / sig)[:, :, None] * w32[:, None, :]           # (n, M, K) complex64
     d = (c * c / sig)[:, :, None] * w32[:, None, :]           # (n, M, K) float32
-    values = np.concatenate([np.ascontiguousarray(a).view(np.float32).reshape(n * m, 2 * k),
-                             d.reshape(n * m, k)], axis=1)
+    # numerators and denominators are back-projected separately (no (n*M, 3K) copy) into
+    # one (V, 3K) block: [re, im interleaved per class | den per class]
+    grid = np.empty((operator.shape[1], 3 * k), dtype=np.float32)
+    grid[:, :2 * k] = backproject(operator, a.view(np.float32).reshape(n * m, 2 * k))
+    grid[:, 2 * k:] = backproject(operator, d.reshape(n * m, k))
     acc.grid = None
     reported = weights if (hard and with_estep) else post
-    return BatchResult(rows, reported.astype(np.float32), evidence, acc, int(half),
-                       np.asarray(backproject(operator, values), dtype=np.float32))
+    return BatchResult(rows, reported.astype(np.float32), evidence, acc, int(half), grid)
 

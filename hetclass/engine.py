@@ -203,8 +203,14 @@ def _setup(particles, options, read_images, comm, concurrent_fits):
     memory = plan_memory(options.max_memory_GB, setup.rows.size, setup.n_total,
                          setup.coeffs.size, options.classes, setup.plan.crop_box_px,
                          setup.plan.box_px, batch_size=options.batch_size,
-                         concurrent=max(1, int(concurrent_fits)))
+                         concurrent=max(1, int(concurrent_fits)) * _batches_in_flight(options))
     return setup, read_images, source, memory
+
+
+def _batches_in_flight(options) -> int:
+    """Batches one fit holds at once: 1, or threads + 1 with ``--threads`` > 1."""
+    threads = max(1, int(options.threads or 1))
+    return 1 if threads == 1 else threads + 1
 
 
 def _unmapping_reader(source):
@@ -327,7 +333,8 @@ def _finish_prepare(particles, options, setup, store, info, memory, comm) -> Pre
                              field="--ref", value=len(loaded))
         refs = np.stack(loaded)
     ws = Workspace(data, max(options.classes, 2), batch_size=memory.batch_size,
-                   cache_bytes=memory.operator_cache_bytes, comm=comm, memory_plan=memory)
+                   cache_bytes=memory.operator_cache_bytes, comm=comm, memory_plan=memory,
+                   threads=options.threads)
     if options.device != "cpu":
         from .gpu import attach   # None for "auto" without a usable GPU
         ws.device_pass = attach(ws, options.device, classes=options.classes)

@@ -15,6 +15,8 @@ Conventions (used everywhere in the engine):
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,7 +59,11 @@ def coefficient_set(box_px: int, r_max_px: int) -> CoefficientSet:
 def centred_rfft2(images):
     """(n, b, b) real images centred at b//2 -> (n, b, b//2+1) complex, phases about the centre."""
     xp = _xp(images)
-    return xp.fft.rfft2(xp.fft.ifftshift(images, axes=(-2, -1)), axes=(-2, -1))
+    shifted = xp.fft.ifftshift(images, axes=(-2, -1))
+    if xp is np:
+        import scipy.fft
+        return scipy.fft.rfft2(shifted, axes=(-2, -1), workers=cpu_workers())
+    return xp.fft.rfft2(shifted, axes=(-2, -1))
 
 
 def resize_volume(volume, new_box_px: int):
@@ -114,9 +120,36 @@ def lowpass_volume(volume, pixel_size_A: float, resolution_A: float, edge_px: fl
     filt = np.clip((r_cut + edge_px / 2 - r) / edge_px, 0.0, 1.0)
     filt = xp.asarray(0.5 - 0.5 * np.cos(np.pi * filt))
     axes = (-3, -2, -1)
-    f = xp.fft.fftshift(xp.fft.fftn(xp.fft.ifftshift(volume, axes=axes), axes=axes), axes=axes)
-    out = xp.fft.ifftn(xp.fft.ifftshift(f * filt, axes=axes), axes=axes)
+    f = xp.fft.fftshift(fftn(xp.fft.ifftshift(volume, axes=axes), axes=axes), axes=axes)
+    out = ifftn(xp.fft.ifftshift(f * filt, axes=axes), axes=axes)
     return xp.fft.fftshift(out, axes=axes).real.astype(np.float32)
+
+
+def cpu_workers() -> int:
+    """Threads for CPU FFTs: the cores this process may run on (an MPI binding limits them)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def fftn(a, axes=None):
+    """Complex n-D FFT over ``axes`` (default all) in the module of ``a``; on the CPU
+    ``scipy.fft`` threaded over :func:`cpu_workers` (keeps single precision)."""
+    xp = _xp(a)
+    if xp is np:
+        import scipy.fft
+        return scipy.fft.fftn(a, axes=axes, workers=cpu_workers())
+    return xp.fft.fftn(a, axes=axes)
+
+
+def ifftn(a, axes=None):
+    """Inverse of :func:`fftn` (same normalisation as ``numpy.fft.ifftn``)."""
+    xp = _xp(a)
+    if xp is np:
+        import scipy.fft
+        return scipy.fft.ifftn(a, axes=axes, workers=cpu_workers())
+    return xp.fft.ifftn(a, axes=axes)
 
 
 def _xp(a):

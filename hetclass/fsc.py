@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fourier import radial_index_3d
+from .fourier import fftn, radial_index_3d
 from .gpu.xp import array_module
 
 
@@ -15,8 +15,8 @@ def fsc(map1, map2):
     """
     xp = array_module(map1, map2)
     b = map1.shape[0]
-    f1 = xp.fft.fftshift(xp.fft.fftn(xp.fft.ifftshift(map1)))
-    f2 = xp.fft.fftshift(xp.fft.fftn(xp.fft.ifftshift(map2)))
+    f1 = xp.fft.fftshift(fftn(xp.fft.ifftshift(map1)))
+    f2 = xp.fft.fftshift(fftn(xp.fft.ifftshift(map2)))
     shells = xp.asarray(radial_index_3d(b).ravel())
     n = b // 2 + 1
     ok = shells < n

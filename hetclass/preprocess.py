@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
+import scipy.fft
 
 from .ctf import ctf_values
 from .errors import InputError
-from .fourier import CoefficientSet, centred_rfft2, coefficient_set
+from .fourier import CoefficientSet, centred_rfft2, coefficient_set, cpu_workers
 from .masks import default_diameter_A, soft_disk
 from .particles import ParticleSet
 
@@ -144,7 +145,8 @@ def preprocess_batch(images: np.ndarray, shifts_px: np.ndarray, plan: CropPlan,
                             + ky[None] * shifts_px[:, 1, None, None]) / big
     f = f * np.exp(1j * phase).astype(np.complex64)
     small = _crop_rfft(f, plan.crop_box_px) * (plan.crop_box_px / big) ** 2
-    img = np.fft.fftshift(np.fft.irfft2(small, s=(plan.crop_box_px,) * 2, axes=(-2, -1)),
+    img = np.fft.fftshift(scipy.fft.irfft2(small, s=(plan.crop_box_px,) * 2, axes=(-2, -1),
+                                          workers=cpu_workers()),
                           axes=(-2, -1))
     img *= disk
     g = centred_rfft2(img.astype(np.float32))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fourier import radial_mean
+from .fourier import fftn, ifftn, radial_mean
 from .gpu.xp import array_module
 from .projector import hermitian_flip
 
@@ -34,7 +34,7 @@ def volume_to_grid(volume, pad: int):
     padded = xp.zeros((side, side, side), dtype=np.float32)
     lo = side // 2 - b // 2
     padded[lo:lo + b, lo:lo + b, lo:lo + b] = corrected
-    f = xp.fft.fftshift(xp.fft.fftn(xp.fft.ifftshift(padded)))
+    f = xp.fft.fftshift(fftn(xp.fft.ifftshift(padded)))
     return f.astype(np.complex64)
 
 
@@ -42,7 +42,7 @@ def grid_to_volume(grid, box_px: int, correct: bool = True):
     """Centred (N, N, N) transform -> centred (b, b, b) float32 map (central window)."""
     xp = array_module(grid)
     side = grid.shape[0]
-    full = xp.fft.fftshift(xp.fft.ifftn(xp.fft.ifftshift(grid))).real
+    full = xp.fft.fftshift(ifftn(xp.fft.ifftshift(grid))).real
     lo = side // 2 - box_px // 2
     vol = full[lo:lo + box_px, lo:lo + box_px, lo:lo + box_px].astype(np.float32)
     if correct:
@@ -73,14 +73,16 @@ def solve_grid(num, den, tau2_shell, shells, pad: int, r_max_px: int):
     shape = num.shape
     shells = xp.asarray(shells)
     tau2 = xp.asarray(tau2_shell, dtype=np.float64)
-    s = xp.minimum(shells, len(tau2) - 1)
-    t = tau2[s]
+    # only voxels inside r_max can be non-zero: solve there (about a third of the grid)
+    inside = xp.flatnonzero(shells <= r_max_px)
+    t = tau2[xp.minimum(shells[inside], len(tau2) - 1)]
     with np.errstate(divide="ignore"):
         inv_prior = xp.where(t > 0, 1.0 / (pad ** 3 * xp.maximum(t, 1e-30)), np.inf)
-    d = den.ravel().astype(np.float64) + inv_prior
-    out = xp.where((shells <= r_max_px) & xp.isfinite(d) & (d > 0),
-                   num.ravel() / xp.where(xp.isfinite(d) & (d > 0), d, 1.0), 0)
-    return out.reshape(shape).astype(np.complex64)
+    d = den.ravel()[inside].astype(np.float64) + inv_prior
+    ok = xp.isfinite(d) & (d > 0)
+    out = xp.zeros(num.size, dtype=np.complex64)
+    out[inside] = xp.where(ok, num.ravel()[inside] / xp.where(ok, d, 1.0), 0)
+    return out.reshape(shape)
 
 
 def shell_power(grid, shells, n_shells: int):

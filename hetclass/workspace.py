@@ -25,7 +25,7 @@ from .reconstruct import grid_shells
 
 DEFAULT_CACHE_BYTES = 3 * 2 ** 30
 MIN_BATCH = 64
-MAX_BATCH = 4096
+MAX_BATCH = 1024     # several batches per half set keep --threads busy (same sums any count)
 PREPROCESS_BATCH = 512
 MB = 2 ** 20
 
@@ -47,7 +47,7 @@ MARGIN_BYTES = 96 * MB                # modules imported later, allocator slack,
 
 
 def default_batch_size(m: int, k: int) -> int:
-    """~64 MB of (batch, M, K) complex work arrays, between 64 and 4096 particles."""
+    """~64 MB of (batch, M, K) complex work arrays, between 64 and 1024 particles."""
     return int(np.clip(8e6 / max(m * max(k, 1), 1), MIN_BATCH, MAX_BATCH))
 
 
@@ -149,8 +149,11 @@ class Workspace:
     """Batches and operators for ``data``; ``pad`` is the Fourier oversampling of the maps."""
 
     def __init__(self, data: FourierData, k: int, pad: int = 2, batch_size: Optional[int] = None,
-                 cache_bytes: Optional[int] = None, comm=None, memory_plan: Optional[MemoryPlan] = None):
+                 cache_bytes: Optional[int] = None, comm=None, memory_plan: Optional[MemoryPlan] = None,
+                 threads: int = 1):
         self.data = data
+        # batches processed at once by the CPU E-step (see hetclass.em.run_pass)
+        self.threads = max(1, int(threads or 1))
         self.comm = SerialComm() if comm is None else comm
         self.device_pass = None   # a GPU pass (hetclass.gpu) replacing the CPU batches
         self.memory_plan = memory_plan

@@ -18,8 +18,6 @@ import os
 import sys
 
 from hetclass.pipeline import check_out_dir
-from hetclass.stability.exhaustive import exhaustive_job
-from hetclass.stability.outputs import exhaustive_key_table
 from hetclass.stability.replicates import parse_k_range
 
 from .classify_cmd import add_classify_options, add_input_options, load_from_args, options_from_args
@@ -56,6 +54,8 @@ def main(args) -> int:
     progress = None if args.quiet else ReplicateProgress(sys.stderr)
     if comm is not None:
         progress = root_progress(comm, progress)
+    from hetclass.stability.exhaustive import exhaustive_job    # heavy: only when used
+    from hetclass.stability.outputs import exhaustive_key_table
     summary, _ = exhaustive_job(particles, options, args.out, args.min_class_size,
                                 args.max_depth, args.replicates, args.subsample, k_scan,
                                 args.null_splits, args.jobs, particles_path=args.particles,

@@ -23,8 +23,6 @@ import time
 
 from hetclass.errors import InputError
 from hetclass.pipeline import check_out_dir
-from hetclass.stability.analysis import stability_job
-from hetclass.stability.outputs import stability_key_tables
 from hetclass.stability.replicates import parse_k_range
 
 from .classify_cmd import add_classify_options, add_input_options, load_from_args, options_from_args
@@ -101,6 +99,8 @@ def main(args) -> int:
     progress = None if args.quiet else ReplicateProgress(sys.stderr)
     if comm is not None:
         progress = root_progress(comm, progress)
+    from hetclass.stability.analysis import stability_job      # heavy: only when used
+    from hetclass.stability.outputs import stability_key_tables
     summary, _ = stability_job(particles, options, args.out, k_values, args.replicates,
                                args.subsample, args.jobs, args.core_stability,
                                particles_path=args.particles, progress=progress, comm=comm)

@@ -134,6 +134,23 @@ def test_same_seed_same_labels_and_map_bytes(two_states, tmp_path, monkeypatch):
             f"{f}: same data, different bytes (a time stamp in the header?)"
 
 
+def test_thread_count_does_not_change_the_result(two_states):
+    """--threads runs batches concurrently but adds their sums in batch order: the same
+    labels, posteriors and map bytes as one thread."""
+    particles = _particles(two_states)
+    fits = []
+    for threads in (1, 3):
+        options = ClassifyOptions(classes=2, seed=5, target_res_A=20.0, threads=threads,
+                                  batch_size=150, max_iter=6)
+        prepared = engine.prepare(particles, options)
+        assert len(prepared.workspace.batches) >= 4
+        fits.append(engine.fit(prepared, options))
+    one, three = fits
+    np.testing.assert_array_equal(one.labels, three.labels)
+    np.testing.assert_array_equal(one.posteriors, three.posteriors)
+    np.testing.assert_array_equal(one.maps, three.maps)
+
+
 def _classify_cmd(ds, out, *extra):
     return [sys.executable, "-m", "hetclass_standalone.main", "classify",
             "--particles", ds.star_path, "--project-dir", ds.out_dir, "--classes", "2",
