@@ -46,7 +46,7 @@ def save(out_dir: str, state: EMState, options, n_particles: int, comm=None,
         v = getattr(state, f.name)
         if isinstance(v, np.ndarray):
             if comm is not None and f.name in _PER_PARTICLE:
-                v = comm.gather_rows(v, rows, n_particles)
+                v = comm.gather_rows_root(v, rows, n_particles)   # None except on rank 0
             arrays[f.name] = v
         elif v is not None:
             meta[f.name] = v

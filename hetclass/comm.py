@@ -64,6 +64,12 @@ class SerialComm:
         out[rows] = local
         return out
 
+    def gather_rows_root(self, local: np.ndarray, rows: np.ndarray,
+                         n_total: int) -> Optional[np.ndarray]:
+        """Like :meth:`gather_rows`, but only rank 0 receives the global array (None
+        elsewhere); each rank sends just its own rows."""
+        return self.gather_rows(local, rows, n_total)
+
     def barrier(self) -> None:
         pass
 
@@ -117,6 +123,16 @@ class MPIComm(SerialComm):
         if out.dtype == bool:
             return self.allreduce(out.astype(np.uint8)).astype(bool)
         return self.allreduce(out)
+
+    def gather_rows_root(self, local: np.ndarray, rows: np.ndarray,
+                         n_total: int) -> Optional[np.ndarray]:
+        parts = self.comm.gather((np.asarray(rows), np.ascontiguousarray(local)), root=0)
+        if self.rank != 0:
+            return None
+        out = np.zeros((n_total,) + local.shape[1:], dtype=local.dtype)
+        for part_rows, part in parts:
+            out[part_rows] = part
+        return out
 
     def barrier(self) -> None:
         self.comm.Barrier()
