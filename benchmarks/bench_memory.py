@@ -27,37 +27,35 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from typing import Dict, List
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_classify import ari_vs_truth, make_dataset  # noqa: E402
+from bench_classify import ari_vs_truth, make_dataset, run_child  # noqa: E402
+
+from hetclass.fourier_store import BYTES_PER_COEFFICIENT  # noqa: E402
+from hetclass.stability.scores import adjusted_rand_index  # noqa: E402
 
 MB = 2.0 ** 20
-LAUNCHER = ("import json, os, subprocess, sys\n"
-            "with open(sys.argv[1], 'w') as log:\n"
-            "    p = subprocess.Popen(sys.argv[2:], stdout=log, stderr=subprocess.STDOUT)\n"
-            "    _, status, usage = os.wait4(p.pid, 0)\n"
-            "print(json.dumps([os.waitstatus_to_exitcode(status), usage.ru_maxrss,\n"
-            "                  usage.ru_utime + usage.ru_stime]))\n")
+# A small process between the benchmark and the measured run: it sets the BLAS thread counts
+# and waits for the run; its wait4 usage (run_child) covers the run it reaped, and its own
+# peak stays small whatever this process has grown to.
+LAUNCHER = ("import os, subprocess, sys\n"
+            "os.environ.update(OMP_NUM_THREADS=sys.argv[1], OPENBLAS_NUM_THREADS=sys.argv[1])\n"
+            "sys.exit(subprocess.call(sys.argv[2:]))\n")
 
 
-def run_measured(argv: List[str], log_path: str, threads: int) -> Dict[str, float]:
-    """Run ``argv`` via the launcher; exit code, peak RSS (MB), wall and CPU seconds."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
-    t0 = time.time()
-    proc = subprocess.run([sys.executable, "-c", LAUNCHER, log_path, *argv],
-                          capture_output=True, text=True, env=env)
-    wall = time.time() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"bench_memory: launcher failed: {proc.stderr[-2000:]}")
-    rc, maxrss_kb, cpu = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"rc": rc, "peak_rss_MB": maxrss_kb / 1024.0, "wall_s": wall, "cpu_s": cpu}
+def run_measured(argv: List[str], log_path: str, threads: int, name: str) -> Dict[str, float]:
+    """Run ``argv`` via the launcher; peak RSS (MB), wall and CPU seconds."""
+    try:
+        m = run_child([sys.executable, "-c", LAUNCHER, str(threads), *argv], os.getcwd(),
+                      log_path)
+    except RuntimeError as exc:
+        raise SystemExit(f"bench_memory: run {name!r} failed: {exc}") from None
+    return {"peak_rss_MB": m["peak_rss_bytes"] / MB, "wall_s": m["wall_s"], "cpu_s": m["cpu_s"]}
 
 
 def classify_argv(star: str, project: str, out: str, k: int, max_iter: int, threads: int,
@@ -115,11 +113,7 @@ def main(argv=None) -> int:
         cmd = classify_argv(ds["star"], data_dir, out, args.classes, args.max_iter,
                             args.threads, bound, cache_dir, args.target_res)
         print("$ " + " ".join(cmd[2:]), flush=True)
-        m = run_measured(cmd, out + ".log", args.threads)
-        if m["rc"] != 0:
-            with open(out + ".log") as fh:
-                print(fh.read()[-3000:])
-            raise SystemExit(f"bench_memory: run {name!r} failed (exit {m['rc']})")
+        m = run_measured(cmd, out + ".log", args.threads, name)
         with open(os.path.join(out, "run.json")) as fh:
             info = json.load(fh)
         run_info = info.get("run_info", info)
@@ -127,9 +121,8 @@ def main(argv=None) -> int:
         n_coef = int(run_info["n_coefficients"])
         labels = labels_of(out)
         first = labels if first is None else first
-        from hetclass.stability.scores import adjusted_rand_index
         row = {"run": name, "max_memory_GB": bound, "n": args.n, "M": n_coef,
-               "data_MB": args.n * n_coef * 12 / MB, "cache": store.get("cache", "none"),
+               "data_MB": args.n * n_coef * BYTES_PER_COEFFICIENT / MB, "cache": store.get("cache", "none"),
                "data_in_RAM": store.get("data_in_memory", True),
                "peak_RSS_MB": m["peak_rss_MB"],
                "under_bound": None if bound is None else m["peak_rss_MB"] <= bound * 1024,

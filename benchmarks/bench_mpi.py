@@ -59,7 +59,8 @@ def run_once(star: str, project_dir: str, out: str, ranks: int, args) -> dict:
     total = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    info = json.load(open(os.path.join(out, "run.json")))
+    with open(os.path.join(out, "run.json")) as fh:
+        info = json.load(fh)
     n_iter = max(len(info.get("iterations", [])), 1)
     labels = starfile.read(os.path.join(out, "run_data.star"),
                            always_dict=True)["particles"]["rlnClassNumber"].to_numpy()

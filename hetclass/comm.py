@@ -46,7 +46,8 @@ class SerialComm:
         return self.rank == 0
 
     def allreduce(self, array: np.ndarray) -> np.ndarray:
-        """Elementwise sum over ranks of a NumPy array (returned; the input may be reused)."""
+        """Elementwise sum over ranks of a NumPy (or CuPy) array (returned; the input may be
+        reused)."""
         return array
 
     def allreduce_scalar(self, value: float) -> float:
@@ -81,6 +82,17 @@ class SerialComm:
         if error is not None:
             raise error
 
+    def checked(self, fn, *args):
+        """``fn(*args)`` on this rank inside :meth:`check`: an exception on any rank is
+        raised on every rank (so no rank waits forever in a later collective)."""
+        error, out = None, None
+        try:
+            out = fn(*args)
+        except Exception as exc:
+            error = exc
+        self.check(error)
+        return out
+
     def abort(self, code: int = 1) -> None:
         raise SystemExit(code)
 
@@ -99,6 +111,10 @@ class MPIComm(SerialComm):
         from mpi4py import MPI
         if self.size == 1:
             return array
+        to_host = getattr(array, "get", None)   # a device (CuPy) array: reduce on the host
+        if to_host is not None:
+            import cupy
+            return cupy.asarray(self.allreduce(to_host()))
         buf = np.ascontiguousarray(array)
         out = np.empty_like(buf)
         if np.iscomplexobj(buf):

@@ -135,12 +135,7 @@ def reduce_accumulators(comm, acc: Accumulators) -> Accumulators:
     """Sum the accumulators of every rank (identity in a single process)."""
     if comm.size == 1:
         return acc
-    to_host = getattr(acc.grid, "get", None)   # a device (CuPy) array: reduce on the host
-    if to_host is not None:
-        import cupy
-        acc.grid = cupy.asarray(comm.allreduce(to_host()))
-    else:
-        acc.grid = comm.allreduce(acc.grid)
+    acc.grid = comm.allreduce(acc.grid)
     acc.noise = comm.allreduce(acc.noise)
     acc.noise_count = comm.allreduce(acc.noise_count)
     acc.class_weight = comm.allreduce(acc.class_weight)

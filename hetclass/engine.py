@@ -99,18 +99,6 @@ def _load_mask(path: str, particles: ParticleSet, crop_box: int) -> np.ndarray:
     return np.clip(resize_volume(vol, crop_box), 0.0, 1.0).astype(np.float32)
 
 
-def _each(comm, fn, *args):
-    """``fn(*args)`` on every rank; an error on any rank is raised on every rank (so no rank
-    waits forever in a later collective)."""
-    error, out = None, None
-    try:
-        out = fn(*args)
-    except Exception as exc:
-        error = exc
-    comm.check(error)
-    return out
-
-
 def _data_power(ws: Workspace, comm):
     """Mean |X|^2 per optics group and shell (G, S) and mean CTF^2 per shell (S,), over every
     rank's particles; read batch by batch (the data may stream from disk)."""
@@ -132,7 +120,7 @@ def _data_power(ws: Workspace, comm):
             ctf_sum += ((c ** 2) @ onehot).sum(0, dtype=np.float64)
         return sums, n_group, ctf_sum
 
-    sums, n_group, ctf_sum = _each(comm, local_sums)
+    sums, n_group, ctf_sum = comm.checked(local_sums)
     sums, n_group = comm.allreduce(sums), comm.allreduce(n_group)
     ctf_sum = comm.allreduce(ctf_sum)
     power = np.where(n_group[:, None] > 0, sums / np.maximum(n_group, 1)[:, None], 0.0) / counts
@@ -169,14 +157,14 @@ def _prepare(particles, options, progress, abort_check, read_images, comm,
              concurrent_fits=1) -> PreparedData:
     source = None
     try:
-        setup, read, source, memory = _each(comm, _setup, particles, options, read_images, comm,
-                                            concurrent_fits)
+        setup, read, source, memory = comm.checked(_setup, particles, options, read_images,
+                                                   comm, concurrent_fits)
         store, info = _make_store(setup, particles, options, memory, read, progress,
                                   abort_check, comm)
     finally:
         if source is not None:
             source.close()
-    return _each(comm, _finish_prepare, particles, options, setup, store, info, memory, comm)
+    return comm.checked(_finish_prepare, particles, options, setup, store, info, memory, comm)
 
 
 def _setup(particles, options, read_images, comm, concurrent_fits):
@@ -198,8 +186,9 @@ def _setup(particles, options, read_images, comm, concurrent_fits):
         if options.max_memory_GB is not None:
             read_images = _unmapping_reader(source)
     root = np.random.SeedSequence(int(options.seed))
+    shard = shard_rows(len(particles), comm.size, comm.rank)
     setup = setup_preprocess(particles, options.target_res_A, options.particle_diameter_A,
-                             root.spawn(1)[0], rows=shard_rows(len(particles), comm.size, comm.rank))
+                             root.spawn(1)[0], rows=shard)
     memory = plan_memory(options.max_memory_GB, setup.rows.size, setup.n_total,
                          setup.coeffs.size, options.classes, setup.plan.crop_box_px,
                          setup.plan.box_px, batch_size=options.batch_size,
@@ -262,7 +251,7 @@ def _make_store(setup, particles, options, memory, read_images, progress, abort_
     if options.cache_dir is None:
         if memory.data_in_memory:
             store = fs.MemoryStore.empty(n, m)
-            _each(comm, fill, store)
+            comm.checked(fill, store)
             return store, info
 
         def temporary():   # each rank its own, removed when the store closes
@@ -277,7 +266,7 @@ def _make_store(setup, particles, options, memory, read_images, progress, abort_
                 shutil.rmtree(build, ignore_errors=True)
                 raise
         info["cache"] = "temporary"
-        return _each(comm, temporary), info
+        return comm.checked(temporary), info
 
     def look():
         cache = fs.CacheDir(options.cache_dir)
@@ -286,17 +275,18 @@ def _make_store(setup, particles, options, memory, read_images, progress, abort_
         manifest = cache.find(fingerprint)
         return cache, fingerprint, manifest, None if manifest else cache.begin()
 
-    cache, fingerprint, manifest, build = _each(comm, look if comm.is_root else lambda: (None,) * 4)
+    cache, fingerprint, manifest, build = comm.checked(
+        look if comm.is_root else lambda: (None,) * 4)
     manifest, build = comm.bcast_obj((manifest, build))
     info.update(cache="reused", cache_dir=os.path.abspath(options.cache_dir))
     if manifest is None:
         t0 = time.time()
         try:
-            part = _each(comm, write_part, build, comm.rank, True)
+            part = comm.checked(write_part, build, comm.rank, True)
             parts = [p for p in comm.allgather_obj(part) if p]
-            manifest = _each(comm, (lambda: cache.commit(build, fingerprint, parts,
-                                                         time.time() - t0))
-                             if comm.is_root else lambda: None)
+            manifest = comm.checked(
+                (lambda: cache.commit(build, fingerprint, parts, time.time() - t0))
+                if comm.is_root else lambda: None)
         except BaseException:
             if comm.is_root:
                 fs.CacheDir.abandon(build)
@@ -310,7 +300,7 @@ def _make_store(setup, particles, options, memory, read_images, progress, abort_
     def open_store():
         store = fs.open_cache(manifest, setup.rows, setup.subset)
         return fs.load_into_memory(store) if memory.data_in_memory else store
-    return _each(comm, open_store), info
+    return comm.checked(open_store), info
 
 
 def _finish_prepare(particles, options, setup, store, info, memory, comm) -> PreparedData:
@@ -333,7 +323,7 @@ def _finish_prepare(particles, options, setup, store, info, memory, comm) -> Pre
                              field="--ref", value=len(loaded))
         refs = np.stack(loaded)
     ws = Workspace(data, max(options.classes, 2), batch_size=memory.batch_size,
-                   cache_bytes=memory.operator_cache_bytes, comm=comm, memory_plan=memory,
+                   cache_bytes=memory.operator_cache_bytes, comm=comm,
                    threads=options.threads)
     if options.device != "cpu":
         from .gpu import attach   # None for "auto" without a usable GPU
@@ -427,7 +417,8 @@ def fit(prepared: PreparedData, options: ClassifyOptions, seed: SeedLike = None,
             break
     # results are global: every rank gets every particle's posteriors
     comm = prepared.workspace.comm
-    idx = np.flatnonzero(comm.gather_rows(active, data.rows, data.n_total))
+    idx = (np.arange(data.n_total) if rows is None
+           else np.unique(np.asarray(rows, dtype=np.int64)))
     post = comm.gather_rows(state.posteriors, data.rows, data.n_total)[idx]
     loglik = comm.gather_rows(state.loglik, data.rows, data.n_total)[idx]
     maps = state.unmasked_maps if state.unmasked_maps is not None else state.maps

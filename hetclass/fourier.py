@@ -16,10 +16,11 @@ Conventions (used everywhere in the engine):
 from __future__ import annotations
 
 import os
-
 from dataclasses import dataclass
 
 import numpy as np
+
+from .gpu.xp import array_module
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,8 @@ def coefficient_set(box_px: int, r_max_px: int) -> CoefficientSet:
 
 def centred_rfft2(images):
     """(n, b, b) real images centred at b//2 -> (n, b, b//2+1) complex, phases about the centre."""
-    xp = _xp(images)
-    shifted = xp.fft.ifftshift(images, axes=(-2, -1))
-    if xp is np:
-        import scipy.fft
-        return scipy.fft.rfft2(shifted, axes=(-2, -1), workers=cpu_workers())
-    return xp.fft.rfft2(shifted, axes=(-2, -1))
+    xp = array_module(images)
+    return _fft("rfft2", xp.fft.ifftshift(images, axes=(-2, -1)), axes=(-2, -1))
 
 
 def resize_volume(volume, new_box_px: int):
@@ -71,7 +68,7 @@ def resize_volume(volume, new_box_px: int):
 
     Cropping removes frequencies beyond the new Nyquist; padding adds none.
     """
-    xp = _xp(volume)
+    xp = array_module(volume)
     old = volume.shape[0]
     new = int(new_box_px)
     if new == old:
@@ -100,7 +97,7 @@ def radial_mean(values, shells, n_shells: int):
 
     NumPy or CuPy (the module of ``values``; ``shells`` is moved there if needed).
     """
-    xp = _xp(values)
+    xp = array_module(values)
     v = xp.asarray(values).ravel()
     s = xp.asarray(shells).ravel()
     ok = s < n_shells
@@ -112,7 +109,7 @@ def radial_mean(values, shells, n_shells: int):
 def lowpass_volume(volume, pixel_size_A: float, resolution_A: float, edge_px: float = 2.0):
     """Soft (raised-cosine edge) low-pass to ``resolution_A`` of a centred cubic map, or of a
     stack of them (``(..., b, b, b)``: one transform for the whole stack). NumPy or CuPy."""
-    xp = _xp(volume)
+    xp = array_module(volume)
     b = volume.shape[-1]
     r_cut = b * pixel_size_A / resolution_A
     c = np.arange(b) - b // 2
@@ -133,25 +130,22 @@ def cpu_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _fft(name: str, a, **kwargs):
+    """``<module>.fft.<name>(a, **kwargs)`` in the module of ``a``; on the CPU ``scipy.fft``
+    threaded over :func:`cpu_workers` (keeps single precision)."""
+    xp = array_module(a)
+    if xp is np:
+        import scipy.fft
+        return getattr(scipy.fft, name)(a, workers=cpu_workers(), **kwargs)
+    return getattr(xp.fft, name)(a, **kwargs)
+
+
 def fftn(a, axes=None):
     """Complex n-D FFT over ``axes`` (default all) in the module of ``a``; on the CPU
     ``scipy.fft`` threaded over :func:`cpu_workers` (keeps single precision)."""
-    xp = _xp(a)
-    if xp is np:
-        import scipy.fft
-        return scipy.fft.fftn(a, axes=axes, workers=cpu_workers())
-    return xp.fft.fftn(a, axes=axes)
+    return _fft("fftn", a, axes=axes)
 
 
 def ifftn(a, axes=None):
     """Inverse of :func:`fftn` (same normalisation as ``numpy.fft.ifftn``)."""
-    xp = _xp(a)
-    if xp is np:
-        import scipy.fft
-        return scipy.fft.ifftn(a, axes=axes, workers=cpu_workers())
-    return xp.fft.ifftn(a, axes=axes)
-
-
-def _xp(a):
-    from .gpu.xp import array_module
-    return array_module(a)
+    return _fft("ifftn", a, axes=axes)

@@ -43,6 +43,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import InputError
+from .io.atomic import atomic_write_text
 
 FORMAT_VERSION = 1          # bump when the preprocessing or the file layout changes
 MARKER = "HETCLASS_FOURIER_CACHE"
@@ -50,6 +51,7 @@ MANIFEST = "manifest.json"
 DATA_DTYPE = np.dtype(np.complex64)
 CTF_DTYPE = np.dtype(np.float32)
 BYTES_PER_COEFFICIENT = DATA_DTYPE.itemsize + CTF_DTYPE.itemsize   # 12
+_BINARY = getattr(os, "O_BINARY", 0)
 
 
 # ----- stores --------------------------------------------------------------------------------
@@ -127,20 +129,39 @@ def part_layout(lo: int, hi: int, subset: np.ndarray) -> np.ndarray:
     return np.concatenate([np.flatnonzero(sub == 1), np.flatnonzero(sub != 1)]) + int(lo)
 
 
+def _file_positions(lo: int, hi: int, subset: np.ndarray) -> np.ndarray:
+    """(hi - lo,) int64: position in the part's files of global particle ``lo + i``."""
+    layout = part_layout(lo, hi, subset)
+    where = np.empty(layout.size, dtype=np.int64)
+    where[layout - lo] = np.arange(layout.size)
+    return where
+
+
 def _locate(parts: Sequence[Dict], rows: np.ndarray, subset: np.ndarray):
     """(part (n,) int32, position in the part's file (n,) int64) of global ``rows``."""
     los = np.array([p["lo"] for p in parts], dtype=np.int64)
     part = (np.searchsorted(los, rows, side="right") - 1).astype(np.int32)
     pos = np.empty(rows.size, dtype=np.int64)
     for p in np.unique(part):
-        info = parts[int(p)]
-        if not info["lo"] <= rows[part == p].min() <= rows[part == p].max() < info["hi"]:
+        info, here = parts[int(p)], part == p
+        if not info["lo"] <= rows[here].min() <= rows[here].max() < info["hi"]:
             raise ValueError("rows outside the cache's particle ranges")
-        layout = part_layout(info["lo"], info["hi"], subset)
-        where = np.empty(layout.size, dtype=np.int64)
-        where[layout - info["lo"]] = np.arange(layout.size)
-        pos[part == p] = where[rows[part == p] - info["lo"]]
+        pos[here] = _file_positions(info["lo"], info["hi"], subset)[rows[here] - info["lo"]]
     return part, pos
+
+
+def _bad_part_file(directory: str, parts: Sequence[Dict], m: int) -> Optional[str]:
+    """Path of the first part file in ``directory`` that is missing or of the wrong size
+    (``rows * m`` items), or None when all are complete."""
+    for p in parts:
+        for name, item in ((p["data"], DATA_DTYPE), (p["ctf"], CTF_DTYPE)):
+            path = os.path.join(directory, name)
+            try:
+                if os.path.getsize(path) != p["rows"] * m * item.itemsize:
+                    return path
+            except OSError:
+                return path
+    return None
 
 
 class DiskStore:
@@ -211,9 +232,6 @@ class DiskStore:
             pass
 
 
-_BINARY = getattr(os, "O_BINARY", 0)
-
-
 def load_into_memory(store: DiskStore, chunk_rows: int = 4096) -> MemoryStore:
     """Every local row of ``store`` in a :class:`MemoryStore` (local order); closes ``store``."""
     out = MemoryStore.empty(store.n, store.m)
@@ -227,26 +245,22 @@ def load_into_memory(store: DiskStore, chunk_rows: int = 4096) -> MemoryStore:
 class PartWriter:
     """Writes the rows of one part (global range ``[lo, hi)``) into ``directory``."""
 
-    global_rows = True   # :func:`hetclass.preprocess.fill_store` passes global row indices
-
     def __init__(self, directory: str, index: int, lo: int, hi: int, subset: np.ndarray, m: int):
         self.info = {"index": int(index), "lo": int(lo), "hi": int(hi),
                      "data": f"part-{index:04d}.c64", "ctf": f"part-{index:04d}.f32",
                      "rows": int(hi - lo)}
         self.m = int(m)
-        self.lo = int(lo)
-        layout = part_layout(lo, hi, subset)
-        self._where = np.empty(layout.size, dtype=np.int64)
-        self._where[layout - lo] = np.arange(layout.size)
+        self._where = _file_positions(int(lo), int(hi), subset)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _BINARY
         self._fd_x = os.open(os.path.join(directory, self.info["data"]), flags, 0o644)
         self._fd_c = os.open(os.path.join(directory, self.info["ctf"]), flags, 0o644)
         os.ftruncate(self._fd_x, (hi - lo) * self.m * DATA_DTYPE.itemsize)
         os.ftruncate(self._fd_c, (hi - lo) * self.m * CTF_DTYPE.itemsize)
 
-    def write(self, global_rows: np.ndarray, data: np.ndarray, ctf: np.ndarray) -> None:
-        """Rows ``global_rows`` (n,) of this part: data (n, M) complex64, ctf (n, M) float32."""
-        pos = self._where[np.asarray(global_rows, dtype=np.int64) - self.lo]
+    def write(self, offsets: np.ndarray, data: np.ndarray, ctf: np.ndarray) -> None:
+        """Global particles ``lo + offsets`` (n,) of this part (the local rows of a rank whose
+        shard is the part): data (n, M) complex64, ctf (n, M) float32."""
+        pos = self._where[np.asarray(offsets, dtype=np.int64)]
         for start, stop in _runs(np.zeros(pos.size, np.int32), pos):
             first = int(pos[start])
             _pwrite_from(self._fd_x, data[start:stop].astype(DATA_DTYPE, copy=False),
@@ -290,12 +304,11 @@ def _hash_arrays(*arrays) -> str:
 
 def _stack_stats(particles) -> str:
     """Hash of (resolved path, size, mtime) of every image stack the particles use."""
-    from .io.images import split_image_names
+    from .io.images import _resolve, split_image_names
     _, stacks = split_image_names(particles.image_names)
     h = hashlib.sha256()
     for s in np.unique(stacks).tolist():
-        path = s if os.path.isabs(s) else os.path.join(particles.project_dir, s)
-        path = os.path.abspath(path)
+        path = os.path.abspath(_resolve(s, particles.project_dir))
         try:
             st = os.stat(path)
             h.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode("utf-8"))
@@ -375,13 +388,8 @@ class CacheDir:
         if manifest.get("fingerprint") != fingerprint:
             return None
         m = int(fingerprint["n_coefficients"])
-        for p in manifest.get("parts", []):
-            for name, item in ((p["data"], DATA_DTYPE), (p["ctf"], CTF_DTYPE)):
-                try:
-                    if os.path.getsize(os.path.join(directory, name)) != p["rows"] * m * item.itemsize:
-                        return None
-                except OSError:
-                    return None
+        if _bad_part_file(directory, manifest.get("parts", []), m) is not None:
+            return None
         if sum(p["rows"] for p in manifest.get("parts", [])) != fingerprint["n_particles"]:
             return None
         manifest["path"] = directory
@@ -402,22 +410,15 @@ class CacheDir:
         key = fingerprint_key(fingerprint)
         parts = sorted(parts, key=lambda p: p["lo"])
         m = int(fingerprint["n_coefficients"])
-        for p in parts:   # every rank's part arrived (a file system every rank sees)
-            for name, item in ((p["data"], DATA_DTYPE), (p["ctf"], CTF_DTYPE)):
-                path = os.path.join(build, name)
-                if not os.path.exists(path) or os.path.getsize(path) != p["rows"] * m * item.itemsize:
-                    raise InputError("a rank's cache part is missing; under MPI the cache "
-                                     "must be on a file system every rank sees",
-                                     file=path, field="--cache")
+        bad = _bad_part_file(build, parts, m)   # every rank's part arrived (a shared file system)
+        if bad is not None:
+            raise InputError("a rank's cache part is missing; under MPI the cache "
+                             "must be on a file system every rank sees",
+                             file=bad, field="--cache")
         manifest = {"fingerprint": fingerprint, "key": key, "parts": parts,
                     "bytes": int(sum(p["rows"] for p in parts) * m * BYTES_PER_COEFFICIENT),
                     "build_seconds": float(seconds)}
-        tmp = os.path.join(build, MANIFEST + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(manifest, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, os.path.join(build, MANIFEST))
+        atomic_write_text(os.path.join(build, MANIFEST), json.dumps(manifest, indent=1))
         final = os.path.join(self.path, "fourier-" + key)
         if os.path.isdir(final):   # a stale or concurrently built copy: ours replaces it
             shutil.rmtree(final, ignore_errors=True)

@@ -98,12 +98,7 @@ def run_classify(particles, options: ClassifyOptions, out_dir: str, resume: bool
     from .outputs import write_classify_outputs
 
     comm = SerialComm() if comm is None else comm
-    error = None
-    try:
-        check_out_dir(out_dir, resume, overwrite)
-    except InputError as exc:
-        error = exc
-    comm.check(error)
+    comm.checked(check_out_dir, out_dir, resume, overwrite)
     comm.barrier()  # every rank has looked at out_dir before rank 0 creates it
     t0 = time.time()
     if prepared is None:
@@ -112,16 +107,15 @@ def run_classify(particles, options: ClassifyOptions, out_dir: str, resume: bool
     t_prep = time.time() - t0
     if comm.is_root:
         os.makedirs(out_dir, exist_ok=True)
-    state, error = None, None
-    try:
+
+    def start_state():
         if resume:
-            state = checkpoint.load(out_dir, options, len(particles), rows=prepared.data.rows)
-        elif overwrite and comm.is_root and os.path.exists(
+            return checkpoint.load(out_dir, options, len(particles), rows=prepared.data.rows)
+        if overwrite and comm.is_root and os.path.exists(
                 os.path.join(out_dir, checkpoint.CHECKPOINT)):
             os.remove(os.path.join(out_dir, checkpoint.CHECKPOINT))
-    except InputError as exc:
-        error = exc
-    comm.check(error)
+        return None
+    state = comm.checked(start_state)
     resumed_at = 0 if state is None else int(state.iteration)
 
     def save(st):
@@ -140,15 +134,10 @@ def run_classify(particles, options: ClassifyOptions, out_dir: str, resume: bool
                 "input": particles.source.get("path"),
                 "mpi_ranks": int(comm.size),
                 # "built" / "reused" / "temporary" / "none", size, where the data lived
-                "data_store": getattr(prepared.data, "cache_info", None)}
+                "data_store": prepared.data.cache_info}
     run_info.update(_device_info(prepared.workspace.device_pass))
-    files, error = {}, None
-    if comm.is_root:
-        try:
-            files = write_classify_outputs(out_dir, particles, result, options, run_info)
-        except Exception as exc:      # raised on every rank: none waits in a barrier
-            error = exc
-    comm.check(error)
+    files = comm.checked(lambda: write_classify_outputs(out_dir, particles, result, options,
+                                                        run_info) if comm.is_root else {})
     return ClassifyResult(result.labels, result.posteriors, np.asarray(result.resolution_A),
                           np.asarray(result.class_fractions), files, len(result.stats),
                           bool(result.state.converged), result, prepared)
@@ -159,8 +148,4 @@ def _device_info(device_pass) -> dict:
     device memory in MB."""
     if device_pass is None:
         return {"device": "cpu"}
-    info = {"device": str(getattr(device_pass, "name", "gpu"))}
-    peak = getattr(device_pass, "peak_bytes", None)
-    if callable(peak):
-        info["device_peak_MB"] = float(peak()) / 2 ** 20
-    return info
+    return {"device": device_pass.name, "device_peak_MB": device_pass.peak_bytes() / 2 ** 20}

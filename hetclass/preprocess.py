@@ -19,6 +19,7 @@ import scipy.fft
 from .ctf import ctf_values
 from .errors import InputError
 from .fourier import CoefficientSet, centred_rfft2, coefficient_set, cpu_workers
+from .fourier_store import MemoryStore
 from .masks import default_diameter_A, soft_disk
 from .particles import ParticleSet
 
@@ -228,12 +229,11 @@ def fill_store(setup: PreprocessSetup, particles: ParticleSet,
                progress: Optional[Callable] = None, abort_check: Optional[Callable] = None
                ) -> None:
     """Read this rank's images once, in batches of ``batch_size`` (``read_images(global_rows)``
-    -> (n, B, B)), and write their coefficients and CTFs: ``sink.write(rows, data, ctf)``
-    with local rows (a MemoryStore) or global rows (a cache part writer, ``sink.global_rows``).
+    -> (n, B, B)), and write their coefficients and CTFs: ``sink.write(local_rows, data, ctf)``
+    (a MemoryStore, or a cache part writer whose part is this rank's shard).
     """
     shard, plan, coeffs = setup.rows, setup.plan, setup.coeffs
     n = int(shard.size)
-    by_global = getattr(sink, "global_rows", False)
     shifts_px = particles.shifts_A / particles.pixel_size_A[:, None]
     for start in range(0, n, batch_size):
         if abort_check is not None:
@@ -241,7 +241,7 @@ def fill_store(setup: PreprocessSetup, particles: ParticleSet,
         local = np.arange(start, min(n, start + batch_size))
         glob = shard[local]
         images = read_images(glob)
-        sink.write(glob if by_global else local,
+        sink.write(local,
                    preprocess_batch(images, shifts_px[glob], plan, coeffs, setup.disk),
                    ctf_for(particles, glob, coeffs, plan))
         del images
@@ -273,7 +273,6 @@ def preprocess(particles: ParticleSet, read_images: Callable[[np.ndarray], np.nd
     particle's half set does not depend on the sharding. (:func:`hetclass.engine.prepare`
     also handles caches on disk and memory bounds.)
     """
-    from .fourier_store import MemoryStore
     setup = setup_preprocess(particles, target_res_A, diameter_A, seed_seq, rows)
     store = MemoryStore.empty(setup.rows.size, setup.coeffs.size)
     fill_store(setup, particles, read_images, store, batch_size, progress, abort_check)

@@ -149,14 +149,13 @@ class Workspace:
     """Batches and operators for ``data``; ``pad`` is the Fourier oversampling of the maps."""
 
     def __init__(self, data: FourierData, k: int, pad: int = 2, batch_size: Optional[int] = None,
-                 cache_bytes: Optional[int] = None, comm=None, memory_plan: Optional[MemoryPlan] = None,
+                 cache_bytes: Optional[int] = None, comm=None,
                  threads: int = 1):
         self.data = data
         # batches processed at once by the CPU E-step (see hetclass.em.run_pass)
         self.threads = max(1, int(threads or 1))
         self.comm = SerialComm() if comm is None else comm
         self.device_pass = None   # a GPU pass (hetclass.gpu) replacing the CPU batches
-        self.memory_plan = memory_plan
         self.pad = int(pad)
         b = data.plan.crop_box_px
         self.side = grid_side(b, self.pad)

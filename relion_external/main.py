@@ -103,6 +103,12 @@ def classify_nodes(job_dir: str, n_classes: int) -> List[Node]:
     return nodes
 
 
+def _resumes(cfg: JobConfig) -> bool:
+    """A job RELION launched as a continuation whose directory holds a checkpoint."""
+    return job_is_continue(cfg.job_dir) and os.path.isfile(
+        os.path.join(cfg.job_dir, CHECKPOINT_FILE))
+
+
 def run_classify_mode(cfg: JobConfig, job: JobMarkers, progress, stdout: TextIO,
                       load_particles=None, run_classify=None) -> List[Node]:
     """Load the particles, classify into the job directory, return the output nodes.
@@ -119,8 +125,7 @@ def run_classify_mode(cfg: JobConfig, job: JobMarkers, progress, stdout: TextIO,
     particles = load_particles(cfg.in_parts, project_dir=os.getcwd())
     print(f"read {len(particles)} particles from {cfg.in_parts}", file=stdout, flush=True)
     job.abort_check()
-    resume = job_is_continue(cfg.job_dir) and os.path.isfile(
-        os.path.join(cfg.job_dir, CHECKPOINT_FILE))
+    resume = _resumes(cfg)
     if resume:
         print("continuing from the checkpoint of the previous run", file=stdout, flush=True)
     result = run_classify(particles, options, out_dir=cfg.job_dir, resume=resume,
@@ -203,8 +208,7 @@ def main(argv: Optional[Sequence[str]] = None, *, load_particles=None, run_class
         version = detect_relion_version(cfg.job_dir)
         progress = make_progress(stdout)
         if (cfg.mpi_ranks or 1) > 1 and not launched_by_mpi():
-            resume = cfg.mode == "classify" and job_is_continue(cfg.job_dir) and os.path.isfile(
-                os.path.join(cfg.job_dir, CHECKPOINT_FILE))
+            resume = cfg.mode == "classify" and _resumes(cfg)
             run_mpi_job(cfg, job, stdout, stderr, resume=resume, environ=environ)
             nodes = mpi_nodes(cfg)
         elif cfg.mode == "classify":

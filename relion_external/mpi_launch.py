@@ -37,7 +37,6 @@ from .nodes import Node
 from .options import JobConfig
 
 LAUNCHER_ENV = "HETCLASS_MPI_LAUNCHER"
-CHECKPOINT_FILE = "run_checkpoint.npz"
 
 
 def launcher_words(cfg: JobConfig, environ=None) -> List[str]:
@@ -55,6 +54,11 @@ def launcher_words(cfg: JobConfig, environ=None) -> List[str]:
     return words + ["-n", n]
 
 
+def _k_range(ks: List[int]) -> str:
+    """``"KMIN-KMAX"`` (one K: ``"K"``), the ``hetclass`` spelling of a K list."""
+    return f"{min(ks)}-{max(ks)}" if len(ks) > 1 else str(ks[0])
+
+
 def hetclass_args(cfg: JobConfig, resume: bool = False) -> List[str]:
     """``hetclass <mode> ...`` arguments equivalent to the job's configuration."""
     mode = cfg.mode
@@ -68,8 +72,7 @@ def hetclass_args(cfg: JobConfig, resume: bool = False) -> List[str]:
     if mode == "classify":
         args += ["--classes", str(cfg.classes or 4)]
     elif mode == "stability":
-        ks = cfg.k_values or []
-        args += ["--classes", f"{min(ks)}-{max(ks)}" if len(ks) > 1 else str(ks[0])]
+        args += ["--classes", _k_range(cfg.k_values or [])]
     if mode != "classify":
         args += ["--jobs", str(cfg.threads), "--replicates", str(cfg.replicates or 5)]
     if cfg.hard:
@@ -84,8 +87,7 @@ def hetclass_args(cfg: JobConfig, resume: bool = False) -> List[str]:
     if mode == "stability":
         optional.append(("--core-stability", cfg.core_stability))
     if mode == "exhaustive":
-        k_scan = cfg.k_scan or [2]
-        args += ["--k-scan", f"{min(k_scan)}-{max(k_scan)}" if len(k_scan) > 1 else str(k_scan[0])]
+        args += ["--k-scan", _k_range(cfg.k_scan or [2])]
         optional += [("--min-class-size", cfg.min_class_size), ("--max-depth", cfg.max_depth),
                      ("--null-splits", cfg.null_splits)]
     for flag, value in optional:

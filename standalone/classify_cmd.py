@@ -14,7 +14,7 @@ import sys
 from hetclass.errors import InputError
 from hetclass.pipeline import ClassifyOptions, load_particles, run_classify
 
-from .mpi_run import add_mpi_option, agreed, root_progress
+from .mpi_run import add_mpi_option, agreed, args_comm, root_progress
 from .progress import ProgressPrinter, print_class_table
 
 
@@ -102,8 +102,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from hetclass.comm import SerialComm
-    comm = getattr(args, "comm", None) or SerialComm()
+    comm = args_comm(args)
 
     def setup():
         options = options_from_args(args)

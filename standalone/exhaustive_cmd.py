@@ -21,7 +21,7 @@ from hetclass.pipeline import check_out_dir
 from hetclass.stability.replicates import parse_k_range
 
 from .classify_cmd import add_classify_options, add_input_options, load_from_args, options_from_args
-from .mpi_run import agreed, root_progress
+from .mpi_run import agreed, args_comm, root_progress
 from .stability_cmd import ReplicateProgress, add_output_options, add_replicate_options
 
 
@@ -43,7 +43,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    comm = getattr(args, "comm", None)
+    comm = args_comm(args)
 
     def setup():
         options = options_from_args(args, classes=2)
@@ -51,9 +51,7 @@ def main(args) -> int:
         check_out_dir(args.out, resume=False, overwrite=args.overwrite)
         return options, k_scan, load_from_args(args)
     options, k_scan, particles = agreed(comm, setup)
-    progress = None if args.quiet else ReplicateProgress(sys.stderr)
-    if comm is not None:
-        progress = root_progress(comm, progress)
+    progress = root_progress(comm, None if args.quiet else ReplicateProgress(sys.stderr))
     from hetclass.stability.exhaustive import exhaustive_job    # heavy: only when used
     from hetclass.stability.outputs import exhaustive_key_table
     summary, _ = exhaustive_job(particles, options, args.out, args.min_class_size,

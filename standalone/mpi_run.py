@@ -42,8 +42,8 @@ def add_mpi_option(parser: argparse.ArgumentParser) -> None:
         "--mpi", choices=tuple(MPI_MODES), default="auto",
         help="auto: use MPI when started by mpirun/srun (default); on: require MPI; "
              "off: ignore the launcher. Under MPI the particles are split across ranks "
-             "(one GPU per rank with --device gpu: local rank modulo the visible GPUs) and stability/exhaustive run replicates "
-             "on rank groups at the same time")
+             "(one GPU per rank with --device gpu: local rank modulo the visible GPUs) and "
+             "stability/exhaustive run replicates on rank groups at the same time")
 
 
 def launcher_rank() -> int:
@@ -61,6 +61,12 @@ def comm_from_args(args) -> SerialComm:
     if mode is None:
         return SerialComm()
     return world_comm(MPI_MODES[mode])
+
+
+def args_comm(args) -> SerialComm:
+    """The communicator :func:`hetclass_standalone.main.main` stored in ``args.comm``
+    (SerialComm when a sub-command's ``main`` is called directly)."""
+    return getattr(args, "comm", None) or SerialComm()
 
 
 def root_progress(comm, progress: Optional[Callable]) -> Optional[Callable]:
@@ -138,8 +144,5 @@ def agreed(comm, fn: Callable):
         value = fn()
     except HetclassError as exc:
         error = exc
-    if comm is not None:
-        comm.check(error)
-    elif error is not None:
-        raise error
+    comm.check(error)
     return value

@@ -26,7 +26,7 @@ from hetclass.pipeline import check_out_dir
 from hetclass.stability.replicates import parse_k_range
 
 from .classify_cmd import add_classify_options, add_input_options, load_from_args, options_from_args
-from .mpi_run import agreed, root_progress
+from .mpi_run import agreed, args_comm, root_progress
 
 
 def add_replicate_options(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +86,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    comm = getattr(args, "comm", None)
+    comm = args_comm(args)
 
     def setup():
         k_values = parse_k_range(args.classes)
@@ -96,9 +96,7 @@ def main(args) -> int:
             raise InputError("must be >= 1", field="--jobs", value=args.jobs)
         return k_values, options, load_from_args(args)
     k_values, options, particles = agreed(comm, setup)
-    progress = None if args.quiet else ReplicateProgress(sys.stderr)
-    if comm is not None:
-        progress = root_progress(comm, progress)
+    progress = root_progress(comm, None if args.quiet else ReplicateProgress(sys.stderr))
     from hetclass.stability.analysis import stability_job      # heavy: only when used
     from hetclass.stability.outputs import stability_key_tables
     summary, _ = stability_job(particles, options, args.out, k_values, args.replicates,

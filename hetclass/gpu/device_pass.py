@@ -268,10 +268,8 @@ class DevicePass:
                     weights = xp.zeros_like(post)
                     weights[xp.arange(nb), post.argmax(axis=1)] = 1.0
                     weights *= act[:, None]
-                    reported = weights
                 else:
                     weights = post * act[:, None]
-                    reported = weights
                 contrib = xp.einsum("nk,nks->ns", weights, power.astype(np.float64))
                 in_group = (g[:, None] == group_ids[None, :]) * act[:, None]
                 noise += in_group.T @ contrib
@@ -279,9 +277,8 @@ class DevicePass:
                 loglik_all[lo:hi] = evidence
             else:
                 weights = xp.asarray(fixed[lo:hi])
-                reported = weights
             class_weight += weights.sum(axis=0)
-            post_all[lo:hi] = reported.astype(np.float32)
+            post_all[lo:hi] = weights.astype(np.float32)
             if self.min_weight > 0:
                 weights = xp.where(weights >= self.min_weight, weights, 0.0)
             ks.backproject(grid[half], self.data, self.ctf, self.rot, self.kx, self.ky,

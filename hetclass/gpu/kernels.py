@@ -108,6 +108,20 @@ __device__ __forceinline__ void trilinear_corners(const double* r, int kx, int k
     }
 }
 
+/* Coefficient m of particle i (rotation rows r): its 8 trilinear corners (idx, w), its data
+   value times data_scale (xr, xi) and its CTF c. */
+__device__ __forceinline__ void load_coefficient(
+    const double* r, const int* kx, const int* ky, const store_t* data, const store_t* ctf,
+    float data_scale, long long i, int m, int n_coef, int side, int pad, int* idx, float* w,
+    float* xr, float* xi, float* c)
+{
+    trilinear_corners(r, kx[m], ky[m], side, pad, idx, w);
+    long long j = i * n_coef + m;
+    *xr = load_store(data, 2 * j) * data_scale;
+    *xi = load_store(data, 2 * j + 1) * data_scale;
+    *c = load_store(ctf, j);
+}
+
 /* Residual power per (particle, class, shell) for classes [k_first, k_first + k_count).
    One block per particle of the batch (particle first + blockIdx.x); dynamic shared memory:
    k_count * n_shells floats. */
@@ -128,12 +142,9 @@ extern "C" __global__ void slice_power(
     const double* r = rot + 6 * i;
     for (int m = threadIdx.x; m < n_coef; m += blockDim.x) {
         int idx[8];
-        float w[8];
-        trilinear_corners(r, kx[m], ky[m], side, pad, idx, w);
-        long long j = i * n_coef + m;
-        float xr = load_store(data, 2 * j) * data_scale;
-        float xi = load_store(data, 2 * j + 1) * data_scale;
-        float c = load_store(ctf, j);
+        float w[8], xr, xi, c;
+        load_coefficient(r, kx, ky, data, ctf, data_scale, i, m, n_coef, side, pad, idx, w,
+                         &xr, &xi, &c);
         float* out = acc + shell[m];
         for (int k = 0; k < k_count; ++k) {
             float sr = 0.0f, si = 0.0f;
@@ -170,12 +181,9 @@ extern "C" __global__ void backproject(
     int stride = 3 * n_classes;
     for (int m = threadIdx.x; m < n_coef; m += blockDim.x) {
         int idx[8];
-        float w[8];
-        trilinear_corners(r, kx[m], ky[m], side, pad, idx, w);
-        long long j = i * n_coef + m;
-        float xr = load_store(data, 2 * j) * data_scale;
-        float xi = load_store(data, 2 * j + 1) * data_scale;
-        float c = load_store(ctf, j);
+        float w[8], xr, xi, c;
+        load_coefficient(r, kx, ky, data, ctf, data_scale, i, m, n_coef, side, pad, idx, w,
+                         &xr, &xi, &c);
         float sig = sig_row[shell[m]];
         float inv = 1.0f / sig;            /* complex / real in NumPy: times the reciprocal */
         float ar = (c * xr) * inv, ai = (c * xi) * inv;

@@ -18,9 +18,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .replicates import (RankGroups, ReplicateRun, SeedLike, analysis_seed, assemble_run,
-                         consensus_maps, replicate_plan, run_replicate_tasks, run_replicates,
-                         split_groups, validate_replicate_args)
+from .replicates import (RankGroups, ReplicateRun, SeedLike, analysis_seed, consensus_maps,
+                         run_replicate_scan, run_replicates, split_groups,
+                         validate_replicate_args)
 from .scores import KScores, score_replicates, single_class_scores
 from .verdict import Thresholds, Verdict, heterogeneity_verdict
 
@@ -87,13 +87,9 @@ def run_stability(prepared, options, k_values: Sequence[int], n_replicates: int 
     gathered = None
     if groups is not None and groups.is_mpi:   # the whole scan at once over the rank groups
         t0 = time.perf_counter()
-        ks = [k for k in k_values if k >= 2]
-        base, children, keep = replicate_plan(prepared, ks, n_replicates, seed, subsample, base)
-        tasks = [(k, r) for k in ks for r in range(n_replicates)]
-        results = run_replicate_tasks(prepared, options, tasks, base, keep, children, workers,
-                                      progress, abort_check, fit, groups)
-        gathered = {k: assemble_run(k, base, keep, [results[(k, r)] for r in range(n_replicates)],
-                                    subsample) for k in ks}
+        gathered = run_replicate_scan(prepared, options, [k for k in k_values if k >= 2],
+                                      n_replicates, seed, subsample, base, workers, progress,
+                                      abort_check, fit, groups)
         seconds["replicates"] = time.perf_counter() - t0
     for k in k_values:
         if k == 1:
@@ -184,16 +180,10 @@ def prepare_on_groups(particles, options, groups: Optional[RankGroups], progress
     if groups is None or not groups.is_mpi:
         return engine.prepare(particles, options, progress=progress, abort_check=abort_check,
                               concurrent_fits=fits)
-    error, prepared = None, None
-    try:
-        prepared = engine.prepare(particles, options,
-                                  progress=progress if groups.world.is_root else None,
-                                  abort_check=abort_check, comm=groups.group,
-                                  concurrent_fits=fits)
-    except Exception as exc:      # raised on every rank below, so no group waits for another
-        error = exc
-    groups.world.check(error)
-    return prepared
+    # an error on any rank is raised on every rank, so no group waits for another
+    return groups.world.checked(lambda: engine.prepare(
+        particles, options, progress=progress if groups.world.is_root else None,
+        abort_check=abort_check, comm=groups.group, concurrent_fits=fits))
 
 
 def write_on_root(groups: Optional[RankGroups], prepared, write: Callable):

@@ -232,7 +232,7 @@ def explore(prepared, options, rows: Optional[Sequence[int]] = None, min_class_s
             prepared, options, [k], n_replicates=n_replicates, seed=seq, subsample=subsample,
             rows=rows, workers=workers, thresholds=thresholds, progress=progress,
             abort_check=abort_check, fit=fit, groups=groups)
-        sk = agree(result.per_k[k]) if mpi else result.per_k[k]
+        sk = agree(result.per_k[k])
         scan[k] = sk
         if first_verdict is None:
             first_verdict = result.verdict
@@ -288,8 +288,8 @@ def exhaustive_job(particles, options, out_dir: str, min_class_size: int = 1000,
     from .replicates import validate_replicate_args
 
     validate_replicate_args(n_replicates, subsample)
-    _validate_tree_args(min_class_size, max_depth, k_scan)      # before any heavy work
-    options = replace(options, classes=max(max(k_scan), 2))
+    k_scan = _validate_tree_args(min_class_size, max_depth, k_scan)   # before any heavy work
+    options = replace(options, classes=max(k_scan))
     groups = split_groups(comm, n_replicates) if comm is not None and comm.is_mpi else None
     t0 = time.perf_counter()
     prepared = prepare_on_groups(particles, options, groups, progress, abort_check)
@@ -298,7 +298,7 @@ def exhaustive_job(particles, options, out_dir: str, min_class_size: int = 1000,
                    abort_check=abort_check, groups=groups)
     params = {"min_class_size": int(min_class_size), "max_depth": int(max_depth),
               "replicates": int(n_replicates), "subsample": subsample,
-              "k_scan": sorted(set(int(k) for k in k_scan)), "n_null": int(n_null),
+              "k_scan": k_scan, "n_null": int(n_null),
               "seed": int(options.seed), "seconds": round(time.perf_counter() - t0, 2)}
     summary = write_on_root(groups, prepared, lambda rec: write_exhaustive_outputs(
         out_dir, particles, prepared, root, options, params, particles_path=particles_path))

@@ -312,11 +312,28 @@ def run_replicates(prepared, options, k: int, n_replicates: int = 5, seed: SeedL
     ``fit`` (tests). ``groups`` (:func:`split_groups`) spreads the replicates over MPI rank
     groups; every rank returns the full run.
     """
-    base, children, keep = replicate_plan(prepared, [k], n_replicates, seed, subsample, rows)
-    tasks = [(int(k), r) for r in range(n_replicates)]
+    return run_replicate_scan(prepared, options, [k], n_replicates, seed, subsample, rows,
+                              workers, progress, abort_check, fit, groups)[int(k)]
+
+
+def run_replicate_scan(prepared, options, k_values: Sequence[int], n_replicates: int = 5,
+                       seed: SeedLike = 0, subsample: Optional[float] = None,
+                       rows: Optional[Sequence[int]] = None, workers: Optional[int] = None,
+                       progress: Optional[Callable] = None,
+                       abort_check: Optional[Callable] = None, fit: Optional[Callable] = None,
+                       groups: Optional[RankGroups] = None) -> Dict[int, ReplicateRun]:
+    """:func:`run_replicates` for every K of ``k_values`` at once: ``{k: ReplicateRun}``.
+
+    All ``(k, replicate)`` fits are one task list (spread over the rank groups together
+    under MPI); replicate r of every K uses seed child r and the same particle subset.
+    """
+    ks = [int(k) for k in k_values]
+    base, children, keep = replicate_plan(prepared, ks, n_replicates, seed, subsample, rows)
+    tasks = [(k, r) for k in ks for r in range(n_replicates)]
     results = run_replicate_tasks(prepared, options, tasks, base, keep, children, workers,
                                   progress, abort_check, fit, groups)
-    return assemble_run(k, base, keep, [results[t] for t in tasks], subsample)
+    return {k: assemble_run(k, base, keep, [results[(k, r)] for r in range(n_replicates)],
+                            subsample) for k in ks}
 
 
 def consensus_maps(run: ReplicateRun, perms: np.ndarray):

@@ -106,7 +106,7 @@ def classify_options(prot, classes: int):
 def select_gpu(prot) -> None:
     """Make the form's first GPU id the only visible device (hetclass uses one GPU per
     process); under MPI every listed GPU stays visible and each rank takes one by its local
-    rank (``hetclass_standalone.mpi_run.assign_rank_gpu``)."""
+    rank (:func:`hetclass.gpu.choose_device`)."""
     if prot.getAttributeValue(USE_GPU, False):
         gpus = prot.getGpuList()
         if gpus:
