@@ -49,7 +49,8 @@ class EMState:
     converged: bool = False
     half_maps: Optional[np.ndarray] = None   # (2, K, b, b, b) float32
     fsc: Optional[np.ndarray] = None         # (K, S)
-    resolution_A: Optional[np.ndarray] = None
+    resolution_A: Optional[np.ndarray] = None   # (K,) NaN where nothing was resolved
+    resolution_status: Optional[List[str]] = None  # (K,) hetclass.fsc.RESOLUTION_*
     loglik: Optional[np.ndarray] = None      # (n,) log evidence per particle
     unmasked_maps: Optional[np.ndarray] = None  # (K, b, b, b) class maps before masking
     like_shells: int = 0                     # shells used by the next E-step (0 = from the maps)
@@ -57,6 +58,13 @@ class EMState:
     attempt: int = 0                         # restarts so far (each with a new derived seed)
     restarts: List[dict] = field(default_factory=list)  # why and when each restart happened
     polishing: bool = False                  # gold-standard phase converged: full-map scoring
+
+
+def finest_resolution_A(resolution_A: np.ndarray, fallback_A: float) -> float:
+    """The finest (smallest) class resolution, ignoring classes that resolved nothing."""
+    res = np.asarray(resolution_A, dtype=np.float64)
+    res = res[np.isfinite(res)]
+    return float(res.min()) if res.size else float(fallback_A)
 
 
 def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, active, hard,
@@ -255,7 +263,8 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
                                      like_shells=like)
         ms = m_step(ws, acc, state.tau2, options.tau2_fudge, solvent_mask, focus_mask)
         fractions = acc.class_weight / max(acc.class_weight.sum(), 1e-12)
-        link_res = max(2.0 * float(np.min(ms.resolution_A)), options.init_lowpass_A / 2)
+        best_res = finest_resolution_A(ms.resolution_A, size_A)
+        link_res = max(2.0 * best_res, options.init_lowpass_A / 2)
         perm = link_halves(ms.half_maps if ms.half_maps_xp is None else ms.half_maps_xp,
                            solvent_mask, ws.data.plan.crop_pixel_size_A, link_res)
         if perm is not None:  # class j of half set 2 is class perm[j] of half set 1
@@ -282,10 +291,10 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
         it = state.iteration + 1
         stats = {"iteration": it, "changed_pct": changed, "class_fractions": fractions.tolist(),
                  "log_likelihood": acc.log_likelihood / n_active,
-                 "resolution_A": ms.resolution_A.tolist(),
+                 "resolution_A": [None if np.isnan(r) else float(r) for r in ms.resolution_A],
+                 "resolution_status": list(ms.resolution_status),
                  "mean_max_posterior": comm.allreduce_scalar(
                      float(post[active].max(1).sum()) if active.any() else 0.0) / n_active}
-        best_res = float(np.min(ms.resolution_A)) if len(ms.resolution_A) else size_A
         next_like = min(ws.like_shells, max(like, int(size_A / best_res) + RES_STEP_SHELLS + 1))
         stats["likelihood_shells"] = like
         converged = (it >= 3 and changed < options.convergence_pct and d_frac < 0.01
@@ -317,7 +326,8 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
                         sigma2=sigma2, tau2=tau2, class_fractions=fractions,
                         labels=labels, posteriors=post, history=state.history + [stats],
                         converged=converged, half_maps=ms.half_maps, fsc=ms.fsc,
-                        resolution_A=ms.resolution_A, loglik=loglik, unmasked_maps=ms.maps,
+                        resolution_A=ms.resolution_A,
+                        resolution_status=list(ms.resolution_status), loglik=loglik, unmasked_maps=ms.maps,
                         like_shells=next_like, attempt=state.attempt, restarts=state.restarts,
                         polishing=polishing,
                         stalled=(it >= STALL_ITER and changed > STALL_CHANGED_PCT

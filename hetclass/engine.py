@@ -57,11 +57,12 @@ class EMResult:
     maps: np.ndarray            # (K, b, b, b) float32 unmasked class maps
     half_maps: np.ndarray       # (2, K, b, b, b)
     fsc: np.ndarray             # (K, S)
-    resolution_A: np.ndarray    # (K,)
+    resolution_A: np.ndarray    # (K,) NaN where nothing was resolved
     class_fractions: np.ndarray
     pixel_size_A: float
     stats: List[dict]
     state: EMState
+    resolution_status: Optional[List[str]] = None  # (K,) hetclass.fsc.RESOLUTION_*
 
 
 @dataclass
@@ -71,6 +72,7 @@ class ReconResult:
     fsc: np.ndarray
     resolution_A: np.ndarray
     pixel_size_A: float
+    resolution_status: Optional[List[str]] = None
 
 
 def validate_options(options: ClassifyOptions, n_particles: int) -> None:
@@ -426,7 +428,8 @@ def fit(prepared: PreparedData, options: ClassifyOptions, seed: SeedLike = None,
                     log_likelihood=loglik, maps=maps, half_maps=state.half_maps,
                     fsc=state.fsc, resolution_A=state.resolution_A,
                     class_fractions=state.class_fractions, pixel_size_A=prepared.pixel_size_A,
-                    stats=state.history, state=state)
+                    stats=state.history, state=state,
+                    resolution_status=state.resolution_status)
 
 
 def reconstruct(prepared: PreparedData, weights: np.ndarray, rows=None,
@@ -450,4 +453,5 @@ def reconstruct(prepared: PreparedData, weights: np.ndarray, rows=None,
     acc, _, _ = run_pass(ws, None, sig, np.zeros(k), active, False, fixed_weights=weights)
     first = m_step(ws, acc, tau2, tau2_fudge, prepared.solvent_mask, None)
     ms = m_step(ws, acc, np.maximum(first.tau2, 0.0), tau2_fudge, prepared.solvent_mask, None)
-    return ReconResult(ms.maps, ms.half_maps, ms.fsc, ms.resolution_A, prepared.pixel_size_A)
+    return ReconResult(ms.maps, ms.half_maps, ms.fsc, ms.resolution_A, prepared.pixel_size_A,
+                       list(ms.resolution_status))

@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 
 from .em_step import Accumulators
-from .fsc import fsc, resolution_from_fsc
+from .fsc import fsc, fsc_resolution
 from .gpu.xp import array_module, to_host
 from .reconstruct import grid_to_volume, shell_power, solve_grid, symmetrise
 from .workspace import Workspace
@@ -28,7 +28,8 @@ class MStepResult:
     half_maps: np.ndarray   # (2, K, b, b, b) unmasked half-set maps
     tau2: np.ndarray        # (K, S)
     fsc: np.ndarray         # (K, S)
-    resolution_A: np.ndarray
+    resolution_A: np.ndarray   # (K,) NaN where nothing was resolved
+    resolution_status: list    # (K,) hetclass.fsc.RESOLUTION_* (measured / crop_limit / ...)
     # the half maps where they were computed (a CuPy array on the GPU path, else the same
     # NumPy array as ``half_maps``): lets later map arithmetic stay on the device
     half_maps_xp: object = None
@@ -85,13 +86,15 @@ def m_step(ws: Workspace, acc: Accumulators, tau2: np.ndarray, tau2_fudge: float
             halves[h] = focus * halves[h] + (1.0 - focus) * shared((h,))
     fscs = np.zeros((k, tau2.shape[1]))
     res = np.zeros(k)
+    status = []
     psize = ws.data.plan.crop_pixel_size_A
     mask = xp.asarray(solvent_mask)
     curves = [fsc(halves[0, j] * mask, halves[1, j] * mask) for j in range(k)]
     for j in range(k):
         curve = to_host(curves[j])
         fscs[j, :min(len(curve), fscs.shape[1])] = curve[:fscs.shape[1]]
-        res[j] = resolution_from_fsc(curve, b, psize, max_shell=ws.like_shells - 1)
+        res[j], st = fsc_resolution(curve, b, psize, max_shell=ws.like_shells - 1)
+        status.append(st)
     host_halves = to_host(halves)
     return MStepResult(to_host(maps).astype(np.float32), host_halves, to_host(new_tau2),
-                       fscs, res, halves if xp is not np else host_halves)
+                       fscs, res, status, halves if xp is not np else host_halves)

@@ -53,6 +53,12 @@ def _spectral_table(values: Dict[str, np.ndarray], box_px: int, pixel_size_A: fl
     return pd.DataFrame(table)
 
 
+def _star_resolution(resolution_A) -> np.ndarray:
+    """Class resolutions for STAR files: 999 (RELION's "not determined") where none was."""
+    res = np.asarray(resolution_A, dtype=np.float64)
+    return np.where(np.isfinite(res), res, 999.0)
+
+
 def model_blocks(result, particles, options, files: Dict[str, str], out_dir: str) -> dict:
     """The blocks of run_model.star (RELION 3.1 names)."""
     k = result.maps.shape[0]
@@ -62,7 +68,7 @@ def model_blocks(result, particles, options, files: Dict[str, str], out_dir: str
     post = result.posteriors
     general = {
         "rlnReferenceDimensionality": 3, "rlnDataDimensionality": 2,
-        "rlnOriginalImageSize": big, "rlnCurrentResolution": float(np.min(result.resolution_A)),
+        "rlnOriginalImageSize": big, "rlnCurrentResolution": _star_resolution(result.resolution_A).min(),
         "rlnCurrentImageSize": int(result.maps.shape[-1]), "rlnPaddingFactor": 2.0,
         "rlnIsHelix": 0, "rlnFourierSpaceInterpolator": 1, "rlnMinRadiusNnInterpolation": 10,
         "rlnPixelSize": psize, "rlnNrClasses": k, "rlnNrBodies": 1,
@@ -78,7 +84,7 @@ def model_blocks(result, particles, options, files: Dict[str, str], out_dir: str
         "rlnClassDistribution": np.asarray(result.class_fractions, dtype=np.float64),
         "rlnAccuracyRotations": np.full(k, 999.0),
         "rlnAccuracyTranslationsAngst": np.full(k, 999.0),
-        "rlnEstimatedResolution": np.asarray(result.resolution_A, dtype=np.float64),
+        "rlnEstimatedResolution": _star_resolution(result.resolution_A),
         "rlnOverallFourierCompleteness": np.ones(k),
     })
     blocks = {"model_general": general, "model_classes": classes}
@@ -156,7 +162,10 @@ def write_classify_outputs(out_dir: str, particles, result, options, run_info: d
         "numpy": np.__version__, "options": asdict(options),
         "n_particles": int(len(particles)), "classes": k,
         "class_fractions": np.asarray(result.class_fractions).tolist(),
-        "resolution_A": np.asarray(result.resolution_A).tolist(),
+        "resolution_A": [None if not np.isfinite(r) else float(r) for r in result.resolution_A],
+        # "measured": the FSC crossed 0.143; "crop_limit": it never did, the value is the finest
+        # shell used (a bound); "unmeasured": nothing resolved (empty or tiny class)
+        "resolution_status": list(result.resolution_status or []),
         "iterations": result.stats, "converged": bool(result.state.converged),
         "restarts": result.state.restarts,
         "map_pixel_size_A": psize, "map_box_px": big,
