@@ -41,7 +41,8 @@ class EMState:
     refs: np.ndarray             # (2, K, b, b, b) float32 references scoring half set h:
                                  # built from the *other* half set (gold standard), masked
     sigma2: np.ndarray           # (G, S) float64
-    tau2: np.ndarray             # (K, S) float64
+    tau2: np.ndarray             # (2, S) float64 prior spectra [consensus, class deviations]
+                                 # (hetclass.mstep: classes are centred on the consensus)
     class_fractions: np.ndarray  # (K,)
     labels: np.ndarray           # (n,) int64, -1 before the first E-step / inactive
     posteriors: Optional[np.ndarray] = None  # (n, K) float32
@@ -152,7 +153,7 @@ def reduce_accumulators(comm, acc: Accumulators) -> Accumulators:
 
 
 def initial_maps(ws: Workspace, rng: np.random.Generator, k: int, active: np.ndarray,
-                 sigma2, tau2_init, tau2_fudge, lowpass_A: float, solvent_mask,
+                 sigma2, prior, tau2_fudge, lowpass_A: float, solvent_mask,
                  references: Optional[np.ndarray] = None, abort_check=None, progress=None):
     """Initial references: random-subset reconstructions (low-passed), optionally mixed
     with user references: K maps are used as given, one map gets K perturbed copies."""
@@ -163,8 +164,7 @@ def initial_maps(ws: Workspace, rng: np.random.Generator, k: int, active: np.nda
     weights[np.arange(n), labels] = 1.0
     acc, _, _ = run_pass(ws, None, sigma2, np.zeros(k), active, False, fixed_weights=weights,
                          abort_check=abort_check, progress=progress, stage="init")
-    tau = np.broadcast_to(tau2_init, (k, tau2_init.size))
-    ms = m_step(ws, acc, np.array(tau), tau2_fudge, solvent_mask, None)
+    ms = m_step(ws, acc, prior, tau2_fudge, solvent_mask, None)
     psize = ws.data.plan.crop_pixel_size_A
     # Both half sets start from the same maps so that class k means the same in both;
     # afterwards half set h is scored against maps made from the other half (gold standard).
@@ -216,7 +216,7 @@ def link_halves(half_maps: np.ndarray, mask: np.ndarray, pixel_size_A: float,
     return perm
 
 
-def reseed_empty(refs, fractions, tau2, min_fraction: float, rng: np.random.Generator,
+def reseed_empty(refs, fractions, min_fraction: float, rng: np.random.Generator,
                  lowpass_A: float, pixel_size_A: float, solvent_mask):
     """Give (nearly) empty classes a new start by splitting the largest class, in place.
 
@@ -238,7 +238,6 @@ def reseed_empty(refs, fractions, tau2, min_fraction: float, rng: np.random.Gene
             base = refs[h, big].copy()
             refs[h, j] = base + 0.2 * scale * field
             refs[h, big] = base - 0.2 * scale * field
-        tau2[j] = tau2[big]
         fractions[j] = fractions[big] = fractions[big] / 2.0
         reseeded.append(int(j) + 1)
     return reseeded
@@ -308,14 +307,12 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
             refs = np.stack([ms.maps, ms.maps]) * solvent_mask
         else:
             refs = np.stack([ms.half_maps[1], ms.half_maps[0]]) * solvent_mask
-        # one prior spectrum for all classes (population-weighted): a per-class spectrum from
-        # each class's own shrunken map feeds back and empties small classes
-        shared = (fractions[:, None] * np.maximum(ms.tau2, 0.0)).sum(0)
-        tau2 = np.tile(shared[None], (k, 1))
+        # the prior follows the maps (consensus power, class-deviation power), as in RELION
+        tau2 = np.maximum(ms.tau2, 0.0)
         if it <= options.max_iter // 2:
             rng = np.random.default_rng(np.random.SeedSequence(int(options.seed),
                                                                spawn_key=(7919, it)))
-            reseeded = reseed_empty(refs, fractions, tau2, max(5.0 / n_active, 0.002), rng,
+            reseeded = reseed_empty(refs, fractions, max(5.0 / n_active, 0.002), rng,
                                     max(best_res, options.init_lowpass_A / 2),
                                     ws.data.plan.crop_pixel_size_A, solvent_mask)
             if reseeded:

@@ -17,6 +17,7 @@ import numpy as np
 
 from .em import MAX_RESTARTS, EMState, initial_maps, iterate, m_step, run_pass
 from .em_step import shell_onehot
+from .mstep import initial_prior
 from .errors import InputError
 from .fourier import resize_volume
 from .masks import soft_sphere
@@ -349,12 +350,12 @@ def _active(data: FourierData, rows: Optional[Sequence[int]]) -> np.ndarray:
 
 
 def _scale_references(prepared: PreparedData, refs: np.ndarray, active: np.ndarray,
-                      sigma2, tau2) -> np.ndarray:
+                      sigma2, prior) -> np.ndarray:
     """Least-squares scale of user references onto a consensus reconstruction of the data."""
     ws = prepared.workspace
     weights = np.ones((len(prepared.data), 1))
     acc, _, _ = run_pass(ws, None, sigma2, np.zeros(1), active, False, fixed_weights=weights)
-    consensus = m_step(ws, acc, tau2[:1], 1.0, prepared.solvent_mask, None).maps[0]
+    consensus = m_step(ws, acc, prior, 1.0, prepared.solvent_mask, None).maps[0]
     m = prepared.solvent_mask
     out = []
     for r in refs:
@@ -372,11 +373,11 @@ def initial_state(prepared: PreparedData, options: ClassifyOptions, seed: SeedLi
     active = _active(prepared.data, rows)
     rng = np.random.default_rng(_as_seed_sequence(seed))
     sigma2 = prepared.data_power.copy()
-    tau2 = np.tile((prepared.data_power.mean(0) / prepared.ctf_power)[None], (k, 1))
+    tau2 = initial_prior(prepared.data_power.mean(0) / prepared.ctf_power)
     refs = prepared.references
     if refs is not None:
         refs = _scale_references(prepared, refs, active, sigma2, tau2)
-    half_refs = initial_maps(ws, rng, k, active, sigma2, tau2[0], options.tau2_fudge,
+    half_refs = initial_maps(ws, rng, k, active, sigma2, tau2, options.tau2_fudge,
                              options.init_lowpass_A, prepared.solvent_mask, references=refs,
                              abort_check=abort_check, progress=progress)
     return EMState(iteration=0, maps=half_refs.mean(0), refs=half_refs, sigma2=sigma2, tau2=tau2,
@@ -448,7 +449,7 @@ def reconstruct(prepared: PreparedData, weights: np.ndarray, rows=None,
     k = weights.shape[1]
     active = _active(data, rows)
     sig = prepared.data_power if sigma2 is None else sigma2
-    tau2 = np.tile((prepared.data_power.mean(0) / prepared.ctf_power)[None], (k, 1))
+    tau2 = initial_prior(prepared.data_power.mean(0) / prepared.ctf_power)
     ws = prepared.workspace
     acc, _, _ = run_pass(ws, None, sig, np.zeros(k), active, False, fixed_weights=weights)
     first = m_step(ws, acc, tau2, tau2_fudge, prepared.solvent_mask, None)

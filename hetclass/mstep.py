@@ -1,17 +1,28 @@
 """M-step: class maps, half maps, prior spectra and FSC resolution from the accumulators.
 
 Input: the (rank-summed) :class:`hetclass.em_step.Accumulators`; output: an
-:class:`MStepResult`. Each class is solved on the padded Fourier grid (Wiener/MAP estimate,
+:class:`MStepResult`. Each class is solved on the padded Fourier grid (MAP estimate,
 :func:`hetclass.reconstruct.solve_grid`), once from both half sets and once per half set.
 
+**Prior (hierarchical, centred on the consensus).** The consensus map ``mu`` (all particles,
+whatever their class) has the prior ``CN(0, T tau2_mean[shell])``; each class map has the
+prior ``CN(mu, T tau2_diff[shell])``: classes share everything they have in common and only
+their *differences* are shrunk. A class of 5 % of the particles then keeps the consensus's
+full-resolution detail wherever it does not differ, instead of being shrunk towards zero
+(which makes its projections weaker than those of large classes and drains it, the bias a
+zero-centred prior gives small classes). ``prior`` is the (2, S) array ``[tau2_mean,
+tau2_diff]``; the M-step returns the new one (the shell power of the consensus and the
+population-weighted shell power of the class deviations), as RELION re-estimates tau2 from
+its maps.
+
 When ``acc.grid`` is a CuPy array (the GPU pass) the solves, FFTs and FSCs run on the device;
-the small results (maps, half maps, tau2, FSC) always come back as NumPy arrays.
+the small results (maps, half maps, prior, FSC) always come back as NumPy arrays.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -26,7 +37,7 @@ from .workspace import Workspace
 class MStepResult:
     maps: np.ndarray        # (K, b, b, b) unmasked class maps
     half_maps: np.ndarray   # (2, K, b, b, b) unmasked half-set maps
-    tau2: np.ndarray        # (K, S)
+    tau2: np.ndarray        # (2, S) new prior spectra [consensus, class deviations]
     fsc: np.ndarray         # (K, S)
     resolution_A: np.ndarray   # (K,) NaN where nothing was resolved
     resolution_status: list    # (K,) hetclass.fsc.RESOLUTION_* (measured / crop_limit / ...)
@@ -43,58 +54,88 @@ def _grid_shells(ws: Workspace, xp):
     return cached if cached is not None else xp.asarray(ws.grid_shell)
 
 
-def m_step(ws: Workspace, acc: Accumulators, tau2: np.ndarray, tau2_fudge: float,
-           solvent_mask: np.ndarray, focus_mask: Optional[np.ndarray]) -> MStepResult:
-    """Class maps (full and half sets) from the accumulators; new tau2 and FSCs."""
-    xp = array_module(acc.grid)
-    k = tau2.shape[0]
-    side, pad, b = ws.side, ws.pad, ws.data.plan.crop_box_px
-    shape = (side, side, side)
-    r_max = ws.data.plan.data_shell
-    shells = _grid_shells(ws, xp)
-    nums, dens = [], []
+def initial_prior(tau2_consensus: np.ndarray) -> np.ndarray:
+    """(2, S) prior before any class exists: classes may differ as much as the signal."""
+    t = np.asarray(tau2_consensus, dtype=np.float64)
+    return np.stack([t, t])
+
+
+def _accumulated(acc: Accumulators, k: int, shape):
+    """Symmetrised (num, den) grids: ``[h][j]`` per half set h and class j."""
+    from .reconstruct import symmetrise as sym
+    out = []
     for h in range(2):
         g = acc.grid[h]
         cplx = g[:, :2 * k].reshape(-1, k, 2)
-        nums.append([(cplx[:, j, 0] + 1j * cplx[:, j, 1]).reshape(shape) for j in range(k)])
-        dens.append([g[:, 2 * k + j].astype(np.float64).reshape(shape) for j in range(k)])
+        out.append([sym((cplx[:, j, 0] + 1j * cplx[:, j, 1]).reshape(shape),
+                        g[:, 2 * k + j].astype(np.float64).reshape(shape)) for j in range(k)])
+    return out
+
+
+def m_step(ws: Workspace, acc: Accumulators, prior: np.ndarray, tau2_fudge: float,
+           solvent_mask: np.ndarray, focus_mask: Optional[np.ndarray]) -> MStepResult:
+    """Class maps (full and half sets) from the accumulators; new prior spectra and FSCs."""
+    xp = array_module(acc.grid)
+    k = acc.grid.shape[2] // 3
+    side, pad, b = ws.side, ws.pad, ws.data.plan.crop_box_px
+    r_max = ws.data.plan.data_shell
+    shells = _grid_shells(ws, xp)
+    n_shells = prior.shape[1]
+    sym = _accumulated(acc, k, (side, side, side))
+    t_mean = tau2_fudge * np.asarray(prior[0])
+    t_diff = tau2_fudge * np.asarray(prior[1])
+
+    def solve(num, den, t, mean=None):
+        return solve_grid(num, den, t, shells, pad, r_max, prior_mean=mean)
+
+    def consensus(hs):
+        num = sum(sym[h][j][0] for h in hs for j in range(k))
+        den = sum(sym[h][j][1] for h in hs for j in range(k))
+        return solve(num, den, t_mean)
+
+    mu = consensus((0, 1))
+    mu_half = [consensus((h,)) for h in range(2)]
     maps = xp.zeros((k, b, b, b), np.float32)
     halves = xp.zeros((2, k, b, b, b), np.float32)
-    new_tau2 = xp.zeros(tau2.shape, dtype=tau2.dtype)
-    sym = [[symmetrise(nums[h][j], dens[h][j]) for j in range(k)] for h in range(2)]
+    weight = np.asarray(to_host(acc.class_weight), dtype=np.float64)
+    weight = weight / max(float(weight.sum()), 1e-30)
+    diff_power = np.zeros(n_shells)
     for j in range(k):
-        num = sym[0][j][0] + sym[1][j][0]
-        den = sym[0][j][1] + sym[1][j][1]
-        grid = solve_grid(num, den, tau2_fudge * tau2[j], shells, pad, r_max)
-        new_tau2[j] = shell_power(grid, shells, tau2.shape[1])
+        grid = solve(sym[0][j][0] + sym[1][j][0], sym[0][j][1] + sym[1][j][1], t_diff, mu)
+        diff_power += weight[j] * np.asarray(to_host(shell_power(grid - mu, shells, n_shells)))
         maps[j] = grid_to_volume(grid, b)
         for h in range(2):
-            hg = solve_grid(sym[h][j][0], sym[h][j][1], tau2_fudge * tau2[j],
-                            shells, pad, r_max)
-            halves[h, j] = grid_to_volume(hg, b)
+            halves[h, j] = grid_to_volume(solve(sym[h][j][0], sym[h][j][1], t_diff,
+                                                mu_half[h]), b)
+    new_prior = np.stack([np.asarray(to_host(shell_power(mu, shells, n_shells))), diff_power])
     if focus_mask is not None:
-        # focused classification: classes share one density outside the focus mask
+        # focused classification: outside the focus mask every class is the consensus
         focus = xp.asarray(focus_mask)
-
-        def shared(hs):
-            num = sum(sym[h][j][0] for h in hs for j in range(k))
-            den = sum(sym[h][j][1] for h in hs for j in range(k))
-            return grid_to_volume(solve_grid(num, den, tau2_fudge * tau2.mean(0), shells,
-                                             pad, r_max), b)
-        maps = focus * maps + (1.0 - focus) * shared((0, 1))
+        maps = focus * maps + (1.0 - focus) * grid_to_volume(mu, b)
         for h in range(2):
-            halves[h] = focus * halves[h] + (1.0 - focus) * shared((h,))
-    fscs = np.zeros((k, tau2.shape[1]))
-    res = np.zeros(k)
-    status = []
+            halves[h] = focus * halves[h] + (1.0 - focus) * grid_to_volume(mu_half[h], b)
+    fscs, res, status = _class_fsc(ws, halves, solvent_mask, n_shells)
+    host_halves = to_host(halves)
+    return MStepResult(to_host(maps).astype(np.float32), host_halves, new_prior, fscs, res,
+                       status, halves if xp is not np else host_halves)
+
+
+def _class_fsc(ws: Workspace, halves, solvent_mask, n_shells: int):
+    """Per-class FSC curves (K, S) of the masked half maps, resolutions and their status."""
+    xp = array_module(halves)
+    k = halves.shape[1]
+    b = ws.data.plan.crop_box_px
     psize = ws.data.plan.crop_pixel_size_A
     mask = xp.asarray(solvent_mask)
-    curves = [fsc(halves[0, j] * mask, halves[1, j] * mask) for j in range(k)]
+    fscs = np.zeros((k, n_shells))
+    res = np.zeros(k)
+    status: List[str] = []
     for j in range(k):
-        curve = to_host(curves[j])
-        fscs[j, :min(len(curve), fscs.shape[1])] = curve[:fscs.shape[1]]
+        curve = to_host(fsc(halves[0, j] * mask, halves[1, j] * mask))
+        fscs[j, :min(len(curve), n_shells)] = curve[:n_shells]
         res[j], st = fsc_resolution(curve, b, psize, max_shell=ws.like_shells - 1)
         status.append(st)
-    host_halves = to_host(halves)
-    return MStepResult(to_host(maps).astype(np.float32), host_halves, to_host(new_tau2),
-                       fscs, res, status, halves if xp is not np else host_halves)
+    return fscs, res, status
+
+
+__all__ = ["MStepResult", "m_step", "initial_prior", "symmetrise"]

@@ -95,7 +95,7 @@ def model_blocks(result, particles, options, files: Dict[str, str], out_dir: str
             "rlnSsnrMap": ssnr, "rlnGoldStandardFsc": result.fsc[j],
             "rlnFourierCompleteness": np.ones(result.fsc.shape[1]),
             "rlnReferenceSigma2": np.zeros(result.fsc.shape[1]),
-            "rlnReferenceTau2": state.tau2[j]}, big, psize)
+            "rlnReferenceTau2": state.tau2[0] + state.tau2[1]}, big, psize)
     groups = particles.optics
     counts = np.bincount(particles.optics_group, minlength=len(groups))
     blocks["model_groups"] = pd.DataFrame({

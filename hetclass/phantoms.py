@@ -25,7 +25,7 @@ and the coordinate origin sits at voxel ``box_px // 2`` on every axis (RELION's 
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import gemmi
 import numpy as np
@@ -247,6 +247,41 @@ def hinged_gaussians(hinge_deg: np.ndarray, sigma_A: float = PSEUDO_ATOM_SIGMA_A
     r, t = hinge_transform(hinge)
     out[:, dom] = xyz[dom] @ r.transpose(0, 2, 1) + t[:, None, :]
     return out, amp, sigma
+
+
+def domain_moved_gaussians(motions: Sequence[Tuple[Sequence[float], float]] = (),
+                           remove_chains: Sequence[str] = (), extra_atoms=None,
+                           sigma_A: float = PSEUDO_ATOM_SIGMA_A) -> Gaussians:
+    """Gaussians of the complete open phantom with its domain (chain ``H``) moved rigidly.
+
+    ``motions``: ``(axis, angle_deg)`` rotations about axes through the hinge point, applied
+    in order (e.g. ``[((0, 1, 0), 4.0), ((0, 0, 1), -3.0)]``: a 4 deg hinge closure, then a
+    3 deg sideways swing). ``remove_chains``: chains left out (compositional states).
+    ``extra_atoms``: ``(xyz_A (m, 3), amplitude (m,))`` pseudo-atoms added (e.g. a bound
+    ligand), with ``sigma_A``. Returns ``(xyz_A, amplitude, sigma_A)`` float64.
+    """
+    xyz, amp, sigma, chains = _atom_table(phantom_model("open", 0.0, sigma_A))
+    keep = ~np.isin(chains, list(remove_chains))
+    dom = chains == DOMAIN_CHAIN
+    pivot = _HINGE_POINT_A - _frame_origin()
+    moved = xyz[dom]
+    for axis, angle in motions:
+        r = _axis_rotation(axis, angle)
+        moved = (moved - pivot) @ r.T + pivot
+    xyz = xyz.copy()
+    xyz[dom] = moved
+    xyz, amp, sigma = xyz[keep], amp[keep], sigma[keep]
+    if extra_atoms is not None:
+        e_xyz, e_amp = (np.asarray(v, dtype=np.float64) for v in extra_atoms)
+        xyz = np.concatenate([xyz, e_xyz.reshape(-1, 3)])
+        amp = np.concatenate([amp, e_amp.reshape(-1)])
+        sigma = np.concatenate([sigma, np.full(e_amp.size, sigma_A)])
+    return xyz, amp, sigma
+
+
+def domain_rmsd_A(a: Gaussians, b: Gaussians) -> float:
+    """RMS displacement (A) between two conformations of the same atoms (same order)."""
+    return float(np.sqrt(np.mean(np.sum((np.asarray(a[0]) - np.asarray(b[0])) ** 2, axis=1))))
 
 
 def rasterise(gaussians: Gaussians, box_px: int, pixel_size_A: float) -> np.ndarray:

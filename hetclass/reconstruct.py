@@ -62,12 +62,14 @@ def symmetrise(num, den):
     return num + hermitian_flip(num).conj(), den + hermitian_flip(den)
 
 
-def solve_grid(num, den, tau2_shell, shells, pad: int, r_max_px: int):
+def solve_grid(num, den, tau2_shell, shells, pad: int, r_max_px: int, prior_mean=None):
     """Regularised estimate on the padded grid; voxels beyond ``r_max_px`` are zero.
 
     ``num`` (N,N,N) complex, ``den`` (N,N,N) float (already symmetrised), ``tau2_shell``
     (n_shells,) signal power per voxel of the unpadded transform (0 = no signal),
-    ``shells`` (N**3,) from :func:`grid_shells`.
+    ``shells`` (N**3,) from :func:`grid_shells`. ``prior_mean`` (N,N,N) complex, optional:
+    the prior is centred there instead of at zero, ``V = (num + lam * prior_mean) / (den +
+    lam)`` with ``lam = 1 / (pad**3 tau2)`` (``tau2 = 0`` then gives ``prior_mean``).
     """
     xp = array_module(num)
     shape = num.shape
@@ -78,10 +80,20 @@ def solve_grid(num, den, tau2_shell, shells, pad: int, r_max_px: int):
     t = tau2[xp.minimum(shells[inside], len(tau2) - 1)]
     with np.errstate(divide="ignore"):
         inv_prior = xp.where(t > 0, 1.0 / (pad ** 3 * xp.maximum(t, 1e-30)), np.inf)
-    d = den.ravel()[inside].astype(np.float64) + inv_prior
-    ok = xp.isfinite(d) & (d > 0)
+    if prior_mean is None:
+        d = den.ravel()[inside].astype(np.float64) + inv_prior
+        ok = xp.isfinite(d) & (d > 0)
+        out = xp.zeros(num.size, dtype=np.complex64)
+        out[inside] = xp.where(ok, num.ravel()[inside] / xp.where(ok, d, 1.0), 0)
+        return out.reshape(shape)
+    mean = prior_mean.ravel()[inside]
+    d = den.ravel()[inside].astype(np.float64)
+    lam = xp.where(xp.isfinite(inv_prior), inv_prior, 0.0)
+    tight = ~xp.isfinite(inv_prior)              # tau2 = 0: the prior mean itself
+    est = (num.ravel()[inside] + lam * mean) / xp.maximum(d + lam, 1e-30)
+    est = xp.where(tight | (d + lam <= 0), mean, est)
     out = xp.zeros(num.size, dtype=np.complex64)
-    out[inside] = xp.where(ok, num.ravel()[inside] / xp.where(ok, d, 1.0), 0)
+    out[inside] = est
     return out.reshape(shape)
 
 

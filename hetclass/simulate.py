@@ -217,6 +217,13 @@ class SimulatedDataset:
     noise_sigma: float                       # in raw (pre-normalisation) image units
     seed: int
     clean_stack_paths: List[str] = field(default_factory=list)
+    # per-image normalisation: image in the stack = (raw - norm_offset) * norm_scale, where raw =
+    # clean + noise_sigma * white noise (so the noise in the stack has std noise_sigma * scale)
+    norm_offset: Optional[np.ndarray] = None   # (n,) float64
+    norm_scale: Optional[np.ndarray] = None    # (n,) float64
+    # the poses written to the STAR file (equal to rotations/shifts_A unless pose errors)
+    star_rotations: Optional[np.ndarray] = None  # (n, 3, 3)
+    star_shifts_A: Optional[np.ndarray] = None   # (n, 2)
 
 
 def _safe_name(name: str) -> str:
@@ -266,7 +273,8 @@ _DEFAULTS = dict(
     astigmatism_A=400.0, max_shift_A=6.0, seed=0, voltage_kV=300.0, cs_mm=2.7,
     amplitude_contrast=0.1, n_optics_groups=1, stack_format=".mrcs", random_subset=True,
     pose_distribution="uniform", images_per_stack=2000, particles_per_micrograph=50,
-    defocus_jitter_A=100.0, bg_radius_px=None, min_sigma_px=1.0, write_clean=False, threads=None)
+    defocus_jitter_A=100.0, bg_radius_px=None, min_sigma_px=1.0, write_clean=False, threads=None,
+    pose_error_deg=0.0, shift_error_A=0.0)
 
 
 def simulate_dataset(out_dir, states, populations=None, n_particles: int = 1000, box_px: int = 64,
@@ -280,7 +288,8 @@ def simulate_dataset(out_dir, states, populations=None, n_particles: int = 1000,
                      images_per_stack: int = 2000, particles_per_micrograph: int = 50,
                      defocus_jitter_A: float = 100.0, bg_radius_px: Optional[float] = None,
                      min_sigma_px: float = 1.0, write_clean: bool = False,
-                     threads: Optional[int] = None) -> SimulatedDataset:
+                     threads: Optional[int] = None, pose_error_deg: float = 0.0,
+                     shift_error_A: float = 0.0) -> SimulatedDataset:
     """Simulate a RELION 3.1 particle data set of discrete states with known truth.
 
     ``states``: name -> gemmi.Structure or ``(xyz_A, amplitude, sigma_A)`` Gaussians (sigma is
@@ -295,6 +304,10 @@ def simulate_dataset(out_dir, states, populations=None, n_particles: int = 1000,
     ``hinge_values``: state name -> hinge angle for truth.csv (default: from phantom
     structures, else NaN). ``write_clean`` also writes ``Particles/clean_*`` stacks (noise-free,
     scaled by the same per-image normalisation). ``images_per_stack`` images per stack file.
+    ``pose_error_deg`` / ``shift_error_A``: the STAR file gets poses that differ from the ones
+    the images were made with, as a refinement's errors would: a rotation about a random axis
+    by a half-normal angle with this median, and a 2D Gaussian shift error whose length has
+    this median (:func:`perturb_poses`). The true poses stay in the returned dataset.
     Seeded by one ``SeedSequence(seed)``: same arguments, same bytes.
     """
     names = list(states)
@@ -366,12 +379,54 @@ def _metadata(n, o):
     subsets = np.zeros(n, dtype=np.int64)
     if o["random_subset"]:
         subsets = 1 + rng_sub.permutation(np.arange(n) % 2)
-    return dict(rot=rot, tilt=tilt, psi=psi, rotations=euler_to_matrix(rot, tilt, psi),
-                shifts_A=np.round(rng_shift.uniform(-m, m, (n, 2)), 6),
+    rotations = euler_to_matrix(rot, tilt, psi)
+    shifts_A = np.round(rng_shift.uniform(-m, m, (n, 2)), 6)
+    star_rot, star_shift = perturb_poses(
+        rotations, shifts_A, float(o["pose_error_deg"]), float(o["shift_error_A"]),
+        np.random.SeedSequence(o["seed"], spawn_key=(_POSE_ERROR_STREAM,)))
+    if float(o["pose_error_deg"]) > 0:
+        srot, stilt, spsi = (np.round(a, 6) for a in matrix_to_euler(star_rot))
+    else:
+        srot, stilt, spsi = rot, tilt, psi
+    return dict(rot=rot, tilt=tilt, psi=psi, rotations=rotations, shifts_A=shifts_A,
+                star_euler=(srot, stilt, spsi), star_rotations=euler_to_matrix(srot, stilt, spsi),
+                star_shifts_A=np.round(star_shift, 6),
                 du=np.round(mic_df[mic] + mic_ast[mic] / 2 + jitter, 6),
                 dv=np.round(mic_df[mic] - mic_ast[mic] / 2 + jitter, 6),
                 dang=np.round(mic_ang[mic], 6), mic=mic, subsets=subsets,
                 optics_group=mic % max(1, int(o["n_optics_groups"])), rng_noise=child[4])
+
+
+_POSE_ERROR_STREAM = 101   # named seed stream of the STAR pose errors
+
+
+def perturb_poses(rotations: np.ndarray, shifts_A: np.ndarray, median_angle_deg: float,
+                  median_shift_A: float, seed_seq: np.random.SeedSequence):
+    """Poses with refinement-like errors: ``(rotations (n,3,3), shifts_A (n,2))``.
+
+    Each rotation is composed with a rotation about a uniformly random axis by a half-normal
+    angle whose median is ``median_angle_deg``; each shift gets an isotropic 2D Gaussian error
+    whose length has median ``median_shift_A`` (Rayleigh). Zero medians return copies.
+    """
+    rotations = np.asarray(rotations, dtype=np.float64)
+    shifts_A = np.asarray(shifts_A, dtype=np.float64)
+    n = len(rotations)
+    rng = np.random.default_rng(seed_seq)
+    axis = rng.standard_normal((n, 3))
+    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
+    angle = np.abs(rng.standard_normal(n)) * np.deg2rad(median_angle_deg) / 0.6744897501960817
+    k = np.zeros((n, 3, 3))
+    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
+    k -= k.transpose(0, 2, 1)
+    s, c = np.sin(angle)[:, None, None], np.cos(angle)[:, None, None]
+    delta = np.eye(3)[None] + s * k + (1 - c) * (k @ k)
+    sigma_A = median_shift_A / np.sqrt(2.0 * np.log(2.0))
+    d_shift = rng.standard_normal((n, 2)) * sigma_A
+    if median_angle_deg <= 0:
+        delta = np.broadcast_to(np.eye(3), (n, 3, 3))
+    if median_shift_A <= 0:
+        d_shift = np.zeros((n, 2))
+    return rotations @ delta, shifts_A + d_shift
 
 
 def _simulate(out_dir, n, names, labels, hinge, clean_rows, map_gaussians, o) -> SimulatedDataset:
@@ -408,10 +463,12 @@ def _simulate(out_dir, n, names, labels, hinge, clean_rows, map_gaussians, o) ->
                 mrc.data[start:start + len(part)] = imgs
                 signal_var[part] = imgs[:, inside].var(axis=1)
     noise_sigma = 0.0 if snr is None else float(np.sqrt(signal_var.mean() / snr))
+    norm_offset, norm_scale = np.zeros(n), np.ones(n)
 
     # pass 2: noise (one seeded stream, stack by stack), normalisation, final names
     clean_paths = []
     for k, rel in enumerate(stack_rel):
+        first = k * ips
         final = os.path.join(out_dir, rel)
         clean_final = os.path.join(out_dir, "Particles", f"clean_{os.path.basename(rel)}")
         with mrcfile.mmap(tmp_paths[k], mode="r+") as mrc:
@@ -428,6 +485,8 @@ def _simulate(out_dir, n, names, labels, hinge, clean_rows, map_gaussians, o) ->
                     bg = noisy[:, ~inside]
                     mean = bg.mean(axis=1)[:, None, None]
                     scale = 1.0 / bg.std(axis=1)[:, None, None]
+                    rows = slice(first + start, first + start + len(clean))
+                    norm_offset[rows], norm_scale[rows] = mean[:, 0, 0], scale[:, 0, 0]
                     noisy = ((noisy - mean) * scale).astype(np.float32)
                     clean = ((clean - mean) * scale).astype(np.float32)
                 mrc.data[start:start + len(clean)] = noisy
@@ -453,7 +512,8 @@ def _simulate(out_dir, n, names, labels, hinge, clean_rows, map_gaussians, o) ->
 
     _write_star(os.path.join(out_dir, "particles.star"), image_names, meta, o)
     truth = pd.DataFrame({"image_name": image_names, "state_index": labels,
-                          "state_name": [names[l] for l in labels], "hinge_deg": hinge})
+                          "state_name": [names[l] for l in labels], "hinge_deg": hinge,
+                          "norm_offset": norm_offset, "norm_scale": norm_scale})
     truth_path = os.path.join(out_dir, "truth.csv")
     truth.to_csv(_tmp(truth_path), index=False)
     os.replace(_tmp(truth_path), truth_path)
@@ -465,7 +525,8 @@ def _simulate(out_dir, n, names, labels, hinge, clean_rows, map_gaussians, o) ->
         defocus_u_A=meta["du"], defocus_v_A=meta["dv"], defocus_angle_deg=meta["dang"],
         random_subset=meta["subsets"], box_px=box_px, pixel_size_A=pixel_size_A, snr=snr,
         noise_sigma=noise_sigma, seed=o["seed"],
-        clean_stack_paths=clean_paths)
+        clean_stack_paths=clean_paths, norm_offset=norm_offset, norm_scale=norm_scale,
+        star_rotations=meta["star_rotations"], star_shifts_A=meta["star_shifts_A"])
 
 
 def _write_star(path, image_names, meta, o):
@@ -483,8 +544,10 @@ def _write_star(path, image_names, meta, o):
     cols = {
         "rlnImageName": image_names,
         "rlnMicrographName": [f"Micrographs/mic_{m + 1:05d}.mrc" for m in meta["mic"]],
-        "rlnAngleRot": meta["rot"], "rlnAngleTilt": meta["tilt"], "rlnAnglePsi": meta["psi"],
-        "rlnOriginXAngst": meta["shifts_A"][:, 0], "rlnOriginYAngst": meta["shifts_A"][:, 1],
+        "rlnAngleRot": meta["star_euler"][0], "rlnAngleTilt": meta["star_euler"][1],
+        "rlnAnglePsi": meta["star_euler"][2],
+        "rlnOriginXAngst": meta["star_shifts_A"][:, 0],
+        "rlnOriginYAngst": meta["star_shifts_A"][:, 1],
         "rlnDefocusU": meta["du"], "rlnDefocusV": meta["dv"], "rlnDefocusAngle": meta["dang"],
         "rlnPhaseShift": np.zeros(n), "rlnCtfBfactor": np.zeros(n),
         "rlnOpticsGroup": meta["optics_group"] + 1}
