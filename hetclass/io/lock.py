@@ -66,15 +66,22 @@ def _start_time(pid: int) -> Optional[str]:
 
 
 def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (a zombie, killed but not yet reaped
+    by its parent, has ended)."""
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except PermissionError:        # a process of another user
-        return True
+        pass
     except (OSError, ValueError, OverflowError):
         return False
-    return True
+    try:
+        with open(f"/proc/{int(pid)}/stat", encoding="ascii", errors="replace") as fh:
+            state = fh.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X", "x")
 
 
 def _record(command: str) -> dict:
