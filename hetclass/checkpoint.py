@@ -119,7 +119,7 @@ def _compare_options(saved: str, now: str, path: str) -> None:
     try:
         a, b = json.loads(saved), json.loads(now)
         key = next(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
-        field, value = ("particles", b.get(key)) if key == "n" else (key, b.get(key))
+        field, value = ("particles" if key == "n" else key), b.get(key)
         detail = f"{key} was {a.get(key)!r}"
     except (ValueError, StopIteration):
         field, value, detail = "options", None, "options differ"

@@ -42,6 +42,7 @@ LIMITS = {
     "ctf_scale": (1e-6, 1e3, "", "rlnCtfScalefactor", "ctf/scale", 1.0),
     "voltage_kV": (1.0, 3000.0, "kV", "rlnVoltage", "ctf/accel_kv", 1.0),
     "cs_mm": (-100.0, 100.0, "mm", "rlnSphericalAberration", "ctf/cs_mm", 1.0),
+    "amplitude_contrast": (0.0, 0.999, "", "rlnAmplitudeContrast", "ctf/amp_contrast", 1.0),
     "pixel_size_A": (1e-3, 1e3, "A", "rlnImagePixelSize", "blob/psize_A", 1.0),
     "box_px": (1, 16384, "px", "rlnImageSize", "blob/shape", 1.0),
 }
@@ -96,7 +97,7 @@ def check_particle_values(particles) -> None:
     members = np.zeros(len(o), dtype=np.int64)          # first particle of each group
     used, first = np.unique(group, return_index=True)
     members[used] = first
-    for attr in ("voltage_kV", "cs_mm", "pixel_size_A"):
+    for attr in ("voltage_kV", "cs_mm", "amplitude_contrast", "pixel_size_A"):
         _check_range(particles, attr, getattr(o, attr), members)
     box = np.asarray(o.box_px, dtype=np.float64)
     _check_range(particles, "box_px", np.where(box == 0, 1, box), members)  # 0: not known yet

@@ -12,8 +12,8 @@ Reading (:func:`read_star_file`, :func:`parse_star`):
   ``it"s``); lines whose first character is ``#`` are comments;
 * a label twice in one block, a block name twice, a row with a wrong number of values or an
   unterminated quote are refused (:class:`~hetclass.errors.InputError` naming the line);
-* columns whose every value is a number become int64 or float64 columns (as pandas's C
-  parser reads them); others, and the ``string_columns``, stay text.
+* columns whose every value is a number become int64 or float64 columns (each value exactly
+  as Python's ``float`` reads it); others, and the ``string_columns``, stay text.
 
 Writing (:func:`format_star`): RELION's layout (``# version 30001`` before each block,
 ``loop_`` with ``_label #i`` lines, one row per line). Text values are written bare when
@@ -46,6 +46,9 @@ _BARE_UNSAFE = re.compile(r"[ \t]|^[\"'#_;$\[\]]|^(?:data|loop|save|global|stop)
                           re.IGNORECASE)
 _ROW_SEP = "\x1f"   # joins tokens for the C parser; refused in values (a control character)
 FIXED_RANGE = (1e-3, 1e9)   # RELION prints fixed-point numbers in this range, else exponents
+# numbers read exactly as Python's float() reads them: pandas < 3 needs asking (its default
+# parser can be off by one unit in the last place); pandas 3 does it by default
+_EXACT_FLOATS = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
 
 
 class UnwritableValue(ValueError):
@@ -137,10 +140,26 @@ def _loop_frame(loop: _Loop, path: str, string_columns: Sequence[str]) -> pd.Dat
     text_columns = {i: str for i, c in enumerate(loop.labels) if c in string_columns}
     df = pd.read_csv(io.StringIO("\n".join(lines) + "\n"), sep=_ROW_SEP, header=None,
                      names=list(range(n_cols)), dtype=text_columns, quoting=csv.QUOTE_NONE,
-                     na_filter=False, engine="c",
-                     skip_blank_lines=False)
+                     na_filter=False, engine="c", skip_blank_lines=False, **_EXACT_FLOATS)
     df.columns = loop.labels
     return df
+
+
+def _add_pair(pairs: Dict[str, object], line: str, lineno: int, block: str, path: str,
+              string_columns: Sequence[str]) -> Dict[str, object]:
+    """``pairs`` with the ``_label value`` of ``line`` added (a trailing comment ignored)."""
+    values = tokens(line, lineno, path)
+    if len(values) > 2 and values[2].startswith("#"):
+        values = values[:2]
+    if len(values) != 2:
+        raise InputError("a label/value line needs exactly one value", file=path,
+                         field=f"line {lineno}", value=line[:60])
+    label = values[0][1:]
+    if label in pairs:
+        raise InputError(f"label appears twice in data_{block} (line {lineno}); keep one",
+                         file=path, field=f"_{label}")
+    pairs[label] = values[1] if label in string_columns else _numeric_value(values[1])
+    return pairs
 
 
 def parse_star(text: str, path: str, string_columns: Sequence[str] = ()) -> Dict[str, Block]:
@@ -192,18 +211,8 @@ def parse_star(text: str, path: str, string_columns: Sequence[str] = ()) -> Dict
             if loop is not None:
                 raise InputError(f"data_{name} mixes a loop_ table and label/value pairs",
                                  file=path, field=f"line {lineno}", value=line[:60])
-            values = tokens(line, lineno, path)
-            if len(values) > 2 and values[2].startswith("#"):   # a trailing comment
-                values = values[:2]
-            if len(values) != 2:
-                raise InputError("a label/value line needs exactly one value", file=path,
-                                 field=f"line {lineno}", value=line[:60])
-            pairs = {} if pairs is None else pairs
-            label = values[0][1:]
-            if label in pairs:
-                raise InputError(f"label _{label} appears twice in data_{name}", file=path,
-                                 field=f"_{label}", value=f"line {lineno}")
-            pairs[label] = values[1] if label in string_columns else _numeric_value(values[1])
+            pairs = _add_pair({} if pairs is None else pairs, line, lineno, name, path,
+                              string_columns)
         elif loop is not None and loop.labels:
             loop.rows.append((lineno, line))
         else:
@@ -243,9 +252,14 @@ def star_token(value: str) -> str:
 
 def check_text_values(values: Iterable, file, field: str, what: str = "row") -> None:
     """InputError naming the first of ``values`` (text) that a STAR file cannot carry."""
+    values = [v if isinstance(v, str) else str(v) for v in values]
+    joined = " ".join(values)            # one search over everything first: the usual case
+    if not _CONTROL.search(joined) and not (re.search(r'"[ \t]', joined)
+                                            and re.search(r"'[ \t]", joined)):
+        return
     for i, v in enumerate(values):
         try:
-            star_token(str(v))
+            star_token(v)
         except UnwritableValue as exc:
             raise InputError(f"this value cannot be written to a STAR file ({exc}; {what} "
                              f"{i + 1})", file=file, field=field, value=str(v)) from None
