@@ -129,7 +129,7 @@ def _compare_options(saved: str, now: str, path: str) -> None:
 
 
 # per-particle arrays of EMState: local to a rank's shard in memory, global in the file
-_PER_PARTICLE = ("labels", "posteriors", "loglik")
+PER_PARTICLE = ("labels", "posteriors", "loglik")
 
 
 def save(out_dir: str, state: EMState, options, n_particles: int, comm=None,
@@ -147,7 +147,7 @@ def save(out_dir: str, state: EMState, options, n_particles: int, comm=None,
     for f in fields(EMState):
         v = getattr(state, f.name)
         if isinstance(v, np.ndarray):
-            if comm is not None and f.name in _PER_PARTICLE:
+            if comm is not None and f.name in PER_PARTICLE:
                 v = comm.gather_rows_root(v, rows, n_particles)   # None except on rank 0
             arrays[f.name] = v
         elif v is not None:
@@ -183,7 +183,7 @@ def load(out_dir: str, options, n_particles: int, rows: Optional[np.ndarray] = N
         _compare_identity(saved_identity, identity, path)
     _compare_options(meta.pop("fingerprint", ""), _fingerprint(options, n_particles), path)
     if rows is not None:
-        for name in _PER_PARTICLE:
+        for name in PER_PARTICLE:
             if name in arrays:
                 arrays[name] = arrays[name][rows]
     kwargs = {**meta, **arrays}

@@ -16,6 +16,8 @@ abort_check=None) -> ClassifyResult``
     Preprocess, run EM, write RELION Class3D-style outputs into ``out_dir`` atomically
     (``run_data.star``, ``run_model.star``, ``run_classNNN.mrc`` + half maps,
     ``run_posteriors.npy``, ``run.json``; ``run_particles.cs`` when the input was a .cs).
+    Holds the lock of ``out_dir`` for the whole run; checks the folder, its free space, the
+    outputs' text and the checkpoint (``resume``) before reading any image.
 
 ``progress(event: str, **info)`` receives e.g. ``("iteration", it=3, max_iter=25,
 changed_pct=1.2, class_fractions=[...])`` and ``("batch", done=..., total=..., stage=...)``.
@@ -94,8 +96,8 @@ def check_out_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
 
 
 def output_bytes_estimate(particles, options: ClassifyOptions) -> int:
-    """Rough lower bound of the bytes a classification writes into its output folder: class
-    and half maps at the original box, posteriors, the STAR files and the checkpoint."""
+    """Rough size in bytes of a classification's outputs: class and half maps at the
+    original box, posteriors and STAR rows per particle, and 1 MB for the rest."""
     n, k = len(particles), int(options.classes)
     box = int(np.max(particles.box_px)) if n else 0
     maps = 3 * k * box ** 3 * 4
@@ -212,8 +214,8 @@ def _restrict_to_rows(state, rows):
     """A checkpointed state (every particle) with its per-particle arrays cut to ``rows``."""
     from dataclasses import replace
 
-    from .checkpoint import _PER_PARTICLE
-    return replace(state, **{name: getattr(state, name)[rows] for name in _PER_PARTICLE
+    from .checkpoint import PER_PARTICLE
+    return replace(state, **{name: getattr(state, name)[rows] for name in PER_PARTICLE
                              if getattr(state, name) is not None})
 
 

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 RUN = ["--classes", "2", "--target-res", "25", "--quiet"]
