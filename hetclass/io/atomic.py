@@ -42,22 +42,24 @@ def is_temporary(name: str) -> bool:
 
 
 def remove_temporaries(directory) -> int:
-    """Remove every temporary file or staging folder this module made in ``directory`` and
-    its sub-folders (left by a killed run); returns how many were removed.
+    """Remove every temporary file or staging folder this module made directly in
+    ``directory`` (left by a killed run); returns how many were removed.
 
     Only call it while holding the folder's lock: a live writer's temporaries would go too.
+    Sub-folders are left alone (they may be other runs' output folders).
     """
     removed = 0
-    for root, dirs, files in os.walk(os.fspath(directory)):
-        for name in files:
-            if is_temporary(name):
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(root, name))
-                    removed += 1
-        for name in [d for d in dirs if is_temporary(d)]:
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-            dirs.remove(name)
-            removed += 1
+    directory = os.fspath(directory)
+    for name in os.listdir(directory):
+        if not is_temporary(name):
+            continue
+        path = os.path.join(directory, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        removed += 1
     return removed
 
 
