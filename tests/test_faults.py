@@ -396,3 +396,18 @@ def test_non_finite_posteriors_stop_before_outputs(tiny_dataset, tmp_path):
     line = e.value.one_line()
     assert "particle 7" in line and str(particles.image_names[6]) in line
     assert "no outputs were written" in line
+
+
+@pytest.mark.parametrize("label,value", [("classes", "$(touch pwned)"), ("seed", "`touch pwned`"),
+                                         ("classes", "2;touch pwned"),
+                                         ("target_res", "$(touch${IFS}pwned)")])
+def test_relion_parameter_values_never_reach_a_shell(data, monkeypatch, capsys, label, value):
+    """As if RELION's own shell had passed the text through unexpanded: a value is data."""
+    d, star = data
+    monkeypatch.chdir(d)
+    code = relion_main(["--o", "External/job011/", "--in_parts", "particles.star",
+                        f"--{label}", value], abort_grace_s=None)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and label in err[0], err
+    assert not list(d.rglob("pwned*"))
+    assert (d / "External" / "job011" / "RELION_JOB_EXIT_FAILURE").exists()
