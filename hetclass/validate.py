@@ -78,8 +78,8 @@ def _check_range(particles, attr: str, values: np.ndarray, members=None) -> None
              else f"optics group {i + 1}, e.g. {_who(particles, int(members[i]))}")
     span = f"[{lo * factor:g}, {hi * factor:g}]"
     unit = f" {unit}" if factor == 1 and unit else ""
-    raise InputError(f"{where}: not a finite number within {span}{unit} ({bad.size} bad)", file=(particles.source or {}).get("path"),
-                     field=field, value=raw)
+    raise InputError(f"{where}: not a finite number within {span}{unit} ({bad.size} bad)",
+                     file=(particles.source or {}).get("path"), field=field, value=raw)
 
 
 def check_particle_values(particles) -> None:

@@ -131,8 +131,9 @@ class ImageSource:
         """Check every stack before heavy work (InputError naming stack, field and value).
 
         Every stack exists and is a readable MRC file; a name without ``index@`` names a
-        single-image file; every index is within its number of sections; the image side equals the optics box; the stack voxel size (when recorded,
-        i.e. non-zero) agrees with the optics pixel size within 1 %.
+        single-image file; every index is within its number of sections; the image side
+        equals the optics box; the stack voxel size (when recorded, i.e. non-zero) agrees
+        with the optics pixel size within 1 %.
         """
         order = np.argsort(self.stack_id, kind="stable")
         bounds = np.searchsorted(self.stack_id[order], np.arange(len(self.stack_paths) + 1))
