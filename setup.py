@@ -21,7 +21,7 @@ setup(
         "gpu": ["cupy-cuda12x"],
         "scipion": ["scipion-pyworkflow>=3.11", "scipion-em>=3.11", "pandas<3"],
         "cryosparc": ["cryosparc-tools>=5.0"],
-        "test": ["pytest>=7", "scikit-learn>=1.0", "pyyaml"],
+        "test": ["pytest>=7", "scikit-learn>=1.0", "pyyaml", "hypothesis>=6"],
         "mpi": ["mpi4py>=3.1"],
     },
     entry_points={

@@ -5,6 +5,8 @@ Front ends turn :class:`InputError` into a one-line message on stderr and exit c
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import Any, Optional
 
 
@@ -45,6 +47,35 @@ class InputError(HetclassError, ValueError):
         prefix = ": ".join(parts)
         msg = f"{prefix}: {self.message}" if prefix else self.message
         return " ".join(msg.split())  # one line, always
+
+
+class OutputError(InputError):
+    """The output location cannot be written (read-only, full, no permission, locked).
+
+    An :class:`InputError` because the user chose the location (``--out``, ``--cache``):
+    front ends print its one line and exit with code 2.
+    """
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``exc`` in words, one line: the system's reason and its errno name, without the path
+    (callers name the file themselves), e.g. ``"No space left on device (ENOSPC)"``."""
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    code = errno.errorcode.get(exc.errno) if exc.errno is not None else None
+    return f"{reason} ({code})" if code else reason
+
+
+def output_error(exc: OSError, path=None, doing: str = "cannot write") -> OutputError:
+    """An :class:`OutputError` for ``exc`` met while writing ``path`` (default: the path the
+    error names). Disk-full and read-only errors get a hint."""
+    target = path if path is not None else (exc.filename or None)
+    hint = ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "; free some space (or choose another --out) and rerun (--continue resumes)"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        hint = "; choose a writable --out"
+    return OutputError(f"{doing}: {describe_os_error(exc)}{hint}",
+                       file=None if target is None else os.fspath(target))
 
 
 class AbortRequested(HetclassError):

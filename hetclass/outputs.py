@@ -21,9 +21,10 @@ import pandas as pd
 
 from . import __version__
 from .fourier import resize_volume
-from .io.atomic import atomic_save_npy, atomic_write_json
+from .io.atomic import atomic_save_npy, atomic_write_json, staged_directory
 from .io.mrc import write_map
-from .io.star import write_particles_star, write_star_blocks
+from .io.star import check_writable, particles_to_tables, write_particles_star, write_star_blocks
+from .io.star_text import format_star
 
 DATA_STAR = "run_data.star"
 MODEL_STAR = "run_model.star"
@@ -116,23 +117,8 @@ def to_original_box(volume: np.ndarray, box_px: int) -> np.ndarray:
     return resize_volume(volume, box_px) * (volume.shape[-1] / box_px)
 
 
-def write_classify_outputs(out_dir: str, particles, result, options, run_info: dict) -> Dict[str, str]:
-    """Write every output file atomically; returns {name: path as referenced in STAR files}."""
-    k = result.maps.shape[0]
-    big = int(particles.box_px[0])
-    psize = float(particles.pixel_size_A[0])
-    files = {}
-    for j in range(k):
-        name = class_map_name(j)
-        write_map(os.path.join(out_dir, name), to_original_box(result.maps[j], big), psize)
-        files[name] = os.path.join(out_dir, name)
-        for h in range(2):
-            hname = half_map_name(h, j)
-            write_map(os.path.join(out_dir, hname), to_original_box(result.half_maps[h, j], big),
-                      psize)
-            files[hname] = os.path.join(out_dir, hname)
-    post = result.posteriors
-    labels = result.labels
+def _result_columns(particles, labels: np.ndarray, post: np.ndarray,
+                    log_likelihood: np.ndarray) -> Dict[str, np.ndarray]:
     extra = {}
     if particles.source.get("format") == "cs":  # keep uids so results can go back to .cs
         from .io.cryosparc import star_columns
@@ -140,22 +126,77 @@ def write_classify_outputs(out_dir: str, particles, result, options, run_info: d
     extra.update({
         "rlnClassNumber": labels.astype(np.int64) + 1,
         "rlnMaxValueProbDistribution": post.max(1).astype(np.float64),
-        "rlnLogLikeliContribution": np.asarray(result.log_likelihood, dtype=np.float64),
+        "rlnLogLikeliContribution": np.asarray(log_likelihood, dtype=np.float64),
         "rlnNrOfSignificantSamples": (post >= 0.01).sum(1).astype(np.int64),
     })
-    write_particles_star(os.path.join(out_dir, DATA_STAR), particles, extra)
+    return extra
+
+
+def preflight_outputs(particles, options, sample: int = 16) -> None:
+    """Check, before any work, that the outputs of a classification can be written.
+
+    Every text value the STAR outputs will carry is checked (InputError naming the file,
+    column and value otherwise), and ``run_data.star`` (and, for ``.cs`` input, the ``.cs``
+    tables) are built in memory for the first ``sample`` particles with placeholder results,
+    so a table that cannot be written fails now rather than after the EM.
+    """
+    check_writable(particles)
+    rows = np.arange(min(len(particles), sample))
+    sub = particles.take(rows)
+    k = max(int(options.classes), 1)
+    post = np.full((rows.size, k), 1.0 / k)
+    labels = np.zeros(rows.size, dtype=np.int64)
+    optics_df, df = particles_to_tables(sub, _result_columns(sub, labels, post,
+                                                             np.zeros(rows.size)))
+    format_star({"optics": optics_df, "particles": df})
+    if particles.source.get("format") == "cs":
+        from .io.cryosparc_write import cs_table, csg_text
+        csg_text("run_particles.cs", cs_table(sub, labels, post), "check")
+
+
+def write_classify_outputs(out_dir: str, particles, result, options, run_info: dict) -> Dict[str, str]:
+    """Write every output file; returns {name: path as referenced in STAR files}.
+
+    The files are written into a hidden staging folder and renamed into ``out_dir`` only when
+    all of them are complete (:func:`hetclass.io.atomic.staged_directory`, ``run.json``
+    last): a full disk or another error leaves ``out_dir`` as it was.
+    """
+    with staged_directory(out_dir, last=(RUN_JSON,)) as stage:
+        return _write_all(stage, out_dir, particles, result, options, run_info)
+
+
+def _write_all(stage: str, out_dir: str, particles, result, options, run_info: dict):
+    """Write the outputs into ``stage``; paths in the returned dict and in the STAR files
+    name ``out_dir``, where the files will be."""
+    k = result.maps.shape[0]
+    big = int(particles.box_px[0])
+    psize = float(particles.pixel_size_A[0])
+    files = {}
+    for j in range(k):
+        name = class_map_name(j)
+        write_map(os.path.join(stage, name), to_original_box(result.maps[j], big), psize)
+        files[name] = os.path.join(out_dir, name)
+        for h in range(2):
+            hname = half_map_name(h, j)
+            write_map(os.path.join(stage, hname), to_original_box(result.half_maps[h, j], big),
+                      psize)
+            files[hname] = os.path.join(out_dir, hname)
+    post = result.posteriors
+    labels = result.labels
+    extra = _result_columns(particles, labels, post, result.log_likelihood)
+    write_particles_star(os.path.join(stage, DATA_STAR), particles, extra)
     files[DATA_STAR] = os.path.join(out_dir, DATA_STAR)
-    write_star_blocks(os.path.join(out_dir, MODEL_STAR),
+    write_star_blocks(os.path.join(stage, MODEL_STAR),
                       model_blocks(result, particles, options, files, out_dir))
     files[MODEL_STAR] = os.path.join(out_dir, MODEL_STAR)
-    atomic_save_npy(os.path.join(out_dir, POSTERIORS), post.astype(np.float32))
+    atomic_save_npy(os.path.join(stage, POSTERIORS), post.astype(np.float32))
     files[POSTERIORS] = os.path.join(out_dir, POSTERIORS)
     if particles.source.get("format") == "cs":
         from .io.cryosparc_write import write_class_subsets
-        written = write_class_subsets(out_dir, particles, labels, post, prefix="run", n_classes=k)
+        written = write_class_subsets(stage, particles, labels, post, prefix="run", n_classes=k)
         for key, paths in written.items():
             for p in (paths if isinstance(paths, (tuple, list)) else [paths]):
-                files[os.path.basename(p)] = p
+                files[os.path.basename(p)] = os.path.join(out_dir, os.path.basename(p))
     info = dict(run_info)
     info.update({
         "hetclass_version": __version__, "python": platform.python_version(),
@@ -171,6 +212,6 @@ def write_classify_outputs(out_dir: str, particles, result, options, run_info: d
         "map_pixel_size_A": psize, "map_box_px": big,
         "files": {name: os.path.basename(p) for name, p in files.items()},
     })
-    atomic_write_json(os.path.join(out_dir, RUN_JSON), info)
+    atomic_write_json(os.path.join(stage, RUN_JSON), info)
     files[RUN_JSON] = os.path.join(out_dir, RUN_JSON)
     return files

@@ -22,6 +22,7 @@ from .fourier import CoefficientSet, centred_rfft2, coefficient_set, cpu_workers
 from .fourier_store import MemoryStore
 from .masks import default_diameter_A, soft_disk
 from .particles import ParticleSet
+from .validate import check_image_batch
 
 
 @dataclass
@@ -241,6 +242,7 @@ def fill_store(setup: PreprocessSetup, particles: ParticleSet,
         local = np.arange(start, min(n, start + batch_size))
         glob = shard[local]
         images = read_images(glob)
+        check_image_batch(images, glob, particles)   # non-finite, absurd or constant images
         sink.write(local,
                    preprocess_batch(images, shifts_px[glob], plan, coeffs, setup.disk),
                    ctf_for(particles, glob, coeffs, plan))

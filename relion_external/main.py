@@ -12,7 +12,9 @@ value" pairs (``classes`` / ``3``, ``mode`` / ``stability``, ...; see
 ``run_model.star``, ``run_classNNN.mrc`` ...); ``stability`` / ``exhaustive`` run the
 corresponding ``hetclass`` commands with the job directory as output. Then the output nodes
 are registered in ``RELION_OUTPUT_NODES.star`` and ``RELION_JOB_EXIT_SUCCESS`` is written;
-every error writes ``RELION_JOB_EXIT_FAILURE`` with a one-line reason on stderr (run.err);
+every error writes ``RELION_JOB_EXIT_FAILURE`` with a one-line reason on stderr (run.err; exit
+code 2 for bad input and operating-system errors such as a full or read-only disk); the job
+directory's lock (:mod:`hetclass.io.lock`) is held while the job runs;
 ``RELION_JOB_ABORT_NOW``, SIGTERM or SIGINT give ``RELION_JOB_EXIT_ABORTED``. Progress
 lines go to stdout (run.out). The parameter ``mpi_ranks`` N > 1 runs the work under MPI
 (:mod:`hetclass_relion.mpi_launch`).
@@ -28,6 +30,8 @@ from typing import Callable, List, Optional, Sequence, TextIO
 
 from hetclass import __version__
 from hetclass.comm import launched_by_mpi
+from hetclass.errors import output_error
+from hetclass.io.lock import lock_output
 
 from .markers import JobMarkers
 from .mpi_launch import mpi_nodes, run_mpi_job
@@ -141,6 +145,13 @@ def run_classify_mode(cfg: JobConfig, job: JobMarkers, progress, stdout: TextIO,
     return nodes
 
 
+def _run_here(cfg: JobConfig, job: JobMarkers, progress, stdout: TextIO, load_particles,
+              run_classify, replicate_jobs) -> List[Node]:
+    if cfg.mode == "classify":
+        return run_classify_mode(cfg, job, progress, stdout, load_particles, run_classify)
+    return run_replicate_mode(cfg, job, progress, stdout, load_particles, jobs=replicate_jobs)
+
+
 # ----- entry point ------------------------------------------------------------------------
 def usage() -> str:
     rows = "\n".join(f"  --{name:<18} {text}" for name, (_, text) in PARAMETERS.items())
@@ -191,9 +202,9 @@ def main(argv: Optional[Sequence[str]] = None, *, load_particles=None, run_class
     try:
         os.makedirs(opts["o"][0], exist_ok=True)
     except OSError as exc:
-        print(f"{PROG}: error: cannot create the job directory {opts['o'][0]!r}: {exc}",
-              file=stderr)
-        return 1
+        why = output_error(exc, opts["o"][0], "cannot create the job directory")
+        print(f"{PROG}: error: {why.one_line()}", file=stderr)
+        return 2
     job = JobMarkers(opts["o"][0], prog=PROG, stderr=stderr, abort_grace_s=abort_grace_s)
     with job, warnings.catch_warnings():
         warnings.simplefilter("default")
@@ -207,15 +218,14 @@ def main(argv: Optional[Sequence[str]] = None, *, load_particles=None, run_class
         _apply_gpu_ids(cfg, os.environ if environ is None else environ)
         version = detect_relion_version(cfg.job_dir)
         progress = make_progress(stdout)
-        if (cfg.mpi_ranks or 1) > 1 and not launched_by_mpi():
+        if (cfg.mpi_ranks or 1) > 1 and not launched_by_mpi():   # the child holds the lock
             resume = cfg.mode == "classify" and _resumes(cfg)
             run_mpi_job(cfg, job, stdout, stderr, resume=resume, environ=environ)
             nodes = mpi_nodes(cfg)
-        elif cfg.mode == "classify":
-            nodes = run_classify_mode(cfg, job, progress, stdout, load_particles, run_classify)
         else:
-            nodes = run_replicate_mode(cfg, job, progress, stdout, load_particles,
-                                       jobs=replicate_jobs)
+            with lock_output(cfg.job_dir, command=f"{PROG} {cfg.mode}"):
+                nodes = _run_here(cfg, job, progress, stdout, load_particles, run_classify,
+                                  replicate_jobs)
         job.abort_check()  # an abort asked for while finishing still ends as ABORTED
         write_output_nodes(cfg.job_dir, nodes, version)
         print(f"registered {len(nodes)} output nodes (RELION {version}.x labels); finished",

@@ -28,7 +28,7 @@ import sys
 import threading
 from typing import Optional, TextIO
 
-from hetclass.errors import AbortRequested, InputError
+from hetclass.errors import AbortRequested, InputError, output_error
 
 SUCCESS = "RELION_JOB_EXIT_SUCCESS"
 FAILURE = "RELION_JOB_EXIT_FAILURE"
@@ -46,6 +46,8 @@ class JobInterrupted(KeyboardInterrupt):
 
 def one_line_reason(exc: BaseException) -> str:
     """A single-line, traceback-free description of ``exc`` for run.err."""
+    if isinstance(exc, OSError):
+        exc = output_error(exc, doing="operating-system error")
     if isinstance(exc, InputError):
         return exc.one_line()
     text = " ".join(str(exc).split())
@@ -172,18 +174,26 @@ class JobMarkers:
 
     def _finish(self, marker: str, status: str, reason: Optional[str]) -> None:
         self.status, self.reason = status, reason
-        if reason:
-            stream = self.stderr if self.stderr is not None else sys.stderr
-            print(f"{self.prog}: {reason}", file=stream, flush=True)
-        write_marker(self.job_dir, marker)
+        stream = self.stderr if self.stderr is not None else sys.stderr
+        line = reason
+        try:
+            write_marker(self.job_dir, marker)
+        except OSError as exc:   # a read-only or vanished job directory: said on the same line
+            why = output_error(exc, doing=f"cannot write {marker}").one_line()
+            line = f"{reason}; {why}" if reason else f"error: {why}"
+            if self.status == "success":
+                self.status, self.exception = "failure", exc
+        if line:
+            print(f"{self.prog}: {line}", file=stream, flush=True)
 
     def exit_code(self) -> int:
         """Exit code of the finished job (RELION ignores it; shells and CI do not):
-        0 success, 2 bad input (:class:`InputError`), 130 aborted, 1 other failures."""
+        0 success, 2 bad input (:class:`InputError`) or an operating-system error (full or
+        read-only disk), 130 aborted, 1 other failures."""
         if self.status == "success":
             return 0
         if self.status == "aborted":
             return 130
         if isinstance(self.exception, SystemExit) and isinstance(self.exception.code, int):
             return self.exception.code
-        return 2 if isinstance(self.exception, InputError) else 1
+        return 2 if isinstance(self.exception, (InputError, OSError)) else 1

@@ -1,7 +1,10 @@
 """``hetclass`` command: one module per sub-command, each with ``add_args(parser)`` and ``main(args)``.
 
-Errors a user can fix (:class:`hetclass.errors.InputError`) print one line on stderr and exit 2.
-Under ``mpirun``/``srun`` (``--mpi``, see :mod:`.mpi_run`) only rank 0 prints.
+Errors a user can fix (:class:`hetclass.errors.InputError`, and operating-system errors such
+as a read-only or full disk) print one line on stderr and exit 2. Under ``mpirun``/``srun``
+(``--mpi``, see :mod:`.mpi_run`) only rank 0 prints. The commands that write into ``--out``
+hold that folder's lock for their whole run (:mod:`hetclass.io.lock`): a second run on the same
+folder is refused with one line.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import List, Optional
 
 from hetclass import __version__
 from hetclass.errors import InputError
+from hetclass.io.lock import lock_output
 
 from .mpi_run import comm_from_args, launcher_rank, run_command
 
@@ -24,6 +28,8 @@ COMMANDS = {
     "exhaustive": "exhaustive_cmd",
     "convert": "convert_cmd",
 }
+# commands that write into the folder --out (each run holds its lock)
+WRITES_OUT_DIR = ("classify", "demo", "stability", "exhaustive")
 
 
 def _available():
@@ -65,7 +71,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"hetclass {args.command}: error: {exc.one_line()}", file=sys.stderr)
         return 2
     args.comm = comm
-    return run_command(args.command, comm, lambda: args._module.main(args))
+    return run_command(args.command, comm, lambda: _run_locked(args, comm))
+
+
+def _run_locked(args, comm) -> int:
+    """The sub-command, holding the lock of its ``--out`` folder when it writes one."""
+    out = getattr(args, "out", None)
+    if args.command not in WRITES_OUT_DIR or not out:
+        return args._module.main(args)
+    with lock_output(out, comm, f"hetclass {args.command}"):
+        return args._module.main(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,8 @@ shards the particles and combines the ranks. Here:
 * an error a user can fix (:class:`hetclass.errors.InputError`, any
   :class:`~hetclass.errors.HetclassError`) is agreed on with a collective check, so it is
   printed once, by rank 0, and every rank exits with the same code (2 for input errors);
+  an operating-system error (a full or read-only disk, a permission) in a serial run is
+  one such line too (exit 2);
 * an unexpected exception on one rank prints one line naming the rank and calls
   ``MPI_Abort``, which ends every rank (no rank waits forever in a collective).
 
@@ -28,7 +30,7 @@ import sys
 from typing import Callable, Optional
 
 from hetclass.comm import SerialComm, world_comm
-from hetclass.errors import HetclassError, InputError
+from hetclass.errors import HetclassError, InputError, output_error
 
 MPI_MODES = {"auto": "auto", "on": "mpi", "off": "off"}
 KILL_ENV = "HETCLASS_TESTING_KILL"
@@ -112,14 +114,14 @@ def run_command(command: str, comm, body: Callable[[], int]) -> int:
             print(f"hetclass {command}: interrupted; rerun with --continue to resume",
                   file=sys.stderr)
         return 130
+    except OSError as exc:
+        if comm.is_mpi:      # one rank's own I/O failure: its peers may wait in a collective
+            _abort_on_unexpected(command, comm, exc)
+        error = output_error(exc, doing="operating-system error")   # a disk, a permission
     except Exception as exc:  # noqa: BLE001 -- reported, then every rank is stopped
         if not comm.is_mpi:
             raise
-        text = " ".join(str(exc).split()) or "(no message)"
-        print(f"hetclass {command}: error on MPI rank {comm.rank}: {type(exc).__name__}: "
-              f"{text}; stopping all ranks", file=sys.stderr, flush=True)
-        comm.abort(1)
-        raise  # pragma: no cover -- abort does not return
+        _abort_on_unexpected(command, comm, exc)
     if comm.is_mpi:
         try:
             comm.check(error)      # every rank learns of an error on any rank
@@ -134,6 +136,15 @@ def run_command(command: str, comm, body: Callable[[], int]) -> int:
             line = " ".join(str(error).split())
         print(f"hetclass {command}: error: {line}", file=sys.stderr, flush=True)
     return 2 if isinstance(error, InputError) else 1
+
+
+def _abort_on_unexpected(command: str, comm, exc: BaseException) -> None:
+    """Print one line naming this MPI rank and the error, then end every rank."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    print(f"hetclass {command}: error on MPI rank {comm.rank}: {type(exc).__name__}: "
+          f"{text}; stopping all ranks", file=sys.stderr, flush=True)
+    comm.abort(1)
+    raise exc  # pragma: no cover -- abort does not return
 
 
 def agreed(comm, fn: Callable):

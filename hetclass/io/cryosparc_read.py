@@ -47,6 +47,7 @@ REQUIRED_FIELDS = ("blob/path", "blob/idx", "blob/shape", "blob/psize_A", "ctf/a
                    "ctf/cs_mm", "ctf/amp_contrast", "ctf/df1_A", "ctf/df2_A",
                    "ctf/df_angle_rad")
 _CLASS_BLOCK = re.compile(r"^alignments_class_(\d+)/pose$")
+MAX_POSE_RAD = 1000.0        # |rotation vector| beyond this is absurd (real ones are <= pi)
 
 
 # ----------------------------------------------------------------------------- containers
@@ -278,11 +279,20 @@ def _require(ds: np.ndarray, path: str, fields: Sequence[str]) -> None:
 
 
 # ----------------------------------------------------------------------------- paths
-def _decode(values: np.ndarray) -> np.ndarray:
-    """Fixed-width bytes (or objects) -> array of str."""
+def _decode(values: np.ndarray, path: str = None, field: str = None) -> np.ndarray:
+    """Fixed-width bytes (or objects) -> array of str; InputError for bytes not UTF-8."""
     values = np.asarray(values)
     if values.dtype.kind == "S":
-        return np.char.decode(values, "utf-8")
+        try:
+            return np.char.decode(values, "utf-8")
+        except UnicodeDecodeError:
+            for i, v in enumerate(values.tolist()):
+                try:
+                    v.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise InputError(f"text of row {i + 1} is not UTF-8", file=path,
+                                     field=field, value=v) from None
+            raise
     return values.astype(str)
 
 
@@ -310,7 +320,8 @@ def _stack_paths(ds: np.ndarray, origin: Dict[str, str], project_dir: Optional[s
                  cs_path: str) -> Tuple[np.ndarray, str, List[str]]:
     """Stack path of each particle (relative to the returned project dir where possible),
     the project dir, and the resolved stacks that do not exist."""
-    raw_unique, inverse = np.unique(_decode(ds["blob/path"]), return_inverse=True)
+    raw_unique, inverse = np.unique(_decode(ds["blob/path"], origin["blob/path"], "blob/path"),
+                                    return_inverse=True)
     inverse = inverse.reshape(-1)
     if np.any(np.char.str_len(raw_unique.astype(str)) == 0):
         i = int(np.flatnonzero(inverse == 0)[0])
@@ -399,6 +410,8 @@ def particles_from_dataset(ds: np.ndarray, path: str, origin: Optional[Dict[str,
         bad = ~np.all(np.isfinite(arr.reshape(n, -1)), axis=1)
         if name == "psize_A":
             bad |= arr <= 0
+        elif name == "pose":     # a rotation vector: its length is the angle (rad)
+            bad |= ~(np.linalg.norm(np.nan_to_num(arr), axis=1) <= MAX_POSE_RAD)
         if np.any(bad):
             i = int(np.flatnonzero(bad)[0])
             raise InputError(f"invalid alignment value for particle uid {int(ds['uid'][i])}",
@@ -425,7 +438,8 @@ def particles_from_dataset(ds: np.ndarray, path: str, origin: Optional[Dict[str,
                              field=f"{ali['layout']}/split", value=int(split[i]))
         if n < 2 or np.unique(split).size > 1:
             subset = split + 1
-    mics = (_decode(ds["location/micrograph_path"]) if "location/micrograph_path"
+    mics = (_decode(ds["location/micrograph_path"], path, "location/micrograph_path")
+            if "location/micrograph_path"
             in ds.dtype.names else None)
     if mics is not None:
         mics = np.array([m[1:] if m.startswith(">") else m for m in mics])

@@ -130,19 +130,26 @@ class ImageSource:
     def validate(self) -> None:
         """Check every stack before heavy work (InputError naming stack, field and value).
 
-        Every stack exists and is a readable MRC file; every index is within its number of
-        sections; the image side equals the optics box; the stack voxel size (when recorded,
-        i.e. non-zero) agrees with the optics pixel size within 1 %.
+        Every stack exists and is a readable MRC file; a name without ``index@`` names a
+        single-image file; every index is within its number of sections; the image side
+        equals the optics box; the stack voxel size (when recorded, i.e. non-zero) agrees
+        with the optics pixel size within 1 %.
         """
         order = np.argsort(self.stack_id, kind="stable")
         bounds = np.searchsorted(self.stack_id[order], np.arange(len(self.stack_paths) + 1))
         pixel = self.particles.pixel_size_A
+        bare = np.char.find(np.asarray(self.particles.image_names).astype(str), "@") < 0
         for s, path in enumerate(self.stack_paths):
             rows = order[bounds[s]:bounds[s + 1]]
             first = int(rows[0])
             name = str(self.particles.image_names[first])
             info = _stack_info(path, name, self.star_path)
             n_sections, ny, nx = info.shape
+            if n_sections > 1 and bare[rows].any():   # which of its images? never guess
+                raise InputError(f"image name without index@ names a file of {n_sections} "
+                                 "images; write index@stack so that each particle names its "
+                                 "own image", file=path, field="rlnImageName",
+                                 value=str(self.particles.image_names[rows[bare[rows]][0]]))
             idx = self.indices[rows]
             worst = int(np.argmax(idx))
             if idx[worst] > n_sections:

@@ -21,6 +21,7 @@ from .atomic import atomic_path
 
 HEADER_BYTES = 1024
 PIXEL_SIZE_RTOL = 0.01   # relative voxel-size mismatch tolerated between a file and the optics
+MAX_VOXEL_SIZE_A = 1e4   # a header voxel size beyond this (or not finite) is absurd
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,18 @@ def _open(opener, path: str, **kw):
         return handle
 
 
+def _voxel_size(mrc) -> Tuple[float, float, float]:
+    """The header's voxel size (x, y, z) in A; zeros when the sampling (mx/my/mz) is not
+    recorded, instead of mrcfile's 0/0."""
+    h = mrc.header
+    if min(int(h.mx), int(h.my), int(h.mz)) <= 0:
+        return (0.0, 0.0, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vs = mrc.voxel_size
+        return (float(vs.x), float(vs.y), float(vs.z))
+
+
 def read_info(path, what: str = "MRC file") -> MrcInfo:
     """Read and check an MRC header without touching the data.
 
@@ -109,8 +122,7 @@ def read_info(path, what: str = "MRC file") -> MrcInfo:
             mode = int(h.mode)
             nsymbt = int(h.nsymbt)
             ispg = int(h.ispg)
-            vs = mrc.voxel_size
-            voxel = (float(vs.x), float(vs.y), float(vs.z))
+            voxel = _voxel_size(mrc)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - anything else: the file is not an MRC file
@@ -118,6 +130,9 @@ def read_info(path, what: str = "MRC file") -> MrcInfo:
     if min(nx, ny, nz) <= 0:
         raise InputError("MRC header has a non-positive dimension", file=path,
                          field="nx/ny/nz", value=(nx, ny, nz))
+    if not all(np.isfinite(v) and 0 <= v <= MAX_VOXEL_SIZE_A for v in voxel):
+        raise InputError(f"MRC header voxel size is not a number in [0, {MAX_VOXEL_SIZE_A:g}] A",
+                         file=path, field="voxel size", value=voxel)
     try:
         dtype = mrcfile.utils.dtype_from_mode(mode)
     except ValueError:

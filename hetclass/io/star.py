@@ -1,6 +1,7 @@
 """RELION STAR particle files (3.0 and 3.1+) <-> :class:`~hetclass.particles.ParticleSet`.
 
-Parsing and the basic block writer are ``starfile``'s; this module converts conventions once:
+Parsing and formatting of STAR text are :mod:`hetclass.io.star_text`'s (quoted values,
+duplicated columns, encodings); this module converts conventions once:
 
 * RELION 3.1+: ``data_optics`` + ``data_particles``; origins in Angstrom
   (``rlnOriginXAngst/YAngst``); pixel size ``rlnImagePixelSize`` per optics group.
@@ -15,7 +16,8 @@ Parsing and the basic block writer are ``starfile``'s; this module converts conv
 
 Writers keep every input column and table as read when the particles came from a STAR file,
 add/overwrite the requested extra columns, and prefix every block with ``# version 30001`` as
-RELION 3.1 does. All output is atomic.
+RELION 3.1 does. All output is atomic. :func:`check_writable` checks at load time that every
+text value can be written back (a ``.cs`` path with a line break cannot).
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import pandas as pd
-import starfile
 
 from ..errors import InputError
 from ..geometry import euler_to_matrix, matrix_to_euler
 from ..particles import Optics, ParticleSet
-from .atomic import atomic_path
+from .atomic import atomic_write_text
+from .star_text import UnwritableValue, check_text_values, format_star, read_star_file
 
 POSE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
@@ -51,11 +53,7 @@ def _read_blocks(path: str) -> Dict[str, object]:
         raise InputError("particle file is not a regular file", file=path)
     if os.path.getsize(path) == 0:
         raise InputError("particle file is empty", file=path, field="file size", value=0)
-    try:
-        blocks = starfile.read(path, always_dict=True, parse_as_string=STRING_COLUMNS)
-    except Exception as exc:  # noqa: BLE001 - any parser failure means an unreadable file
-        raise InputError(f"not a readable STAR file ({type(exc).__name__}: {exc})",
-                         file=path) from None
+    blocks = read_star_file(path, STRING_COLUMNS)
     if not blocks:
         raise InputError("not a STAR file: no data_ block found", file=path)
     return blocks
@@ -95,6 +93,18 @@ def _numeric(df: pd.DataFrame, name: str, path: str, block: str) -> np.ndarray:
         i = int(bad[0])
         raise InputError(f"invalid number in {block} row {i + 1} ({bad.size} bad rows)",
                          file=path, field=name, value=str(raw.iloc[i]))
+    return values
+
+
+def _angle(df: pd.DataFrame, name: str, path: str, block: str) -> np.ndarray:
+    """Angle column in degrees; InputError for a non-number or an absurd magnitude."""
+    from ..validate import MAX_ABS_ANGLE_DEG
+    values = _numeric(df, name, path, block)
+    bad = np.flatnonzero(np.abs(values) > MAX_ABS_ANGLE_DEG)
+    if bad.size:
+        i = int(bad[0])
+        raise InputError(f"angle beyond +-{MAX_ABS_ANGLE_DEG:g} degrees ({block} row {i + 1}, "
+                         f"{bad.size} bad rows)", file=path, field=name, value=float(values[i]))
     return values
 
 
@@ -229,7 +239,7 @@ def read_star(path, project_dir=None) -> ParticleSet:
              "particles need CTF parameters; run CTF estimation (e.g. CtfFind) first")
 
     names = table["rlnImageName"].astype(str).to_numpy(dtype=object).astype(str)
-    rot, tilt, psi = (_numeric(table, c, path, block) for c in POSE_COLUMNS)
+    rot, tilt, psi = (_angle(table, c, path, block) for c in POSE_COLUMNS)
     du, dv, dang = (_numeric(table, c, path, block) for c in CTF_COLUMNS)
     if version == "3.1":
         optics, group = _optics_31(optics_df, table, path)
@@ -386,44 +396,6 @@ def particles_to_tables(particles: ParticleSet, extra_columns: Optional[Mapping]
     return optics_df, df
 
 
-# RELION prints fixed-point numbers in this range and exponents outside it
-_FIXED_RANGE = (1e-3, 1e9)
-
-
-def _format_float(v: float) -> str:
-    a = abs(v)
-    return f"{v:.6f}" if a == 0 or _FIXED_RANGE[0] <= a < _FIXED_RANGE[1] else f"{v:.6e}"
-
-
-def _prepare_loop(df: pd.DataFrame) -> pd.DataFrame:
-    out = df.reset_index(drop=True).copy()
-    for c in out.columns:
-        col = out[c]
-        if col.dtype == bool:
-            out[c] = col.astype(np.int64)
-        elif col.dtype.kind == "f":
-            v = col.to_numpy(dtype=np.float64, na_value=np.nan)
-            a = np.abs(v)
-            fixed = (a == 0) | ((a >= _FIXED_RANGE[0]) & (a < _FIXED_RANGE[1])) | ~np.isfinite(v)
-            if not fixed.all():   # RELION's rule per value: fixed point, else an exponent
-                text = np.where(fixed, np.char.mod("%.6f", v), np.char.mod("%.6e", v))
-                out[c] = pd.Series(text, dtype=object)
-    return out
-
-
-def _prepare_pairs(values: Mapping) -> Dict[str, object]:
-    out = {}
-    for k, v in values.items():
-        if isinstance(v, np.generic):
-            v = v.item()
-        if isinstance(v, bool):
-            v = int(v)
-        elif isinstance(v, float):
-            v = _format_float(v)
-        out[str(k).lstrip("_")] = v
-    return out
-
-
 def write_star_blocks(path, blocks: Mapping[str, Union[pd.DataFrame, Mapping]],
                       version_header: bool = True) -> None:
     """Write STAR blocks atomically: DataFrames as loops, dicts as key-value blocks.
@@ -431,32 +403,33 @@ def write_star_blocks(path, blocks: Mapping[str, Union[pd.DataFrame, Mapping]],
     Block names may be given with or without ``data_``. With ``version_header`` every block is
     preceded by ``# version 30001`` (RELION 3.1 style); without it (3.0 files) no version line.
     """
-    prepared = {}
-    for name, block in blocks.items():
-        name = str(name)
-        name = name[5:] if name.startswith("data_") else name
-        if isinstance(block, pd.DataFrame):
-            prepared[name] = _prepare_loop(block)
-        elif isinstance(block, Mapping):
-            prepared[name] = _prepare_pairs(block)
-        else:
-            raise TypeError(f"block {name}: expected a DataFrame or a dict, got {type(block)}")
-    with atomic_path(path) as tmp:
-        starfile.write(prepared, tmp, float_format="%.6f", sep=" ")
-        with open(tmp, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-        out = [""]
-        for line in lines:
-            if line.startswith("# Created by the starfile") or (len(out) == 1 and not line):
-                continue
-            if line.startswith("data_") and version_header:
-                out += [VERSION_LINE, ""]
-            if line.startswith("_") and "\t" in line:       # key-value line: align like RELION
-                key, _, value = line.partition("\t")
-                line = f"{key:<40} {value.strip()}"
-            out.append(line)
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("\n".join(out).rstrip("\n") + "\n\n")
+    try:
+        text = format_star(blocks, version_header)
+    except UnwritableValue as exc:   # check_writable at load time keeps this from happening
+        raise ValueError(f"{path}: a value cannot be written to a STAR file: {exc}") from None
+    atomic_write_text(path, text)
+
+
+def check_writable(particles: ParticleSet) -> None:
+    """InputError (naming file, column and value) unless every text value that a STAR file
+    written from ``particles`` would carry can be written: image and micrograph names,
+    optics group names and the text columns of the STAR tables read."""
+    src = particles.source or {}
+    path = src.get("path")
+    cs = src.get("format") == "cs"
+    check_text_values(np.asarray(particles.image_names).astype(str), path,
+                      "blob/path" if cs else "rlnImageName", "particle")
+    if particles.micrograph_names is not None:
+        check_text_values(np.asarray(particles.micrograph_names).astype(str), path,
+                          "location/micrograph_path" if cs else "rlnMicrographName", "particle")
+    check_text_values(np.asarray(particles.optics.names).astype(str), path,
+                      "rlnOpticsGroupName", "optics group")
+    for key in ("particles", "optics"):
+        table = src.get(key) if src.get("format") == "star" else None
+        if isinstance(table, pd.DataFrame):
+            for c in table.columns:
+                if table[c].dtype.kind == "O":   # text (object or pandas string)
+                    check_text_values(table[c].tolist(), path, c)
 
 
 def write_particles_star(path, particles: ParticleSet, extra_columns: Optional[Mapping] = None,
