@@ -20,6 +20,7 @@ from .fourier import lowpass_volume
 from .mstep import m_step
 from .projector import stack_grids
 from .reconstruct import volume_to_grid
+from .variability import local_weight, weighted_references
 from .workspace import Workspace
 
 # The E-step uses data up to the current resolution plus this many shells (as RELION does),
@@ -243,6 +244,30 @@ def reseed_empty(refs, fractions, min_fraction: float, rng: np.random.Generator,
     return reseeded
 
 
+# the local weight of class deviations (hetclass.variability) is floored at 1 (not used) in
+# the first iterations, while classes form out of random starts, then at 0
+LOCAL_WEIGHT_AFTER_ITER = 2
+LOCAL_WEIGHT_SMOOTH_PX = 2.0
+
+
+def scoring_references(ms, fractions, iteration: int, polishing: bool, focus_mask=None):
+    """(2, K, b, b, b) references the two half sets are scored against (before masking).
+
+    Gold standard: half set h against the other half's maps; after convergence
+    (``polishing``) both against the full-data maps. Either way the class deviations from
+    the consensus are weighted by where the classes really differ
+    (:func:`hetclass.variability.local_weight`).
+    """
+    floor = 1.0 if iteration <= LOCAL_WEIGHT_AFTER_ITER else 0.0
+    w = local_weight(ms.maps, ms.half_maps, ms.consensus, ms.half_consensus, fractions,
+                     LOCAL_WEIGHT_SMOOTH_PX, floor, focus_mask)
+    if polishing:
+        full = weighted_references(ms.maps, ms.consensus, w)
+        return np.stack([full, full])
+    return np.stack([weighted_references(ms.half_maps[1], ms.half_consensus[1], w),
+                     weighted_references(ms.half_maps[0], ms.half_consensus[0], w)])
+
+
 def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
             solvent_mask: np.ndarray, focus_mask: Optional[np.ndarray],
             checkpoint: Optional[Callable[[EMState], None]] = None,
@@ -294,7 +319,13 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
                  "resolution_status": list(ms.resolution_status),
                  "mean_max_posterior": comm.allreduce_scalar(
                      float(post[active].max(1).sum()) if active.any() else 0.0) / n_active}
-        next_like = min(ws.like_shells, max(like, int(size_A / best_res) + RES_STEP_SHELLS + 1))
+        # the likelihood uses the shells where the classes' *differences* are resolved (the
+        # consensus detail beyond them is common to all classes and only adds noise), plus
+        # a few, growing as the differences are resolved further (as RELION grows its limit)
+        diff_res = finest_resolution_A(ms.deviation_resolution_A, size_A)
+        next_like = min(ws.like_shells, max(like, int(size_A / diff_res) + RES_STEP_SHELLS + 1))
+        stats["difference_resolution_A"] = [None if np.isnan(r) else float(r)
+                                            for r in ms.deviation_resolution_A]
         stats["likelihood_shells"] = like
         converged = (it >= 3 and changed < options.convergence_pct and d_frac < 0.01
                      and next_like == like)
@@ -303,10 +334,7 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
             # the partition is settled without self-bias; refine it against full-data maps,
             # which are less noisy than half maps
             polishing, converged = True, False
-        if polishing:
-            refs = np.stack([ms.maps, ms.maps]) * solvent_mask
-        else:
-            refs = np.stack([ms.half_maps[1], ms.half_maps[0]]) * solvent_mask
+        refs = scoring_references(ms, fractions, it, polishing, focus_mask) * solvent_mask
         # the prior follows the maps (consensus power, class-deviation power), as in RELION
         tau2 = np.maximum(ms.tau2, 0.0)
         if it <= options.max_iter // 2:

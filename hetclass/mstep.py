@@ -28,6 +28,7 @@ import numpy as np
 
 from .em_step import Accumulators
 from .fsc import fsc, fsc_resolution
+from .fourier import radial_mean
 from .gpu.xp import array_module, to_host
 from .reconstruct import grid_to_volume, shell_power, solve_grid, symmetrise
 from .workspace import Workspace
@@ -44,6 +45,13 @@ class MStepResult:
     # the half maps where they were computed (a CuPy array on the GPU path, else the same
     # NumPy array as ``half_maps``): lets later map arithmetic stay on the device
     half_maps_xp: object = None
+    consensus: Optional[np.ndarray] = None        # (b, b, b) consensus map (all particles)
+    half_consensus: Optional[np.ndarray] = None   # (2, b, b, b) consensus of each half set
+    # consensus and half consensus where they were computed (CuPy on the GPU path)
+    consensus_xp: object = None
+    half_consensus_xp: object = None
+    deviation_fsc: Optional[np.ndarray] = None          # (K, S) FSC of the class deviations
+    deviation_resolution_A: Optional[np.ndarray] = None  # (K,) where the deviations are resolved
 
 
 def _grid_shells(ws: Workspace, xp):
@@ -83,7 +91,7 @@ def m_step(ws: Workspace, acc: Accumulators, prior: np.ndarray, tau2_fudge: floa
     n_shells = prior.shape[1]
     sym = _accumulated(acc, k, (side, side, side))
     t_mean = tau2_fudge * np.asarray(prior[0])
-    t_diff = tau2_fudge * np.asarray(prior[1])
+    t_diff = np.asarray(prior[1])      # estimated without bias (below): no fudge factor
 
     def solve(num, den, t, mean=None):
         return solve_grid(num, den, t, shells, pad, r_max, prior_mean=mean)
@@ -99,25 +107,52 @@ def m_step(ws: Workspace, acc: Accumulators, prior: np.ndarray, tau2_fudge: floa
     halves = xp.zeros((2, k, b, b, b), np.float32)
     weight = np.asarray(to_host(acc.class_weight), dtype=np.float64)
     weight = weight / max(float(weight.sum()), 1e-30)
-    diff_power = np.zeros(n_shells)
+    mean_den = np.zeros((k, n_shells))
     for j in range(k):
-        grid = solve(sym[0][j][0] + sym[1][j][0], sym[0][j][1] + sym[1][j][1], t_diff, mu)
-        diff_power += weight[j] * np.asarray(to_host(shell_power(grid - mu, shells, n_shells)))
+        den = sym[0][j][1] + sym[1][j][1]
+        grid = solve(sym[0][j][0] + sym[1][j][0], den, t_diff, mu)
+        mean_den[j] = np.asarray(to_host(radial_mean(den.ravel(), shells, n_shells)))
         maps[j] = grid_to_volume(grid, b)
         for h in range(2):
             halves[h, j] = grid_to_volume(solve(sym[h][j][0], sym[h][j][1], t_diff,
                                                 mu_half[h]), b)
-    new_prior = np.stack([np.asarray(to_host(shell_power(mu, shells, n_shells))), diff_power])
+    cons = grid_to_volume(mu, b)
+    half_cons = xp.stack([grid_to_volume(mu_half[h], b) for h in range(2)])
     if focus_mask is not None:
         # focused classification: outside the focus mask every class is the consensus
         focus = xp.asarray(focus_mask)
-        maps = focus * maps + (1.0 - focus) * grid_to_volume(mu, b)
+        maps = focus * maps + (1.0 - focus) * cons
         for h in range(2):
-            halves[h] = focus * halves[h] + (1.0 - focus) * grid_to_volume(mu_half[h], b)
+            halves[h] = focus * halves[h] + (1.0 - focus) * half_cons[h]
     fscs, res, status = _class_fsc(ws, halves, solvent_mask, n_shells)
+    dev = halves - half_cons[:, None]
+    d_fsc, d_res, _ = _class_fsc(ws, dev, solvent_mask, n_shells)
+    new_prior = np.stack([np.asarray(to_host(shell_power(mu, shells, n_shells))),
+                          _deviation_power(d_fsc, mean_den, weight, pad)])
     host_halves = to_host(halves)
+    on_device = xp is not np
     return MStepResult(to_host(maps).astype(np.float32), host_halves, new_prior, fscs, res,
-                       status, halves if xp is not np else host_halves)
+                       status, halves if on_device else host_halves,
+                       consensus=to_host(cons), half_consensus=to_host(half_cons),
+                       consensus_xp=cons, half_consensus_xp=half_cons,
+                       deviation_fsc=d_fsc, deviation_resolution_A=d_res)
+
+
+def _deviation_power(d_fsc: np.ndarray, mean_den: np.ndarray, fractions: np.ndarray,
+                     pad: int) -> np.ndarray:
+    """(S,) prior power of the class deviations, from their half-set FSC (gold standard).
+
+    The FSC of the two half sets' deviations gives the deviations' spectral SNR,
+    ``SSNR = 2 FSC / (1 - FSC)`` (full set); the MAP solve's per-voxel SNR is
+    ``den * pad**3 * tau2``, so ``tau2 = SSNR / (pad**3 <den>)`` per shell and class
+    (``<den>`` the class's mean accumulated CTF^2/sigma^2 weight in the shell). Unlike the
+    power of the shrunken deviations, this does not fall as the prior shrinks them (the
+    FSC does not change when a shell is scaled), so the prior cannot collapse onto itself.
+    """
+    f = np.clip(d_fsc, 0.0, 0.999)
+    ssnr = 2.0 * f / (1.0 - f)
+    tau2 = np.where(mean_den > 0, ssnr / (pad ** 3 * np.maximum(mean_den, 1e-30)), 0.0)
+    return (np.asarray(fractions)[:, None] * tau2).sum(0)
 
 
 def _class_fsc(ws: Workspace, halves, solvent_mask, n_shells: int):
