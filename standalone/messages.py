@@ -38,7 +38,8 @@ def warning_text(message, category) -> str:
 @contextlib.contextmanager
 def one_line_warnings(prefix: str, stream: Optional[TextIO] = None) -> Iterator[None]:
     """Inside the block, warnings print as ``<prefix>: warning: <text>`` on ``stream``
-    (default: the current ``sys.stderr``), each distinct text once."""
+    (default: the current ``sys.stderr``); which warnings show is left to Python's filters
+    (a domain warning once per distinct text)."""
     from tqdm import tqdm
 
     def show(message, category, filename, lineno, file=None, line=None):
@@ -46,7 +47,6 @@ def one_line_warnings(prefix: str, stream: Optional[TextIO] = None) -> Iterator[
         tqdm.write(f"{prefix}: warning: {warning_text(message, category)}", file=out)
         out.flush()
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
+    with warnings.catch_warnings():     # Python's filters stay: only the format changes
         warnings.showwarning = show
         yield

@@ -145,10 +145,11 @@ def fig_stability_hist(stability: np.ndarray, max_posterior: Optional[np.ndarray
                      color=["#1a9850", "#d73027"], edgecolor="white",
                      label=[f"stability >= {thr:g} ({stable.size})",
                             f"stability < {thr:g} ({unstable.size})"])
-        if max(stable.size, unstable.size) > 0.8 * max(both.sum(), 1):
+        log2 = max(stable.size, unstable.size) > 0.8 * max(both.sum(), 1)
+        if log2:
             axes[1].set_yscale("log")
         axes[1].set_xlabel("largest class probability (mean over replicates)")
-        axes[1].set_ylabel("particles")
+        axes[1].set_ylabel("particles (log scale)" if log2 else "particles")
         axes[1].set_title("assignment confidence of stable and unstable particles", fontsize=9)
         axes[1].legend(fontsize=7)
     fig.tight_layout()
