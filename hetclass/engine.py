@@ -410,6 +410,9 @@ def fit(prepared: PreparedData, options: ClassifyOptions, seed: SeedLike = None,
                     "restart": attempt, "after_iteration": state.iteration,
                     "changed_pct": state.history[-1]["changed_pct"],
                     "reason": "labels still cycling between solutions"}]
+                if progress is not None:   # announced with its reason (front ends print it)
+                    progress("restart", attempt=attempt, reason=notes[-1]["reason"],
+                             after_iteration=state.iteration)
             state = initial_state(prepared, options, seed_seq if attempt == 0
                                   else restarts[attempt - 1], rows, progress, abort_check)
             state.attempt, state.restarts = attempt, notes

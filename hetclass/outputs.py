@@ -6,6 +6,7 @@
 ``run_classNNN.mrc``  class maps at the original box and pixel size (+ ``run_half{1,2}_classNNN_unfil.mrc``)
 ``run_posteriors.npy`` (n, K) float32 posterior matrix, rows in input order
 ``run.json``          parameters, seed, versions, per-iteration statistics, timings
+``report.html``       the figures and tables of the run (:mod:`hetclass.reports.classify`)
 ``run_particles.cs``  (CryoSPARC input only) original fields + alignments3D/class(_posterior)
 """
 
@@ -212,6 +213,16 @@ def _write_all(stage: str, out_dir: str, particles, result, options, run_info: d
         "map_pixel_size_A": psize, "map_box_px": big,
         "files": {name: os.path.basename(p) for name, p in files.items()},
     })
+    # report.html (a figure or report failure is one warning line, never a failed run)
+    files.update(_write_report(stage, out_dir, result, info))
     atomic_write_json(os.path.join(stage, RUN_JSON), info)
     files[RUN_JSON] = os.path.join(out_dir, RUN_JSON)
     return files
+
+
+def _write_report(stage: str, out_dir: str, result, info: dict) -> Dict[str, str]:
+    """report.html into ``stage``; returns {name: its final path in ``out_dir``}."""
+    from .reports.classify import write_report_or_warn
+    written = write_report_or_warn(stage, result, info)
+    info["files"].update({name: os.path.basename(p) for name, p in written.items()})
+    return {name: os.path.join(out_dir, os.path.basename(p)) for name, p in written.items()}

@@ -73,6 +73,13 @@ def _event_line(event: str, info: dict) -> str:
         what = ("split" if info.get("decision") == "split"
                 else f"leaf ({info.get('reason')})")
         return f"node {info.get('id')} ({info.get('n_particles')} particles): {what}"
+    if event == "node_start":
+        return f"node {info.get('id')} ({info.get('n_particles')} particles): replicates"
+    if event == "restart":
+        who = (f"K={info.get('k')} replicate {info['replicate'] + 1}: "
+               if "replicate" in info else "")
+        return (f"{who}{info.get('reason')} after iteration {info.get('after_iteration')}; "
+                "restart from new random references")
     return (f"{event} " + " ".join(f"{k}={v}" for k, v in info.items())).strip()
 
 
@@ -138,6 +145,9 @@ def run_classify_mode(cfg: JobConfig, job: JobMarkers, progress, stdout: TextIO,
     fractions = " ".join(f"{f:.3f}" for f in result.class_fractions)
     print(f"done after {result.n_iter} iterations; class fractions {fractions}",
           file=stdout, flush=True)
+    report = (getattr(result, "files", None) or {}).get("report.html")
+    if report:
+        print(f"report: {report}", file=stdout, flush=True)
     nodes = classify_nodes(cfg.job_dir, n_classes)
     missing = [n.path for n in nodes if not os.path.isfile(n.path)]
     if missing:

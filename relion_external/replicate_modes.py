@@ -101,4 +101,6 @@ def run_replicate_mode(cfg: JobConfig, job, progress, stdout: TextIO, load_parti
     if not any(n.kind == "particles" for n in nodes):
         raise RuntimeError(f"hetclass {cfg.mode} wrote no particle STAR file in {cfg.job_dir}")
     print(f"{cfg.mode} finished: {len(nodes)} outputs to register", file=stdout, flush=True)
+    if os.path.isfile(os.path.join(cfg.job_dir, "report.html")):
+        print(f"report: {os.path.join(cfg.job_dir, 'report.html')}", file=stdout, flush=True)
     return nodes

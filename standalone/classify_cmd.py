@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
-from hetclass.errors import InputError
+from hetclass.errors import HetclassWarning, InputError
 from hetclass.pipeline import ClassifyOptions, load_particles, run_classify
 
 from .mpi_run import add_mpi_option, agreed, args_comm, root_progress
-from .progress import ProgressPrinter, print_class_table
+from .progress import ClassifyProgress, print_class_table
 
 
 def add_input_options(parser: argparse.ArgumentParser) -> None:
@@ -30,13 +31,23 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
                    help="CryoSPARC project directory that blob/path is relative to")
 
 
+def default_target_text() -> str:
+    """The default of --target-res in words, read from the code that chooses it
+    (:func:`hetclass.preprocess.default_target_res_A`): ``2x Nyquist, not finer than 15 A``."""
+    from hetclass.preprocess import default_target_res_A
+    coarse_px = 1000.0                 # large pixels: the Nyquist multiple shows
+    nyquist_multiple = default_target_res_A(64, coarse_px) / (2 * coarse_px)
+    floor_A = default_target_res_A(64, 1e-6)   # tiny pixels: the floor shows
+    return f"{nyquist_multiple:g}x Nyquist, not finer than {floor_A:g} A"
+
+
 def add_classify_options(parser: argparse.ArgumentParser, classes_required: bool = True) -> None:
     """Options of one classification; shared by classify, stability and exhaustive."""
     g = parser.add_argument_group("classification")
     if classes_required:
         g.add_argument("--classes", "-K", type=int, required=True, help="number of classes K")
     g.add_argument("--target-res", type=float, default=None, metavar="A",
-                   help="resolution limit in A (default: 2x Nyquist, not finer than 8 A)")
+                   help=f"resolution limit in A (default: {default_target_text()})")
     g.add_argument("--max-iter", type=int, default=25, help="maximum EM iterations (default 25)")
     g.add_argument("--convergence", type=float, default=0.5, metavar="PCT",
                    help="stop when fewer than PCT %% of particles change class (default 0.5)")
@@ -85,9 +96,63 @@ def options_from_args(args, classes=None) -> ClassifyOptions:
         batch_size=args.batch_size, max_memory_GB=args.max_memory, cache_dir=args.cache)
 
 
-def load_from_args(args):
-    return load_particles(args.particles, project_dir=args.project_dir,
-                          passthrough=tuple(args.passthrough), cs_project_dir=args.cs_project_dir)
+def load_from_args(args, warn: bool = True):
+    """The particles of ``--particles``, checked before any heavy work: a stack that a
+    relative image path does not reach is an error that says how paths are resolved;
+    ``warn``: a ``--target-res`` finer than the data allow is one warning line."""
+    particles = load_particles(args.particles, project_dir=args.project_dir,
+                               passthrough=tuple(args.passthrough),
+                               cs_project_dir=args.cs_project_dir)
+    check_stacks(particles, args.project_dir)
+    if warn:
+        warn_clamped_target(particles, getattr(args, "target_res", None))
+    return particles
+
+
+def check_out(out: str, overwrite: bool, resume=None, note: str = "") -> None:
+    """Refuse an existing non-empty output directory unless ``overwrite`` (or ``resume``).
+
+    ``resume`` None: the command has no --continue, so the message offers only --overwrite
+    (with ``note`` in brackets); otherwise :func:`hetclass.pipeline.check_out_dir`.
+    """
+    if resume is not None:
+        from hetclass.pipeline import check_out_dir
+        return check_out_dir(out, resume=resume, overwrite=overwrite)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError("output path exists and is not a directory", file=out, field="--out")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise InputError("output directory exists and is not empty; pass --overwrite to "
+                         "replace it" + (f" ({note})" if note else ""), file=out, field="--out")
+    return None
+
+
+def check_stacks(particles, project_dir) -> None:
+    """InputError naming the first missing stack; for a relative path also where it was
+    looked for and how to change that (--project-dir)."""
+    from hetclass.preflight import missing_stack
+    missing = missing_stack(particles)
+    if missing is None:
+        return
+    name, path, relative = missing
+    if not relative:
+        raise InputError("particle stack not found", file=path, field="rlnImageName", value=name)
+    where = (f"--project-dir {project_dir}" if project_dir is not None
+             else f"the current directory {os.getcwd()}")
+    hint = ("check --project-dir" if project_dir is not None else
+            "run from the RELION project directory or pass --project-dir DIR")
+    raise InputError(f"particle stack not found; relative image paths are resolved from "
+                     f"{where}: {hint}", file=path, field="rlnImageName", value=name)
+
+
+def warn_clamped_target(particles, target_res_A) -> None:
+    """One warning line when ``target_res_A`` is finer than the data allow."""
+    from hetclass.preflight import clamped_target_res_A
+    box, pixel = int(particles.optics.box_px[0]), float(particles.optics.pixel_size_A[0])
+    used = clamped_target_res_A(box, pixel, target_res_A)
+    if used is not None:
+        warnings.warn(f"--target-res {target_res_A:g} A is finer than these data allow "
+                      f"(Nyquist {2 * pixel:g} A at {pixel:g} A/px, box {box} px): clamped to "
+                      f"the finest possible, {used:.1f} A", HetclassWarning, stacklevel=2)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -108,18 +173,29 @@ def main(args) -> int:
         options = options_from_args(args)
         if args.resume and args.overwrite:
             raise InputError("--continue and --overwrite exclude each other", field="--continue")
-        return options, load_from_args(args)
+        return options, load_from_args(args, warn=comm.is_root)
     options, particles = agreed(comm, setup)     # every MPI rank reads the STAR file
-    printer = None if args.quiet else ProgressPrinter(sys.stderr, options.max_iter)
-    result = run_classify(particles, options, args.out, resume=args.resume,
-                          overwrite=args.overwrite, progress=root_progress(comm, printer),
-                          comm=comm)
+    printer = None if args.quiet else ClassifyProgress(sys.stderr, options.max_iter)
+    try:
+        result = run_classify(particles, options, args.out, resume=args.resume,
+                              overwrite=args.overwrite, progress=root_progress(comm, printer),
+                              comm=comm)
+    finally:
+        if printer is not None:
+            printer.close()
     if not comm.is_root:
         return 0
-    if printer is not None:
-        printer.close()
     print_class_table(sys.stdout, result.em.stats, result.class_fractions, result.resolution_A,
-                      len(particles))
+                      len(particles), result.em.resolution_status, result.labels)
     print(f"outputs in {os.path.abspath(args.out)} (run_data.star, run_model.star, "
           f"run_class*.mrc, run.json)")
+    print_report_path(result.files)
     return 0
+
+
+def print_report_path(files) -> None:
+    """The last line of a run: where its report is (nothing when it could not be written:
+    a warning said why)."""
+    report = files.get("report.html")
+    if report:
+        print(f"report: {os.path.abspath(report)} (open it in a web browser)")

@@ -16,7 +16,9 @@ Conversions (chosen from the file extensions of IN and OUT):
                   kept bit-identical (joined by uid) and only the class fields are set.
   .cs   -> .cs    merge passthrough files into one numpy .cs (+ .csg).
 
-Image files are never needed: stacks that cannot be found only produce a warning.
+Image files are never needed: stacks that cannot be found only produce a warning -- except
+when a RELION 3.0 STAR (no rlnImageSize) goes to 3.1 and the size cannot be read from a
+stack: then give it with --image-size. An existing OUT is replaced only with --overwrite.
 
 Examples:
   hetclass convert P3/J42/J42_particles.cs particles.star \\
@@ -52,6 +54,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="RELION STAR layout to write (default 3.1)")
     parser.add_argument("--no-links", action="store_true",
                         help=".cs -> .star: keep .mrc stack names (RELION will not read them)")
+    parser.add_argument("--image-size", type=int, default=None, metavar="PX",
+                        help="box size in pixels for input without rlnImageSize whose stacks "
+                             "cannot be opened (RELION 3.1 STAR files need it)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
 
 
 def _kind(path: str, what: str) -> str:
@@ -64,6 +70,45 @@ def _kind(path: str, what: str) -> str:
 
 def _warn(message: str) -> None:
     print(f"hetclass convert: warning: {' '.join(message.split())}", file=sys.stderr)
+
+
+def _check_output(args, dst: str) -> None:
+    """Refuse to replace an existing OUT (or its .csg) unless --overwrite."""
+    paths = [args.output] + ([os.path.splitext(args.output)[0] + ".csg"] if dst == "cs" else [])
+    for path in paths:
+        if os.path.exists(path) and not args.overwrite:
+            raise InputError("output file exists; pass --overwrite to replace it",
+                             file=path, field="OUT")
+
+
+def _with_image_size(args, particles):
+    """``particles`` with every unknown optics box (0) set from --image-size; InputError when
+    a size is still unknown (RELION 3.1 needs it) or --image-size contradicts a known one."""
+    from dataclasses import replace
+    box = np.asarray(particles.optics.box_px, dtype=np.int64)
+    size = args.image_size
+    if size is not None:
+        if size < 2:
+            raise InputError("must be a box size in pixels >= 2", field="--image-size",
+                             value=size)
+        known = box[box > 0]
+        if known.size and np.any(known != size):
+            raise InputError(f"differs from the image size in the input ({int(known[0])} px)",
+                             file=args.input, field="--image-size", value=size)
+        box = np.where(box > 0, box, size)
+        return replace(particles, optics=replace(particles.optics, box_px=box))
+    if np.any(box == 0):
+        raise InputError("image size unknown: no rlnImageSize and no particle stack could be "
+                         f"opened{_first_missing(particles)}; RELION 3.1 needs it: give it "
+                         "with --image-size PX, or point --project-dir at the stacks",
+                         file=args.input, field="rlnImageSize")
+    return particles
+
+
+def _first_missing(particles) -> str:
+    from hetclass.preflight import missing_stack
+    missing = missing_stack(particles)
+    return f" (first missing: {missing[1]})" if missing else ""
 
 
 def _star_to_cs(args, particles):
@@ -105,6 +150,7 @@ def main(args: argparse.Namespace) -> int:
     if os.path.abspath(args.input) == os.path.abspath(args.output):
         raise InputError("OUT must differ from IN (inputs are never modified)",
                          file=args.output)
+    _check_output(args, dst)
     if src == "cs":
         particles = cs.read_cs(args.input, passthrough=args.passthrough,
                                project_dir=args.cs_project_dir)
@@ -119,6 +165,8 @@ def main(args: argparse.Namespace) -> int:
                              field="--passthrough", value=args.passthrough[0])
         particles = read_star(args.input, project_dir=args.project_dir)
 
+    if dst == "star" and (args.to_version == "3.1" or args.image_size is not None):
+        particles = _with_image_size(args, particles)
     out_dir = os.path.dirname(os.path.abspath(args.output))
     try:
         os.makedirs(out_dir, exist_ok=True)
@@ -134,9 +182,6 @@ def main(args: argparse.Namespace) -> int:
             if links:
                 print(f"linked {len(links)} .mrc stack(s) as .mrcs under {stem}_stacks/ "
                       f"(RELION reads only .mrcs stacks)")
-        if args.to_version == "3.1" and np.any(np.asarray(particles.optics.box_px) == 0):
-            _warn("image size unknown (no rlnImageSize and the stacks could not be read): "
-                  "rlnImageSize is written as 0; RELION 3.1 needs the real value")
         write_particles_star(args.output, particles, extra_columns=extra,
                              version=args.to_version)
         print(f"wrote {len(particles)} particles to {args.output} (RELION {args.to_version})")

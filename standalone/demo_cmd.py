@@ -4,7 +4,9 @@ The dataset is made on the fly (nothing downloaded): a gemmi pseudo-atomic phant
 two-domain molecule in three states -- hinge open, hinge closed (30 deg), and open without
 one subunit -- projected analytically at random poses with CTF, shifts and noise, written as
 a RELION 3.1 project (particles.star + .mrcs stacks + true maps). Then
-``hetclass classify`` runs on it and the recovered classes are tabulated against the truth.
+``hetclass classify`` runs on it and the recovered classes are tabulated against the truth,
+in the terminal and in classify/report.html (with the confusion matrix and the adjusted Rand
+index). The demo always starts afresh: an existing non-empty --out needs --overwrite.
 
 Example:
   hetclass demo --out hetclass_demo
@@ -20,6 +22,7 @@ import time
 import numpy as np
 
 from hetclass.errors import InputError
+from hetclass.pipeline import ClassifyOptions
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +33,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--box", type=int, default=64, help="box size in pixels (64)")
     parser.add_argument("--pixel-size", type=float, default=3.0, help="pixel size in A (3.0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of simulation and classification")
+    parser.add_argument("--max-iter", type=int, default=ClassifyOptions.max_iter,
+                        help=f"maximum EM iterations ({ClassifyOptions.max_iter})")
     parser.add_argument("--threads", "-j", type=int, default=1)
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing non-empty --out (the demo always starts afresh)")
 
 
 def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
@@ -42,15 +48,16 @@ def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
 
 def main(args) -> int:
     from hetclass.phantoms import phantom_states
-    from hetclass.pipeline import ClassifyOptions, check_out_dir, load_particles, run_classify
+    from hetclass.pipeline import load_particles, run_classify
     from hetclass.simulate import simulate_dataset
 
-    from .progress import ProgressPrinter, print_class_table
+    from .classify_cmd import check_out
+    from .progress import ClassifyProgress, print_class_table
 
     if args.particles < 10:
         raise InputError("need at least 10 particles", field="--particles", value=args.particles)
     out = os.path.abspath(args.out)
-    check_out_dir(out, resume=False, overwrite=args.overwrite)
+    check_out(out, args.overwrite, note="the demo always starts afresh")
     t0 = time.time()
     states = phantom_states("demo")
     data_dir = os.path.join(out, "data")
@@ -62,25 +69,47 @@ def main(args) -> int:
                           threads=args.threads)
     t_sim = time.time() - t0
     particles = load_particles(ds.star_path, project_dir=data_dir)
-    options = ClassifyOptions(classes=len(states), seed=args.seed, threads=args.threads)
-    printer = ProgressPrinter(sys.stderr, options.max_iter)
+    options = ClassifyOptions(classes=len(states), seed=args.seed, threads=args.threads,
+                              max_iter=args.max_iter)
+    printer = ClassifyProgress(sys.stderr, options.max_iter)
     run_dir = os.path.join(out, "classify")
-    result = run_classify(particles, options, run_dir, overwrite=True, progress=printer)
-    printer.close()
+    try:
+        result = run_classify(particles, options, run_dir, overwrite=True, progress=printer)
+    finally:
+        printer.close()
     print_class_table(sys.stdout, result.em.stats, result.class_fractions, result.resolution_A,
-                      len(particles))
+                      len(particles), result.em.resolution_status, result.labels)
     truth_of = dict(zip(ds.image_names, ds.labels))
     truth = np.array([truth_of[name] for name in particles.image_names])
-    k = len(states)
-    table = np.zeros((len(ds.state_names), k), dtype=np.int64)
-    np.add.at(table, (truth, result.labels), 1)
-    print("\nrecovered versus true classes (rows: true state, columns: hetclass class)")
-    print(f"{'':>12}" + "".join(f"{'class ' + str(j + 1):>10}" for j in range(k)))
-    for i, name in enumerate(ds.state_names):
-        print(f"{name:>12}" + "".join(f"{v:>10d}" for v in table[i]))
+    _print_truth_table(truth, result.labels, ds.state_names, len(states))
     ari = adjusted_rand_index(truth, result.labels)
     print(f"\nadjusted Rand index vs truth: {ari:.3f}   "
           f"(simulation {t_sim:.0f} s, total {time.time() - t0:.0f} s)")
     print(f"results: {run_dir} (run_data.star, run_model.star, run_class*.mrc); "
           f"true maps: {data_dir}/true_*.mrc")
+    report = _truth_report(run_dir, result, truth, ds.state_names, ari)
+    if report:
+        print(f"report: {report} (open it in a web browser: recovered versus true classes, "
+              f"class sizes, FSC, maps)")
     return 0
+
+
+def _print_truth_table(truth, labels, state_names, k) -> None:
+    table = np.zeros((len(state_names), k), dtype=np.int64)
+    np.add.at(table, (truth, labels), 1)
+    print("\nrecovered versus true classes (rows: true state, columns: hetclass class)")
+    print(f"{'':>12}" + "".join(f"{'class ' + str(j + 1):>10}" for j in range(k)))
+    for i, name in enumerate(state_names):
+        print(f"{name:>12}" + "".join(f"{v:>10d}" for v in table[i]))
+
+
+def _truth_report(run_dir, result, truth, state_names, ari):
+    """Rewrite the run's report.html with the truth section; its path, or None."""
+    import json
+
+    from hetclass.reports.classify import Truth, write_report_or_warn
+    with open(os.path.join(run_dir, "run.json"), encoding="utf-8") as f:
+        run = json.load(f)
+    written = write_report_or_warn(run_dir, result.em, run,
+                                   Truth(labels=truth, state_names=list(state_names), ari=ari))
+    return written.get("report.html")

@@ -17,12 +17,13 @@ import argparse
 import os
 import sys
 
-from hetclass.pipeline import check_out_dir
 from hetclass.stability.replicates import parse_k_range
 
-from .classify_cmd import add_classify_options, add_input_options, load_from_args, options_from_args
+from .classify_cmd import (add_classify_options, add_input_options, check_out, load_from_args,
+                           options_from_args)
 from .mpi_run import agreed, args_comm, root_progress
-from .stability_cmd import ReplicateProgress, add_output_options, add_replicate_options
+from .progress import ReplicateProgress
+from .stability_cmd import add_output_options, add_replicate_options, print_report
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -48,18 +49,25 @@ def main(args) -> int:
     def setup():
         options = options_from_args(args, classes=2)
         k_scan = parse_k_range(args.k_scan)
-        check_out_dir(args.out, resume=False, overwrite=args.overwrite)
-        return options, k_scan, load_from_args(args)
+        check_out(args.out, args.overwrite, getattr(args, "resume", None))
+        return options, k_scan, load_from_args(args, warn=comm.is_root)
     options, k_scan, particles = agreed(comm, setup)
-    progress = root_progress(comm, None if args.quiet else ReplicateProgress(sys.stderr))
+    # a node scans K = 2 first: its replicates are the first phase's tasks
+    printer = None if args.quiet else ReplicateProgress(sys.stderr, options.max_iter,
+                                                        tasks=args.replicates)
     from hetclass.stability.exhaustive import exhaustive_job    # heavy: only when used
     from hetclass.stability.outputs import exhaustive_key_table
-    summary, _ = exhaustive_job(particles, options, args.out, args.min_class_size,
-                                args.max_depth, args.replicates, args.subsample, k_scan,
-                                args.null_splits, args.jobs, particles_path=args.particles,
-                                progress=progress, comm=comm)
+    try:
+        summary, _ = exhaustive_job(particles, options, args.out, args.min_class_size,
+                                    args.max_depth, args.replicates, args.subsample, k_scan,
+                                    args.null_splits, args.jobs, particles_path=args.particles,
+                                    progress=root_progress(comm, printer), comm=comm)
+    finally:
+        if printer is not None:
+            printer.close()
     if summary is None:      # MPI rank other than 0: rank 0 reports
         return 0
     print(exhaustive_key_table(summary))
     print(f"outputs in {os.path.abspath(args.out)} (tree.json, leaf*.star, leaf*.mrc, report.html)")
+    print_report(args.out, summary)
     return 0

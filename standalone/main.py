@@ -18,6 +18,7 @@ from hetclass import __version__
 from hetclass.errors import InputError
 from hetclass.io.lock import lock_output
 
+from .messages import OneLineParser, one_line_warnings
 from .mpi_run import comm_from_args, launcher_rank, run_command
 
 # sub-command name -> module inside this package
@@ -45,7 +46,7 @@ def _available():
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(   # argument errors: one line, exit 2 (sub-commands inherit it)
         prog="hetclass", description="Fixed-pose 3D classification and replicate stability for cryo-EM.")
     parser.add_argument("--version", action="version", version=f"hetclass {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -71,7 +72,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"hetclass {args.command}: error: {exc.one_line()}", file=sys.stderr)
         return 2
     args.comm = comm
-    return run_command(args.command, comm, lambda: _run_locked(args, comm))
+    with one_line_warnings(f"hetclass {args.command}"):
+        return run_command(args.command, comm, lambda: _run_locked(args, comm))
 
 
 def _run_locked(args, comm) -> int:

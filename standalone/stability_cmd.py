@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 from hetclass.errors import InputError
-from hetclass.pipeline import check_out_dir
 from hetclass.stability.replicates import parse_k_range
 
-from .classify_cmd import add_classify_options, add_input_options, load_from_args, options_from_args
+from .classify_cmd import (add_classify_options, add_input_options, check_out, load_from_args,
+                           options_from_args)
 from .mpi_run import agreed, args_comm, root_progress
+from .progress import ReplicateProgress
 
 
 def add_replicate_options(parser: argparse.ArgumentParser) -> None:
@@ -48,30 +48,6 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--quiet", "-q", action="store_true", help="no progress output")
 
 
-class ReplicateProgress:
-    """Progress callback: one line per finished replicate, K and node."""
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.t0 = time.time()
-
-    def __call__(self, event: str, **info) -> None:
-        t = time.time() - self.t0
-        if event == "replicate":
-            self.stream.write(f"  K={info['k']}: replicate {info['done']}/{info['total']} done "
-                              f"({info['seconds']:.1f} s) [{t:7.1f} s]\n")
-        elif event == "k_done":
-            state = "all classes stable" if info["all_stable"] else "not all classes stable"
-            self.stream.write(f"K={info['k']}: {state} ({info['seconds']:.1f} s)\n")
-        elif event == "node":
-            what = "split" if info["decision"] == "split" else f"leaf ({info['reason']})"
-            self.stream.write(f"node {info['id']} ({info['n_particles']} particles): {what} "
-                              f"[{t:7.1f} s]\n")
-        else:
-            return
-        self.stream.flush()
-
-
 def add_args(parser: argparse.ArgumentParser) -> None:
     add_input_options(parser)
     g = parser.add_argument_group("stability")
@@ -91,20 +67,35 @@ def main(args) -> int:
     def setup():
         k_values = parse_k_range(args.classes)
         options = options_from_args(args, classes=max(k_values))
-        check_out_dir(args.out, resume=False, overwrite=args.overwrite)
+        check_out(args.out, args.overwrite, getattr(args, "resume", None))
         if args.jobs is not None and args.jobs < 1:
             raise InputError("must be >= 1", field="--jobs", value=args.jobs)
-        return k_values, options, load_from_args(args)
+        return k_values, options, load_from_args(args, warn=comm.is_root)
     k_values, options, particles = agreed(comm, setup)
-    progress = root_progress(comm, None if args.quiet else ReplicateProgress(sys.stderr))
+    printer = None if args.quiet else ReplicateProgress(
+        sys.stderr, options.max_iter, tasks=len(k_values) * args.replicates)
     from hetclass.stability.analysis import stability_job      # heavy: only when used
     from hetclass.stability.outputs import stability_key_tables
-    summary, _ = stability_job(particles, options, args.out, k_values, args.replicates,
-                               args.subsample, args.jobs, args.core_stability,
-                               particles_path=args.particles, progress=progress, comm=comm)
+    try:
+        summary, _ = stability_job(particles, options, args.out, k_values, args.replicates,
+                                   args.subsample, args.jobs, args.core_stability,
+                                   particles_path=args.particles,
+                                   progress=root_progress(comm, printer), comm=comm)
+    finally:
+        if printer is not None:
+            printer.close()
     if summary is None:      # MPI rank other than 0: rank 0 reports
         return 0
     print(stability_key_tables(summary))
     print(f"outputs in {os.path.abspath(args.out)} (consensus_data.star, summary.json, "
           f"report.html)")
+    print_report(args.out, summary)
     return 0
+
+
+def print_report(out: str, summary: dict) -> None:
+    """The last line of a run: where its report is (nothing when it could not be written:
+    a warning said why)."""
+    path = os.path.abspath(os.path.join(out, "report.html"))
+    if os.path.isfile(path):
+        print(f"report: {path} (open it in a web browser)")

@@ -135,3 +135,75 @@ def test_report_uses_no_pyplot():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+# ----- readable reports (issue 14) ---------------------------------------------------------------
+def test_stability_report_tables_not_json(tmp_path):
+    """Evidence and files are tables (JSON stays in summary.json); whatever new field or new
+    piece of evidence the summary holds appears as a row or column."""
+    rng = np.random.default_rng(3)
+    result = _fake_result(rng)
+    summary = _summary(result)
+    summary["evidence"] = dict(summary["evidence"])
+    summary["evidence"]["permutation_test"] = {"p_value": 0.0123, "n_permutations": 200,
+                                               "per_k": {"2": {"p_value": 0.01, "stat": 3.5},
+                                                         "3": {"p_value": 0.4, "stat": 0.2}}}
+    summary["per_k"]["2"]["split_p_value"] = 0.0321
+    summary["classes"][0]["core_resolution_status"] = "crop_limit"
+    summary["files"] = {"consensus_data.star": "consensus_data.star",
+                        "stable_core_class001.star": "stable_core_class001.star",
+                        "summary.json": "summary.json"}
+    path = tmp_path / "report.html"
+    write_stability_report(path, summary, result, [], {}, 12, 4.0)
+    text = path.read_text(encoding="utf-8")
+    assert "<pre>" not in text and '"stability_vs_k"' not in text
+    for key in summary["evidence"]:
+        assert f"({key})</h3>" in text
+    new = text.split("(permutation_test)</h3>", 1)[1].split("<h3>", 1)[0]
+    assert "p value" in new and "0.0123" in new and "n permutations" in new and "200" in new
+    assert "<th>split p value</th>" in text and "0.032" in text          # new per-K column
+    assert "≤ 12.5 Å (crop limit)" in text                                 # core resolution
+    files = text.split("<h2>Files</h2>", 1)[1]
+    assert "<td>stable_core_class001.star</td><td>the particles of a class" in files
+
+
+def _chain_tree(n_leaves):
+    """A tree of 2 * n_leaves - 1 nodes: a root split into pairs down to n_leaves leaves."""
+    def node(i, depth, children=()):
+        return {"id": i, "depth": depth, "n_particles": 1000, "decision":
+                "split" if children else "leaf", "reason": None if children else
+                "no significant map difference", "resolution_A": 9.5,
+                "stability": {"min_class_jaccard": 0.91}, "verdict": {"chosen_k": 2},
+                "children": list(children)}
+    level = [node(f"1.{i}", 3) for i in range(n_leaves)]
+    depth = 2
+    while len(level) > 1:
+        level = [node(f"n{depth}.{i}", depth, level[i:i + 2]) for i in range(0, len(level), 2)]
+        depth -= 1
+    return level[0]
+
+
+def test_tree_of_fifteen_nodes_is_readable():
+    fig = fig_tree(_chain_tree(8))                              # 15 nodes, 4 levels
+    width_in, _ = fig.get_size_inches()
+    assert width_in <= 12.0                                     # shown without shrinking
+    fig.canvas.draw()
+    texts = [t for t in fig.axes[0].texts]
+    assert len(texts) == 15 and min(t.get_fontsize() for t in texts) >= 8
+    boxes = [t.get_bbox_patch().get_window_extent() for t in texts]
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            assert not boxes[i].overlaps(boxes[j]), (texts[i].get_text(), texts[j].get_text())
+
+
+def test_stability_histogram_bins_are_the_attainable_values():
+    from hetclass.stability.report import fig_stability_hist, stability_bins
+    s = np.array([1.0] * 50 + [0.75] * 10 + [0.25] * 3)
+    edges = stability_bins(s, 4)
+    np.testing.assert_allclose((edges[:-1] + edges[1:]) / 2, [0, 0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(stability_bins(np.array([0.33, 0.5, 0.9]), 4),
+                               np.linspace(0, 1, 21))
+    fig = fig_stability_hist(s, np.linspace(0.5, 1, s.size), 2, 0.8, 4)
+    heights = [p.get_height() for p in fig.axes[0].patches]
+    assert heights == [0, 3, 0, 10, 50]
+    assert len(fig.axes) == 2                                   # posterior panel

@@ -188,8 +188,9 @@ def explore(prepared, options, rows: Optional[Sequence[int]] = None, min_class_s
 
     ``k_scan`` the K values tried at each node, smallest first; the first reproducible one
     is used (2 must be among them).
-    ``progress`` receives the replicate events plus ``("node", id, n_particles,
-    decision, reason)`` when a node is decided. ``fit``/``reconstruct`` replace the
+    ``progress`` receives the replicate events, ``("node_start", id, n_particles, tasks)``
+    before a node's replicates and ``("node", id, n_particles, decision, reason)`` when a
+    node is decided. ``fit``/``reconstruct`` replace the
     engine's functions (tests). ``groups`` (MPI): rank groups for the replicates; every
     rank calls this and returns the same tree.
     """
@@ -221,6 +222,8 @@ def explore(prepared, options, rows: Optional[Sequence[int]] = None, min_class_s
         return finish("leaf", "too small")
     if depth >= max_depth:
         return finish("leaf", "max depth")
+    if progress is not None:   # the replicates that follow belong to this node
+        progress("node_start", id=node_id, n_particles=node.n_particles, tasks=n_replicates)
 
     scan = {}
     chosen = None

@@ -149,6 +149,8 @@ def write_stability_outputs(out_dir: str, particles, prepared, result, options,
             files[core_star_name(c)] = p
             col = have.index(c)
             info["core_resolution_A"] = _r(rec.resolution_A[col], 2)
+            if getattr(rec, "resolution_status", None):   # measured / crop_limit / unmeasured
+                info["core_resolution_status"] = rec.resolution_status[col]
             info["core_star"] = core_star_name(c)
             info["map"] = class_map_name(c)
             info["half_maps"] = [half_map_name(0, c), half_map_name(1, c)]

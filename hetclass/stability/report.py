@@ -1,44 +1,36 @@
-"""``report.html``: a self-contained page (opens from disk) with the stability figures.
+"""``report.html`` of ``stability`` and ``exhaustive``: a self-contained page (opens from
+disk) with the verdict, tables and figures; every number also stays in ``summary.json`` /
+``tree.json``.
 
-Figures use matplotlib's object API only (``matplotlib.figure.Figure`` rendered by the Agg
-canvas; no pyplot, no global state) and are embedded as base64 PNG ``data:`` URIs, so the
-page has no external files. The same key tables are printed by the command line
-(:func:`format_key_tables`).
+The page is driven by the summary dict: the per-K and class tables show their known columns
+first and then any further scalar field of the records; the evidence behind the verdict is
+rendered generically (one table per piece of evidence, whatever keys it holds), so new fields
+and new kinds of evidence appear without touching this module. Page, tables and the PNG
+embedding come from :mod:`hetclass.reports.page`; the key tables are also printed by the
+command line (:func:`format_key_tables`).
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
-import json
-from typing import Dict, Iterable, List, Optional, Sequence
+import warnings
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..io.atomic import atomic_write_text
+from ..errors import HetclassWarning
+from ..reports.figures import fig_fsc, fig_map_views
+from ..reports.labels import resolution_text
+from ..reports.page import (Page, describe, failure_line, figure_to_data_uri,  # noqa: F401
+                            fmt_value, html_table, humanise, new_figure, text_table, value_html)
 from .scores import BANDS
 
 _BAND_COLOURS = {"highly stable": "#1a9850", "stable": "#91cf60", "doubtful": "#fee08b",
                  "unstable": "#d73027"}
 
 
-# ----- figure helpers ------------------------------------------------------------------------
-def new_figure(width_in: float = 6.0, height_in: float = 4.0) -> Figure:
-    fig = Figure(figsize=(width_in, height_in), dpi=90)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def figure_to_data_uri(fig: Figure) -> str:
-    """PNG of ``fig`` as a ``data:image/png;base64,...`` URI."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
+# ----- figures -----------------------------------------------------------------------------
 def fig_class_sizes(histories: Sequence[Sequence[dict]], perms: np.ndarray, k: int) -> Figure:
     """Class fractions per EM iteration, one line per replicate, coloured by consensus class.
 
@@ -59,8 +51,9 @@ def fig_class_sizes(histories: Sequence[Sequence[dict]], perms: np.ndarray, k: i
                     label=f"class {c + 1}" if r == 0 else None)
     ax.set_xlabel("EM iteration")
     ax.set_ylabel("class fraction")
-    ax.set_title(f"K = {k}: class sizes per iteration (lines = replicates)")
+    ax.set_title(f"K = {k}: class sizes per iteration (lines = replicates)", fontsize=10)
     ax.legend(fontsize=7, ncol=min(k, 4))
+    ax.grid(alpha=0.3)
     return fig
 
 
@@ -98,27 +91,68 @@ def mean_pair_jaccard_matrix(aligned: np.ndarray, k: int) -> np.ndarray:
     return acc / max(count, 1)
 
 
-def fig_stability_hist(stability: np.ndarray, max_posterior: Optional[np.ndarray], k: int) -> Figure:
-    """Histogram of per-particle stability, with the mean max posterior per bin."""
-    fig = new_figure(5.5, 3.3)
-    ax = fig.add_subplot()
+def stability_bins(stability: np.ndarray, n_replicates: Optional[int] = None) -> np.ndarray:
+    """Bin edges over [0, 1]: one bin centred on each attainable value j / R when every
+    value is such a multiple (R = ``n_replicates`` <= 20), else 20 equal bins."""
     s = stability[np.isfinite(stability)]
-    values, counts = np.unique(s, return_counts=True)
-    if values.size <= 12:            # R replicates give at most R + 1 distinct values
-        width = 0.8 * (np.min(np.diff(values)) if values.size > 1 else 0.1)
-        ax.bar(values, counts, width=width, color="#4575b4", alpha=0.85)
-    else:
-        ax.hist(s, bins=20, color="#4575b4", alpha=0.85)
+    if n_replicates and 1 <= n_replicates <= 20:
+        step = 1.0 / n_replicates
+        if np.allclose(s / step, np.round(s / step), atol=1e-6):
+            centres = np.arange(n_replicates + 1) * step
+            return np.concatenate([centres - step / 2, [1 + step / 2]])
+    return np.linspace(0, 1, 21)
+
+
+def fig_stability_hist(stability: np.ndarray, max_posterior: Optional[np.ndarray], k: int,
+                       core_threshold: Optional[float] = None,
+                       n_replicates: Optional[int] = None) -> Figure:
+    """Left: histogram of per-particle stability over [0, 1] (counts written on the bars,
+    the stable-core threshold marked). Right: the largest class probability of the particles
+    at or above the threshold versus those below it (when posteriors are given)."""
+    s_all = np.asarray(stability, dtype=float)
+    ok = np.isfinite(s_all)
+    s = s_all[ok]
+    has_post = max_posterior is not None and np.any(np.isfinite(max_posterior))
+    fig = new_figure(9.5 if has_post else 5.5, 3.4)
+    axes = fig.subplots(1, 2 if has_post else 1)
+    ax = axes[0] if has_post else axes
+    edges = stability_bins(s_all, n_replicates)
+    counts, _, bars = ax.hist(s, bins=edges, color="#4575b4", edgecolor="white")
+    log = bool(s.size) and counts.max() > 0.8 * s.size and np.count_nonzero(counts) > 1
+    if log:                        # one bin holds most particles: a log scale shows the rest
+        ax.set_yscale("log")
+    for c, bar in zip(counts, bars):
+        if c > 0:
+            ax.text(bar.get_x() + bar.get_width() / 2, c, f"{int(c)}", ha="center",
+                    va="bottom", fontsize=7)
+    if core_threshold is not None:
+        ax.axvline(core_threshold, color="#d73027", ls="--", lw=1)
+        ax.text(core_threshold, ax.get_ylim()[1] * 0.97, " core threshold", color="#d73027",
+                fontsize=7, va="top", ha="right")
+    ax.set_xlim(edges[0], edges[-1])
     ax.set_xlabel("per-particle stability (fraction of replicates agreeing)")
-    ax.set_ylabel("particles")
-    ax.set_title(f"K = {k}: per-particle stability", fontsize=9)
-    if max_posterior is not None and np.any(np.isfinite(max_posterior)) and values.size <= 12:
-        ax2 = ax.twinx()
-        ok = np.isfinite(stability) & np.isfinite(max_posterior)
-        means = [np.mean(max_posterior[ok & (stability == v)]) for v in values]
-        ax2.plot(values, means, "o-", color="#d73027", label="mean max posterior")
-        ax2.set_ylim(0, 1.05)
-        ax2.set_ylabel("mean max posterior", color="#d73027")
+    ax.set_ylabel("particles (log scale)" if log else "particles")
+    ax.set_title(f"K = {k}: per-particle stability ({s.size} particles, mean "
+                 f"{s.mean() if s.size else float('nan'):.2f})", fontsize=9)
+    if has_post:
+        mp = np.asarray(max_posterior, dtype=float)
+        thr = 0.8 if core_threshold is None else core_threshold
+        both = ok & np.isfinite(mp)
+        stable, unstable = mp[both & (s_all >= thr)], mp[both & (s_all < thr)]
+        bins = np.linspace(min(1.0 / max(k, 1), float(np.nanmin(mp[both])) if both.any() else 0),
+                           1, 21)
+        axes[1].hist([stable, unstable], bins=bins, stacked=True,
+                     color=["#1a9850", "#d73027"], edgecolor="white",
+                     label=[f"stability >= {thr:g} ({stable.size})",
+                            f"stability < {thr:g} ({unstable.size})"])
+        log2 = max(stable.size, unstable.size) > 0.8 * max(both.sum(), 1)
+        if log2:
+            axes[1].set_yscale("log")
+        axes[1].set_xlabel("largest class probability (mean over replicates)")
+        axes[1].set_ylabel("particles (log scale)" if log2 else "particles")
+        axes[1].set_title("assignment confidence of stable and unstable particles", fontsize=9)
+        axes[1].legend(fontsize=7)
+    fig.tight_layout()
     return fig
 
 
@@ -147,102 +181,83 @@ def fig_stability_vs_k(per_k_summary: Dict[str, dict]) -> Figure:
     return fig
 
 
-def fig_fsc(curves: Dict[str, np.ndarray], box_px: int, pixel_size_A: float,
-            title: str = "FSC", threshold: Optional[float] = 0.143) -> Figure:
-    """FSC curves against spatial frequency (1/A); ``curves`` label -> (n_shells,)."""
-    fig = new_figure(5.5, 3.5)
-    ax = fig.add_subplot()
-    for label, c in curves.items():
-        c = np.asarray(c, dtype=float)
-        freq = np.arange(c.size) / (box_px * pixel_size_A)
-        ax.plot(freq, c, label=label)
-    if threshold is not None:
-        ax.axhline(threshold, color="grey", lw=0.8, ls="--")
-    ax.set_ylim(-0.1, 1.02)
-    ax.set_xlabel("spatial frequency (1/A)")
-    ax.set_ylabel("FSC")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    return fig
+_LEAF_COLOURS = {"too small": "#d9d9d9", "max depth": "#d9d9d9",
+                 "unstable split": "#fdd0a2", "continuous": "#dadaeb",
+                 "no significant map difference": "#c6dbef"}
+_SPLIT_COLOUR = "#c7e9c0"
 
 
-def fig_central_slices(maps: Sequence[np.ndarray], names: Sequence[str]) -> Figure:
-    """Central z, y and x slices of every map (rows = maps)."""
-    n = len(maps)
-    fig = new_figure(5.4, 1.9 * max(n, 1))
-    for i, (m, name) in enumerate(zip(maps, names)):
-        m = np.asarray(m, dtype=float)
-        c = m.shape[0] // 2
-        for j, (sl, axis) in enumerate(((m[c], "z"), (m[:, c], "y"), (m[:, :, c], "x"))):
-            ax = fig.add_subplot(max(n, 1), 3, 3 * i + j + 1)
-            ax.imshow(sl, cmap="gray", origin="lower")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j == 0:
-                ax.set_ylabel(name, fontsize=8)
-            if i == 0:
-                ax.set_title(f"central {axis} slice", fontsize=8)
-    return fig
+def tree_layout(tree: dict) -> Tuple[Dict[str, Tuple[float, float]], int, int]:
+    """``({node id: (x = depth, y = row)}, n_leaves, n_levels)``: leaves on consecutive
+    rows, a parent centred on its children (root on the left, leaves on the right)."""
+    pos: Dict[str, Tuple[float, float]] = {}
+    counter = [0]
+    depth_max = [0]
+
+    def place(node, depth) -> float:
+        depth_max[0] = max(depth_max[0], depth)
+        if not node["children"]:
+            y = float(counter[0])
+            counter[0] += 1
+        else:
+            y = float(np.mean([place(c, depth + 1) for c in node["children"]]))
+        pos[node["id"]] = (float(depth), y)
+        return y
+
+    place(tree, 0)
+    return pos, max(counter[0], 1), depth_max[0] + 1
+
+
+def node_label(node: dict) -> str:
+    """Three lines: id and size, K=2 stability and resolution, decision."""
+    stab = node.get("stability") or {}
+    j = stab.get("min_class_jaccard")
+    res = node.get("resolution_A")
+    second = [] if j is None else [f"J(K=2) {j:.2f}"]
+    if res is not None:
+        second.append(f"{res:.1f} Å")
+    chosen = (node.get("verdict") or {}).get("chosen_k")
+    third = (f"split into {chosen}" if node["decision"] == "split" and chosen
+             else "split" if node["decision"] == "split" else f"leaf: {node.get('reason')}")
+    return "\n".join([f"node {node['id']}  ({node['n_particles']} particles)",
+                      "  ".join(second) or "-", third])
 
 
 def fig_tree(tree: dict) -> Figure:
-    """The exhaustive splitting tree: one box per node (id, size, K=2 stability,
-    resolution, decision or leaf reason). ``tree`` is a node dict of ``tree.json``."""
-    levels: Dict[int, List[dict]] = {}
-    xs: Dict[str, float] = {}
-    counter = [0]
-
-    def place(node, depth):
-        levels.setdefault(depth, []).append(node)
-        if not node["children"]:
-            xs[node["id"]] = counter[0]
-            counter[0] += 1
-        else:
-            for c in node["children"]:
-                place(c, depth + 1)
-            xs[node["id"]] = float(np.mean([xs[c["id"]] for c in node["children"]]))
-
-    place(tree, 0)
-    width = max(counter[0], 1)
-    depth = max(levels) + 1
-    fig = new_figure(max(4.0, 2.4 * width), 1.6 * depth + 0.6)
+    """The exhaustive splitting tree, root on the left: one box per node (id, size, weakest
+    class Jaccard at K=2, resolution, decision or leaf reason), coloured by decision.
+    ``tree`` is a node dict of ``tree.json``. Rows grow with the leaves and columns with the
+    depth, so the text keeps its size for large trees."""
+    pos, n_leaves, n_levels = tree_layout(tree)
+    fig = new_figure(min(2.9 * n_levels + 0.4, 12.0), 0.95 * n_leaves + 0.7)
     ax = fig.add_subplot()
-    ax.set_xlim(-0.6, width - 0.4)
-    ax.set_ylim(-depth + 0.4, 0.6)
+    ax.set_xlim(-0.5, n_levels - 0.5)
+    ax.set_ylim(n_leaves - 0.5, -0.6)
     ax.axis("off")
+    half_w = 0.42
 
-    def draw(node, d):
-        x, y = xs[node["id"]], -d
+    def draw(node):
+        x, y = pos[node["id"]]
         for c in node["children"]:
-            ax.plot([x, xs[c["id"]]], [y - 0.22, -(d + 1) + 0.22], color="grey", lw=1)
-            draw(c, d + 1)
-        stab = node.get("stability") or {}
-        j = stab.get("min_class_jaccard")
-        res = node.get("resolution_A")
-        lines = [f"node {node['id']}  n={node['n_particles']}",
-                 "J(K=2) " + ("-" if j is None else f"{j:.2f}")
-                 + ("" if res is None else f"  {res:.1f} A"),
-                 "split" if node["decision"] == "split" else f"leaf: {node['reason']}"]
-        colour = "#d9ef8b" if node["decision"] == "split" else "#e0e0e0"
-        ax.text(x, y, "\n".join(lines), ha="center", va="center", fontsize=7,
-                bbox=dict(boxstyle="round,pad=0.3", fc=colour, ec="grey"))
+            cx, cy = pos[c["id"]]
+            mid = x + 0.5
+            ax.plot([x + half_w, mid, mid, cx - half_w], [y, y, cy, cy], color="grey", lw=1,
+                    zorder=1)
+            draw(c)
+        colour = (_SPLIT_COLOUR if node["decision"] == "split"
+                  else _LEAF_COLOURS.get(node.get("reason"), "#e0e0e0"))
+        ax.text(x, y, node_label(node), ha="center", va="center", fontsize=8.5, zorder=2,
+                linespacing=1.3, bbox=dict(boxstyle="round,pad=0.35", fc=colour, ec="grey"))
 
-    draw(tree, 0)
-    ax.set_title("exhaustive splitting tree", fontsize=9)
+    draw(tree)
+    ax.set_title("exhaustive splitting tree (green: split; other colours: leaf, by reason)",
+                 fontsize=10)
     return fig
 
 
 # ----- tables ------------------------------------------------------------------------------
 def _fmt(v, spec=".3f"):
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return "-" if not np.isfinite(v) else format(float(v), spec)
-    return str(v)
+    return fmt_value(v, spec)
 
 
 PER_K_COLUMNS = (("K", "k"), ("all stable", "all_stable"), ("min J", "min_class_jaccard"),
@@ -252,20 +267,40 @@ PER_K_COLUMNS = (("K", "k"), ("all stable", "all_stable"), ("min J", "min_class_
 CLASS_COLUMNS = (("class", "class_number"), ("particles", "size"), ("fraction", "fraction"),
                  ("J mean", "jaccard_mean"), ("J min", "jaccard_min"), ("band", "band"),
                  ("overlap pass", "random_overlap_pass_fraction"), ("core", "core_size"),
-                 ("max post.", "mean_max_posterior"), ("core res. A", "core_resolution_A"))
+                 ("max post.", "mean_max_posterior"), ("core res.", "core_resolution_A"))
+# shown elsewhere or redundant: never extra columns
+_NOT_EXTRA = {"core_resolution_status", "half_maps"}
+
+
+def _cell(record: dict, key: str, html_text: bool = False) -> str:
+    value = record.get(key)
+    if key == "core_resolution_A" and "core_resolution_status" in record:
+        return resolution_text(value, record["core_resolution_status"], html=html_text)
+    return _fmt(value)
 
 
 def table_rows(records: Iterable[dict], columns) -> List[List[str]]:
-    return [[_fmt(r.get(key)) for _, key in columns] for r in records]
+    return [[_cell(r, key) for _, key in columns] for r in records]
 
 
-def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(header)]
-    line = "  ".join(h.rjust(w) for h, w in zip(header, widths))
-    out = [line]
-    out += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(out)
+def extra_columns(records: Sequence[dict], columns) -> List[Tuple[str, str]]:
+    """Scalar fields of ``records`` that ``columns`` does not show (new fields appear)."""
+    known = {key for _, key in columns} | _NOT_EXTRA
+    extra: List[Tuple[str, str]] = []
+    for r in records:
+        for key, v in r.items():
+            if key not in known and (v is None or isinstance(v, (str, bool, int, float))) \
+                    and key not in {k for _, k in extra}:
+                extra.append((humanise(key), key))
+    return extra
+
+
+def records_table(records: Sequence[dict], columns, colour_column: Optional[int] = None) -> str:
+    """HTML table of ``records``: ``columns`` first, then every further scalar field."""
+    cols = list(columns) + extra_columns(records, columns)
+    rows = [[_cell(r, key, html_text=True) for _, key in cols] for r in records]
+    return html_table([h for h, _ in cols], rows, cell_colours=_BAND_COLOURS,
+                      colour_column=colour_column)
 
 
 def format_key_tables(summary: dict) -> str:
@@ -285,95 +320,77 @@ def format_key_tables(summary: dict) -> str:
     return "\n".join(parts)
 
 
-def html_table(header: Sequence[str], rows: Sequence[Sequence[str]],
-               band_column: Optional[int] = None) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = []
-    for r in rows:
-        cells = []
-        for i, c in enumerate(r):
-            style = ""
-            if band_column is not None and i == band_column and c in _BAND_COLOURS:
-                style = f' style="background:{_BAND_COLOURS[c]}"'
-            cells.append(f"<td{style}>{html.escape(c)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+# what each piece of evidence of the verdict is (hetclass.stability.verdict); a piece not
+# listed is shown under its own name
+EVIDENCE_TITLES = {
+    "stability_vs_k": "How the agreement between replicates changes with K",
+    "map_path": "Do the class maps lie on a path (a continuum) or apart?",
+    "neighbour_disagreement": "Are disagreements between replicates concentrated between "
+                              "neighbouring classes?",
+    "posterior_spread": "How confidently particles are assigned",
+    "within_class_paths": "Paths inside the classes",
+    "split_map_signal": "Do the maps of a K = 2 split differ beyond noise?",
+    "map_extrapolation": "Map extrapolation along the path",
+}
+_BULKY = ("distance_matrix",)   # stays in summary.json
+
+FILE_DESCRIPTIONS = {
+    "consensus_data.star": "every particle with its consensus class and stability",
+    "consensus_class*.mrc": "map of a consensus class (its stable core)",
+    "consensus_half*_class*_unfil.mrc": "half-set map of a consensus class",
+    "stable_core_class*.star": "the particles of a class's stable core",
+    "continuous_particles.star": "particles of the continuous part (for cryoDRGN / 3DVA)",
+    "replicate_labels.npz": "every replicate's labels and posteriors",
+    "summary.json": "every number of this report (schema: docs/stability.md)",
+    "report.html": "this report",
+    "leaves_data.star": "every particle with its leaf number",
+    "leaf*_half*_unfil.mrc": "half-set map of a leaf",
+    "leaf*.star": "the particles of a leaf",
+    "leaf*.mrc": "map of a leaf",
+    "tree.json": "the tree with every node's numbers (schema: docs/stability.md)",
+    "*.cs": "CryoSPARC particles", "*.csg": "CryoSPARC group file (Import Result Group)",
+}
 
 
-# ----- page --------------------------------------------------------------------------------
-_CSS = """body{font-family:sans-serif;max-width:1100px;margin:1em auto;color:#222}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #bbb;padding:2px 6px;
-text-align:right;font-size:13px}th{background:#eee}img{max-width:100%;margin:4px}
-pre{background:#f6f6f6;padding:6px;font-size:12px;overflow-x:auto}.verdict{font-size:1.2em}
-.note{background:#fff3cd;padding:6px;border:1px solid #e0c060}"""
+def evidence_section(page: Page, evidence: dict) -> None:
+    """One table per piece of evidence, whatever keys it holds."""
+    page.heading("Evidence behind the verdict")
+    page.paragraph("Each piece of evidence the verdict weighed, with its numbers (the same "
+                   "content as the 'evidence' of summary.json, large matrices left out).",
+                   "small")
+    for key, value in (evidence or {}).items():
+        page.heading(EVIDENCE_TITLES.get(key, humanise(key).capitalize()) + f" ({key})", 3)
+        if value is None or (isinstance(value, (dict, list)) and not value):
+            page.paragraph("not evaluated for this run")
+        else:
+            page.values(value, skip=_BULKY)
 
 
-class Page:
-    """Accumulates sections, then writes one self-contained HTML file atomically."""
-
-    def __init__(self, title: str):
-        self.title = title
-        self.parts: List[str] = []
-
-    def heading(self, text: str, level: int = 2) -> None:
-        self.parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
-
-    def paragraph(self, text: str, css_class: Optional[str] = None) -> None:
-        cls = f' class="{css_class}"' if css_class else ""
-        self.parts.append(f"<p{cls}>{html.escape(text)}</p>")
-
-    def raw(self, markup: str) -> None:
-        self.parts.append(markup)
-
-    def figure(self, fig: Figure, alt: str) -> None:
-        self.parts.append(f'<img alt="{html.escape(alt)}" src="{figure_to_data_uri(fig)}">')
-
-    def pre(self, obj) -> None:
-        text = obj if isinstance(obj, str) else json.dumps(obj, indent=1, default=_json_default)
-        self.parts.append(f"<pre>{html.escape(text)}</pre>")
-
-    def html(self) -> str:
-        return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-                f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>"
-                f"<h1>{html.escape(self.title)}</h1>" + "\n".join(self.parts) + "</body></html>\n")
-
-    def write(self, path) -> None:
-        atomic_write_text(path, self.html())
+def files_section(page: Page, files: Dict[str, str]) -> None:
+    page.heading("Files")
+    rows = [[str(path), describe(str(name), FILE_DESCRIPTIONS)] for name, path in files.items()]
+    page.table(["file", "what it is"], rows, css_class="kv")
 
 
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+def _warn_failures(what: str, page: Page) -> None:
+    if page.failures:
+        warnings.warn(failure_line(what, page.failures), HetclassWarning, stacklevel=3)
 
 
-def _strip_big(evidence: dict) -> dict:
-    """Evidence without the bulky distance matrices (they stay in summary.json)."""
-    def clean(v):
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items() if k not in ("distance_matrix",)}
-        return v
-    return clean(evidence)
-
-
+# ----- pages -------------------------------------------------------------------------------
 def write_stability_report(path, summary: dict, result, class_maps: Sequence[np.ndarray],
                            class_fsc: Dict[str, np.ndarray], map_box_px: int,
                            map_pixel_size_A: float) -> None:
-    """The stability report: verdict, key tables, and every figure.
+    """The stability report: verdict, key tables, every figure, the evidence and the files.
 
     ``summary`` the content of summary.json; ``result`` the
     :class:`hetclass.stability.analysis.StabilityResult`; ``class_maps`` the consensus
     (stable-core) class maps and ``class_fsc`` their half-map FSC curves (label -> curve)
-    at ``map_box_px`` / ``map_pixel_size_A``.
+    at ``map_box_px`` / ``map_pixel_size_A``. A figure that fails is a note on the page and
+    one warning line.
     """
     page = Page("hetclass stability report")
-    page.paragraph(f"{summary['input']['n_particles']} particles, K = "
-                   f"{', '.join(str(k) for k in summary['parameters']['k_values'])}, "
-                   f"{summary['parameters']['replicates']} replicates, subsample "
-                   f"{summary['parameters']['subsample'] or 1.0}, seed "
-                   f"{summary['parameters']['seed']}.")
+    params = summary["parameters"]
     page.raw(f"<p class=\"verdict\">Recommended classes: <b>{summary['recommended_classes']}"
              f"</b> &mdash; heterogeneity: <b>{html.escape(summary['heterogeneity'])}</b></p>")
     page.raw("<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in summary["reasons"]) + "</ul>")
@@ -382,70 +399,113 @@ def write_stability_report(path, summary: dict, result, class_maps: Sequence[np.
         page.paragraph(f"Continuous heterogeneity: {cont['n_particles']} particles written to "
                        f"{cont['star']}, ready for cryoDRGN or cryoSPARC 3D variability "
                        "analysis; discrete classes of this part only bin a continuum.", "note")
+    facts = {"input": (summary.get("input") or {}).get("particles"),
+             "particles": (summary.get("input") or {}).get("n_particles"),
+             "K values": ", ".join(str(k) for k in params["k_values"]),
+             "replicates per K": params.get("replicates"),
+             "subsample": params.get("subsample") or 1.0, "seed": params.get("seed"),
+             "stable core: agreement needed": params.get("core_min_stability"),
+             "time (s)": sum((summary.get("timings_s") or {}).values()) or None}
+    page.values({k: v for k, v in facts.items() if v is not None})
 
     page.heading("Stability per K")
     per_k = [summary["per_k"][k] for k in sorted(summary["per_k"], key=int)]
-    page.raw(html_table([h for h, _ in PER_K_COLUMNS], table_rows(per_k, PER_K_COLUMNS)))
+    page.raw(records_table(per_k, PER_K_COLUMNS))
     if len(per_k) > 1:
-        page.figure(fig_stability_vs_k(summary["per_k"]), "stability versus K")
+        page.figure(lambda: fig_stability_vs_k(summary["per_k"]), "stability versus K")
 
     k = summary["consensus_k"]
     page.heading(f"Classes at K = {k}")
-    page.raw(html_table([h for h, _ in CLASS_COLUMNS],
-                        table_rows(summary["classes"], CLASS_COLUMNS), band_column=5))
+    page.raw(records_table(summary["classes"], CLASS_COLUMNS, colour_column=5))
     scores = result.per_k.get(k)
     run = result.runs.get(k)
     if run is not None and scores is not None:
-        page.figure(fig_class_sizes(run.histories, scores.perms, k), "class sizes per iteration")
-        page.figure(fig_matrix(mean_pair_jaccard_matrix(scores.aligned, k),
-                               "class Jaccard between replicates (mean over pairs)"),
+        labels = [f"r{i + 1}" for i in range(scores.n_replicates)]
+        page.figure(lambda: fig_class_sizes(run.histories, scores.perms, k),
+                    "class sizes per iteration")
+        page.figure(lambda: fig_matrix(mean_pair_jaccard_matrix(scores.aligned, k),
+                                       "class Jaccard between replicates (mean over pairs)"),
                     "Jaccard matrix")
-        page.figure(fig_matrix(scores.ari, "pairwise ARI between replicates",
-                               labels=[f"r{i + 1}" for i in range(scores.n_replicates)]),
-                    "ARI matrix")
-        page.figure(fig_matrix(scores.nmi, "pairwise NMI between replicates",
-                               labels=[f"r{i + 1}" for i in range(scores.n_replicates)]),
-                    "NMI matrix")
-        page.figure(fig_stability_hist(scores.particle_stability, scores.max_posterior, k),
+        page.figure(lambda: fig_matrix(scores.ari, "pairwise ARI between replicates",
+                                       labels=labels), "ARI matrix")
+        page.figure(lambda: fig_matrix(scores.nmi, "pairwise NMI between replicates",
+                                       labels=labels), "NMI matrix")
+        page.figure(lambda: fig_stability_hist(scores.particle_stability, scores.max_posterior,
+                                               k, params.get("core_min_stability"),
+                                               scores.n_replicates),
                     "per-particle stability histogram")
     if class_fsc:
-        page.figure(fig_fsc(class_fsc, map_box_px, map_pixel_size_A,
-                            "half-map FSC of the stable-core class maps"), "FSC curves")
+        page.figure(lambda: fig_fsc(class_fsc, map_box_px, map_pixel_size_A,
+                                    "half-map FSC of the stable-core class maps"), "FSC curves")
     if len(class_maps):
-        page.figure(fig_central_slices(class_maps, [f"class {i + 1}" for i in range(len(class_maps))]),
-                    "central slices of the class maps")
+        page.figure(lambda: fig_map_views(class_maps, [f"class {i + 1}"
+                                                       for i in range(len(class_maps))]),
+                    "slices and projections of the class maps")
     for kk in sorted(result.runs):
         if kk == k:
             continue
         s = result.per_k[kk]
         page.heading(f"K = {kk}", 3)
-        page.figure(fig_class_sizes(result.runs[kk].histories, s.perms, kk), f"class sizes K={kk}")
-        page.figure(fig_matrix(mean_pair_jaccard_matrix(s.aligned, kk),
-                               f"K = {kk}: class Jaccard between replicates"), f"Jaccard K={kk}")
-    page.heading("Evidence behind the verdict")
-    page.pre(_strip_big(summary["evidence"]))
-    page.heading("Files")
-    page.pre(summary.get("files", {}))
+        page.figure(lambda: fig_class_sizes(result.runs[kk].histories, s.perms, kk),
+                    f"class sizes K={kk}")
+        page.figure(lambda: fig_matrix(mean_pair_jaccard_matrix(s.aligned, kk),
+                                       f"K = {kk}: class Jaccard between replicates"),
+                    f"Jaccard K={kk}")
+    evidence_section(page, summary.get("evidence") or {})
+    files_section(page, summary.get("files", {}))
     page.write(path)
+    _warn_failures("report.html", page)
+
+
+def _node_rows(tree: dict) -> List[dict]:
+    """One flat record per node of ``tree`` (depth first) for the node table."""
+    out = []
+
+    def walk(node):
+        verdict = node.get("verdict") or {}
+        test = node.get("map_test") or {}
+        pairs = test.get("pairs") or []
+        out.append({
+            "node": node["id"], "depth": node.get("depth"), "particles": node["n_particles"],
+            "J(K=2) weakest": (node.get("stability") or {}).get("min_class_jaccard"),
+            "heterogeneity at K=2": verdict.get("heterogeneity_at_k2"),
+            "chosen K": verdict.get("chosen_k"),
+            "map difference": (None if not pairs else
+                               "significant" if test.get("significant") else "not significant"),
+            "decision": node["decision"] if node["decision"] == "split"
+            else f"leaf: {node.get('reason')}",
+            "resolution A": node.get("resolution_A"), "seconds": node.get("seconds")})
+        for c in node.get("children") or []:
+            walk(c)
+    walk(tree)
+    return out
 
 
 def write_exhaustive_report(path, tree_summary: dict, leaf_maps: Sequence[np.ndarray],
                             leaf_names: Sequence[str], map_tests: Dict[str, dict]) -> None:
-    """The exhaustive report: the tree picture, leaf table, map-difference FSC curves and
-    central slices of the leaf maps."""
+    """The exhaustive report: the tree picture, the leaf and node tables, map-difference FSC
+    curves and slices / projections of the leaf maps."""
     page = Page("hetclass exhaustive splitting report")
     tree = tree_summary["tree"]
-    page.paragraph(f"{tree['n_particles']} particles; min class size "
-                   f"{tree_summary['parameters']['min_class_size']}, max depth "
-                   f"{tree_summary['parameters']['max_depth']}, "
-                   f"{tree_summary['parameters']['replicates']} replicates per node.")
-    page.raw(f"<p class=\"verdict\">Leaves: <b>{len(tree_summary['leaves'])}</b></p>")
-    page.figure(fig_tree(tree), "splitting tree")
-    header = ["leaf", "node", "particles", "reason", "resolution A", "star", "map"]
+    params = tree_summary["parameters"]
+    page.raw(f"<p class=\"verdict\">{tree['n_particles']} particles end in "
+             f"<b>{len(tree_summary['leaves'])}</b> leaves</p>")
+    page.values({"min class size": params.get("min_class_size"),
+                 "max depth": params.get("max_depth"),
+                 "replicates per node": params.get("replicates"),
+                 "K tried at each node": params.get("k_scan"),
+                 "random splits for the map test": params.get("n_null"),
+                 "seed": params.get("seed"), "time (s)": params.get("seconds")})
+    page.figure(lambda: fig_tree(tree), "splitting tree")
+    page.heading("Leaves")
+    header = ["leaf", "node", "particles", "reason", "resolution", "star", "map"]
     rows = [[str(i + 1), lf["id"], str(lf["n_particles"]), lf["reason"] or "-",
-             _fmt(lf.get("resolution_A"), ".1f"), lf.get("star", "-"), lf.get("map", "-")]
+             resolution_text(lf.get("resolution_A"), lf.get("resolution_status", "measured"),
+                             html=True), lf.get("star", "-"), lf.get("map", "-")]
             for i, lf in enumerate(tree_summary["leaves"])]
-    page.raw(html_table(header, rows))
+    page.table(header, rows)
+    page.heading("Nodes")
+    page.raw(value_html(_node_rows(tree)))
     for node_id, test in map_tests.items():
         curves = {}
         for pair in test["pairs"]:
@@ -453,11 +513,17 @@ def write_exhaustive_report(path, tree_summary: dict, leaf_maps: Sequence[np.nda
             curves[f"child {a} vs {b} (deficit {pair['mean_fsc_deficit']:.3f}, threshold "
                    f"{pair['threshold']:.3f})"] = np.asarray(pair["fsc_children"])
             curves[f"random splits of {a}+{b} (mean)"] = np.asarray(pair["fsc_null_mean"])
-        page.figure(fig_fsc(curves, test["box_px"], test["pixel_size_A"],
-                            f"node {node_id}: child maps vs random splits", threshold=None),
-                    f"map test {node_id}")
+        page.figure(lambda: fig_fsc(curves, test["box_px"], test["pixel_size_A"],
+                                    f"node {node_id}: child maps vs random splits",
+                                    threshold=None), f"map test {node_id}")
     if len(leaf_maps):
-        page.figure(fig_central_slices(leaf_maps, leaf_names), "central slices of the leaf maps")
-    page.heading("Tree (tree.json)")
-    page.pre(tree)
+        page.figure(lambda: fig_map_views(leaf_maps, leaf_names),
+                    "slices and projections of the leaf maps")
+    files = {"tree.json": "tree.json", "leaves_data.star": tree_summary.get("leaves_star")}
+    for lf in tree_summary["leaves"]:
+        for key in ("star", "map"):
+            if lf.get(key):
+                files[lf[key]] = lf[key]
+    files_section(page, {k: v for k, v in files.items() if v})
     page.write(path)
+    _warn_failures("report.html", page)

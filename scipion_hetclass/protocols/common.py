@@ -182,6 +182,9 @@ def progress_logger(prot):
             prot.info(f"hetclass iteration {info.get('it')}/{info.get('max_iter')}: "
                       f"{info.get('changed_pct', float('nan')):.2f} % changed; "
                       f"class fractions [{fractions}]")
+        elif event == "restart":
+            prot.info(f"hetclass: {info.get('reason')} after iteration "
+                      f"{info.get('after_iteration')}; restart from new random references")
         elif event == "batch" and info.get("done") == info.get("total"):
             prot.info(f"hetclass {info.get('stage', 'batch')}: {info.get('total')} done")
     return progress

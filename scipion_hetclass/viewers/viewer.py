@@ -7,6 +7,7 @@ import os
 import pyworkflow.viewer as pwviewer
 
 from ..protocols import HetClassProtClassify3D, HetClassProtStability
+from ..protocols.protocol_classify3d import CLASSIFY_DIR
 from .plots import save_summary
 
 SUMMARY_PNG = "hetclass_summary.png"
@@ -41,6 +42,8 @@ class HetClassViewer(pwviewer.Viewer):
         png = save_summary(prot, prot._getExtraPath(SUMMARY_PNG))
         views.append(FileView(png, self.getTkRoot()))
         report = prot.reportPath() if hasattr(prot, "reportPath") else None
+        if not report:      # classify: the run's report.html (hetclass.reports.classify)
+            report = prot._getExtraPath(CLASSIFY_DIR, "report.html")
         if report and os.path.exists(report):
             if report.endswith((".txt", ".log", ".md", ".json")):
                 views.append(self.textView([report], "hetclass report"))
