@@ -77,11 +77,13 @@ class ClassifyResult:
     prepared: object = None     # the engine's PreparedData (reusable)
 
 
-def check_out_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
+def check_out_dir(out_dir: str, resume: bool, overwrite: bool, can_continue: bool = True,
+                  note: str = "") -> None:
     """Refuse to write into an existing, non-empty directory unless asked to.
 
     The folder's lock and temporaries a killed run left (:mod:`hetclass.io.lock`,
-    :mod:`hetclass.io.atomic`) do not count as content.
+    :mod:`hetclass.io.atomic`) do not count as content. ``can_continue`` False: the command
+    has no ``--continue``, so the message offers only ``--overwrite`` (with ``note``).
     """
     from .io.atomic import is_temporary
     from .io.lock import LOCK_NAME
@@ -90,9 +92,13 @@ def check_out_dir(out_dir: str, resume: bool, overwrite: bool) -> None:
         raise InputError("output path exists and is not a directory", file=out_dir, field="--out")
     if os.path.isdir(out_dir) and not (resume or overwrite):
         content = [n for n in os.listdir(out_dir) if n != LOCK_NAME and not is_temporary(n)]
-        if content:
+        if content and can_continue:
             raise InputError("output directory exists and is not empty; use --continue to "
                              "resume or --overwrite to replace it", file=out_dir, field="--out")
+        if content:
+            raise InputError("output directory exists and is not empty; pass --overwrite to "
+                             "replace it" + (f" ({note})" if note else ""), file=out_dir,
+                             field="--out")
 
 
 def output_bytes_estimate(particles, options: ClassifyOptions) -> int:

@@ -115,15 +115,9 @@ def check_out(out: str, overwrite: bool, resume=None, note: str = "") -> None:
     ``resume`` None: the command has no --continue, so the message offers only --overwrite
     (with ``note`` in brackets); otherwise :func:`hetclass.pipeline.check_out_dir`.
     """
-    if resume is not None:
-        from hetclass.pipeline import check_out_dir
-        return check_out_dir(out, resume=resume, overwrite=overwrite)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise InputError("output path exists and is not a directory", file=out, field="--out")
-    if os.path.isdir(out) and os.listdir(out) and not overwrite:
-        raise InputError("output directory exists and is not empty; pass --overwrite to "
-                         "replace it" + (f" ({note})" if note else ""), file=out, field="--out")
-    return None
+    from hetclass.pipeline import check_out_dir
+    check_out_dir(out, resume=bool(resume), overwrite=overwrite,
+                  can_continue=resume is not None, note=note)
 
 
 def check_stacks(particles, project_dir) -> None:
