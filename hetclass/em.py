@@ -20,17 +20,13 @@ from .fourier import lowpass_volume
 from .mstep import m_step
 from .projector import stack_grids
 from .reconstruct import volume_to_grid
+from . import seeds
 from .variability import local_weight, weighted_references
 from .workspace import Workspace
 
 # The E-step uses data up to the current resolution plus this many shells (as RELION does),
 # so that early iterations are not drowned in high-frequency noise.
 RES_STEP_SHELLS = 4
-# a run still changing more than this % of labels at this iteration is cycling between
-# solutions (seen with very small classes); the engine restarts it from a new derived seed
-STALL_ITER = 8
-STALL_CHANGED_PCT = 10.0
-MAX_RESTARTS = 2
 
 
 @dataclass
@@ -56,10 +52,9 @@ class EMState:
     loglik: Optional[np.ndarray] = None      # (n,) log evidence per particle
     unmasked_maps: Optional[np.ndarray] = None  # (K, b, b, b) class maps before masking
     like_shells: int = 0                     # shells used by the next E-step (0 = from the maps)
-    stalled: bool = False                    # still cycling late in the run: restart advised
-    attempt: int = 0                         # restarts so far (each with a new derived seed)
-    restarts: List[dict] = field(default_factory=list)  # why and when each restart happened
     polishing: bool = False                  # gold-standard phase converged: full-map scoring
+    start: int = 0                           # the exploration start this state came from
+    starts: List[dict] = field(default_factory=list)  # every exploration start's record
 
 
 def finest_resolution_A(resolution_A: np.ndarray, fallback_A: float) -> float:
@@ -71,8 +66,12 @@ def finest_resolution_A(resolution_A: np.ndarray, fallback_A: float) -> float:
 
 def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, active, hard,
              fixed_weights=None, abort_check=None, progress=None, stage="em",
-             like_shells: Optional[int] = None):
-    """One pass over all batches; returns (Accumulators, posteriors (n,K), loglik (n,))."""
+             like_shells: Optional[int] = None, estep_only: bool = False):
+    """One pass over all batches; returns (Accumulators, posteriors (n,K), loglik (n,)).
+
+    ``estep_only``: posteriors and log-evidence only, no back-projection (the accumulators'
+    grid stays zero).
+    """
     if ws.device_pass is not None:  # GPU: data and grids stay on the device
         acc, post, loglik = ws.device_pass.run_pass(
             refs, sigma2, log_prior, active, hard, fixed_weights=fixed_weights,
@@ -104,13 +103,15 @@ def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, activ
         return process_batch(rows, half, ws.operator(bi), grids[half], x, c, g,
                              sigma2, log_prior, onehot, ws.data.coeffs.shell,
                              like_shells or ws.like_shells, hard,
-                             with_estep=fixed_weights is None, fixed_weights=weights, active=use)
+                             with_estep=fixed_weights is None, fixed_weights=weights, active=use,
+                             backproject_data=not estep_only)
 
     # results are added in batch order whatever the thread count: identical sums
     for bi, res in enumerate(_in_order(one, len(ws.batches), ws.threads)):
         if res is not None:
             acc.add(res.acc)
-            acc.grid[res.half] += res.grid
+            if res.grid is not None:
+                acc.grid[res.half] += res.grid
             post[res.rows] = res.posteriors
             loglik[res.rows] = res.loglik
         if progress is not None:
@@ -271,8 +272,13 @@ def scoring_references(ms, fractions, iteration: int, polishing: bool, focus_mas
 def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
             solvent_mask: np.ndarray, focus_mask: Optional[np.ndarray],
             checkpoint: Optional[Callable[[EMState], None]] = None,
-            abort_check=None, progress=None, max_restarts: int = 0) -> EMState:
-    """Run EM iterations from ``state`` until convergence or ``options.max_iter``."""
+            abort_check=None, progress=None, reseed=None) -> EMState:
+    """Run EM iterations from ``state`` until convergence or ``options.max_iter``.
+
+    ``reseed`` ``(seed, start)``: empty classes are re-seeded from the named stream
+    ``("reseed", start, iteration)`` of ``seed`` (default ``(options.seed, state.start)``).
+    """
+    reseed_seed, reseed_start = reseed if reseed is not None else (options.seed, state.start)
     k = state.refs.shape[1]
     comm = ws.comm
     n_active = max(int(comm.allreduce_scalar(float(active.sum()))), 1)
@@ -338,8 +344,7 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
         # the prior follows the maps (consensus power, class-deviation power), as in RELION
         tau2 = np.maximum(ms.tau2, 0.0)
         if it <= options.max_iter // 2:
-            rng = np.random.default_rng(np.random.SeedSequence(int(options.seed),
-                                                               spawn_key=(7919, it)))
+            rng = seeds.rng(reseed_seed, "reseed", reseed_start, it)
             reseeded = reseed_empty(refs, fractions, max(5.0 / n_active, 0.002), rng,
                                     max(best_res, options.init_lowpass_A / 2),
                                     ws.data.plan.crop_pixel_size_A, solvent_mask)
@@ -353,15 +358,11 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
                         converged=converged, half_maps=ms.half_maps, fsc=ms.fsc,
                         resolution_A=ms.resolution_A,
                         resolution_status=list(ms.resolution_status), loglik=loglik, unmasked_maps=ms.maps,
-                        like_shells=next_like, attempt=state.attempt, restarts=state.restarts,
-                        polishing=polishing,
-                        stalled=(it >= STALL_ITER and changed > STALL_CHANGED_PCT
-                                 and not converged))
+                        like_shells=next_like, start=state.start, starts=state.starts,
+                        polishing=polishing)
         if progress is not None:
             progress("iteration", it=it, max_iter=options.max_iter, changed_pct=changed,
                      class_fractions=fractions.tolist(), resolution_A=ms.resolution_A.tolist())
         if checkpoint is not None:
             checkpoint(state)
-        if state.stalled and state.attempt < max_restarts:
-            break
     return state

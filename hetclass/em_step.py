@@ -93,13 +93,15 @@ class BatchResult:
 def process_batch(rows, half, operator, grids_stacked, x, c, g, sigma2, log_prior,
                   onehot, shell, like_shells, hard, with_estep=True,
                   fixed_weights: Optional[np.ndarray] = None,
-                  active: Optional[np.ndarray] = None) -> BatchResult:
+                  active: Optional[np.ndarray] = None, backproject_data: bool = True
+                  ) -> BatchResult:
     """E-step for ``rows`` (all in half set ``half`` = 0/1) and their M-step contributions.
 
     ``x`` (n, M) complex64 data, ``c`` (n, M) float32 CTF and ``g`` (n,) optics groups of the
     batch's particles. ``fixed_weights`` (n, K) replaces the E-step (used for initial/explicit
     reconstructions); ``active`` (n,) bool excludes particles (e.g. a replicate's subsample)
-    from every sum.
+    from every sum. ``backproject_data`` False skips the back-projection (an E-step only:
+    ``grid`` is None).
     """
     n = rows.size
     m = shell.size
@@ -125,6 +127,10 @@ def process_batch(rows, half, operator, grids_stacked, x, c, g, sigma2, log_prio
         post = weights
         evidence = np.zeros(n)
     acc.class_weight = weights.sum(0)
+    acc.grid = None
+    reported = weights if (hard and with_estep) else post
+    if not backproject_data:
+        return BatchResult(rows, reported.astype(np.float32), evidence, acc, int(half), None)
     w32 = weights.astype(np.float32)
     a = (c * x / sig)[:, :, None] * w32[:, None, :]           # (n, M, K) complex64
     d = (c * c / sig)[:, :, None] * w32[:, None, :]           # (n, M, K) float32
@@ -133,7 +139,5 @@ def process_batch(rows, half, operator, grids_stacked, x, c, g, sigma2, log_prio
     grid = np.empty((operator.shape[1], 3 * k), dtype=np.float32)
     grid[:, :2 * k] = backproject(operator, a.view(np.float32).reshape(n * m, 2 * k))
     grid[:, 2 * k:] = backproject(operator, d.reshape(n * m, k))
-    acc.grid = None
-    reported = weights if (hard and with_estep) else post
     return BatchResult(rows, reported.astype(np.float32), evidence, acc, int(half), grid)
 

@@ -8,14 +8,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from .em import MAX_RESTARTS, EMState, initial_maps, iterate, m_step, run_pass
+from . import seeds
+from .em import EMState, initial_maps, iterate, m_step, run_pass
+from .explore import explore, explore_subset
 from .em_step import shell_onehot
 from .mstep import initial_prior
 from .errors import InputError
@@ -28,7 +31,7 @@ from .preprocess import (MASK_EDGE_PX, FourierData, fill_store, fourier_data, ma
                          setup_preprocess)
 from .workspace import Workspace, plan_memory
 
-SeedLike = Union[int, np.random.SeedSequence]
+SeedLike = seeds.SeedLike
 
 
 @dataclass
@@ -84,6 +87,8 @@ def validate_options(options: ClassifyOptions, n_particles: int) -> None:
         raise InputError(f"more classes than particles ({n_particles})", field="--classes", value=k)
     if options.max_iter < 1:
         raise InputError("must be >= 1", field="--max-iter", value=options.max_iter)
+    if not isinstance(options.n_init, (int, np.integer)) or options.n_init < 1:
+        raise InputError("must be an integer >= 1", field="--starts", value=options.n_init)
     if not options.tau2_fudge > 0:
         raise InputError("must be > 0", field="--tau2-fudge", value=options.tau2_fudge)
     if options.convergence_pct < 0:
@@ -334,12 +339,6 @@ def _finish_prepare(particles, options, setup, store, info, memory, comm) -> Pre
     return PreparedData(particles, data, ws, solvent, focus, refs, None, None)
 
 
-def _as_seed_sequence(seed: SeedLike) -> np.random.SeedSequence:
-    if isinstance(seed, np.random.SeedSequence):
-        return seed
-    return np.random.SeedSequence(int(seed)).spawn(2)[1]
-
-
 def _active(data: FourierData, rows: Optional[Sequence[int]]) -> np.ndarray:
     """(n_local,) bool: which of this rank's particles are among the global ``rows``."""
     if rows is None:
@@ -371,7 +370,7 @@ def initial_state(prepared: PreparedData, options: ClassifyOptions, seed: SeedLi
     ws = prepared.workspace
     n = len(prepared.data)
     active = _active(prepared.data, rows)
-    rng = np.random.default_rng(_as_seed_sequence(seed))
+    rng = np.random.default_rng(seeds.root(seed))
     sigma2 = prepared.data_power.copy()
     tau2 = initial_prior(prepared.data_power.mean(0) / prepared.ctf_power)
     refs = prepared.references
@@ -389,38 +388,25 @@ def fit(prepared: PreparedData, options: ClassifyOptions, seed: SeedLike = None,
         ) -> EMResult:
     """Classify the particles ``rows`` (default all) into ``options.classes`` classes.
 
-    ``seed`` defaults to ``options.seed``; pass a spawned ``SeedSequence`` per replicate.
-    ``state`` resumes from a checkpointed :class:`EMState`.
+    ``seed`` (an int or a ``SeedSequence``, default ``options.seed``) is the root of every
+    random draw (:mod:`hetclass.seeds`; it is never advanced, so a caller may reuse it).
+    Exploration (:mod:`hetclass.explore`): ``options.n_init`` short hard-assignment starts,
+    the best by held-out score kept; refinement: soft EM (gold standard, then full-map
+    polishing) until convergence or ``options.max_iter``. ``state`` resumes from a
+    checkpointed :class:`EMState` (saved after exploration and after every refinement
+    iteration; a run killed during exploration explores again, to the same result).
     """
     data = prepared.data
     validate_options(options, data.n_total if rows is None else len(rows))
     active = _active(data, rows)
-    seed_seq = _as_seed_sequence(options.seed if seed is None else seed)
-    # restart seeds are derived from the run's seed: attempt a uses restarts[a - 1]
-    restarts = seed_seq.spawn(MAX_RESTARTS)
-    def restart_due(st: EMState) -> bool:
-        return st.stalled and st.attempt < MAX_RESTARTS and st.iteration < options.max_iter
-
-    while True:
-        if state is None or restart_due(state):
-            attempt, notes = 0, []
-            if state is not None:
-                attempt = state.attempt + 1
-                notes = state.restarts + [{
-                    "restart": attempt, "after_iteration": state.iteration,
-                    "changed_pct": state.history[-1]["changed_pct"],
-                    "reason": "labels still cycling between solutions"}]
-                if progress is not None:   # announced with its reason (front ends print it)
-                    progress("restart", attempt=attempt, reason=notes[-1]["reason"],
-                             after_iteration=state.iteration)
-            state = initial_state(prepared, options, seed_seq if attempt == 0
-                                  else restarts[attempt - 1], rows, progress, abort_check)
-            state.attempt, state.restarts = attempt, notes
-        state = iterate(prepared.workspace, state, options, active, prepared.solvent_mask,
-                        prepared.focus_mask, checkpoint=checkpoint, abort_check=abort_check,
-                        progress=progress, max_restarts=MAX_RESTARTS)
-        if not restart_due(state):
-            break
+    root = seeds.root(options.seed if seed is None else seed)
+    if state is None:
+        state = _explore(prepared, options, root, rows, progress, abort_check)
+        if checkpoint is not None:
+            checkpoint(state)
+    state = iterate(prepared.workspace, state, options, active, prepared.solvent_mask,
+                    prepared.focus_mask, checkpoint=checkpoint, abort_check=abort_check,
+                    progress=progress, reseed=(root, state.start))
     # results are global: every rank gets every particle's posteriors
     comm = prepared.workspace.comm
     idx = (np.arange(data.n_total) if rows is None
@@ -434,6 +420,28 @@ def fit(prepared: PreparedData, options: ClassifyOptions, seed: SeedLike = None,
                     class_fractions=state.class_fractions, pixel_size_A=prepared.pixel_size_A,
                     stats=state.history, state=state,
                     resolution_status=state.resolution_status)
+
+
+def _explore(prepared: PreparedData, options: ClassifyOptions, root, rows, progress,
+             abort_check) -> EMState:
+    """The state refinement starts from: the best exploration start (:func:`explore`)."""
+    data = prepared.data
+    everyone = (np.arange(data.n_total) if rows is None
+                else np.unique(np.asarray(rows, dtype=np.int64)))
+    keep = explore_subset(everyone, data.n_total, root)[data.rows]
+    # K maps given: every start would be the same
+    n_init = 1 if (prepared.references is not None
+                   and len(prepared.references) == options.classes) else options.n_init
+
+    def make_start(j: int) -> EMState:
+        return initial_state(prepared, options, seeds.stream(root, "init", j), rows,
+                             progress, abort_check)
+
+    state, records = explore(prepared.workspace, options, root, keep, make_start,
+                             prepared.solvent_mask, prepared.focus_mask, n_init,
+                             progress=progress, abort_check=abort_check)
+    state.starts = [dataclasses.asdict(r) for r in records]
+    return state
 
 
 def reconstruct(prepared: PreparedData, weights: np.ndarray, rows=None,

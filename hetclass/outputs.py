@@ -209,7 +209,8 @@ def _write_all(stage: str, out_dir: str, particles, result, options, run_info: d
         # shell used (a bound); "unmeasured": nothing resolved (empty or tiny class)
         "resolution_status": list(result.resolution_status or []),
         "iterations": result.stats, "converged": bool(result.state.converged),
-        "restarts": result.state.restarts,
+        # exploration starts (hetclass.explore): iterations, held-out score, which was kept
+        "starts": list(result.state.starts or []),
         "map_pixel_size_A": psize, "map_box_px": big,
         "files": {name: os.path.basename(p) for name, p in files.items()},
     })

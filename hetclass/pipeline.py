@@ -42,7 +42,8 @@ from .io.loader import load_particles  # noqa: F401  (re-exported: part of the c
 class ClassifyOptions:
     classes: int = 4
     target_res_A: Optional[float] = None      # None: chosen from the data
-    max_iter: int = 25
+    max_iter: int = 25                        # refinement iterations at most
+    n_init: int = 3                           # exploration starts (hetclass.explore)
     convergence_pct: float = 0.5              # stop when fewer % of particles change class
     tau2_fudge: float = 4.0                   # RELION's T
     hard: bool = False

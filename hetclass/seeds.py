@@ -30,6 +30,7 @@ STREAMS = {
     "null": 7,           # the calibrated null of the stability verdict (index: null run)
     "node": 8,           # an exhaustive-tree node (index: path)
     "split": 9,          # split moves of the EM (index: start, move)
+    "explore_subset": 10,  # the particles exploration starts use when there are many
 }
 
 

@@ -96,9 +96,17 @@ class ClassifyProgress(_Output):
             if info.get("stage") != "preprocess":
                 self._em_bar()         # the estimate starts with the EM, not preprocessing
             self.batch(info)
+        elif event == "iteration" and info.get("phase") == "explore":
+            self.close_batch()
+            self.line(f"  start {int(info['start']) + 1}/{info['n_starts']}, iteration "
+                      f"{info['it']:2d}/{info['max_iter']}: {info['changed_pct']:6.2f} % changed "
+                      f"| {seconds_text(time.time() - self.t0)}")
         elif event == "iteration":
             self.close_batch()
             self._iteration(info)
+        elif event in ("explore_start", "explore_done"):
+            self.close_batch()
+            self.line(explore_text(event, info))
         elif event == "restart":
             self.close_batch()
             self.line(restart_text(info))
@@ -147,6 +155,16 @@ def restart_text(info: dict) -> str:
     return (f"{who + ': ' if who else ''}{info.get('reason', 'no reason given')} after "
             f"iteration {info.get('after_iteration')}; restart{attempt} from new random "
             "references")
+
+
+def explore_text(event: str, info: dict) -> str:
+    """Lines for the exploration starts (:mod:`hetclass.explore`)."""
+    if event == "explore_start":
+        return (f"exploring: start {int(info['start']) + 1}/{info['n_starts']} from random "
+                "references, hard assignments")
+    scores = ", ".join(f"{s:.2f}" for s in info.get("scores", []))
+    return (f"start {int(info['selected']) + 1} kept: highest held-out log-evidence per "
+            f"particle ({scores}); refining it with soft assignments")
 
 
 def _task_name(info: dict) -> str:
@@ -220,6 +238,8 @@ class ReplicateProgress(_Output):
             return
         self.close_batch()
         key = (int(info.get("k", 0)), int(info.get("replicate", -1)))
+        if event in ("explore_start", "explore_done") or info.get("phase") == "explore":
+            return       # a replicate's exploration: counted once its refinement starts
         if event == "iteration" and "replicate" in info:
             self._done[key] = min(int(info["it"]), self.max_iter)
             self._update(f"{_task_name(info)} iteration {info['it']}: "

@@ -111,12 +111,14 @@ def _summary_section(page: Page, run: dict, k: int, counts: np.ndarray) -> None:
     ]
     page.table([], [[name, fmt_value(v, ".4g")] for name, v in facts if v is not None],
                css_class="kv")
-    restarts = run.get("restarts") or []
-    if restarts:
-        why = "; ".join(f"after iteration {r.get('after_iteration')}: {r.get('reason')}"
-                        for r in restarts)
-        page.paragraph(f"Restarted {len(restarts)} time(s) from new random references ({why}); "
-                       "the iterations shown are those of the final start.", "note")
+    starts = run.get("starts") or []
+    if len(starts) > 1:
+        kept = next((s for s in starts if s.get("selected")), starts[0])
+        scores = ", ".join(f"{s.get('score', float('nan')):.2f}" for s in starts)
+        page.paragraph(f"Explored {len(starts)} starts from random references with hard "
+                       f"assignments and kept start {int(kept['start']) + 1}, the one with the "
+                       f"highest held-out log-evidence per particle ({scores}); the iterations "
+                       "shown are its soft refinement.", "note")
 
 
 def _angstrom(value) -> Optional[str]:
