@@ -87,7 +87,14 @@ def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, activ
     if refs is not None:
         grids = [stack_grids(np.stack([volume_to_grid(m, ws.pad) for m in refs[h]]))
                  for h in range(2)]
-    onehot = shell_onehot(ws.data.coeffs.shell, ws.n_shells)
+    like = like_shells or ws.like_shells
+    coeffs = ws.data.coeffs
+    # the E-step and its back-projection use the coefficients of the shells in the
+    # likelihood only (a prefix: coefficients are ordered by shell); fixed-weight
+    # reconstructions use them all
+    m_use = coeffs.size if fixed_weights is not None else coeffs.count_below(like)
+    onehot = shell_onehot(coeffs.shell[:m_use], ws.n_shells)
+    shell = coeffs.shell[:m_use]
 
     def one(bi):
         rows, half = ws.batches[bi]
@@ -100,9 +107,10 @@ def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, activ
         if fixed_weights is not None:
             weights = fixed_weights[rows] * use[:, None]
         x, c, g = ws.batch_arrays(bi)
-        return process_batch(rows, half, ws.operator(bi), grids[half], x, c, g,
-                             sigma2, log_prior, onehot, ws.data.coeffs.shell,
-                             like_shells or ws.like_shells, hard,
+        if m_use < x.shape[1]:
+            x, c = x[:, :m_use], c[:, :m_use]
+        return process_batch(rows, half, ws.operator(bi, m_use), grids[half], x, c, g,
+                             sigma2, log_prior, onehot, shell, like, hard,
                              with_estep=fixed_weights is None, fixed_weights=weights, active=use,
                              backproject_data=not estep_only)
 
@@ -272,8 +280,11 @@ def scoring_references(ms, fractions, iteration: int, polishing: bool, focus_mas
 def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
             solvent_mask: np.ndarray, focus_mask: Optional[np.ndarray],
             checkpoint: Optional[Callable[[EMState], None]] = None,
-            abort_check=None, progress=None, reseed=None) -> EMState:
+            abort_check=None, progress=None, reseed=None,
+            like_cap: Optional[int] = None) -> EMState:
     """Run EM iterations from ``state`` until convergence or ``options.max_iter``.
+
+    ``like_cap``: the likelihood uses at most this many shells (default: up to the target).
 
     ``reseed`` ``(seed, start)``: empty classes are re-seeded from the named stream
     ``("reseed", start, iteration)`` of ``seed`` (default ``(options.seed, state.start)``).
@@ -286,12 +297,16 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
     size_A = b * ws.data.plan.crop_pixel_size_A
     while not state.converged and state.iteration < options.max_iter:
         log_prior = np.log(np.maximum(state.class_fractions, 1e-12))
-        like = state.like_shells or min(ws.like_shells,
-                                        int(size_A / options.init_lowpass_A) + RES_STEP_SHELLS + 1)
+        # from the first iteration the likelihood uses every shell up to the target: classes
+        # forming at low resolution first collapsed onto wrong partitions (4 close states:
+        # hard-assignment starts from 30 A drained a class; from the target they did not)
+        top = ws.like_shells if like_cap is None else min(int(like_cap), ws.like_shells)
+        like = min(state.like_shells or top, top)
         acc, post, loglik = run_pass(ws, state.refs, state.sigma2, log_prior, active,
                                      options.hard, abort_check=abort_check, progress=progress,
                                      like_shells=like)
-        ms = m_step(ws, acc, state.tau2, options.tau2_fudge, solvent_mask, focus_mask)
+        ms = m_step(ws, acc, state.tau2, options.tau2_fudge, solvent_mask, focus_mask,
+                    full_maps=state.polishing)
         fractions = acc.class_weight / max(acc.class_weight.sum(), 1e-12)
         best_res = finest_resolution_A(ms.resolution_A, size_A)
         link_res = max(2.0 * best_res, options.init_lowpass_A / 2)
@@ -329,7 +344,7 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
         # consensus detail beyond them is common to all classes and only adds noise), plus
         # a few, growing as the differences are resolved further (as RELION grows its limit)
         diff_res = finest_resolution_A(ms.deviation_resolution_A, size_A)
-        next_like = min(ws.like_shells, max(like, int(size_A / diff_res) + RES_STEP_SHELLS + 1))
+        next_like = min(top, max(like, int(size_A / diff_res) + RES_STEP_SHELLS + 1))
         stats["difference_resolution_A"] = [None if np.isnan(r) else float(r)
                                             for r in ms.deviation_resolution_A]
         stats["likelihood_shells"] = like

@@ -8,7 +8,8 @@ Conventions (used everywhere in the engine):
 * 2D data are stored as a compact vector of ``M`` coefficients of the half-plane
   ``rfft2`` layout: every ``(kx, ky)`` with ``kx >= 0``, ``kx**2 + ky**2 <= r_max**2`` and not
   ``(kx == 0 and ky < 0)`` (the Hermitian duplicates). ``kx, ky`` are integer frequencies in
-  cycles per box.
+  cycles per box. The coefficients are ordered by shell (``round(|k|)``), so the data up to
+  any resolution are a prefix of the vector (:meth:`CoefficientSet.count_below`).
 * 3D volumes used for slicing are zero-padded by ``pad`` and stored *centred* (DC at index
   ``N // 2``, ``N = pad * b``), indexed ``[z, y, x]``.
 """
@@ -42,6 +43,18 @@ class CoefficientSet:
     def n_shells(self) -> int:
         return self.r_max_px + 1
 
+    def prefix(self, m: int) -> "CoefficientSet":
+        """The first ``m`` coefficients (those of the lowest shells)."""
+        m = int(m)
+        if m == self.size:
+            return self
+        return CoefficientSet(self.box_px, int(self.shell[m - 1]) if m else 0, self.kx[:m],
+                              self.ky[:m], self.flat_index[:m], self.shell[:m])
+
+    def count_below(self, n_shells: int) -> int:
+        """How many coefficients lie in shells ``< n_shells`` (they come first)."""
+        return int(np.searchsorted(self.shell, int(n_shells), side="left"))
+
 
 def coefficient_set(box_px: int, r_max_px: int) -> CoefficientSet:
     """Half-plane coefficients of an rfft2 of a ``box_px`` image within ``r_max_px``."""
@@ -54,6 +67,8 @@ def coefficient_set(box_px: int, r_max_px: int) -> CoefficientSet:
     keep = (radius <= r_max + 1e-9) & ~((KX == 0) & (KY < 0))
     flat = np.flatnonzero(keep.ravel())
     shell = np.rint(radius.ravel()[flat]).astype(np.int64)
+    order = np.argsort(shell, kind="stable")       # by shell, then rfft2 order
+    flat, shell = flat[order], shell[order]
     return CoefficientSet(b, r_max, KX.ravel()[flat], KY.ravel()[flat], flat, shell)
 
 

@@ -45,7 +45,7 @@ import numpy as np
 from .errors import InputError
 from .io.atomic import atomic_write_text
 
-FORMAT_VERSION = 1          # bump when the preprocessing or the file layout changes
+FORMAT_VERSION = 2          # bump when the preprocessing or the file layout changes (2: by shell)
 MARKER = "HETCLASS_FOURIER_CACHE"
 MANIFEST = "manifest.json"
 DATA_DTYPE = np.dtype(np.complex64)

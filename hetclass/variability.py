@@ -36,7 +36,9 @@ def gaussian_blur(volume, sigma_px: float):
     g = np.float32(-2.0 * np.pi ** 2 * sigma_px ** 2)
     kernel = (xp.exp(g * f[:, None, None] ** 2) * xp.exp(g * f[None, :, None] ** 2)
               * xp.exp(g * fr[None, None, :] ** 2))
-    return xp.fft.irfftn(xp.fft.rfftn(volume) * kernel, s=volume.shape).astype(np.float32)
+    axes = (-3, -2, -1)
+    f = xp.fft.rfftn(volume, axes=axes) * kernel
+    return xp.fft.irfftn(f, s=volume.shape[-3:], axes=axes).astype(np.float32)
 
 
 def local_weight(maps, half_maps, consensus, half_consensus, fractions, smooth_px: float = 2.0,

@@ -185,14 +185,18 @@ class Workspace:
         x, c = self.data.store.read(rows)
         return x, c, self.data.group[rows]
 
-    def operator(self, index: int):
-        """Sparse slice operator of batch ``index`` (cached when the budget allows)."""
-        op = self._ops.get(index)
-        if op is not None:
-            return op
+    def operator(self, index: int, m_use: Optional[int] = None):
+        """Sparse slice operator of batch ``index`` for its first ``m_use`` coefficients
+        (default all; the coefficients are ordered by shell, so this is the data up to a
+        resolution). Cached when the budget allows, one ``m_use`` per batch at a time."""
+        coeffs = self.data.coeffs
+        m_use = coeffs.size if m_use is None else int(m_use)
+        cached = self._ops.get(index)
+        if cached is not None and cached[0] == m_use:
+            return cached[1]
         rows = self.batches[index][0]
-        op = slice_operator(self.data.rotations[rows], self.data.coeffs, self.pad)
+        op = slice_operator(self.data.rotations[rows], coeffs.prefix(m_use), self.pad)
         if self.cache_operators:
             with self._lock:
-                self._ops[index] = op
+                self._ops[index] = (m_use, op)
         return op

@@ -228,6 +228,9 @@ class DevicePass:
         like = min(int(like_shells or ws.like_shells), n_shells)
         side, pad = ws.side, ws.pad
         estep = fixed_weights is None
+        # as the CPU pass: E-steps use (and back-project) the coefficients of the shells in the
+        # likelihood only, a prefix of the shell-ordered coefficients
+        m_use = ws.data.coeffs.count_below(like) if estep else ws.data.coeffs.size
         active_o = np.asarray(active, dtype=bool)[self.order]
         act_all = xp.asarray(active_o.astype(np.float64))
         sig32 = xp.asarray(np.asarray(sigma2, dtype=np.float32))
@@ -243,7 +246,9 @@ class DevicePass:
             prior = xp.asarray(np.asarray(log_prior, dtype=np.float64))
             group_ids = xp.arange(n_groups)
             counts = np.bincount(self.group_host[active_o], minlength=n_groups)
-            noise_count = counts[:, None].astype(np.float64) * self.shell_counts[None, :]
+            in_like = np.arange(n_shells) < like
+            noise_count = (counts[:, None].astype(np.float64)
+                           * (self.shell_counts * in_like)[None, :])
         else:
             fixed = np.asarray(fixed_weights, dtype=np.float64)[self.order] * active_o[:, None]
         batches = self._batches(active_o)
@@ -255,7 +260,7 @@ class DevicePass:
             if estep:
                 power = ks.slice_power(grids[half], self.data, self.ctf, self.rot, self.kx,
                                        self.ky, self.shell, self.data_scale, lo, nb, n_shells,
-                                       side, pad)
+                                       side, pad, n_use=m_use)
                 g = self.group[lo:hi]
                 ratio = power[:, :, :like] / sig32[g][:, None, :like]
                 z = prior[None, :] - ratio.sum(axis=2, dtype=np.float64)
@@ -283,7 +288,7 @@ class DevicePass:
                 weights = xp.where(weights >= self.min_weight, weights, 0.0)
             ks.backproject(grid[half], self.data, self.ctf, self.rot, self.kx, self.ky,
                            self.shell, self.group, sig32, weights.astype(np.float32),
-                           self.data_scale, lo, nb, side, pad)
+                           self.data_scale, lo, nb, side, pad, n_use=m_use)
             if progress is not None:
                 progress("batch", stage=stage, done=bi + 1, total=len(batches))
         post = np.zeros((n, k), dtype=np.float32)

@@ -129,8 +129,8 @@ extern "C" __global__ void slice_power(
     const float2* __restrict__ grids, const store_t* __restrict__ data,
     const store_t* __restrict__ ctf, const double* __restrict__ rot,
     const int* __restrict__ kx, const int* __restrict__ ky, const int* __restrict__ shell,
-    float data_scale, int first, int n_batch, int n_coef, int n_classes, int k_first,
-    int k_count, int n_shells, int side, int pad, float* __restrict__ per_shell)
+    float data_scale, int first, int n_batch, int n_coef, int n_use, int n_classes,
+    int k_first, int k_count, int n_shells, int side, int pad, float* __restrict__ per_shell)
 {
     extern __shared__ float acc[];
     int b = blockIdx.x;
@@ -140,7 +140,7 @@ extern "C" __global__ void slice_power(
     __syncthreads();
     long long i = (long long)first + b;
     const double* r = rot + 6 * i;
-    for (int m = threadIdx.x; m < n_coef; m += blockDim.x) {
+    for (int m = threadIdx.x; m < n_use; m += blockDim.x) {
         int idx[8];
         float w[8], xr, xi, c;
         load_coefficient(r, kx, ky, data, ctf, data_scale, i, m, n_coef, side, pad, idx, w,
@@ -170,7 +170,7 @@ extern "C" __global__ void backproject(
     const int* __restrict__ kx, const int* __restrict__ ky, const int* __restrict__ shell,
     const int* __restrict__ group, const float* __restrict__ sigma2,
     const float* __restrict__ weights, float data_scale, int first, int n_batch,
-    int n_coef, int n_classes, int n_shells, int side, int pad)
+    int n_coef, int n_use, int n_classes, int n_shells, int side, int pad)
 {
     int b = blockIdx.x;
     if (b >= n_batch) return;
@@ -179,7 +179,7 @@ extern "C" __global__ void backproject(
     const float* wk = weights + (long long)b * n_classes;
     const float* sig_row = sigma2 + (long long)group[i] * n_shells;
     int stride = 3 * n_classes;
-    for (int m = threadIdx.x; m < n_coef; m += blockDim.x) {
+    for (int m = threadIdx.x; m < n_use; m += blockDim.x) {
         int idx[8];
         float w[8], xr, xi, c;
         load_coefficient(r, kx, ky, data, ctf, data_scale, i, m, n_coef, side, pad, idx, w,
@@ -260,15 +260,17 @@ class KernelSet:
         return max(1, min(k, SHARED_LIMIT_BYTES // (4 * max(n_shells, 1))))
 
     def slice_power(self, grids, data, ctf, rot, kx, ky, shell, data_scale: float, first: int,
-                    n_batch: int, n_shells: int, side: int, pad: int):
+                    n_batch: int, n_shells: int, side: int, pad: int, n_use=None):
         """(n_batch, K, S) float32 residual power per shell of particles first..first+n_batch.
 
         ``grids`` (N**3, K) complex64; the other arrays as in the module docstring (``data``
-        and ``ctf`` hold every particle; rows ``first:first + n_batch`` are used).
+        and ``ctf`` hold every particle; rows ``first:first + n_batch`` are used). Only the
+        first ``n_use`` coefficients (default all; they are ordered by shell) are used.
         """
         xp = self.xp
         k = grids.shape[1]
         m = kx.shape[0]
+        n_use = m if n_use is None else int(n_use)
         out = xp.empty((n_batch, k, n_shells), dtype=np.float32)
         if n_batch == 0:
             return out
@@ -278,22 +280,27 @@ class KernelSet:
             kc = min(chunk, k - k0)
             fn((n_batch,), (self.block,),
                (grids, data, ctf, rot, kx, ky, shell, np.float32(data_scale), np.int32(first),
-                np.int32(n_batch), np.int32(m), np.int32(k), np.int32(k0), np.int32(kc),
+                np.int32(n_batch), np.int32(m), np.int32(n_use), np.int32(k), np.int32(k0),
+                np.int32(kc),
                 np.int32(n_shells), np.int32(side), np.int32(pad), out),
                shared_mem=4 * kc * n_shells)
         return out
 
     def backproject(self, acc, data, ctf, rot, kx, ky, shell, group, sigma2, weights,
-                    data_scale: float, first: int, n_batch: int, side: int, pad: int) -> None:
+                    data_scale: float, first: int, n_batch: int, side: int, pad: int,
+                    n_use=None) -> None:
         """Add the batch's posterior-weighted back-projection to ``acc`` (N**3, 3K), in place.
 
-        ``sigma2`` (G, S) float32, ``weights`` (n_batch, K) float32 (0 = skipped).
+        ``sigma2`` (G, S) float32, ``weights`` (n_batch, K) float32 (0 = skipped); only the
+        first ``n_use`` coefficients (default all) are back-projected.
         """
         if n_batch == 0:
             return
+        n_use = kx.shape[0] if n_use is None else int(n_use)
         k = weights.shape[1]
         fn = self._fn("backproject")
         fn((n_batch,), (self.block,),
            (acc, data, ctf, rot, kx, ky, shell, group, sigma2, weights, np.float32(data_scale),
-            np.int32(first), np.int32(n_batch), np.int32(kx.shape[0]), np.int32(k),
+            np.int32(first), np.int32(n_batch), np.int32(kx.shape[0]), np.int32(n_use),
+            np.int32(k),
             np.int32(sigma2.shape[1]), np.int32(side), np.int32(pad)))
