@@ -75,11 +75,13 @@ def _event_line(event: str, info: dict) -> str:
         return f"node {info.get('id')} ({info.get('n_particles')} particles): {what}"
     if event == "node_start":
         return f"node {info.get('id')} ({info.get('n_particles')} particles): replicates"
-    if event == "restart":
-        who = (f"K={info.get('k')} replicate {info['replicate'] + 1}: "
-               if "replicate" in info else "")
-        return (f"{who}{info.get('reason')} after iteration {info.get('after_iteration')}; "
-                "restart from new random references")
+    if event == "explore_start":
+        return (f"exploring: start {int(info.get('start', 0)) + 1}/{info.get('n_starts')} "
+                "from random references, hard assignments")
+    if event == "explore_done":
+        scores = ", ".join(f"{s:.2f}" for s in info.get("scores", []))
+        return (f"start {int(info.get('selected', 0)) + 1} kept (highest held-out "
+                f"log-evidence per particle: {scores}); refining it with soft assignments")
     return (f"{event} " + " ".join(f"{k}={v}" for k, v in info.items())).strip()
 
 

@@ -16,7 +16,8 @@ shards the particles and combines the ranks. Here:
   ``MPI_Abort``, which ends every rank (no rank waits forever in a collective).
 
 Testing only: ``HETCLASS_TESTING_KILL="RANK:ITERATION"`` makes that rank kill itself with
-SIGKILL when it reports that EM iteration of ``classify`` (``"RANK:ITERATION:raise"``: raise
+SIGKILL when it reports that refinement iteration of ``classify`` (exploration iterations
+do not count) (``"RANK:ITERATION:raise"``: raise
 an unexpected RuntimeError instead). ``tests/test_mpi.py`` uses it to check that a lost or
 failing rank ends the job instead of hanging it. Never set it in production.
 """
@@ -87,7 +88,8 @@ def root_progress(comm, progress: Optional[Callable]) -> Optional[Callable]:
         return callback
 
     def failing(event, **info):
-        if event == "iteration" and int(info.get("it", -1)) >= iteration:
+        if (event == "iteration" and info.get("phase") != "explore"
+                and int(info.get("it", -1)) >= iteration):
             if how == "raise":
                 raise RuntimeError(f"{KILL_ENV}: rank {rank} fails at iteration {iteration}")
             sys.stderr.flush()

@@ -2,12 +2,13 @@
 
 The core reports through ``progress(event, **info)`` (see :mod:`hetclass.pipeline`):
 ``batch`` (done/total of a stage), ``iteration`` (it, max_iter, changed_pct,
-class_fractions), ``restart`` (reason, after_iteration), ``message`` (text); the replicate
+class_fractions; ``phase="explore"`` with ``start``/``n_starts`` during exploration),
+``explore_start`` (start, n_starts), ``explore_done`` (selected, scores), ``message`` (text); the replicate
 code adds ``k`` and ``replicate`` to the engine's events and sends ``replicate`` (one
 finished), ``k_done``, ``node_start`` and ``node`` (exhaustive splitting).
 
 On a terminal a tqdm bar shows the work with elapsed and estimated remaining time; milestones
-(iterations of one classification, finished replicates, restarts, tree nodes) are printed as
+(iterations of one classification, exploration starts, finished replicates, tree nodes) are printed as
 lines above it. Elsewhere (a log file, a pipe) there is no bar: milestones are printed one
 line each, and long replicate work adds a status line with the estimate every
 ``status_interval_s`` seconds. ``--quiet`` passes no callback at all.
@@ -83,7 +84,7 @@ class _Output:
 
 class ClassifyProgress(_Output):
     """Progress of one classification: one line per EM iteration, a bar over the iterations
-    (terminal), restarts announced with their reason."""
+    (terminal), exploration starts and the kept start announced."""
 
     def __init__(self, stream: TextIO, max_iter: int, bars: Optional[bool] = None):
         super().__init__(stream, bars)
@@ -107,12 +108,6 @@ class ClassifyProgress(_Output):
         elif event in ("explore_start", "explore_done"):
             self.close_batch()
             self.line(explore_text(event, info))
-        elif event == "restart":
-            self.close_batch()
-            self.line(restart_text(info))
-            self._t_first = None
-            if self._bar is not None:
-                self._bar.reset(total=self.max_iter)
         elif event == "message":
             self.close_batch()
             self.line(str(info.get("text", "")))
@@ -145,16 +140,6 @@ class ClassifyProgress(_Output):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-
-
-def restart_text(info: dict) -> str:
-    """``K=3 replicate 2: labels still cycling between solutions after iteration 8; restart 1
-    from new random references``."""
-    who = _task_name(info)
-    attempt = f" {info['attempt']}" if info.get("attempt") else ""
-    return (f"{who + ': ' if who else ''}{info.get('reason', 'no reason given')} after "
-            f"iteration {info.get('after_iteration')}; restart{attempt} from new random "
-            "references")
 
 
 def explore_text(event: str, info: dict) -> str:
@@ -194,7 +179,6 @@ class ReplicateProgress(_Output):
     # ----- bookkeeping ---------------------------------------------------------------------
     def _start_phase(self, tasks: Optional[int], name: Optional[str] = None) -> None:
         self._done: Dict[Tuple[int, int], int] = {}     # (k, replicate) -> iterations credited
-        self._extra = 0                                  # iterations before restarts
         self._expected = int(tasks or 0)
         self._t_phase = time.time()
         self._t_status = time.time()
@@ -205,10 +189,10 @@ class ReplicateProgress(_Output):
             self._bar = None
 
     def _total(self) -> int:
-        return max(self._expected, len(self._done)) * self.max_iter + self._extra
+        return max(self._expected, len(self._done)) * self.max_iter
 
     def _count(self) -> int:
-        return sum(self._done.values()) + self._extra
+        return sum(self._done.values())
 
     def _update(self, postfix: str) -> None:
         if self.bars:
@@ -247,10 +231,6 @@ class ReplicateProgress(_Output):
         elif event == "iteration":
             self.line(f"iteration {info['it']}/{info.get('max_iter', self.max_iter)}: "
                       f"{float(info.get('changed_pct', 0)):.2f} % changed")
-        elif event == "restart":
-            self._extra += int(info.get("after_iteration") or 0)
-            self._done[key] = 0
-            self.line(restart_text(info))
         elif event == "replicate":
             iterations = self._done.get(key, 0)
             self._done[key] = self.max_iter

@@ -12,6 +12,7 @@ import io
 import os
 import warnings
 
+import numpy as np
 import pytest
 import starfile
 
@@ -162,47 +163,41 @@ def test_warnings_are_one_line_without_source():
                      "hetclass classify: warning: invalid value encountered (RuntimeWarning)"]
 
 
-def test_restart_is_announced_with_its_reason():
+def test_exploration_is_announced_with_the_kept_start():
     stream = io.StringIO()
     progress = ClassifyProgress(stream, max_iter=25, bars=False)
-    for it in (1, 2):
-        progress("iteration", it=it, max_iter=25, changed_pct=40.0, class_fractions=[0.5, 0.5])
-    progress("restart", attempt=1, reason="labels still cycling between solutions",
-             after_iteration=9)
-    progress("iteration", it=1, max_iter=25, changed_pct=90.0, class_fractions=[0.4, 0.6])
+    progress("explore_start", start=0, n_starts=2)
+    progress("iteration", it=1, max_iter=12, changed_pct=40.0, phase="explore", start=0,
+             n_starts=2)
+    progress("explore_start", start=1, n_starts=2)
+    progress("explore_done", selected=1, scores=[-90.5, -89.25])
+    progress("iteration", it=1, max_iter=25, changed_pct=9.0, class_fractions=[0.5, 0.5])
     progress.close()
     lines = stream.getvalue().splitlines()
-    assert lines[2] == ("labels still cycling between solutions after iteration 9; restart 1 "
-                        "from new random references")
-    assert lines[1].startswith("iteration   2/25:") and "left" in lines[1]
-    assert lines[3].startswith("iteration   1/25:")
+    assert lines[0] == "exploring: start 1/2 from random references, hard assignments"
+    assert lines[1].startswith("  start 1/2, iteration  1/12:  40.00 % changed")
+    assert lines[3] == ("start 2 kept: highest held-out log-evidence per particle "
+                        "(-90.50, -89.25); refining it with soft assignments")
+    assert lines[4].startswith("iteration   1/25:")
 
 
-def test_engine_emits_the_restart_event(tiny_dataset, monkeypatch):
-    """engine.fit reports a restart through progress (the reason the engine records)."""
-    from dataclasses import replace
-
+def test_engine_reports_exploration_and_keeps_the_best_start(tiny_dataset):
+    """engine.fit explores ``n_init`` starts, says which it kept, and records them all."""
     from hetclass import engine
     from hetclass.pipeline import ClassifyOptions, load_particles
     particles = load_particles(tiny_dataset.star_path, project_dir=tiny_dataset.out_dir)
-    options = ClassifyOptions(classes=2, max_iter=3, target_res_A=25.0)
+    options = ClassifyOptions(classes=2, max_iter=3, target_res_A=25.0, n_init=2)
     prepared = engine.prepare(particles, options)
-    real = engine.iterate
-    calls = []
-
-    def stalls_once(ws, state, *args, **kwargs):
-        calls.append(state.attempt)
-        if len(calls) == 1:              # the first start "cycles": the engine must restart
-            return replace(state, iteration=2, stalled=True,
-                           history=[{"iteration": 2, "changed_pct": 45.0}])
-        return real(ws, state, *args, **kwargs)
-    monkeypatch.setattr(engine, "iterate", stalls_once)
     events = []
     result = engine.fit(prepared, options, progress=lambda e, **i: events.append((e, i)))
-    restarts = [i for e, i in events if e == "restart"]
-    assert restarts == [{"attempt": 1, "reason": result.state.restarts[0]["reason"],
-                         "after_iteration": 2}]
-    assert calls == [0, 1]
+    starts = [i["start"] for e, i in events if e == "explore_start"]
+    done = [i for e, i in events if e == "explore_done"]
+    assert starts == [0, 1] and len(done) == 1
+    scores = done[0]["scores"]
+    assert done[0]["selected"] == int(np.argmax(scores))
+    assert [s["score"] for s in result.state.starts] == scores
+    assert [s["selected"] for s in result.state.starts] == [j == done[0]["selected"]
+                                                            for j in range(2)]
 
 
 def test_replicate_progress_reports_iterations_with_an_estimate():

@@ -182,9 +182,11 @@ def progress_logger(prot):
             prot.info(f"hetclass iteration {info.get('it')}/{info.get('max_iter')}: "
                       f"{info.get('changed_pct', float('nan')):.2f} % changed; "
                       f"class fractions [{fractions}]")
-        elif event == "restart":
-            prot.info(f"hetclass: {info.get('reason')} after iteration "
-                      f"{info.get('after_iteration')}; restart from new random references")
+        elif event == "explore_done":
+            scores = ", ".join(f"{s:.2f}" for s in info.get("scores", []))
+            prot.info(f"hetclass: start {int(info.get('selected', 0)) + 1} of "
+                      f"{len(info.get('scores', []))} kept (held-out log-evidence per "
+                      f"particle {scores}); refining it with soft assignments")
         elif event == "batch" and info.get("done") == info.get("total"):
             prot.info(f"hetclass {info.get('stage', 'batch')}: {info.get('total')} done")
     return progress
