@@ -40,7 +40,9 @@ OPERATOR_BYTES_PER_COEF = 64          # a cached operator: 8 (float32 weight, in
 VOLUME_BYTES_PER_VOXEL_CLASS = 112    # accumulators, stacked grids, M-step work (measured ~104)
 PARTICLE_BYTES = 96                   # per particle: poses, labels, log-likelihoods, ...
 PARTICLE_BYTES_PER_CLASS = 24         # posteriors (local and gathered)
-PREPROCESS_BYTES_PER_PIXEL = 48       # image, FFTs and phase arrays per original pixel (~31)
+# per original pixel of an image in flight during preprocessing: the float32 image, the raw
+# read buffer and the cropping's temporaries (fft path: the rfft2; ~10 measured)
+PREPROCESS_BYTES_PER_PIXEL = 16
 # writing run_data.star & co. after the EM (text of every particle's row): measured ~1.1 kB
 OUTPUT_BYTES_PER_PARTICLE = 1280
 MARGIN_BYTES = 96 * MB                # modules imported later, allocator slack, outputs
@@ -84,6 +86,7 @@ class MemoryPlan:
     fixed_bytes: int = 0                # base + maps/accumulators + per-particle arrays
     data_bytes: int = 0                 # this rank's cropped data + CTF
     batch_bytes: int = 0                # one batch's working set (times concurrent fits)
+    preprocess_threads: int = 1         # cropping threads (threads + 1 batches in flight)
 
     def summary(self) -> dict:
         out = asdict(self)
@@ -93,18 +96,23 @@ class MemoryPlan:
 
 def plan_memory(max_memory_GB: Optional[float], n_local: int, n_total: int, m: int, k: int,
                 crop_box_px: int, box_px: int, pad: int = 2, batch_size: Optional[int] = None,
-                concurrent: int = 1, base_bytes: Optional[int] = None) -> MemoryPlan:
+                concurrent: int = 1, base_bytes: Optional[int] = None,
+                preprocess_threads: int = 1) -> MemoryPlan:
     """Batch sizes, data placement and operator caching for a host-memory budget.
 
     Without a budget: today's defaults (data in RAM, operators cached up to 3 GB). With
     ``max_memory_GB`` (per process): after the fixed costs (``base_bytes``, default this
     process's resident memory now; maps; per-particle arrays) and ``concurrent`` batch working
     sets, the data stay in RAM only if they fit, and the operators are cached only if they
-    fit after the data. InputError (field ``--max-memory``) below the minimum.
+    fit after the data. Preprocessing holds ``preprocess_threads + 1`` batches of images at
+    once (one with a single thread). InputError (field ``--max-memory``) below the minimum.
     """
     k = max(int(k), 2)
+    threads = max(int(preprocess_threads), 1)
+    in_flight = threads + 1 if threads > 1 else 1
     if max_memory_GB is None:
-        return MemoryPlan(None, batch_size, PREPROCESS_BATCH, True, None)
+        return MemoryPlan(None, batch_size, max(MIN_BATCH, PREPROCESS_BATCH // in_flight), True,
+                          None, preprocess_threads=threads)
     if not max_memory_GB > 0:
         raise InputError("must be > 0 (GB)", field="--max-memory", value=max_memory_GB)
     budget = int(float(max_memory_GB) * 2 ** 30)
@@ -139,10 +147,11 @@ def plan_memory(max_memory_GB: Optional[float], n_local: int, n_total: int, m: i
     ops = n_local * m * OPERATOR_BYTES_PER_COEF
     op_cache = int(min(DEFAULT_CACHE_BYTES, left)) if ops <= left else 0
     pre = int(np.clip((budget - common - (data_bytes if in_memory else 0))
-                      // (PREPROCESS_BYTES_PER_PIXEL * box_px ** 2), 8, PREPROCESS_BATCH))
+                      // (PREPROCESS_BYTES_PER_PIXEL * box_px ** 2 * in_flight), 8,
+                      max(MIN_BATCH, PREPROCESS_BATCH // in_flight)))
     fixed = max(em_fixed, out_fixed)
     return MemoryPlan(budget, int(batch_size), pre, bool(in_memory), op_cache, int(base),
-                      int(fixed), int(data_bytes), int(batch_bytes))
+                      int(fixed), int(data_bytes), int(batch_bytes), threads)
 
 
 class Workspace:
