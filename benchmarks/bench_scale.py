@@ -270,8 +270,9 @@ def run_steps(args) -> None:
     ds = make_dataset(workdir, params, threads=args.threads)
     runs = os.path.join(workdir, "runs")
     os.makedirs(runs, exist_ok=True)
-    base = {"dataset": params, "threads": args.threads, "cores": os.cpu_count(),
-            "max_memory_GB": args.max_memory, "code": code_version()}
+    base = {"dataset": params, "workdir": os.path.abspath(workdir), "threads": args.threads,
+            "cores": len(os.sched_getaffinity(0)), "max_memory_GB": args.max_memory,
+            "no_cache": bool(args.no_cache), "code": code_version()}
     if "data" in steps and ds["sim_s"] > 0:
         save_record(workdir, dict(base, step="data", seconds=ds["sim_s"]))
     floor = {r.get("label"): r for r in load_records(workdir) if r["step"] == "floor"}

@@ -74,7 +74,8 @@ class MemoryPlan:
     """How one rank uses host memory (all sizes in bytes).
 
     ``data_in_memory`` False: the particle data stream from a cache on disk, batch by batch.
-    ``operator_cache_bytes`` 0: slice operators are rebuilt for every batch.
+    ``operator_cache_bytes`` 0: slice operators are rebuilt for every batch; otherwise the
+    operators of the first batches are kept up to that many bytes.
     """
 
     budget_bytes: Optional[int]
@@ -103,8 +104,8 @@ def plan_memory(max_memory_GB: Optional[float], n_local: int, n_total: int, m: i
     Without a budget: today's defaults (data in RAM, operators cached up to 3 GB). With
     ``max_memory_GB`` (per process): after the fixed costs (``base_bytes``, default this
     process's resident memory now; maps; per-particle arrays) and ``concurrent`` batch working
-    sets, the data stay in RAM only if they fit, and the operators are cached only if they
-    fit after the data. Preprocessing holds ``preprocess_threads + 1`` batches of images at
+    sets, the data stay in RAM only if they fit, and the operators are cached in what is left
+    after the data (all of them, or those of the first batches). Preprocessing holds ``preprocess_threads + 1`` batches of images at
     once (one with a single thread). InputError (field ``--max-memory``) below the minimum.
     """
     k = max(int(k), 2)
@@ -145,7 +146,7 @@ def plan_memory(max_memory_GB: Optional[float], n_local: int, n_total: int, m: i
     if in_memory:
         left -= data_bytes
     ops = n_local * m * OPERATOR_BYTES_PER_COEF
-    op_cache = int(min(DEFAULT_CACHE_BYTES, left)) if ops <= left else 0
+    op_cache = int(max(0, min(ops, left)))     # the budget's remainder: all, or the first batches
     pre = int(np.clip((budget - common - (data_bytes if in_memory else 0))
                       // (PREPROCESS_BYTES_PER_PIXEL * box_px ** 2 * in_flight), 8,
                       max(MIN_BATCH, PREPROCESS_BATCH // in_flight)))
@@ -182,8 +183,9 @@ class Workspace:
             for start in range(0, rows.size, self.batch_size):
                 self.batches.append((rows[start:start + self.batch_size], half - 1))
         nnz_bytes = OPERATOR_BYTES_PER_COEF * len(data) * m
-        limit = DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes
-        self.cache_operators = nnz_bytes <= limit
+        self.cache_limit_bytes = int(DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes)
+        self.cache_operators = nnz_bytes <= self.cache_limit_bytes   # every batch's fits
+        self.cached_bytes = 0
         self._ops = {}
         self._lock = threading.Lock()
 
@@ -195,13 +197,18 @@ class Workspace:
         return x, c, self.data.group[rows]
 
     def operator(self, index: int):
-        """Sparse slice operator of batch ``index`` (cached when the budget allows)."""
+        """Sparse slice operator of batch ``index``: built once and kept while the cache has
+        room (``cache_limit_bytes``; the first batches when not all fit), else rebuilt. Kept
+        and rebuilt operators are the same numbers, so results do not depend on the cache;
+        the cache is shared by every iteration and every replicate of the data set."""
         op = self._ops.get(index)
         if op is not None:
             return op
         rows = self.batches[index][0]
         op = slice_operator(self.data.rotations[rows], self.data.coeffs, self.pad)
-        if self.cache_operators:
-            with self._lock:
+        size = op.data.nbytes + op.indices.nbytes + op.indptr.nbytes
+        with self._lock:
+            if index not in self._ops and self.cached_bytes + size <= self.cache_limit_bytes:
                 self._ops[index] = op
+                self.cached_bytes += size
         return op

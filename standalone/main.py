@@ -23,6 +23,7 @@ COMMANDS = {
     "stability": "stability_cmd",
     "exhaustive": "exhaustive_cmd",
     "convert": "convert_cmd",
+    "plan": "plan_cmd",
 }
 
 
