@@ -210,9 +210,10 @@ def table(records: List[dict]) -> str:
         rows.append((
             f"{r['step']}{':' + r['label'] if r.get('label') else ''}", str(ds.get("n", "-")),
             str(ds.get("box_px", "-")), str(r.get("K", "-")), str(r.get("n_coefficients", "-")),
-            str(r.get("iterations", "-")), _f(r.get("prep_s")), _f(r.get("em_s")),
+            str(r.get("iterations", "-")), _f(r.get("prep_s", r.get("prepare_s"))),
+            _f(r.get("em_s")),
             _f(r.get("wall_s", r.get("seconds"))), _f(r.get("images_per_s"), "{:.0f}"),
-            _f(r["wall_s"] / floor if floor and r["step"] == "preprocess" else None, "{:.2f}"),
+            _f(r["prepare_s"] / floor if floor and r["step"] == "preprocess" else None, "{:.2f}"),
             _f(r.get("peak_rss_bytes", 0) / MB if r.get("peak_rss_bytes") else None, "{:.0f}"),
             _f(r.get("max_memory_GB"), "{:g}"), _f(r.get("ari"), "{:.3f}"),
             f"{r.get('load_before', 0):.1f}/{r.get('load_after', 0):.1f}"))

@@ -83,27 +83,21 @@ def _measured(r: dict) -> float:
 def fit_constants(records: List[dict], probes: dict) -> dict:
     """The reference constants the records imply (see the module docstring)."""
     from hetclass import cost_reference as ref
-    from hetclass.plan import workload_for
     found = {"ITERATIONS": _iterations(records) or dict(ref.ITERATIONS)}
-    eff, out, rep = [], [], []
-    for workdir, (particles, rates) in probes.items():
-        for r in [x for x in records if x.get("workdir") == workdir]:
-            ds = r["dataset"]
-            wl = workload_for(ds["n"], ds["box_px"], ds["pixel_size_A"])
-            t = int(r.get("cores") or 1)           # preprocessing uses every core
-            if r["step"] == "preprocess" and t > 1:
-                speedup = ds["n"] * rates.prep_s_per_image / r["prepare_s"]
-                eff.append((speedup / t) ** (1.0 / np.log2(t)))
-            if r["step"] == "classify" and r.get("em_s") is not None:
-                out.append(max(0.0, r["wall_s"] - r["prep_s"] - r["em_s"]) / ds["n"])
-    if eff:
-        found["PREP_EFFICIENCY_PER_DOUBLING"] = float(np.median(eff))
-    if out:
-        found["OUTPUT_S_PER_PARTICLE"] = float(np.median(out))
-    for workdir, (particles, rates) in probes.items():
-        for r in [x for x in records if x.get("workdir") == workdir and x["step"] == "stability"]:
-            rep.append(r)
-    found["_stability_records"] = rep
+    # start-up and outputs: what a classify run spends outside preprocessing and the EM
+    pts = [(r["dataset"]["n"], max(0.0, r["wall_s"] - r["prep_s"] - r["em_s"]))
+           for r in records if r["step"] == "classify" and r.get("em_s") is not None]
+    if len({n for n, _ in pts}) > 1:
+        slope, intercept = np.polyfit([n for n, _ in pts], [t for _, t in pts], 1)
+        found["STARTUP_S"] = float(max(intercept, 0.0))
+        found["OUTPUT_S_PER_PARTICLE"] = float(max(slope, 0.0))
+    elif pts:
+        found["OUTPUT_S_PER_PARTICLE"] = float(
+            max(0.0, np.median([(t - ref.STARTUP_S) / n for n, t in pts])))
+    big = max(probes.values(), key=lambda pr: int(pr[0].box_px[0]))[1]
+    found["PREP_EFFICIENCY_PER_DOUBLING"] = float(big.prep_efficiency)
+    found["_stability_records"] = [r for r in records if r["step"] == "stability"
+                                   and r.get("workdir") in probes]
     return found
 
 
@@ -163,7 +157,8 @@ def reference_source(constants: dict, probes: dict) -> str:
     from hetclass.plan import workload_for
     wl = workload_for(len(particles), int(particles.box_px[0]), float(particles.pixel_size_A[0]))
     voxels = (2 * wl.crop_box_px) ** 3
-    r = {"prep_s_per_pixel": rates.prep_s_per_image / wl.box_px ** 2,
+    r = {"read_s_per_pixel": rates.read_s_per_image / wl.box_px ** 2,
+         "prep_s_per_pixel": rates.prep_s_per_image / wl.box_px ** 2,
          "estep_s_per_coef": rates.estep_s_per_coef,
          "estep_s_per_coef_class": rates.estep_s_per_coef_class,
          "fixed_s_per_voxel": rates.fixed_s / voxels,
@@ -193,6 +188,7 @@ PREP_EFFICIENCY_PER_DOUBLING = {round(g("PREP_EFFICIENCY_PER_DOUBLING"), 3)!r}
 REPLICATE_EFFICIENCY = {round(g("REPLICATE_EFFICIENCY"), 3)!r}
 STREAM_GB_PER_S = {g("STREAM_GB_PER_S")!r}                  # hand-set
 OUTPUT_S_PER_PARTICLE = {g("OUTPUT_S_PER_PARTICLE"):.3g}
+STARTUP_S = {round(g("STARTUP_S"), 2)!r}                           # imports, reading the STAR file
 BASE_RSS_BYTES = {g("BASE_RSS_BYTES")!r}
 GPU_EVALS_PER_S = {g("GPU_EVALS_PER_S")!r}                  # ASSUMED, not measured (one GPU)
 '''

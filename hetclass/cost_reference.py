@@ -9,7 +9,8 @@ ENGINE = "pre-accuracy engine (issue 17 baseline)"
 
 # rates of the reference machine, used only without a probe (hetclass plan --no-probe)
 RATES = {
-    "prep_s_per_pixel": 7e-09,          # read + crop + CTF per image pixel, one thread
+    "read_s_per_pixel": 1e-09,          # reading, per image pixel
+    "prep_s_per_pixel": 7e-09,          # crop + CTF per image pixel, one thread
     "estep_s_per_coef": 5e-08,          # per particle-coefficient per iteration, one thread
     "estep_s_per_coef_class": 4e-08,    # per particle-coefficient-class, one thread
     "fixed_s_per_voxel": 1e-07,         # per padded-grid voxel per iteration
@@ -24,5 +25,6 @@ PREP_EFFICIENCY_PER_DOUBLING = 0.9     # cropping threads
 REPLICATE_EFFICIENCY = 0.8             # concurrent replicates (threads) vs ideal
 STREAM_GB_PER_S = 1.0                  # reading a cache on disk per EM pass (hand-set)
 OUTPUT_S_PER_PARTICLE = 4e-05          # writing the STAR files and maps, per particle
+STARTUP_S = 2.0                        # imports, reading the STAR file (hand-set)
 BASE_RSS_BYTES = 300 * 2 ** 20         # the process before preprocessing
 GPU_EVALS_PER_S = 1e9                  # ASSUMED E-step particle-coefficient-class per s, one GPU

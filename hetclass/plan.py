@@ -4,14 +4,14 @@ External job and the Scipion protocol log at start).
 Cost model (seconds; ``n`` particles, ``M`` coefficients per particle after cropping, ``K``
 classes, one process with ``threads`` E-step threads)::
 
-    preprocess  = n * prep_s_per_image / prep_speedup(cores)
+    preprocess  = n * max(read_s_per_image, prep_s_per_image / prep_speedup(cores))
     iteration   = n * M * (estep_s_per_coef + K * estep_s_per_coef_class) / speedup
                                                                (threads, MPI ranks)
                   + fixed_s + K * fixed_s_per_class           (M-step, link, ...: per grid)
                   + n * M * build_s_per_coef                   (only when operators are not cached)
                   + n * M * 12 B / stream_GB_per_s             (only when the data stream from disk)
     fit(K)      = (iterations(K) + 1) * iteration              (+1: the initial reconstruction)
-    classify    = preprocess + fit(K) + n * output_s_per_particle
+    classify    = startup + preprocess + fit(K) + n * output_s_per_particle
     stability   = preprocess + sum over K >= 2 of R * fit(K) / replicate_parallelism
     exhaustive  = preprocess + per tree level R * (fit(2) [+ fit(3)]) / replicate_parallelism
 
@@ -42,7 +42,9 @@ GB = 2.0 ** 30
 class Rates:
     """Seconds per unit of work on one machine, for one crop (``n_coefficients``)."""
 
-    prep_s_per_image: float          # read + crop + CTF of one image, one thread
+    read_s_per_image: float          # reading one image (in order, one thread)
+    prep_s_per_image: float          # crop + CTF of one image, one thread
+    prep_efficiency: float           # cropping speedup per doubling of threads, / 2
     estep_s_per_coef: float          # per particle and coefficient per iteration (K-free
                                      # part), one thread
     estep_s_per_coef_class: float    # per particle, coefficient and class per iteration,
@@ -155,10 +157,11 @@ def iteration_seconds(rates: Rates, wl: Workload, k: int, n: Optional[int] = Non
 
 
 def preprocess_seconds(rates: Rates, wl: Workload, cores: int) -> float:
-    """Reading and cropping every image: the cropping threads use every core."""
+    """Reading (one thread) and cropping (a thread per core) every image, at the same time:
+    the slower of the two."""
     workers = max(1, int(cores))
-    speedup = workers * ref.PREP_EFFICIENCY_PER_DOUBLING ** math.log2(workers)
-    return wl.n_particles * rates.prep_s_per_image / speedup
+    speedup = workers * rates.prep_efficiency ** math.log2(workers)
+    return wl.n_particles * max(rates.read_s_per_image, rates.prep_s_per_image / speedup)
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,7 @@ def classify_estimate(rates: Rates, wl: Workload, k: int, shape: RunShape, machi
                       max_iter: int = 25) -> Estimate:
     prep = preprocess_seconds(rates, wl, machine.cores)
     typical, worst, plan, peak = fit_seconds(rates, wl, k, shape, max_iter)
-    out = wl.n_particles * ref.OUTPUT_S_PER_PARTICLE
+    out = ref.STARTUP_S + wl.n_particles * ref.OUTPUT_S_PER_PARTICLE
     total_peak = peak * max(shape.ranks, 1)
     note = "" if plan.data_in_memory else "data stream from the cache on disk"
     if shape.gpu:
@@ -262,7 +265,7 @@ def stability_estimate(rates: Rates, wl: Workload, k_values: Sequence[int], repl
         worst += replicates * w / par
         peak = max(peak, p)
     prep = preprocess_seconds(rates, wl, machine.cores)
-    out = wl.n_particles * ref.OUTPUT_S_PER_PARTICLE * 2
+    out = ref.STARTUP_S + wl.n_particles * ref.OUTPUT_S_PER_PARTICLE * 2
     label = f"stability K={min(k_values)}-{max(k_values)} R={replicates}"
     return Estimate(label, shape.options(), prep + typical + out, prep + worst + out,
                     peak * max(shape.ranks, 1) / GB,

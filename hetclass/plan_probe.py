@@ -2,7 +2,8 @@
 own particles and machine.
 
 1. ``n_probe`` images (default 256, in 4 runs of consecutive particles spread over the file,
-   as a run reads them) are read and preprocessed with one thread: seconds per image;
+   as a run reads them) are read (seconds per image) and cropped with one thread and with
+   every core (seconds per image, efficiency of the threads);
 2. the slice operators of 4096 particles are built: seconds per particle-coefficient;
 3. four EM iterations of ``engine.fit`` run on 256 and on 4096 particles (the probe images
    repeated) at two class counts; the shortest time between iteration events is one
@@ -78,19 +79,12 @@ def _solve(points, m: int):
     return np.maximum(coef, 0.0)
 
 
-def probe_rates(particles, options, threads: int = 1, n_probe: int = 256,
-                classes: Sequence[int] = (2, 4), read_images: Optional[Callable] = None,
-                log: Optional[Callable[[str], None]] = None) -> Rates:
-    """Measure :class:`Rates` for ``particles`` with ``options`` (target resolution, mask) on
-    this machine; the EM runs with ``threads`` threads. ``read_images(rows)`` replaces the
-    image reader (tests)."""
-    from .engine import prepare
+def _preprocess_rates(sub, rows, options, read_images):
+    """(read s/image, crop s/image on one thread, cropping efficiency per doubling of
+    threads, the PreprocessSetup, the images) of the probe particles."""
+    from .fourier import cpu_workers
     from .fourier_store import MemoryStore
     from .preprocess import fill_store, setup_preprocess
-    from .projector import slice_operator
-
-    rows = probe_rows(len(particles), n_probe)
-    sub = particles.take(rows)
     t0 = time.perf_counter()
     if read_images is None:
         from .io.images import ImageSource
@@ -98,13 +92,36 @@ def probe_rates(particles, options, threads: int = 1, n_probe: int = 256,
             images = src.read()
     else:
         images = np.asarray(read_images(rows), dtype=np.float32)
-    t_read = time.perf_counter() - t0
+    read = (time.perf_counter() - t0) / len(rows)
     setup = setup_preprocess(sub, options.target_res_A, options.particle_diameter_A,
                              np.random.SeedSequence(0))
-    store = MemoryStore.empty(len(rows), setup.coeffs.size)
-    t0 = time.perf_counter()
-    fill_store(setup, sub, lambda r: images[r], store, threads=1)
-    prep = (t_read + time.perf_counter() - t0) / len(rows)
+    seconds = {}
+    cores = cpu_workers()
+    for threads in sorted({1, cores}):
+        store = MemoryStore.empty(len(rows), setup.coeffs.size)
+        t0 = time.perf_counter()
+        fill_store(setup, sub, lambda r: images[r], store, batch_size=64, threads=threads)
+        seconds[threads] = time.perf_counter() - t0
+    efficiency = 1.0
+    if cores > 1:
+        speedup = seconds[1] / max(seconds[cores], 1e-9)
+        efficiency = float(np.clip((speedup / cores) ** (1.0 / np.log2(cores)), 0.3, 1.0))
+    return float(read), float(seconds[1] / len(rows)), efficiency, setup, images
+
+
+def probe_rates(particles, options, threads: int = 1, n_probe: int = 256,
+                classes: Sequence[int] = (2, 4), read_images: Optional[Callable] = None,
+                log: Optional[Callable[[str], None]] = None) -> Rates:
+    """Measure :class:`Rates` for ``particles`` with ``options`` (target resolution, mask) on
+    this machine; the EM runs with ``threads`` threads. ``read_images(rows)`` replaces the
+    image reader (tests)."""
+    from .engine import prepare
+    from .projector import slice_operator
+
+    rows = probe_rows(len(particles), n_probe)
+    sub = particles.take(rows)
+    read, crop, prep_efficiency, setup, images = _preprocess_rates(sub, rows, options,
+                                                                   read_images)
     m = setup.coeffs.size
     big = sub.take(np.resize(np.arange(len(rows)), PROBE_SIZES[-1]))
     t0 = time.perf_counter()
@@ -132,7 +149,8 @@ def probe_rates(particles, options, threads: int = 1, n_probe: int = 256,
     # one-thread per-particle rates: undo the measured speedup of ``threads``
     speedup = threads * efficiency ** np.log2(threads) if threads > 1 else 1.0
     a, b, c, d = coef
-    return Rates(prep_s_per_image=float(prep), estep_s_per_coef=float(a * speedup),
+    return Rates(read_s_per_image=read, prep_s_per_image=crop, prep_efficiency=prep_efficiency,
+                 estep_s_per_coef=float(a * speedup),
                  estep_s_per_coef_class=float(b * speedup), fixed_s=float(c),
                  fixed_s_per_class=float(d), build_s_per_coef=float(build),
                  thread_efficiency=float(efficiency),

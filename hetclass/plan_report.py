@@ -46,7 +46,9 @@ def reference_rates(wl: Workload, threads: int) -> Rates:
     """Rates of the reference machine (:mod:`hetclass.cost_reference`) for this crop."""
     from . import cost_reference as ref
     r = ref.RATES
-    return Rates(prep_s_per_image=r["prep_s_per_pixel"] * wl.box_px ** 2,
+    return Rates(read_s_per_image=r["read_s_per_pixel"] * wl.box_px ** 2,
+                 prep_s_per_image=r["prep_s_per_pixel"] * wl.box_px ** 2,
+                 prep_efficiency=ref.PREP_EFFICIENCY_PER_DOUBLING,
                  estep_s_per_coef=r["estep_s_per_coef"],
                  estep_s_per_coef_class=r["estep_s_per_coef_class"],
                  fixed_s=r["fixed_s_per_voxel"] * (2 * wl.crop_box_px) ** 3,
@@ -97,8 +99,8 @@ def header_lines(wl: Workload, machine: Machine, rates: Rates, request: PlanRequ
         f"cropped to {wl.crop_box_px} px (target {wl.target_res_A:.1f} A), "
         f"{wl.n_coefficients} coefficients per particle",
         f"machine: {machine.cores} cores, {machine.memory_GB:.1f} GB memory, {gpu}",
-        f"rates ({rates.source}): preprocessing {rates.prep_s_per_image * 1e3:.2f} ms per "
-        f"image per thread; E-step {rates.estep_s_per_coef * 1e9:.1f} ns per "
+        f"rates ({rates.source}): reading {rates.read_s_per_image * 1e3:.2f} ms, cropping "
+        f"{rates.prep_s_per_image * 1e3:.2f} ms per image per thread; E-step {rates.estep_s_per_coef * 1e9:.1f} ns per "
         f"particle-coefficient + {rates.estep_s_per_coef_class * 1e9:.1f} ns per class (one "
         f"thread; {2 * rates.thread_efficiency:.2f}x per doubling of threads); M-step "
         f"{rates.fixed_s:.2f} s + {rates.fixed_s_per_class:.2f} s per class per iteration",

@@ -1,10 +1,12 @@
 """Images -> centred, Fourier-cropped, masked coefficient vectors with their CTFs (done once).
 
-For every particle: FFT, phase shift by its origin (translating by ``+shifts_A / pixel``
-centres it), Fourier crop to the box needed for the target resolution, apply the soft
-circular particle mask in real space, and keep the ``M`` half-plane coefficients of
-:mod:`hetclass.fourier`. The CTF at those coefficients is computed once as well, so the
-EM never touches images, shifts or CTF parameters again.
+For every particle: its low frequencies (phases about the centre), the phase shift by its
+origin (translating by ``+shifts_A / pixel`` centres it), the Fourier crop to the box needed
+for the target resolution, the soft circular particle mask in real space, and the ``M``
+half-plane coefficients of :mod:`hetclass.fourier` (:mod:`hetclass.crop` does this, with
+small DFT matrices instead of a full FFT where the crop allows). The CTF at those
+coefficients is computed once as well, so the EM never touches images, shifts or CTF
+parameters again. Images are read in order in one thread and cropped in worker threads.
 """
 
 from __future__ import annotations
