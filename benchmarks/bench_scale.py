@@ -167,7 +167,13 @@ def measure_classify(ds: dict, runs: str, k: int, args) -> dict:
         info = json.load(fh)
     t = info.get("timings_s", {})
     store = info.get("data_store") or {}
-    return dict(m, K=k, iterations=len(info.get("iterations", [])),
+    restarts = info.get("restarts") or []
+    # EM iterations of every attempt, plus one per restart (its new initial reconstruction):
+    # the count the cost model multiplies (hetclass.plan)
+    em_iterations = (len(info.get("iterations", [])) + len(restarts)
+                     + sum(int(r.get("after_iteration", 0)) for r in restarts))
+    return dict(m, K=k, iterations=len(info.get("iterations", [])), em_iterations=em_iterations,
+                restarts=len(restarts),
                 prep_s=t.get("preprocess"), em_s=t.get("em"),
                 n_coefficients=info.get("n_coefficients"), crop_box_px=info.get("crop_box_px"),
                 target_res_A=info.get("target_resolution_A"), cache=store.get("cache"),

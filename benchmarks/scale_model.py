@@ -51,7 +51,8 @@ def _iterations(records: List[dict]) -> Dict[int, float]:
     per_k: Dict[int, List[int]] = {}
     for r in records:
         if r["step"] == "classify" and r.get("iterations"):
-            per_k.setdefault(int(r["K"]), []).append(int(r["iterations"]))
+            per_k.setdefault(int(r["K"]), []).append(int(r.get("em_iterations")
+                                                          or r["iterations"]))
         if r["step"] == "stability":
             for k, v in (r.get("per_k") or {}).items():
                 per_k.setdefault(int(k), []).extend(int(i) for i in v.get("iterations") or [])
