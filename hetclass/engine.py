@@ -22,7 +22,7 @@ from .explore import explore, explore_subset
 from .em_step import shell_onehot
 from .mstep import initial_prior
 from .errors import InputError
-from .fourier import resize_volume
+from .fourier import cpu_workers, resize_volume
 from .masks import soft_sphere
 from .comm import SerialComm, shard_rows
 from .particles import ParticleSet
@@ -200,7 +200,8 @@ def _setup(particles, options, read_images, comm, concurrent_fits):
     memory = plan_memory(options.max_memory_GB, setup.rows.size, setup.n_total,
                          setup.coeffs.size, options.classes, setup.plan.crop_box_px,
                          setup.plan.box_px, batch_size=options.batch_size,
-                         concurrent=max(1, int(concurrent_fits)) * _batches_in_flight(options))
+                         concurrent=max(1, int(concurrent_fits)) * _batches_in_flight(options),
+                         preprocess_threads=cpu_workers())
     return setup, read_images, source, memory
 
 
@@ -235,7 +236,7 @@ def _make_store(setup, particles, options, memory, read_images, progress, abort_
 
     def fill(sink):
         fill_store(setup, particles, read_images, sink, memory.preprocess_batch, progress,
-                   abort_check)
+                   abort_check, memory.preprocess_threads)
 
     def write_part(directory, index, sync):
         if n == 0:

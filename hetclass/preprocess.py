@@ -1,10 +1,12 @@
 """Images -> centred, Fourier-cropped, masked coefficient vectors with their CTFs (done once).
 
-For every particle: FFT, phase shift by its origin (translating by ``+shifts_A / pixel``
-centres it), Fourier crop to the box needed for the target resolution, apply the soft
-circular particle mask in real space, and keep the ``M`` half-plane coefficients of
-:mod:`hetclass.fourier`. The CTF at those coefficients is computed once as well, so the
-EM never touches images, shifts or CTF parameters again.
+For every particle: its low frequencies (phases about the centre), the phase shift by its
+origin (translating by ``+shifts_A / pixel`` centres it), the Fourier crop to the box needed
+for the target resolution, the soft circular particle mask in real space, and the ``M``
+half-plane coefficients of :mod:`hetclass.fourier` (:mod:`hetclass.crop` does this, with
+small DFT matrices instead of a full FFT where the crop allows). The CTF at those
+coefficients is computed once as well, so the EM never touches images, shifts or CTF
+parameters again. Images are read in order in one thread and cropped in worker threads.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
-import scipy.fft
 
 from .ctf import ctf_values
 from .errors import InputError
-from .fourier import CoefficientSet, centred_rfft2, coefficient_set, cpu_workers
+from .crop import CropOperator, crop_images, crop_operator
+from .fourier import CoefficientSet, coefficient_set, cpu_workers
 from .fourier_store import MemoryStore
 from .masks import default_diameter_A, soft_disk
 from .particles import ParticleSet
@@ -123,36 +125,10 @@ class FourierData:
         return self.store.read(np.arange(len(self)))[1]
 
 
-def _crop_rfft(f: np.ndarray, crop: int) -> np.ndarray:
-    """Crop (n, B, B//2+1) rfft2 arrays to (n, b, b//2+1) (frequencies |ky| < b/2 kept)."""
-    big = f.shape[-2]
-    if crop == big:
-        return f
-    half = crop // 2
-    out = np.empty(f.shape[:-2] + (crop, half + 1), dtype=f.dtype)
-    out[..., :half, :] = f[..., :half, :half + 1]
-    out[..., half:, :] = f[..., big - half:, :half + 1]
-    out[..., half, :] = 0  # the Nyquist row of the small box has no unique partner
-    return out
-
-
-def preprocess_batch(images: np.ndarray, shifts_px: np.ndarray, plan: CropPlan,
-                     coeffs: CoefficientSet, disk: np.ndarray) -> np.ndarray:
-    """(n, B, B) images -> (n, M) complex64 coefficients, centred, cropped and masked."""
-    big = plan.box_px
-    f = centred_rfft2(np.asarray(images, dtype=np.float32))
-    ky = np.fft.fftfreq(big, d=1.0 / big)[:, None]
-    kx = np.arange(big // 2 + 1)[None, :]
-    phase = -2.0 * np.pi * (kx[None] * shifts_px[:, 0, None, None]
-                            + ky[None] * shifts_px[:, 1, None, None]) / big
-    f = f * np.exp(1j * phase).astype(np.complex64)
-    small = _crop_rfft(f, plan.crop_box_px) * (plan.crop_box_px / big) ** 2
-    img = np.fft.fftshift(scipy.fft.irfft2(small, s=(plan.crop_box_px,) * 2, axes=(-2, -1),
-                                          workers=cpu_workers()),
-                          axes=(-2, -1))
-    img *= disk
-    g = centred_rfft2(img.astype(np.float32))
-    return g.reshape(g.shape[0], -1)[:, coeffs.flat_index].astype(np.complex64)
+def preprocess_batch(images: np.ndarray, shifts_px: np.ndarray, op: CropOperator) -> np.ndarray:
+    """(n, B, B) images -> (n, M) complex64 coefficients, centred, cropped and masked
+    (:func:`hetclass.crop.crop_images`)."""
+    return crop_images(images, shifts_px, op)
 
 
 def ctf_for(particles: ParticleSet, rows: np.ndarray, coeffs: CoefficientSet,
@@ -191,6 +167,7 @@ class PreprocessSetup:
     subset: np.ndarray        # (n_total,) int64 half sets of every particle (1 or 2)
     rows: np.ndarray          # (n,) int64 global indices of this rank's particles
     n_total: int
+    crop: Optional[CropOperator] = None   # the image -> coefficients map (built once)
 
 
 def setup_preprocess(particles: ParticleSet, target_res_A: Optional[float],
@@ -222,33 +199,78 @@ def setup_preprocess(particles: ParticleSet, target_res_A: Optional[float],
                          value=diameter_A)
     disk = soft_disk(plan.crop_box_px, mask_radius_px(diameter_A, plan), edge_px=MASK_EDGE_PX)
     return PreprocessSetup(plan, coeffs, float(diameter_A), disk,
-                           half_sets(particles, seed_seq), shard, n_total)
+                           half_sets(particles, seed_seq), shard, n_total,
+                           crop_operator(big, plan.crop_box_px, coeffs, disk))
 
 
 def fill_store(setup: PreprocessSetup, particles: ParticleSet,
                read_images: Callable[[np.ndarray], np.ndarray], sink, batch_size: int = 512,
-               progress: Optional[Callable] = None, abort_check: Optional[Callable] = None
-               ) -> None:
+               progress: Optional[Callable] = None, abort_check: Optional[Callable] = None,
+               threads: int = 1) -> None:
     """Read this rank's images once, in batches of ``batch_size`` (``read_images(global_rows)``
     -> (n, B, B)), and write their coefficients and CTFs: ``sink.write(local_rows, data, ctf)``
     (a MemoryStore, or a cache part writer whose part is this rank's shard).
+
+    Reading and writing stay in this thread, in batch order; the cropping runs in ``threads``
+    worker threads with at most ``threads + 1`` batches in flight. Every image is computed on
+    its own, so the output does not depend on ``threads`` or ``batch_size``.
     """
     shard, plan, coeffs = setup.rows, setup.plan, setup.coeffs
+    op = setup.crop if setup.crop is not None else crop_operator(
+        plan.box_px, plan.crop_box_px, coeffs, setup.disk)
     n = int(shard.size)
     shifts_px = particles.shifts_A / particles.pixel_size_A[:, None]
-    for start in range(0, n, batch_size):
-        if abort_check is not None:
-            abort_check()
-        local = np.arange(start, min(n, start + batch_size))
-        glob = shard[local]
-        images = read_images(glob)
-        check_image_batch(images, glob, particles)   # non-finite, absurd or constant images
-        sink.write(local,
-                   preprocess_batch(images, shifts_px[glob], plan, coeffs, setup.disk),
-                   ctf_for(particles, glob, coeffs, plan))
-        del images
-        if progress is not None:
-            progress("batch", stage="preprocess", done=int(local[-1] + 1), total=n)
+
+    def crop(local, glob, images):
+        return (local, preprocess_batch(images, shifts_px[glob], op),
+                ctf_for(particles, glob, coeffs, plan))
+
+    def batches():
+        for start in range(0, n, batch_size):
+            if abort_check is not None:
+                abort_check()
+            local = np.arange(start, min(n, start + batch_size))
+            glob = shard[local]
+            images = read_images(glob)
+            check_image_batch(images, glob, particles)   # non-finite, absurd or constant
+            yield local, glob, images
+            del images
+
+    with single_threaded_blas():
+        for local, data, ctf in ordered_map(crop, batches(), threads):
+            sink.write(local, data, ctf)
+            if progress is not None:
+                progress("batch", stage="preprocess", done=int(local[-1] + 1), total=n)
+
+
+def single_threaded_blas():
+    """Context: BLAS on one thread (the caller's threads run one BLAS call each)."""
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def ordered_map(fn: Callable, items, threads: int):
+    """``fn(*item)`` for each item of the iterable ``items``, yielded in order; computed by
+    ``threads`` threads with at most ``threads + 1`` items taken from ``items`` and not yet
+    yielded (``items`` is consumed in the calling thread)."""
+    if threads <= 1:
+        for item in items:
+            yield fn(*item)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, *item))
+                if len(pending) > threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def fourier_data(setup: PreprocessSetup, particles: ParticleSet, store,
@@ -267,15 +289,17 @@ def preprocess(particles: ParticleSet, read_images: Callable[[np.ndarray], np.nd
                target_res_A: Optional[float], diameter_A: Optional[float],
                seed_seq: np.random.SeedSequence, batch_size: int = 512,
                progress: Optional[Callable] = None, abort_check: Optional[Callable] = None,
-               rows: Optional[np.ndarray] = None) -> FourierData:
+               rows: Optional[np.ndarray] = None, threads: Optional[int] = None) -> FourierData:
     """Read every image once (in batches via ``read_images(rows)``) into FourierData in RAM.
 
     ``rows`` (global particle indices, default all) restricts reading and preprocessing to a
     shard (one MPI rank's particles); the half sets are drawn over the whole set first, so a
     particle's half set does not depend on the sharding. (:func:`hetclass.engine.prepare`
-    also handles caches on disk and memory bounds.)
+    also handles caches on disk and memory bounds.) ``threads``: cropping threads (default:
+    the cores this process may use).
     """
     setup = setup_preprocess(particles, target_res_A, diameter_A, seed_seq, rows)
     store = MemoryStore.empty(setup.rows.size, setup.coeffs.size)
-    fill_store(setup, particles, read_images, store, batch_size, progress, abort_check)
+    fill_store(setup, particles, read_images, store, batch_size, progress, abort_check,
+               cpu_workers() if threads is None else threads)
     return fourier_data(setup, particles, store)

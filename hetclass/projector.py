@@ -38,29 +38,25 @@ def slice_operator(rotations: np.ndarray, coeffs: CoefficientSet, pad: int) -> s
     k2 = np.stack([coeffs.kx, coeffs.ky], axis=0).astype(np.float64) * pad  # (2, M)
     # q = A.T @ (kx, ky, 0): uses the first two rows of A.
     rt = np.ascontiguousarray(rotations[:, :2, :].transpose(0, 2, 1))  # (n, 3, 2)
-    q = rt @ k2 + side // 2  # (n, 3, M) grid coordinates (x, y, z)
-    q = q.astype(np.float32)
+    q = (rt @ k2 + side // 2).astype(np.float32)  # (n, 3, M) grid coordinates (x, y, z)
     base = np.floor(q)
-    frac = q - base
+    frac = q - base                                # (n, 3, M) in [0, 1)
     base = base.astype(np.int32)
-    x0, y0, z0 = base[:, 0], base[:, 1], base[:, 2]
-    fx, fy, fz = frac[:, 0], frac[:, 1], frac[:, 2]
-    indices = np.empty((n, m, 8), dtype=np.int32)
-    weights = np.empty((n, m, 8), dtype=np.float32)
     s2 = side * side
-    corner = 0
-    for dz in (0, 1):
-        wz = fz if dz else 1.0 - fz
-        iz = (z0 + dz) * s2
-        for dy in (0, 1):
-            wy = fy if dy else 1.0 - fy
-            izy = iz + (y0 + dy) * side
-            wzy = wz * wy
-            for dx in (0, 1):
-                wx = fx if dx else 1.0 - fx
-                indices[:, :, corner] = izy + x0 + dx
-                weights[:, :, corner] = wzy * wx
-                corner += 1
+    # corner c = 4 dz + 2 dy + dx sits at the lower corner's voxel plus a fixed offset, with
+    # weight w_z[dz] * w_y[dy] * w_x[dx] (w[0] = 1 - f, w[1] = f)
+    lower = base[:, 2] * s2 + base[:, 1] * side + base[:, 0]               # (n, M) int32
+    offsets = np.array([dz * s2 + dy * side + dx for dz in (0, 1) for dy in (0, 1)
+                        for dx in (0, 1)], dtype=np.int32)
+    indices = lower[:, :, None] + offsets                                  # (n, M, 8)
+    w = np.empty((3, 2, n, m), dtype=np.float32)                           # axis, d, n, M
+    np.subtract(np.float32(1.0), frac.transpose(1, 0, 2), out=w[:, 0])
+    w[:, 1] = frac.transpose(1, 0, 2)
+    wzy = w[2][:, None] * w[1][None, :]                                    # (dz, dy, n, M)
+    weights = np.empty((n, m, 8), dtype=np.float32)
+    for corner in range(8):
+        dz, dy, dx = corner >> 2, (corner >> 1) & 1, corner & 1
+        np.multiply(wzy[dz, dy], w[0, dx], out=weights[:, :, corner])
     rows = n * m
     indptr = np.arange(0, 8 * rows + 1, 8, dtype=np.int64 if 8 * rows >= 2 ** 31 else np.int32)
     return sp.csr_matrix((weights.reshape(-1), indices.reshape(-1), indptr),

@@ -40,7 +40,9 @@ OPERATOR_BYTES_PER_COEF = 64          # a cached operator: 8 (float32 weight, in
 VOLUME_BYTES_PER_VOXEL_CLASS = 112    # accumulators, stacked grids, M-step work (measured ~104)
 PARTICLE_BYTES = 96                   # per particle: poses, labels, log-likelihoods, ...
 PARTICLE_BYTES_PER_CLASS = 24         # posteriors (local and gathered)
-PREPROCESS_BYTES_PER_PIXEL = 48       # image, FFTs and phase arrays per original pixel (~31)
+# per original pixel of an image in flight during preprocessing: the float32 image, the raw
+# read buffer and the cropping's temporaries (fft path: the rfft2; ~10 measured)
+PREPROCESS_BYTES_PER_PIXEL = 16
 # writing run_data.star & co. after the EM (text of every particle's row): measured ~1.1 kB
 OUTPUT_BYTES_PER_PARTICLE = 1280
 MARGIN_BYTES = 96 * MB                # modules imported later, allocator slack, outputs
@@ -72,7 +74,8 @@ class MemoryPlan:
     """How one rank uses host memory (all sizes in bytes).
 
     ``data_in_memory`` False: the particle data stream from a cache on disk, batch by batch.
-    ``operator_cache_bytes`` 0: slice operators are rebuilt for every batch.
+    ``operator_cache_bytes`` 0: slice operators are rebuilt for every batch; otherwise the
+    operators of the first batches are kept up to that many bytes.
     """
 
     budget_bytes: Optional[int]
@@ -84,6 +87,7 @@ class MemoryPlan:
     fixed_bytes: int = 0                # base + maps/accumulators + per-particle arrays
     data_bytes: int = 0                 # this rank's cropped data + CTF
     batch_bytes: int = 0                # one batch's working set (times concurrent fits)
+    preprocess_threads: int = 1         # cropping threads (threads + 1 batches in flight)
 
     def summary(self) -> dict:
         out = asdict(self)
@@ -93,18 +97,23 @@ class MemoryPlan:
 
 def plan_memory(max_memory_GB: Optional[float], n_local: int, n_total: int, m: int, k: int,
                 crop_box_px: int, box_px: int, pad: int = 2, batch_size: Optional[int] = None,
-                concurrent: int = 1, base_bytes: Optional[int] = None) -> MemoryPlan:
+                concurrent: int = 1, base_bytes: Optional[int] = None,
+                preprocess_threads: int = 1) -> MemoryPlan:
     """Batch sizes, data placement and operator caching for a host-memory budget.
 
     Without a budget: today's defaults (data in RAM, operators cached up to 3 GB). With
     ``max_memory_GB`` (per process): after the fixed costs (``base_bytes``, default this
     process's resident memory now; maps; per-particle arrays) and ``concurrent`` batch working
-    sets, the data stay in RAM only if they fit, and the operators are cached only if they
-    fit after the data. InputError (field ``--max-memory``) below the minimum.
+    sets, the data stay in RAM only if they fit, and the operators are cached in what is left
+    after the data (all of them, or those of the first batches). Preprocessing holds ``preprocess_threads + 1`` batches of images at
+    once (one with a single thread). InputError (field ``--max-memory``) below the minimum.
     """
     k = max(int(k), 2)
+    threads = max(int(preprocess_threads), 1)
+    in_flight = threads + 1 if threads > 1 else 1
     if max_memory_GB is None:
-        return MemoryPlan(None, batch_size, PREPROCESS_BATCH, True, None)
+        return MemoryPlan(None, batch_size, max(MIN_BATCH, PREPROCESS_BATCH // in_flight), True,
+                          None, preprocess_threads=threads)
     if not max_memory_GB > 0:
         raise InputError("must be > 0 (GB)", field="--max-memory", value=max_memory_GB)
     budget = int(float(max_memory_GB) * 2 ** 30)
@@ -137,12 +146,13 @@ def plan_memory(max_memory_GB: Optional[float], n_local: int, n_total: int, m: i
     if in_memory:
         left -= data_bytes
     ops = n_local * m * OPERATOR_BYTES_PER_COEF
-    op_cache = int(min(DEFAULT_CACHE_BYTES, left)) if ops <= left else 0
+    op_cache = int(max(0, min(ops, left)))     # the budget's remainder: all, or the first batches
     pre = int(np.clip((budget - common - (data_bytes if in_memory else 0))
-                      // (PREPROCESS_BYTES_PER_PIXEL * box_px ** 2), 8, PREPROCESS_BATCH))
+                      // (PREPROCESS_BYTES_PER_PIXEL * box_px ** 2 * in_flight), 8,
+                      max(MIN_BATCH, PREPROCESS_BATCH // in_flight)))
     fixed = max(em_fixed, out_fixed)
     return MemoryPlan(budget, int(batch_size), pre, bool(in_memory), op_cache, int(base),
-                      int(fixed), int(data_bytes), int(batch_bytes))
+                      int(fixed), int(data_bytes), int(batch_bytes), threads)
 
 
 class Workspace:
@@ -173,8 +183,9 @@ class Workspace:
             for start in range(0, rows.size, self.batch_size):
                 self.batches.append((rows[start:start + self.batch_size], half - 1))
         nnz_bytes = OPERATOR_BYTES_PER_COEF * len(data) * m
-        limit = DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes
-        self.cache_operators = nnz_bytes <= limit
+        self.cache_limit_bytes = int(DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes)
+        self.cache_operators = nnz_bytes <= self.cache_limit_bytes   # every batch's fits
+        self.cached_bytes = 0
         self._ops = {}
         self._lock = threading.Lock()
 
@@ -188,7 +199,10 @@ class Workspace:
     def operator(self, index: int, m_use: Optional[int] = None):
         """Sparse slice operator of batch ``index`` for its first ``m_use`` coefficients
         (default all; the coefficients are ordered by shell, so this is the data up to a
-        resolution). Cached when the budget allows, one ``m_use`` per batch at a time."""
+        resolution). Built once and kept while the cache has room (``cache_limit_bytes``; the
+        first batches when not all fit), one ``m_use`` per batch at a time, else rebuilt. Kept
+        and rebuilt operators are the same numbers, so results do not depend on the cache;
+        the cache is shared by every iteration and every replicate of the data set."""
         coeffs = self.data.coeffs
         m_use = coeffs.size if m_use is None else int(m_use)
         cached = self._ops.get(index)
@@ -196,7 +210,11 @@ class Workspace:
             return cached[1]
         rows = self.batches[index][0]
         op = slice_operator(self.data.rotations[rows], coeffs.prefix(m_use), self.pad)
-        if self.cache_operators:
-            with self._lock:
-                self._ops[index] = (m_use, op)
+        size = op.data.nbytes + op.indices.nbytes + op.indptr.nbytes
+        with self._lock:
+            old = self._ops.get(index)
+            freed = 0 if old is None else old[2]
+            if self.cached_bytes - freed + size <= self.cache_limit_bytes:
+                self._ops[index] = (m_use, op, size)
+                self.cached_bytes += size - freed
         return op

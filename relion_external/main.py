@@ -39,7 +39,7 @@ from .nodes import (Node, detect_relion_version, job_is_continue, project_relati
                     write_output_nodes)
 from .options import (PARAMETERS, JobConfig, build_config, check_inputs_exist, classify_options,
                       parse_argv)
-from .replicate_modes import run_replicate_mode
+from .replicate_modes import log_run_estimate, run_replicate_mode
 
 PROG = "hetclass_relion"
 CHECKPOINT_FILE = "run_checkpoint.npz"   # hetclass.checkpoint.CHECKPOINT: "Continue!" resumes
@@ -137,6 +137,7 @@ def run_classify_mode(cfg: JobConfig, job: JobMarkers, progress, stdout: TextIO,
     options = classify_options(cfg)
     particles = load_particles(cfg.in_parts, project_dir=os.getcwd())
     print(f"read {len(particles)} particles from {cfg.in_parts}", file=stdout, flush=True)
+    log_run_estimate(cfg, particles, options, stdout)
     job.abort_check()
     resume = _resumes(cfg)
     if resume:

@@ -65,6 +65,22 @@ def _exhaustive_files(summary: dict) -> List[str]:
     return files
 
 
+def log_run_estimate(cfg: JobConfig, particles, options, stdout: TextIO) -> None:
+    """Log the expected time and memory of this job (:func:`hetclass.plan_report.log_estimate`;
+    under MPI only rank 0 does)."""
+    from hetclass.comm import launched_by_mpi, world_comm
+    from hetclass.plan_report import PlanRequest, log_estimate
+    if launched_by_mpi() and world_comm().rank != 0:
+        return
+    mode = cfg.mode if cfg.mode in ("stability", "exhaustive") else "classify"
+    ks = cfg.k_values or [cfg.classes or options.classes]
+    request = PlanRequest(mode, ks if mode != "exhaustive" else [2], cfg.replicates or 5,
+                          3 if cfg.max_depth is None else cfg.max_depth, cfg.threads,
+                          cfg.subsample)
+    log_estimate(particles, options, request, lambda text: print(text, file=stdout, flush=True),
+                 ranks=cfg.mpi_ranks or 1)
+
+
 def run_replicate_mode(cfg: JobConfig, job, progress, stdout: TextIO, load_particles=None,
                        jobs: Optional[Dict[str, Callable]] = None) -> List[Node]:
     """Run ``cfg.mode`` (stability | exhaustive) into ``cfg.job_dir``; return output nodes.
@@ -78,6 +94,7 @@ def run_replicate_mode(cfg: JobConfig, job, progress, stdout: TextIO, load_parti
     options = classify_options(cfg)
     particles = load_particles(cfg.in_parts, project_dir=os.getcwd())
     print(f"read {len(particles)} particles from {cfg.in_parts}", file=stdout, flush=True)
+    log_run_estimate(cfg, particles, options, stdout)
     job.abort_check()
     common = dict(n_replicates=cfg.replicates or 5, subsample=cfg.subsample,
                   workers=cfg.threads, particles_path=cfg.in_parts, progress=progress,

@@ -28,6 +28,7 @@ COMMANDS = {
     "stability": "stability_cmd",
     "exhaustive": "exhaustive_cmd",
     "convert": "convert_cmd",
+    "plan": "plan_cmd",
 }
 # commands that write into the folder --out (each run holds its lock)
 WRITES_OUT_DIR = ("classify", "demo", "stability", "exhaustive")

@@ -14,17 +14,14 @@ Example::
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from dataclasses import replace
-from typing import List
+from typing import Dict, List, Tuple
 
 import numpy as np
 
 from ..errors import InputError
 from ..particles import ParticleSet
-from .mrc import PIXEL_SIZE_RTOL, MrcInfo, open_mmap, read_info
-
-MAX_OPEN_STACKS = 64   # open memory maps kept at once (RELION data: one stack per micrograph)
+from .mrc import HEADER_BYTES, PIXEL_SIZE_RTOL, MrcInfo, open_mmap, read_info
 
 
 def split_image_names(names, star_path=None):
@@ -90,10 +87,10 @@ def fill_missing_box(particles: ParticleSet) -> ParticleSet:
 
 
 class ImageSource:
-    """Lazy reader of a :class:`ParticleSet`'s images (memory-mapped, grouped by stack).
+    """Lazy reader of a :class:`ParticleSet`'s images (grouped by stack, large reads).
 
-    Open maps are cached (at most ``MAX_OPEN_STACKS``) and closed by :meth:`close` or on
-    leaving a ``with`` block.
+    Each stack's header is read once (its layout cached); no file stays open between reads.
+    Usable as a context manager (``close`` is kept for callers that release resources).
     """
 
     def __init__(self, particles: ParticleSet):
@@ -107,7 +104,7 @@ class ImageSource:
         self.stack_names: List[str] = unique.tolist()
         self.stack_paths: List[str] = [_resolve(s, particles.project_dir) for s in unique]
         self.box_px = np.asarray(particles.box_px, dtype=np.int64)
-        self._open: "OrderedDict[int, object]" = OrderedDict()
+        self._layouts: Dict[int, Tuple[int, np.dtype, Tuple[int, int, int]]] = {}
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -119,10 +116,7 @@ class ImageSource:
         self.close()
 
     def close(self) -> None:
-        """Close every cached memory map."""
-        while self._open:
-            _, handle = self._open.popitem()
-            handle.close()
+        """Nothing stays open between reads; kept for callers (and ``with`` blocks)."""
 
     def _first_row(self, s: int) -> int:
         return int(np.flatnonzero(self.stack_id == s)[0])
@@ -172,27 +166,39 @@ class ImageSource:
                                      f"{px[bad[0]]:g} A by more than 1 %", file=path,
                                      field="voxel size", value=round(voxel, 4))
 
-    def _handle(self, s: int):
-        handle = self._open.get(s)
-        if handle is not None:
-            self._open.move_to_end(s)
-            return handle
+    def _layout(self, s: int) -> Tuple[int, np.dtype, Tuple[int, int, int]]:
+        """(data offset in bytes, stored dtype, (sections, ny, nx)) of stack ``s``, from its
+        header (read once; the file is not kept open)."""
+        layout = self._layouts.get(s)
+        if layout is not None:
+            return layout
         path = self.stack_paths[s]
         if not os.path.exists(path):
             name = str(self.particles.image_names[self._first_row(s)])
             raise InputError("particle stack not found", file=path, field="rlnImageName",
                              value=name)
         handle = open_mmap(path)
-        self._open[s] = handle
-        if len(self._open) > MAX_OPEN_STACKS:
-            _, old = self._open.popitem(last=False)
-            old.close()
-        return handle
+        try:
+            data = handle.data
+            shape = tuple(int(v) for v in data.shape)
+            offset = HEADER_BYTES + int(handle.header.nsymbt)
+            dtype = data.dtype
+        finally:
+            handle.close()
+        if len(shape) == 2:
+            shape = (1,) + shape
+        if len(shape) != 3:
+            raise InputError("particle stack must hold 2D images (not a volume stack)",
+                             file=path, field="nx/ny/nz", value=shape)
+        layout = (offset, dtype, shape)
+        self._layouts[s] = layout
+        return layout
 
     def read(self, rows=None) -> np.ndarray:
         """Images of particles ``rows`` (default: all) as float32 (len(rows), box, box).
 
-        Reads are grouped by stack, each stack in increasing index order.
+        Reads are grouped by stack, each stack in increasing index order, one read per run of
+        consecutive images (no memory map: nothing stays open or mapped afterwards).
         InputError for an index beyond the stack, a wrong image size or a NaN/Inf pixel.
         """
         rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -210,19 +216,13 @@ class ImageSource:
         cuts = np.flatnonzero(np.diff(sorted_sid)) + 1
         starts = np.concatenate([[0], cuts])
         ends = np.concatenate([cuts, [rows.size]])
-        out = None
+        out = np.empty((rows.size, box, box), dtype=np.float32)
         for a, b in zip(starts.tolist(), ends.tolist()):
             s = int(sorted_sid[a])
             positions = order[a:b]
             idx0 = self.indices[rows[positions]] - 1            # 0-based sections
-            data = self._handle(s).data
+            offset, dtype, (n_sections, ny, nx) = self._layout(s)
             path = self.stack_paths[s]
-            if data.ndim == 2:
-                data = data[np.newaxis]
-            if data.ndim != 3:
-                raise InputError("particle stack must hold 2D images (not a volume stack)",
-                                 file=path, field="nx/ny/nz", value=tuple(data.shape))
-            n_sections, ny, nx = data.shape
             if ny != box or nx != box:
                 raise InputError(f"stack images are {nx}x{ny} px, expected {box}", file=path,
                                  field="rlnImageSize", value=(nx, ny))
@@ -231,17 +231,53 @@ class ImageSource:
                 raise InputError(f"image index beyond the {n_sections} sections of the stack",
                                  file=path, field="rlnImageName",
                                  value=str(self.particles.image_names[rows[positions[k]]]))
-            if out is None:
-                out = np.empty((rows.size, box, box), dtype=np.float32)
             by_index = np.argsort(idx0, kind="stable")
-            sorted_idx = idx0[by_index]
-            block = np.asarray(data[sorted_idx], dtype=np.float32)   # one gather per stack
-            finite = np.isfinite(block).reshape(block.shape[0], -1).all(axis=1)
+            _read_sections(path, offset, dtype, box, idx0[by_index], positions[by_index], out)
+        return out
+
+
+def _runs(sections: np.ndarray, dest: np.ndarray):
+    """Split sorted ``sections`` into runs of consecutive sections: (start, stop) pairs, and
+    whether each run's destinations are consecutive too."""
+    breaks = np.flatnonzero(np.diff(sections) != 1) + 1
+    bounds = np.concatenate([[0], breaks, [sections.size]]).tolist()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        yield a, b, bool(b - a == 1 or np.all(np.diff(dest[a:b]) == 1))
+
+
+def _read_sections(path: str, offset: int, dtype: np.dtype, box: int, sections: np.ndarray,
+                   dest: np.ndarray, out: np.ndarray) -> None:
+    """``out[dest[i]] = stack[sections[i]]`` as float32 (``sections`` sorted), one read per
+    run of consecutive sections; InputError for a short file or a non-finite pixel."""
+    frame = box * box * dtype.itemsize
+    native = dtype == np.dtype(np.float32)
+    with open(path, "rb", buffering=0) as fh:
+        for a, b, consecutive in _runs(sections, dest):
+            if native and consecutive:
+                block = out[dest[a]:dest[a] + (b - a)]           # straight into the output
+            else:
+                block = np.empty((b - a, box, box), dtype=dtype)
+            _read_into(fh, offset + int(sections[a]) * frame, block, path)
+            finite = np.isfinite(block).reshape(b - a, -1).all(axis=1)
             if not finite.all():
                 k = int(np.flatnonzero(~finite)[0])
                 bad = block[k][~np.isfinite(block[k])][0]
-                index = int(sorted_idx[k]) + 1
+                index = int(sections[a + k]) + 1
                 raise InputError(f"image {index} of the stack contains a non-finite pixel",
                                  file=path, field=f"image {index}", value=float(bad))
-            out[positions[by_index]] = block
-        return out
+            if not (native and consecutive):
+                out[dest[a:b]] = block
+
+
+def _read_into(fh, position: int, block: np.ndarray, path: str) -> None:
+    """Fill ``block`` with the bytes of ``fh`` at ``position`` (the GIL is released while the
+    operating system reads)."""
+    view = memoryview(block.reshape(-1).view(np.uint8))
+    fh.seek(position)
+    done = 0
+    while done < view.nbytes:
+        got = fh.readinto(view[done:])
+        if not got:
+            raise InputError("particle stack is shorter than its header says", file=path,
+                             field="data size", value=position + done)
+        done += got

@@ -174,6 +174,16 @@ def load_input(prot):
     return particles, np.load(prot._getExtraPath(INPUT_IDS))
 
 
+def log_estimate(prot, options, mode: str, k_values, replicates: int = 5, max_depth: int = 3,
+                 jobs=None, subsample=None) -> None:
+    """Log the run's expected time and memory (:func:`hetclass.plan_report.log_estimate`)."""
+    from hetclass.plan_report import PlanRequest
+    from hetclass.plan_report import log_estimate as estimate
+    particles, _ = load_input(prot)
+    estimate(particles, options, PlanRequest(mode, list(k_values), replicates, max_depth, jobs,
+                                             subsample), prot.info, ranks=mpi_ranks(prot))
+
+
 def progress_logger(prot):
     """A hetclass ``progress(event, **info)`` callback writing one log line per iteration."""
     def progress(event, **info):

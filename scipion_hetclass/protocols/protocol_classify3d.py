@@ -64,6 +64,7 @@ class HetClassProtClassify3D(ProtClassify3D):
         options = common.classify_options(self, self.numberOfClasses.get())
         out_dir = self._getExtraPath(CLASSIFY_DIR)
         resume = os.path.isdir(out_dir)
+        common.log_estimate(self, options, "classify", [options.classes])
         if common.mpi_ranks(self) > 1:     # mpirun -np N python -m hetclass_standalone.main
             args = common.cli_arguments("classify", options, out_dir,
                                         self._getExtraPath(common.INPUT_STAR))

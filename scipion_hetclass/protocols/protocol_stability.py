@@ -99,6 +99,10 @@ class HetClassProtStability(ProtClassify3D):
         subsample = float(self.subsample.get() or 0) or None
         workers = max(1, int(self.numberOfThreads.get() or 1))
         star = os.path.abspath(self._getExtraPath(common.INPUT_STAR))
+        common.log_estimate(self, options, "exhaustive" if self.exhaustive.get() else "stability",
+                            [2] if self.exhaustive.get() else self._kValues(),
+                            int(self.replicates.get()), int(self.maxDepth.get()), workers,
+                            subsample)
         if common.mpi_ranks(self) > 1:     # replicates on MPI rank groups
             self._runMpi(options, subsample, workers, star)
             return

@@ -1,0 +1,30 @@
+"""Reference constants of the cost model (:mod:`hetclass.plan`).
+
+Written by ``python benchmarks/bench_scale.py --fit-model --write`` from the benchmark's
+measurements; rerun it after an engine change. Hand-set values say so.
+"""
+
+SOURCE = "initial values, before the first bench_scale fit"
+ENGINE = "pre-accuracy engine (issue 17 baseline)"
+
+# rates of the reference machine, used only without a probe (hetclass plan --no-probe)
+RATES = {
+    "read_s_per_pixel": 1e-09,          # reading, per image pixel
+    "prep_s_per_pixel": 7e-09,          # crop + CTF per image pixel, one thread
+    "estep_s_per_coef": 5e-08,          # per particle-coefficient per iteration, one thread
+    "estep_s_per_coef_class": 4e-08,    # per particle-coefficient-class, one thread
+    "fixed_s_per_voxel": 1e-07,         # per padded-grid voxel per iteration
+    "fixed_s_per_voxel_class": 1e-07,   # per voxel and class per iteration
+    "build_s_per_coef": 1.5e-07,        # slice operator construction
+    "thread_efficiency": 0.8,          # E-step speedup per doubling of threads / 2
+}
+# typical EM iterations to convergence by K (simulated benchmark data; --max-iter caps them)
+ITERATIONS = {2: 8, 3: 12, 4: 15, 6: 20, 8: 22, 10: 25}
+RANK_EFFICIENCY_PER_DOUBLING = 0.88    # bench_mpi.py: 2 ranks, 1.75x (hand-set from README)
+PREP_EFFICIENCY_PER_DOUBLING = 0.9     # cropping threads
+REPLICATE_EFFICIENCY = 0.8             # concurrent replicates (threads) vs ideal
+STREAM_GB_PER_S = 1.0                  # reading a cache on disk per EM pass (hand-set)
+OUTPUT_S_PER_PARTICLE = 4e-05          # writing the STAR files and maps, per particle
+STARTUP_S = 2.0                        # imports, reading the STAR file (hand-set)
+BASE_RSS_BYTES = 300 * 2 ** 20         # the process before preprocessing
+GPU_EVALS_PER_S = 1e9                  # ASSUMED E-step particle-coefficient-class per s, one GPU

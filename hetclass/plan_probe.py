@@ -1,0 +1,158 @@
+"""A few-second probe of the cost model's rates (:class:`hetclass.plan.Rates`) on the user's
+own particles and machine.
+
+1. ``n_probe`` images (default 256, in 4 runs of consecutive particles spread over the file,
+   as a run reads them) are read (seconds per image) and cropped with one thread and with
+   every core (seconds per image, efficiency of the threads);
+2. the slice operators of 4096 particles are built: seconds per particle-coefficient;
+3. four EM iterations of ``engine.fit`` run on 256 and on 4096 particles (the probe images
+   repeated) at two class counts; the shortest time between iteration events is one
+   iteration (the least disturbed by other work on the machine), and the four (n, K)
+   points give the per-particle-coefficient(-class) rates and the per-iteration fixed costs
+   (M-step) by solving the model of :mod:`hetclass.plan`; with several threads the largest
+   point runs once more on one thread for the threads' speedup.
+
+Nothing is written; the particles are not modified.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import replace
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .plan import Rates
+
+PROBE_SIZES = (256, 4096)
+PROBE_ITERATIONS = 4
+
+
+def probe_rows(n_total: int, n_probe: int = 256, runs: int = 4) -> np.ndarray:
+    """``n_probe`` row indices in ``runs`` blocks of consecutive particles, evenly spread."""
+    n_probe = int(min(n_probe, n_total))
+    runs = max(1, min(runs, n_probe))
+    size = -(-n_probe // runs)
+    starts = np.linspace(0, max(n_total - size, 0), runs).astype(np.int64)
+    rows = np.unique(np.concatenate([np.arange(s, min(s + size, n_total)) for s in starts]))
+    return rows[:n_probe]
+
+
+def _iteration_seconds(prepared, options, k: int, threads: int) -> float:
+    """Shortest wall time of EM iterations 2..PROBE_ITERATIONS of one fit."""
+    from .engine import fit
+    stamps = []
+
+    def progress(event, **info):
+        if event == "iteration":
+            stamps.append(time.perf_counter())
+    opts = replace(options, classes=int(k), max_iter=PROBE_ITERATIONS, convergence_pct=0.0,
+                   threads=threads, seed=0)
+    with warnings.catch_warnings():     # repeated probe images may empty a class: harmless
+        warnings.simplefilter("ignore")
+        fit(prepared, opts, progress=progress)
+    return float(np.min(np.diff(stamps))) if len(stamps) > 1 else float("nan")
+
+
+def _thread_efficiency(points, single, coef, m: int, threads: int) -> float:
+    """Per-doubling efficiency of ``threads`` E-step threads from the (n, k, t) iteration at
+    one thread (``single``) and the same point's per-particle part at ``threads``."""
+    n, k, t1 = single
+    a, b, c, d = coef
+    fixed = c + d * k
+    many = n * m * (a + b * k)
+    if threads <= 1 or many <= 0 or t1 <= fixed:
+        from . import cost_reference as ref
+        return float(ref.RATES["thread_efficiency"])
+    speedup = (t1 - fixed) / many
+    return float(np.clip((speedup / threads) ** (1.0 / np.log2(threads)), 0.3, 1.0))
+
+
+def _solve(points, m: int):
+    """Least squares of t = n*m*(a + b*k) + c + d*k over (n, k, t) points; negative
+    coefficients (noise) are clipped to zero."""
+    a = np.array([[n * m, n * m * k, 1.0, k] for n, k, _ in points])
+    t = np.array([p[2] for p in points])
+    coef, *_ = np.linalg.lstsq(a, t, rcond=None)
+    return np.maximum(coef, 0.0)
+
+
+def _preprocess_rates(sub, rows, options, read_images):
+    """(read s/image, crop s/image on one thread, cropping efficiency per doubling of
+    threads, the PreprocessSetup, the images) of the probe particles."""
+    from .fourier import cpu_workers
+    from .fourier_store import MemoryStore
+    from .preprocess import fill_store, setup_preprocess
+    t0 = time.perf_counter()
+    if read_images is None:
+        from .io.images import ImageSource
+        with ImageSource(sub) as src:
+            images = src.read()
+    else:
+        images = np.asarray(read_images(rows), dtype=np.float32)
+    read = (time.perf_counter() - t0) / len(rows)
+    setup = setup_preprocess(sub, options.target_res_A, options.particle_diameter_A,
+                             np.random.SeedSequence(0))
+    seconds = {}
+    cores = cpu_workers()
+    for threads in sorted({1, cores}):
+        store = MemoryStore.empty(len(rows), setup.coeffs.size)
+        t0 = time.perf_counter()
+        fill_store(setup, sub, lambda r: images[r], store, batch_size=64, threads=threads)
+        seconds[threads] = time.perf_counter() - t0
+    efficiency = 1.0
+    if cores > 1:
+        speedup = seconds[1] / max(seconds[cores], 1e-9)
+        efficiency = float(np.clip((speedup / cores) ** (1.0 / np.log2(cores)), 0.3, 1.0))
+    return float(read), float(seconds[1] / len(rows)), efficiency, setup, images
+
+
+def probe_rates(particles, options, threads: int = 1, n_probe: int = 256,
+                classes: Sequence[int] = (2, 4), read_images: Optional[Callable] = None,
+                log: Optional[Callable[[str], None]] = None) -> Rates:
+    """Measure :class:`Rates` for ``particles`` with ``options`` (target resolution, mask) on
+    this machine; the EM runs with ``threads`` threads. ``read_images(rows)`` replaces the
+    image reader (tests)."""
+    from .engine import prepare
+    from .projector import slice_operator
+
+    rows = probe_rows(len(particles), n_probe)
+    sub = particles.take(rows)
+    read, crop, prep_efficiency, setup, images = _preprocess_rates(sub, rows, options,
+                                                                   read_images)
+    m = setup.coeffs.size
+    big = sub.take(np.resize(np.arange(len(rows)), PROBE_SIZES[-1]))
+    t0 = time.perf_counter()
+    slice_operator(np.asarray(big.rotations), setup.coeffs, 2)
+    build = (time.perf_counter() - t0) / (len(big) * m)
+    ks = sorted(set(int(k) for k in classes)) or [2]
+    if len(ks) == 1:
+        ks = [ks[0], ks[0] + 2]
+    points = []
+    base = replace(options, max_memory_GB=None, cache_dir=None, device="cpu",
+                   classes=max(ks), threads=threads)
+    for n in PROBE_SIZES:
+        part = sub.take(np.resize(np.arange(len(rows)), n))
+        prepared = prepare(part, base,
+                           read_images=lambda r: images[np.asarray(r) % len(rows)])
+        for k in (ks[0], ks[-1]):
+            points.append((n, k, _iteration_seconds(prepared, base, k, threads)))
+            if log is not None:
+                log(f"probe: {n} particles, K={k}: {points[-1][2]:.2f} s per iteration")
+    coef = _solve(points, m)
+    efficiency = 1.0
+    if threads > 1:      # the largest point once more on one thread
+        single = (PROBE_SIZES[-1], ks[-1], _iteration_seconds(prepared, base, ks[-1], 1))
+        efficiency = _thread_efficiency(points, single, coef, m, threads)
+    # one-thread per-particle rates: undo the measured speedup of ``threads``
+    speedup = threads * efficiency ** np.log2(threads) if threads > 1 else 1.0
+    a, b, c, d = coef
+    return Rates(read_s_per_image=read, prep_s_per_image=crop, prep_efficiency=prep_efficiency,
+                 estep_s_per_coef=float(a * speedup),
+                 estep_s_per_coef_class=float(b * speedup), fixed_s=float(c),
+                 fixed_s_per_class=float(d), build_s_per_coef=float(build),
+                 thread_efficiency=float(efficiency),
+                 source=f"probe on {len(rows)} of these particles, this machine, "
+                        f"{threads} thread(s)")

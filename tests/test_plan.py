@@ -1,0 +1,148 @@
+"""hetclass plan: the cost model's arithmetic, the probe's solution, the command and the
+front-end estimate line (no timing is asserted: speed lives in benchmarks/bench_scale.py)."""
+
+import numpy as np
+import pytest
+
+from hetclass import cost_reference as ref
+from hetclass.errors import InputError
+from hetclass.phantoms import phantom_model
+from hetclass.pipeline import ClassifyOptions, load_particles
+from hetclass.plan import (GB, Machine, Rates, RunShape, classify_estimate, format_duration,
+                           iterations, memory_plan, stability_estimate, workload_for)
+from hetclass.plan_probe import _solve, probe_rows
+from hetclass.plan_report import PlanRequest, log_estimate, parse_duration_s
+from hetclass.simulate import simulate_dataset
+from hetclass_standalone.main import main as cli
+
+RATES = Rates(read_s_per_image=2e-5, prep_s_per_image=1e-4, prep_efficiency=0.9,
+              estep_s_per_coef=2e-8, estep_s_per_coef_class=1e-8,
+              fixed_s=0.1, fixed_s_per_class=0.05, build_s_per_coef=1e-7,
+              thread_efficiency=0.75, source="test")
+BIG = Machine(cores=2, memory_GB=64.0)
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return simulate_dataset(tmp_path_factory.mktemp("plan_ds"),
+                            {"open": phantom_model("open", hinge_deg=0.0),
+                             "swung": phantom_model("open", hinge_deg=90.0)},
+                            n_particles=300, box_px=32, pixel_size_A=6.0, snr=0.1, seed=2,
+                            threads=1)
+
+
+def test_durations():
+    assert parse_duration_s("3h") == 10800
+    assert parse_duration_s("2h30m") == 9000
+    assert parse_duration_s("90min") == 5400
+    assert parse_duration_s("45") == 45
+    with pytest.raises(InputError):
+        parse_duration_s("soon")
+    assert format_duration(3 * 3600 + 10 * 60) == "3 h 10 min"
+    assert format_duration(42) == "42 s"
+
+
+def test_workload_matches_preprocessing(ds):
+    from hetclass.preprocess import setup_preprocess
+    particles = load_particles(ds.star_path, project_dir=ds.out_dir)
+    for target in (None, 15.0):
+        setup = setup_preprocess(particles, target, None, np.random.SeedSequence(0))
+        wl = workload_for(len(particles), 32, 6.0, target)
+        assert (wl.crop_box_px, wl.n_coefficients) == (setup.plan.crop_box_px, setup.coeffs.size)
+
+
+def test_classify_time_follows_the_model():
+    wl = workload_for(800000, 256, 1.0)
+    shape = RunShape(threads=2)
+    e4 = classify_estimate(RATES, wl, 4, shape, BIG, max_iter=25)
+    m = wl.n_coefficients
+    # 800k x M operators (64 B each) exceed the 3 GB operator cache: the rest is rebuilt
+    # every iteration
+    uncached = 1.0 - 3 * GB / (800000 * m * 64)
+    assert 0.5 < uncached < 1
+    it = 800000 * m * (2e-8 + 4e-8 + 1e-7 * uncached) / 1.5 + 0.1 + 4 * 0.05   # 2 threads 1.5x
+    prep = 800000 * 1e-4 / (2 * 0.9)         # cropping on 2 cores is slower than reading
+    out = ref.STARTUP_S + 800000 * ref.OUTPUT_S_PER_PARTICLE
+    assert e4.seconds == pytest.approx(prep + (iterations(4, 25) + 1) * it + out, rel=1e-9)
+    assert e4.seconds_max == pytest.approx(prep + 26 * it + out, rel=1e-9)
+    # twice the particles: about twice the time (a little more: the 3 GB operator cache
+    # covers a smaller share); a larger K: longer
+    e4_2n = classify_estimate(RATES, workload_for(1600000, 256, 1.0), 4, shape, BIG, 25)
+    assert 2.0 < e4_2n.seconds / e4.seconds < 2.2
+    assert classify_estimate(RATES, wl, 8, shape, BIG, 25).seconds > e4.seconds
+    # ranks divide the per-particle work, not the M-step
+    ranks = classify_estimate(RATES, wl, 4, RunShape(ranks=16, threads=1), BIG, 25)
+    assert ranks.seconds < e4.seconds / 4
+
+
+def test_memory_bound_streams_and_is_respected():
+    wl = workload_for(800000, 256, 1.0)
+    free = classify_estimate(RATES, wl, 4, RunShape(threads=2), BIG, 25)
+    bounded = classify_estimate(RATES, wl, 4, RunShape(max_memory_GB=4, cache=True, threads=2),
+                                BIG, 25)
+    plan, peak = memory_plan(wl, 4, RunShape(max_memory_GB=4, cache=True, threads=2))
+    assert not plan.data_in_memory and peak <= 4 * GB
+    assert bounded.peak_GB <= 4 and free.peak_GB > 4
+    assert bounded.seconds > free.seconds        # streaming and rebuilt operators cost time
+    assert "stream" in bounded.note
+    with pytest.raises(InputError):              # below the minimum: the engine's own error
+        memory_plan(wl, 4, RunShape(max_memory_GB=0.1, threads=2))
+
+
+def test_stability_counts_replicates_and_ks():
+    wl = workload_for(200000, 256, 1.0)
+    one = stability_estimate(RATES, wl, [2], 1, RunShape(threads=1), Machine(1, 64.0), 25)
+    five = stability_estimate(RATES, wl, [2], 5, RunShape(threads=1), Machine(1, 64.0), 25)
+    scan = stability_estimate(RATES, wl, [1, 2, 3], 5, RunShape(threads=1), Machine(1, 64.0), 25)
+    prep = 200000 * 1e-4 + ref.STARTUP_S + 2 * 200000 * ref.OUTPUT_S_PER_PARTICLE   # 1 core
+    assert (five.seconds - prep) == pytest.approx(5 * (one.seconds - prep), rel=0.05)
+    assert scan.seconds > five.seconds           # K = 1 is free, K = 3 is not
+
+
+def test_probe_solution_recovers_the_rates():
+    m, a, b, c, d = 307, 3e-8, 2e-8, 0.2, 0.07
+    points = [(n, k, n * m * (a + b * k) + c + d * k) for n in (256, 4096) for k in (2, 6)]
+    np.testing.assert_allclose(_solve(points, m), [a, b, c, d], rtol=1e-6)
+    rows = probe_rows(100000, 256)
+    assert rows.size == 256 and np.all(np.diff(rows) > 0)
+    assert len(np.flatnonzero(np.diff(rows) > 1)) == 3        # four runs of consecutive rows
+
+
+def test_plan_command_probes_and_prints_the_options(ds, capsys):
+    code = cli(["plan", "--particles", ds.star_path, "--project-dir", ds.out_dir,
+                "--classes", "2", "--threads", "1", "--budget", "1h"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "300 particles, box 32 px" in out.out and "probe on 256" in out.out
+    assert "classify K=2" in out.out and "--max-memory" in out.out
+    assert "within 1 h" in out.out or "within 60 min" in out.out
+    assert "probe: 4096 particles, K=4" in out.err
+
+
+def test_plan_command_stability_without_probe(ds, capsys):
+    code = cli(["plan", "--particles", ds.star_path, "--project-dir", ds.out_dir,
+                "--mode", "stability", "--classes", "1-4", "--replicates", "3", "--no-probe",
+                "--cores", "16", "--memory-GB", "64"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "stability K=1-4 R=3" in out and "reference machine" in out
+    assert "mpirun -n 16" in out and "16 cores" in out
+
+
+def test_plan_command_bad_budget_is_one_line(ds, capsys):
+    code = cli(["plan", "--particles", ds.star_path, "--project-dir", ds.out_dir,
+                "--budget", "tomorrow", "--no-probe"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--budget" in err[0]
+
+
+def test_front_end_estimate_line(ds):
+    particles = load_particles(ds.star_path, project_dir=ds.out_dir)
+    lines = []
+    log_estimate(particles, ClassifyOptions(classes=3, max_iter=10), PlanRequest("classify", [3]),
+                 lines.append)
+    assert len(lines) == 1 and lines[0].startswith("estimate: classify K=3: about ")
+    assert "300 particles" in lines[0]
+    bad = []
+    log_estimate(object(), ClassifyOptions(), PlanRequest("classify", [3]), bad.append)
+    assert len(bad) == 1 and bad[0].startswith("estimate: not available")
