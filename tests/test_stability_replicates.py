@@ -102,21 +102,27 @@ def _options(k=2):
     return ClassifyOptions(classes=k)
 
 
-def test_replicate_seeds_are_the_spawned_children():
-    ours = replicate_seeds(7, 4)
-    ref = np.random.SeedSequence(7).spawn(4)
-    for a, b in zip(ours, ref):
-        assert np.array_equal(a.generate_state(4), b.generate_state(4))
-    # stateless: asking again gives the same children
-    assert np.array_equal(replicate_seeds(7, 4)[2].generate_state(2), ours[2].generate_state(2))
+def test_replicate_seeds_are_named_streams_and_never_advance_the_root():
+    from hetclass import seeds
+    root = np.random.SeedSequence(7)
+    ours = replicate_seeds(root, 4)
+    for r, a in enumerate(ours):
+        assert np.array_equal(a.generate_state(4),
+                              seeds.stream(7, "replicate", r).generate_state(4))
+    assert root.n_children_spawned == 0
+    # stateless: asking again, or for more replicates, gives the same seeds
+    assert np.array_equal(replicate_seeds(7, 6)[2].generate_state(2), ours[2].generate_state(2))
+    # distinct from every other stream of the same root
+    assert len({tuple(s.generate_state(2)) for s in ours}
+               | {tuple(seeds.stream(7, "subsample", r).generate_state(2))
+                  for r in range(4)}) == 8
 
 
 def test_subsample_rows_size_and_independence():
-    kids = replicate_seeds(0, 3)
-    a, b = subsample_rows(kids[0], 1000, 0.8), subsample_rows(kids[1], 1000, 0.8)
+    a, b = subsample_rows(0, 0, 1000, 0.8), subsample_rows(0, 1, 1000, 0.8)
     assert a.size == b.size == 800 and np.all(np.diff(a) > 0)
     assert not np.array_equal(a, b)
-    np.testing.assert_array_equal(subsample_rows(kids[0], 10, None), np.arange(10))
+    np.testing.assert_array_equal(subsample_rows(0, 0, 10, None), np.arange(10))
 
 
 @pytest.mark.parametrize("workers", [1, 3])
@@ -129,7 +135,7 @@ def test_run_replicates_places_labels_and_is_deterministic(workers):
     for r in range(3):
         present = run.labels[r] >= 0
         assert present.sum() == 210
-        kept = subsample_rows(replicate_seeds(11, 3)[r], 300, 0.7)
+        kept = subsample_rows(11, r, 300, 0.7)
         np.testing.assert_array_equal(np.flatnonzero(present), kept)
         np.testing.assert_allclose(run.posteriors[r][~present], 0.0)
     seeds = [c[0].generate_state(1)[0] for c in eng.calls]
