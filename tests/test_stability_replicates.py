@@ -66,9 +66,9 @@ class FakeEngine:
             lab = rng.integers(0, k, rows.size)
         lab = rng.permutation(k)[lab]
         post = np.eye(k, dtype=np.float32)[lab]
-        maps = np.stack([self.state_maps[0]] * k)
-        return SimpleNamespace(labels=lab, posteriors=post, maps=maps,
-                               half_maps=np.stack([maps, maps]), fsc=np.ones((k, BOX // 2 + 1)),
+        rec = self.reconstruct(prepared, post.astype(np.float64), rows=rows)
+        return SimpleNamespace(labels=lab, posteriors=post, maps=rec.maps,
+                               half_maps=rec.half_maps, fsc=np.ones((k, BOX // 2 + 1)),
                                resolution_A=np.full(k, 10.0), pixel_size_A=5.0,
                                stats=[{"iteration": 1, "class_fractions": [1.0 / k] * k}])
 
@@ -195,9 +195,17 @@ def test_too_few_replicates_is_an_input_error():
     assert err.value.field == "--subsample"
 
 
+def _fake_null(values=(0.0, 0.1, -0.1, 0.05, -0.05, 0.0)):
+    """A null of map statistics near 0 (the stand-in maps have no selection)."""
+    from hetclass.stability.distinguish import NullModel
+    from hetclass.stability.null import NullRun
+    sizes = [1200, 300, 75] * (len(values) // 3)
+    return NullRun(None, [], NullModel(sizes, list(values)))
+
+
 def _explore(eng, **kw):
     return explore(eng.prepared, _options(), n_replicates=4, seed=3, workers=1,
-                   reconstruct=eng.reconstruct, fit=eng.fit, **kw)
+                   reconstruct=eng.reconstruct, fit=eng.fit, null_run=_fake_null(), **kw)
 
 
 def test_exhaustive_finds_the_three_leaves_of_a_hierarchy():
@@ -209,14 +217,23 @@ def test_exhaustive_finds_the_three_leaves_of_a_hierarchy():
     purities = sorted(np.bincount(truth[lf.rows], minlength=3).max() / lf.n_particles
                       for lf in leaves)
     assert purities[0] > 0.9
-    assert {lf.reason for lf in leaves} == {"unstable split"}
+    # one state per leaf: the split is random (worse than chance) or within the null
+    assert {lf.reason for lf in leaves} <= {"unstable split", "no significant map difference"}
     assert root.decision == "split" and root.map_test["significant"]
+    assert all(p["p_value"] < 0.01 for p in root.map_test["pairs"])
     assert [c.node_id for c in root.children] == ["1.1", "1.2"]
+    # a leaf whose split was futile ran only the first replicates
+    futile = [n for n in root.walk() if n.verdict and any(
+        v["futile"] for v in n.verdict["scan"].values())]
+    assert futile and all(v["replicates_run"] == 2 for n in futile
+                          for v in n.verdict["scan"].values() if v["futile"])
     # too small: the same data with a minimum the second level cannot meet
     eng2 = FakeEngine(truth)
     root2 = _explore(eng2, min_class_size=350, max_depth=4)
     reasons = sorted(lf.reason for lf in root2.leaves())
     assert len(root2.leaves()) == 2 and "too small" in reasons
+    small = next(lf for lf in root2.leaves() if lf.reason == "too small")
+    assert small.note.startswith("not tried") and small.verdict is None
     # max depth
     root3 = _explore(FakeEngine(truth), min_class_size=100, max_depth=1)
     assert [lf.reason for lf in root3.leaves()] == ["max depth", "max depth"]

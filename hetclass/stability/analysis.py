@@ -188,7 +188,8 @@ def run_stability(prepared, options, k_values: Sequence[int], n_replicates: int 
                           if 1 in typed else sorted(res.runs),
                           "added": sorted(added)
                           + ([2] if 2 not in typed and max(typed) >= 2 else []),
-                          "extended_to": max(res.runs) if added else None}}
+                          "extended_to": max(res.runs) if added else None,
+                          "recommended_k": k_rec}}
     per_k = dict(res.per_k)
     if 1 in typed or tests:
         per_k.setdefault(1, single_class_scores(base.size, n_replicates))

@@ -46,6 +46,8 @@ class OneStateModel:
     map: np.ndarray
     sigma2: np.ndarray
     resolution_A: float
+    fsc: Optional[np.ndarray] = None     # (S,) half-map FSC of the K = 1 map
+    n_particles: int = 0
 
 
 def one_state_model(prepared, options, seed, rows=None, fit=None) -> OneStateModel:
@@ -161,17 +163,23 @@ class NullRun:
                 "seconds": round(float(self.seconds), 1)}
 
 
-def null_rows(base: np.ndarray, seed, index: int, subsample: Optional[float]):
-    """``{"all": rows, "part": rows}`` of null set ``index``: the particles a replicate would
-    classify (``subsample``) and a random :data:`SMALL_FRACTION` of them."""
+PART_NAMES = ("all", "part", "small")
+
+
+def null_rows(base: np.ndarray, seed, index: int, subsample: Optional[float],
+              fractions: Sequence[float] = (SMALL_FRACTION,)):
+    """``{"all": rows, "part": rows, ...}`` of null set ``index``: the particles a replicate
+    would classify (``subsample``) and random ``fractions`` of them."""
     rng = seeds.rng(seed, "null", index, 2)
     rows = base
     if subsample is not None and subsample < 1.0:
         rows = np.sort(rng.choice(base, size=max(2, int(round(subsample * base.size))),
                                   replace=False))
-    part = np.sort(rng.choice(rows, size=max(2, int(round(SMALL_FRACTION * rows.size))),
-                              replace=False))
-    return {"all": rows, "part": part}
+    out = {"all": rows}
+    for name, f in zip(PART_NAMES[1:], fractions):
+        out[name] = np.sort(rng.choice(rows, size=max(2, int(round(f * rows.size))),
+                                       replace=False))
+    return out
 
 
 def null_key(index: int, which: str) -> str:
@@ -179,9 +187,10 @@ def null_key(index: int, which: str) -> str:
 
 
 def run_null(prepared, options, base: np.ndarray, seed, n_sets: int = NULL_SETS,
-             subsample: Optional[float] = None, run=None, fit=None) -> NullRun:
+             subsample: Optional[float] = None, run=None, fit=None,
+             fractions: Sequence[float] = (SMALL_FRACTION,)) -> NullRun:
     """Fit the one-state model, then classify every null set at K = 2 (all its particles and
-    a part). ``run(keys, one)`` runs task functions (:func:`hetclass.stability.tasks.run_tasks`
+    random ``fractions`` of them). ``run(keys, one)`` runs task functions (:func:`hetclass.stability.tasks.run_tasks`
     with the run's workers, groups and cache); ``fit`` replaces ``engine.fit`` (tests).
     """
     import time
@@ -202,9 +211,11 @@ def run_null(prepared, options, base: np.ndarray, seed, n_sets: int = NULL_SETS,
 
     fitted = run(["null_model"], model_task)["null_model"][0]
     model = OneStateModel(np.asarray(fitted.maps[0], np.float32), np.asarray(fitted.sigma2),
-                          float(np.asarray(fitted.resolution_A)[0]))
+                          float(np.asarray(fitted.resolution_A)[0]),
+                          fsc=np.asarray(fitted.fsc)[0], n_particles=int(base.size))
     plan = {null_key(m, which): (m, j, rows) for m in range(n_sets)
-            for j, (which, rows) in enumerate(null_rows(base, seed, m, subsample).items())}
+            for j, (which, rows) in enumerate(null_rows(base, seed, m, subsample,
+                                                        fractions).items())}
 
     def null_task(key, check):
         from .views import subset_view
@@ -222,7 +233,7 @@ def run_null(prepared, options, base: np.ndarray, seed, n_sets: int = NULL_SETS,
     for key, (m, j, rows) in plan.items():
         res = results[key][0]
         labels = np.asarray(res.labels)
-        records.append({"set": m, "rows": ("all", "part")[j], "particles": int(rows.size),
+        records.append({"set": m, "rows": PART_NAMES[j], "particles": int(rows.size),
                         "log_ratio": _round(split_log_ratio(res, prepared.solvent_mask)),
                         "class_fractions": [_round(f, 3) for f in
                                             np.bincount(labels, minlength=2) / max(labels.size, 1)]})
