@@ -265,3 +265,38 @@ def test_cli_bad_values_exit_2_with_one_line(tmp_path, capsys, argv, field):
                       "--out", str(tmp_path / "out"), "--quiet"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and field in err, err
+
+
+def test_continue_keeps_finished_classifications_and_gives_the_same_result(tmp_path):
+    from hetclass.stability.analysis import run_stability
+    from hetclass.stability.tasks import WORK_DIR, WorkCache
+    truth = np.repeat([0, 1, 2], [120, 100, 80])
+    ident = {"run": "test"}
+
+    def run(out, eng, resume=False, abort_after=None):
+        calls = {"n": 0}
+
+        def fit(*a, **kw):
+            calls["n"] += 1
+            if abort_after is not None and calls["n"] > abort_after:
+                raise AbortRequested("killed")
+            return eng.fit(*a, **kw)
+        cache = WorkCache(out, ident, resume)
+        result = run_stability(eng.prepared, _options(), [1, 2, 3], n_replicates=3, seed=4,
+                               workers=1, fit=fit, cache=cache, null_sets=0)
+        return result, calls["n"]
+
+    whole, n_fits = run(tmp_path / "a", FakeEngine(truth))
+    with pytest.raises(AbortRequested):
+        run(tmp_path / "b", FakeEngine(truth), abort_after=4)
+    assert len(list((tmp_path / "b" / WORK_DIR).glob("*.npz"))) == 4
+    again, n_again = run(tmp_path / "b", FakeEngine(truth), resume=True)
+    assert n_again == n_fits - 4
+    for k in (2, 3):
+        np.testing.assert_array_equal(whole.per_k[k].aligned, again.per_k[k].aligned)
+        assert whole.maps[k].tobytes() == again.maps[k].tobytes()
+    assert whole.verdict.heterogeneity == again.verdict.heterogeneity
+    # another run's work is refused, in one line naming what differs
+    with pytest.raises(InputError) as err:
+        WorkCache(tmp_path / "b", {"run": "other"}, resume=True)
+    assert err.value.field == "run"
