@@ -31,6 +31,7 @@ STREAMS = {
     "node": 8,           # an exhaustive-tree node (index: path)
     "split": 9,          # split moves of the EM (index: start, move)
     "explore_subset": 10,  # the particles exploration starts use when there are many
+    "within": 11,        # stability: sub-classifications inside a class (index: class, fit)
 }
 
 

@@ -83,13 +83,13 @@ def hetclass_args(cfg: JobConfig, resume: bool = False) -> List[str]:
                 ("--convergence", cfg.convergence_pct), ("--max-memory", cfg.max_memory_GB),
                 ("--device", cfg.device)]
     if mode != "classify":
-        optional.append(("--subsample", cfg.subsample))
+        optional += [("--subsample", cfg.subsample), ("--null-sets", cfg.null_sets)]
     if mode == "stability":
         optional.append(("--core-stability", cfg.core_stability))
     if mode == "exhaustive":
-        args += ["--k-scan", _k_range(cfg.k_scan or [2])]
-        optional += [("--min-class-size", cfg.min_class_size), ("--max-depth", cfg.max_depth),
-                     ("--null-splits", cfg.null_splits)]
+        if cfg.k_scan:
+            args += ["--k-scan", _k_range(cfg.k_scan)]
+        optional += [("--min-class-size", cfg.min_class_size), ("--max-depth", cfg.max_depth)]
     for flag, value in optional:
         if value is not None:
             args += [flag, str(value)]

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from hetclass.errors import InputError
+from hetclass.stability.settings import OPTIONS as _STAB
 
 MODES = ("classify", "stability", "exhaustive")
 
@@ -32,7 +33,7 @@ PARAMETERS: Dict[str, Tuple[str, str]] = {
     "mode": ("choice", "classify | stability | exhaustive (default classify)"),
     "classes": ("krange", "number of classes K (default 4); stability also takes a range "
                           "such as 1-5 to scan"),
-    "replicates": ("int", "independent classifications per K (stability, exhaustive; default 5)"),
+    "replicates": ("int", "stability, exhaustive: " + _STAB["replicates"].help_text()),
     "target_res": ("float", "target resolution in A: images are Fourier-cropped to it "
                             "(default: chosen from the data)"),
     "max_iter": ("int", "maximum EM iterations (default 25)"),
@@ -48,14 +49,12 @@ PARAMETERS: Dict[str, Tuple[str, str]] = {
     "convergence": ("float0", "stop when fewer than this % of particles change class "
                               "(default 0.5)"),
     "max_memory": ("float", "memory budget in GB for cached images (default: automatic)"),
-    "subsample": ("fraction", "stability, exhaustive: each replicate classifies this random "
-                              "fraction of the particles (default: all)"),
-    "core_stability": ("fraction", "stability: a particle is in its class's stable core when "
-                                   "this fraction of replicates agree (default 0.8)"),
-    "min_class_size": ("int", "exhaustive: smallest accepted child class (default 1000)"),
-    "max_depth": ("int", "exhaustive: deepest level of splitting (default 3)"),
-    "k_scan": ("krange", "exhaustive: K values tried at each node, must include 2 (default 2)"),
-    "null_splits": ("int", "exhaustive: random splits for the map-difference test (default 4)"),
+    "subsample": ("fraction", "stability, exhaustive: " + _STAB["subsample"].help_text()),
+    "null_sets": ("int0", "stability, exhaustive: " + _STAB["null_sets"].help_text()),
+    "core_stability": ("fraction", "stability: " + _STAB["core_stability"].help_text()),
+    "min_class_size": ("size", "exhaustive: " + _STAB["min_class_size"].help_text()),
+    "max_depth": ("int", "exhaustive: " + _STAB["max_depth"].help_text()),
+    "k_scan": ("krange", "exhaustive: " + _STAB["k_scan"].help_text()),
     "mpi_ranks": ("int", "run under MPI with this many processes (particles split across them; "
                          "one GPU each with gpu; replicates on rank groups); default 1"),
     "mpi_launcher": ("words", "MPI launch command, {n} = mpi_ranks (default: srun -n {n} inside "
@@ -72,7 +71,7 @@ ALIASES = {
     "tau_fudge": "tau2_fudge", "particle_diameter_a": "particle_diameter",
     "focus": "mask_is_focus", "device": "gpu",
     "mpi": "mpi_ranks", "np": "mpi_ranks", "nr_mpi": "mpi_ranks", "ranks": "mpi_ranks",
-    "launcher": "mpi_launcher",
+    "launcher": "mpi_launcher", "null_splits": "null_sets",
 }
 
 # RELION's own arguments that we read
@@ -110,10 +109,10 @@ class JobConfig:
     max_memory_GB: Optional[float] = None
     subsample: Optional[float] = None
     core_stability: Optional[float] = None
-    min_class_size: Optional[int] = None
+    min_class_size: Optional[int] = None   # None: auto (derived from the data)
     max_depth: Optional[int] = None
     k_scan: Optional[List[int]] = None
-    null_splits: Optional[int] = None
+    null_sets: Optional[int] = None
     mpi_ranks: Optional[int] = None       # > 1: re-launch under MPI (relion_external.mpi_launch)
     mpi_launcher: Optional[str] = None    # e.g. "mpirun -n {n}"
 
@@ -288,8 +287,16 @@ def _apply(cfg: JobConfig, name: str, raw: str, words: List[str]) -> None:
             raise InputError("expected a fraction in (0, 1]", field=f"--{raw}",
                              value=" ".join(words))
         setattr(cfg, name, value)
-    elif name in ("min_class_size", "max_depth", "null_splits"):
-        setattr(cfg, name, _int(raw, words, 1))
+    elif name == "min_class_size":
+        from hetclass.stability.settings import parse_min_class_size
+        try:
+            cfg.min_class_size = parse_min_class_size(_one_word(raw, words, required=True))
+        except InputError as exc:
+            raise InputError(exc.message, field=f"--{raw}", value=" ".join(words)) from None
+    elif name == "max_depth":
+        cfg.max_depth = _int(raw, words, 1)
+    elif name == "null_sets":
+        cfg.null_sets = _int(raw, words, 0)
     elif name == "replicates":
         cfg.replicates = _int(raw, words, 1)
     elif name == "max_iter":

@@ -88,6 +88,7 @@ def run_replicate_mode(cfg: JobConfig, job, progress, stdout: TextIO, load_parti
     ``jobs`` maps the mode to a function with the signature of ``stability_job`` /
     ``exhaustive_job`` (tests pass fakes); ``load_particles`` likewise.
     """
+    from hetclass.stability.replicates import parse_k_range
     if load_particles is None:
         from hetclass.pipeline import load_particles
     jobs = _default_jobs() if jobs is None else jobs
@@ -96,20 +97,23 @@ def run_replicate_mode(cfg: JobConfig, job, progress, stdout: TextIO, load_parti
     print(f"read {len(particles)} particles from {cfg.in_parts}", file=stdout, flush=True)
     log_run_estimate(cfg, particles, options, stdout)
     job.abort_check()
-    common = dict(n_replicates=cfg.replicates or 5, subsample=cfg.subsample,
-                  workers=cfg.threads, particles_path=cfg.in_parts, progress=progress,
-                  abort_check=job.abort_check)
+    from hetclass.stability.settings import OPTIONS
+    common = dict(n_replicates=cfg.replicates or OPTIONS["replicates"].default,
+                  subsample=cfg.subsample, workers=cfg.threads, particles_path=cfg.in_parts,
+                  progress=progress, abort_check=job.abort_check,
+                  null_sets=OPTIONS["null_sets"].default if cfg.null_sets is None
+                  else cfg.null_sets)
     if cfg.mode == "stability":
         summary, _ = jobs["stability"](particles, options, cfg.job_dir, cfg.k_values,
-                                       core_min_stability=cfg.core_stability or 0.8, **common)
+                                       core_min_stability=cfg.core_stability
+                                       or OPTIONS["core_stability"].default, **common)
         files = _stability_files(summary)
     else:
         summary, _ = jobs["exhaustive"](
             particles, options, cfg.job_dir,
-            min_class_size=1000 if cfg.min_class_size is None else cfg.min_class_size,
-            max_depth=3 if cfg.max_depth is None else cfg.max_depth,
-            k_scan=cfg.k_scan or [2], n_null=4 if cfg.null_splits is None else cfg.null_splits,
-            **common)
+            min_class_size=cfg.min_class_size,
+            max_depth=OPTIONS["max_depth"].default if cfg.max_depth is None else cfg.max_depth,
+            k_scan=cfg.k_scan or parse_k_range(OPTIONS["k_scan"].default), **common)
         files = _exhaustive_files(summary)
     nodes = nodes_for_files(cfg.job_dir, files)
     missing = [n.path for n in nodes if not os.path.isfile(n.path)]

@@ -1,12 +1,14 @@
 """Split classes recursively until each leaf is reproducible and distinct ("exhaustive").
 
 At each node: replicate K=2 classifications (K=3 if K=2 is not reproducible); the split is
-accepted only if all children are stable, each has at least --min-class-size particles,
-and their maps differ more than maps of random splits of the same particles (FSC test). Otherwise the node is a leaf with its reason:
-unstable split, too small, no significant map difference, continuous, or max depth.
+accepted only if all children are stable, their maps differ beyond the null (simulated
+one-state data classified alike), and each child has the particles a map needs to resolve
+the difference (--min-class-size, default derived from the data). Otherwise the node is a
+leaf with its reason: unstable split, too small, no significant map difference, continuous,
+or max depth.
 
 Example:
-  hetclass exhaustive --particles Refine3D/job010/run_data.star --min-class-size 2000 --out hc_tree
+  hetclass exhaustive --particles Refine3D/job010/run_data.star --out hc_tree
 
 Outputs: tree.json, leafNN_node<ID>.star / .mrc (+ half maps), leaves_data.star, report.html.
 """
@@ -18,26 +20,22 @@ import os
 import sys
 
 from hetclass.stability.replicates import parse_k_range
+from hetclass.stability.settings import parse_min_class_size
 
 from .classify_cmd import (add_classify_options, add_input_options, check_out, load_from_args,
                            options_from_args)
 from .mpi_run import agreed, args_comm, root_progress
 from .progress import ReplicateProgress
-from .stability_cmd import add_output_options, add_replicate_options, print_report
+from .stability_cmd import (add_option, add_output_options, add_replicate_options, check_resume,
+                            print_report)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     add_input_options(parser)
     g = parser.add_argument_group("splitting")
-    g.add_argument("--min-class-size", type=int, default=1000, metavar="N",
-                   help="smallest accepted child class (default 1000)")
-    g.add_argument("--max-depth", type=int, default=3, metavar="D",
-                   help="deepest level of splitting (default 3)")
-    g.add_argument("--k-scan", default="2-3", metavar="K|KMIN-KMAX",
-                   help="K values tried at each node, smallest first, until one is "
-                        "reproducible; must include 2 (default 2-3)")
-    g.add_argument("--null-splits", type=int, default=4, metavar="N",
-                   help="random splits for the map-difference test (default 4)")
+    add_option(g, "min_class_size")
+    add_option(g, "max_depth", type=int)
+    add_option(g, "k_scan")
     add_replicate_options(parser)
     add_classify_options(parser, classes_required=False)
     add_output_options(parser)
@@ -49,19 +47,22 @@ def main(args) -> int:
     def setup():
         options = options_from_args(args, classes=2)
         k_scan = parse_k_range(args.k_scan)
-        check_out(args.out, args.overwrite, getattr(args, "resume", None))
-        return options, k_scan, load_from_args(args, warn=comm.is_root)
-    options, k_scan, particles = agreed(comm, setup)
+        min_size = parse_min_class_size(args.min_class_size)
+        check_resume(args)
+        check_out(args.out, args.overwrite, args.resume)
+        return options, k_scan, min_size, load_from_args(args, warn=comm.is_root)
+    options, k_scan, min_size, particles = agreed(comm, setup)
     # a node scans K = 2 first: its replicates are the first phase's tasks
     printer = None if args.quiet else ReplicateProgress(sys.stderr, options.max_iter,
                                                         tasks=args.replicates)
     from hetclass.stability.exhaustive import exhaustive_job    # heavy: only when used
     from hetclass.stability.outputs import exhaustive_key_table
     try:
-        summary, _ = exhaustive_job(particles, options, args.out, args.min_class_size,
-                                    args.max_depth, args.replicates, args.subsample, k_scan,
-                                    args.null_splits, args.jobs, particles_path=args.particles,
-                                    progress=root_progress(comm, printer), comm=comm)
+        summary, _ = exhaustive_job(particles, options, args.out, min_size, args.max_depth,
+                                    args.replicates, args.subsample, k_scan, args.null_sets,
+                                    args.jobs, particles_path=args.particles,
+                                    progress=root_progress(comm, printer), comm=comm,
+                                    resume=args.resume)
     finally:
         if printer is not None:
             printer.close()

@@ -2,8 +2,10 @@
 
 Runs R classifications with independent seeds (data read and Fourier-cropped once), matches
 classes across replicates and scores them (Jaccard bands, random-overlap test, ARI/NMI,
-per-particle stability, PAC). With a K range it recommends K and gives a heterogeneity
-verdict (homogeneous / discrete / continuous / mixed) with its evidence.
+per-particle stability, PAC). Every test is calibrated by a null: simulated one-state data
+classified like the replicates (p-values in summary.json). With a K range it recommends K
+(extending the scan past it when needed) and gives a heterogeneity verdict (homogeneous /
+discrete / continuous / mixed) with its evidence and merge / split suggestions.
 
 Example:
   hetclass stability --particles Refine3D/job010/run_data.star --classes 1-5 --out hc_stab
@@ -29,23 +31,37 @@ from .mpi_run import agreed, args_comm, root_progress
 from .progress import ReplicateProgress
 
 
+def add_option(group, name: str, **kwargs) -> None:
+    """One option of :data:`hetclass.stability.settings.OPTIONS` (flag, default, help)."""
+    from hetclass.stability.settings import OPTIONS
+    o = OPTIONS[name]
+    group.add_argument(o.flag, *kwargs.pop("aliases", ()), default=o.default,
+                       metavar=o.metavar, help=o.help_text(), **kwargs)
+
+
 def add_replicate_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by stability and exhaustive."""
     g = parser.add_argument_group("replicates")
-    g.add_argument("--replicates", "-R", type=int, default=5,
-                   help="independent classifications per K (default 5)")
-    g.add_argument("--subsample", type=float, default=None, metavar="F",
-                   help="each replicate classifies a random fraction F of the particles "
-                        "(clusterboot-style; default: all)")
+    add_option(g, "replicates", aliases=("-R",), type=int)
+    add_option(g, "subsample", type=float)
+    add_option(g, "null_sets", type=int)
     g.add_argument("--jobs", type=int, default=None, metavar="N",
-                   help="replicates run at the same time (default: one per core, at most R)")
+                   help="classifications run at the same time (default: one per core)")
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
     o = parser.add_argument_group("output")
     o.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory")
+    o.add_argument("--continue", dest="resume", action="store_true",
+                   help="continue an interrupted run in --out: finished classifications are "
+                        "kept")
     o.add_argument("--overwrite", action="store_true", help="replace results in an existing --out")
     o.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+
+
+def check_resume(args) -> None:
+    if args.resume and args.overwrite:
+        raise InputError("--continue and --overwrite exclude each other", field="--continue")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -53,9 +69,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("stability")
     g.add_argument("--classes", "-K", required=True, metavar="K|KMIN-KMAX",
                    help="number of classes, or a range to scan (e.g. 1-6)")
-    g.add_argument("--core-stability", type=float, default=0.8, metavar="F",
-                   help="a particle is in its class's stable core when at least this fraction "
-                        "of replicates agree with its consensus class (default 0.8)")
+    add_option(g, "core_stability", type=float)
     add_replicate_options(parser)
     add_classify_options(parser, classes_required=False)
     add_output_options(parser)
@@ -67,7 +81,8 @@ def main(args) -> int:
     def setup():
         k_values = parse_k_range(args.classes)
         options = options_from_args(args, classes=max(k_values))
-        check_out(args.out, args.overwrite, getattr(args, "resume", None))
+        check_resume(args)
+        check_out(args.out, args.overwrite, args.resume)
         if args.jobs is not None and args.jobs < 1:
             raise InputError("must be >= 1", field="--jobs", value=args.jobs)
         return k_values, options, load_from_args(args, warn=comm.is_root)
@@ -80,7 +95,8 @@ def main(args) -> int:
         summary, _ = stability_job(particles, options, args.out, k_values, args.replicates,
                                    args.subsample, args.jobs, args.core_stability,
                                    particles_path=args.particles,
-                                   progress=root_progress(comm, printer), comm=comm)
+                                   progress=root_progress(comm, printer), comm=comm,
+                                   resume=args.resume, null_sets=args.null_sets)
     finally:
         if printer is not None:
             printer.close()

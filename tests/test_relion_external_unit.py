@@ -406,7 +406,7 @@ def test_gpu_ids_set_cuda_visible_devices(relion_job):
 def _fake_stability_job(calls):
     def stability_job(particles, options, out_dir, k_values, n_replicates=5, subsample=None,
                       workers=None, core_min_stability=0.8, particles_path=None, progress=None,
-                      abort_check=None):
+                      abort_check=None, null_sets=4):
         calls.update(mode="stability", options=options, out_dir=out_dir, k_values=k_values,
                      n_replicates=n_replicates, subsample=subsample, workers=workers,
                      core=core_min_stability, particles_path=particles_path)
@@ -428,10 +428,10 @@ def _fake_stability_job(calls):
 
 def _fake_exhaustive_job(calls):
     def exhaustive_job(particles, options, out_dir, min_class_size=1000, max_depth=3,
-                       n_replicates=5, subsample=None, k_scan=(2,), n_null=4, workers=None,
+                       n_replicates=5, subsample=None, k_scan=(2,), null_sets=4, workers=None,
                        particles_path=None, progress=None, abort_check=None):
         calls.update(mode="exhaustive", min_class_size=min_class_size, max_depth=max_depth,
-                     k_scan=k_scan, n_null=n_null, n_replicates=n_replicates)
+                     k_scan=k_scan, null_sets=null_sets, n_replicates=n_replicates)
         progress("node", id="1", n_particles=10, decision="split", reason=None)
         summary = {"leaves_star": "leaves_data.star", "leaves": [
             {"star": "leaf01_node1.1.star", "map": "leaf01_node1.1.mrc",
@@ -481,7 +481,7 @@ def test_exhaustive_mode_runs_and_registers_leaves(relion_job):
             "--k_scan", "2-3", "--classes", "3"]
     code, out, err = _run_replicates(argv, calls)
     assert code == 0, err
-    assert (calls["min_class_size"], calls["max_depth"], calls["k_scan"], calls["n_null"],
+    assert (calls["min_class_size"], calls["max_depth"], calls["k_scan"], calls["null_sets"],
             calls["n_replicates"]) == (50, 2, [2, 3], 4, 5)
     assert "classes is not used by mode exhaustive" in err
     assert "node 1 (10 particles): split" in out

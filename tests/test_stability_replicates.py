@@ -66,9 +66,9 @@ class FakeEngine:
             lab = rng.integers(0, k, rows.size)
         lab = rng.permutation(k)[lab]
         post = np.eye(k, dtype=np.float32)[lab]
-        maps = np.stack([self.state_maps[0]] * k)
-        return SimpleNamespace(labels=lab, posteriors=post, maps=maps,
-                               half_maps=np.stack([maps, maps]), fsc=np.ones((k, BOX // 2 + 1)),
+        rec = self.reconstruct(prepared, post.astype(np.float64), rows=rows)
+        return SimpleNamespace(labels=lab, posteriors=post, maps=rec.maps,
+                               half_maps=rec.half_maps, fsc=np.ones((k, BOX // 2 + 1)),
                                resolution_A=np.full(k, 10.0), pixel_size_A=5.0,
                                stats=[{"iteration": 1, "class_fractions": [1.0 / k] * k}])
 
@@ -102,21 +102,27 @@ def _options(k=2):
     return ClassifyOptions(classes=k)
 
 
-def test_replicate_seeds_are_the_spawned_children():
-    ours = replicate_seeds(7, 4)
-    ref = np.random.SeedSequence(7).spawn(4)
-    for a, b in zip(ours, ref):
-        assert np.array_equal(a.generate_state(4), b.generate_state(4))
-    # stateless: asking again gives the same children
-    assert np.array_equal(replicate_seeds(7, 4)[2].generate_state(2), ours[2].generate_state(2))
+def test_replicate_seeds_are_named_streams_and_never_advance_the_root():
+    from hetclass import seeds
+    root = np.random.SeedSequence(7)
+    ours = replicate_seeds(root, 4)
+    for r, a in enumerate(ours):
+        assert np.array_equal(a.generate_state(4),
+                              seeds.stream(7, "replicate", r).generate_state(4))
+    assert root.n_children_spawned == 0
+    # stateless: asking again, or for more replicates, gives the same seeds
+    assert np.array_equal(replicate_seeds(7, 6)[2].generate_state(2), ours[2].generate_state(2))
+    # distinct from every other stream of the same root
+    assert len({tuple(s.generate_state(2)) for s in ours}
+               | {tuple(seeds.stream(7, "subsample", r).generate_state(2))
+                  for r in range(4)}) == 8
 
 
 def test_subsample_rows_size_and_independence():
-    kids = replicate_seeds(0, 3)
-    a, b = subsample_rows(kids[0], 1000, 0.8), subsample_rows(kids[1], 1000, 0.8)
+    a, b = subsample_rows(0, 0, 1000, 0.8), subsample_rows(0, 1, 1000, 0.8)
     assert a.size == b.size == 800 and np.all(np.diff(a) > 0)
     assert not np.array_equal(a, b)
-    np.testing.assert_array_equal(subsample_rows(kids[0], 10, None), np.arange(10))
+    np.testing.assert_array_equal(subsample_rows(0, 0, 10, None), np.arange(10))
 
 
 @pytest.mark.parametrize("workers", [1, 3])
@@ -129,7 +135,7 @@ def test_run_replicates_places_labels_and_is_deterministic(workers):
     for r in range(3):
         present = run.labels[r] >= 0
         assert present.sum() == 210
-        kept = subsample_rows(replicate_seeds(11, 3)[r], 300, 0.7)
+        kept = subsample_rows(11, r, 300, 0.7)
         np.testing.assert_array_equal(np.flatnonzero(present), kept)
         np.testing.assert_allclose(run.posteriors[r][~present], 0.0)
     seeds = [c[0].generate_state(1)[0] for c in eng.calls]
@@ -189,9 +195,17 @@ def test_too_few_replicates_is_an_input_error():
     assert err.value.field == "--subsample"
 
 
+def _fake_null(values=(0.0, 0.1, -0.1, 0.05, -0.05, 0.0)):
+    """A null of map statistics near 0 (the stand-in maps have no selection)."""
+    from hetclass.stability.distinguish import NullModel
+    from hetclass.stability.null import NullRun
+    sizes = [1200, 300, 75] * (len(values) // 3)
+    return NullRun(None, [], NullModel(sizes, list(values)))
+
+
 def _explore(eng, **kw):
     return explore(eng.prepared, _options(), n_replicates=4, seed=3, workers=1,
-                   reconstruct=eng.reconstruct, fit=eng.fit, **kw)
+                   reconstruct=eng.reconstruct, fit=eng.fit, null_run=_fake_null(), **kw)
 
 
 def test_exhaustive_finds_the_three_leaves_of_a_hierarchy():
@@ -203,14 +217,23 @@ def test_exhaustive_finds_the_three_leaves_of_a_hierarchy():
     purities = sorted(np.bincount(truth[lf.rows], minlength=3).max() / lf.n_particles
                       for lf in leaves)
     assert purities[0] > 0.9
-    assert {lf.reason for lf in leaves} == {"unstable split"}
+    # one state per leaf: the split is random (worse than chance) or within the null
+    assert {lf.reason for lf in leaves} <= {"unstable split", "no significant map difference"}
     assert root.decision == "split" and root.map_test["significant"]
+    assert all(p["p_value"] < 0.01 for p in root.map_test["pairs"])
     assert [c.node_id for c in root.children] == ["1.1", "1.2"]
+    # a leaf whose split was futile ran only the first replicates
+    futile = [n for n in root.walk() if n.verdict and any(
+        v["futile"] for v in n.verdict["scan"].values())]
+    assert futile and all(v["replicates_run"] == 2 for n in futile
+                          for v in n.verdict["scan"].values() if v["futile"])
     # too small: the same data with a minimum the second level cannot meet
     eng2 = FakeEngine(truth)
     root2 = _explore(eng2, min_class_size=350, max_depth=4)
     reasons = sorted(lf.reason for lf in root2.leaves())
     assert len(root2.leaves()) == 2 and "too small" in reasons
+    small = next(lf for lf in root2.leaves() if lf.reason == "too small")
+    assert small.note.startswith("not tried") and small.verdict is None
     # max depth
     root3 = _explore(FakeEngine(truth), min_class_size=100, max_depth=1)
     assert [lf.reason for lf in root3.leaves()] == ["max depth", "max depth"]
@@ -242,3 +265,38 @@ def test_cli_bad_values_exit_2_with_one_line(tmp_path, capsys, argv, field):
                       "--out", str(tmp_path / "out"), "--quiet"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and field in err, err
+
+
+def test_continue_keeps_finished_classifications_and_gives_the_same_result(tmp_path):
+    from hetclass.stability.analysis import run_stability
+    from hetclass.stability.tasks import WORK_DIR, WorkCache
+    truth = np.repeat([0, 1, 2], [120, 100, 80])
+    ident = {"run": "test"}
+
+    def run(out, eng, resume=False, abort_after=None):
+        calls = {"n": 0}
+
+        def fit(*a, **kw):
+            calls["n"] += 1
+            if abort_after is not None and calls["n"] > abort_after:
+                raise AbortRequested("killed")
+            return eng.fit(*a, **kw)
+        cache = WorkCache(out, ident, resume)
+        result = run_stability(eng.prepared, _options(), [1, 2, 3], n_replicates=3, seed=4,
+                               workers=1, fit=fit, cache=cache, null_sets=0)
+        return result, calls["n"]
+
+    whole, n_fits = run(tmp_path / "a", FakeEngine(truth))
+    with pytest.raises(AbortRequested):
+        run(tmp_path / "b", FakeEngine(truth), abort_after=4)
+    assert len(list((tmp_path / "b" / WORK_DIR).glob("*.npz"))) == 4
+    again, n_again = run(tmp_path / "b", FakeEngine(truth), resume=True)
+    assert n_again == n_fits - 4
+    for k in (2, 3):
+        np.testing.assert_array_equal(whole.per_k[k].aligned, again.per_k[k].aligned)
+        assert whole.maps[k].tobytes() == again.maps[k].tobytes()
+    assert whole.verdict.heterogeneity == again.verdict.heterogeneity
+    # another run's work is refused, in one line naming what differs
+    with pytest.raises(InputError) as err:
+        WorkCache(tmp_path / "b", {"run": "other"}, resume=True)
+    assert err.value.field == "run"

@@ -18,10 +18,14 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .class_tests import (MIN_WITHIN_PARTICLES, pairwise_tests, within_class_fits,
+                          within_class_tests)
+from .null import NULL_SETS, run_null
 from .replicates import (RankGroups, ReplicateRun, SeedLike, analysis_seed, consensus_maps,
-                         run_replicate_scan, run_replicates, split_groups,
-                         validate_replicate_args)
+                         run_replicate_scan, split_groups, validate_replicate_args)
 from .scores import KScores, score_replicates, single_class_scores
+from ..errors import InputError
+from .tasks import run_tasks
 from .verdict import Thresholds, Verdict, heterogeneity_verdict
 
 
@@ -32,8 +36,10 @@ class StabilityResult:
     ``per_k`` scores per K (K = 1, when scanned, is the trivial entry); ``runs`` the
     replicate classifications per K >= 2; ``maps`` (K, b, b, b) consensus class maps per
     K >= 2 (replicate maps averaged after matching), at ``pixel_size_A``, ``half_maps``
-    (2, K, b, b, b) likewise; ``chosen_k`` the K
-    of the consensus outputs: the recommended K for a scan, the K asked for otherwise.
+    (2, K, b, b, b) likewise; ``chosen_k`` the K of the consensus outputs: the recommended K
+    for a scan, the K asked for otherwise; ``tests`` the null-calibrated tests
+    (:func:`calibrated_tests`; empty without a null); ``null`` the
+    :class:`hetclass.stability.null.NullRun` (None without a null).
     """
 
     k_values: List[int]
@@ -49,6 +55,8 @@ class StabilityResult:
     subsample: Optional[float]
     pixel_size_A: float
     seconds: Dict[str, float] = field(default_factory=dict)
+    tests: dict = field(default_factory=dict)
+    null: object = None
 
 
 def score_run(run: ReplicateRun, rng: np.random.Generator, core_min_stability: float = 0.8) -> KScores:
@@ -57,88 +65,236 @@ def score_run(run: ReplicateRun, rng: np.random.Generator, core_min_stability: f
                             core_min_stability=core_min_stability)
 
 
+MAX_AUTO_K = 12                  # the scan never extends itself past this K
+MIN_PARTICLES_PER_CLASS = 100    # ... nor past n / this
+
+
+def accepted_k(per_k: Dict[int, KScores], pairwise: Dict[int, dict]) -> int:
+    """Largest K whose classes are all stable, pass the random-overlap test and are pairwise
+    distinguishable beyond the null (when a null was run); 1 when none."""
+    good = [k for k, s in per_k.items() if k >= 2 and s.all_stable
+            and (pairwise.get(k) or {}).get("all_distinguishable") is not False]
+    return max(good) if good else 1
+
+
+def extension_needed(k_rec: int, scanned: Sequence[int], n: int) -> List[int]:
+    """K values to add so that the scan reaches ``k_rec + 2`` (within the limits)."""
+    limit = min(MAX_AUTO_K, max(2, n // MIN_PARTICLES_PER_CLASS))
+    want = min(k_rec + 2, limit)
+    return [k for k in range(2, want + 1) if k not in scanned]
+
+
+class _Stage:
+    """Runs the tasks of one stage through :func:`run_tasks` with the run's settings."""
+
+    def __init__(self, workers, groups, cache, progress, abort_check):
+        self.workers, self.groups, self.cache = workers, groups, cache
+        self.progress, self.abort_check = progress, abort_check
+        self.root = groups is None or not groups.is_mpi or groups.world.is_root
+
+    def __call__(self, keys, one, label: str = ""):
+        def on_done(key, seconds, loaded):
+            if self.progress is not None and label:
+                how = "kept from the interrupted run" if loaded else f"{seconds:.1f} s"
+                self.progress("message", text=f"  {label} {key}: done ({how})")
+        return run_tasks(keys, one, self.workers, self.groups, self.cache, on_done,
+                         self.abort_check)
+
+
 def run_stability(prepared, options, k_values: Sequence[int], n_replicates: int = 5,
                   seed: SeedLike = 0, subsample: Optional[float] = None, rows=None,
                   workers: Optional[int] = None, core_min_stability: float = 0.8,
                   thresholds: Thresholds = Thresholds(), progress: Optional[Callable] = None,
                   abort_check: Optional[Callable] = None, fit: Optional[Callable] = None,
-                  groups: Optional[RankGroups] = None) -> StabilityResult:
+                  groups: Optional[RankGroups] = None, cache=None,
+                  null_sets: int = NULL_SETS, extend: bool = True,
+                  within: bool = True) -> StabilityResult:
     """Run ``n_replicates`` classifications for every K in ``k_values`` and score them.
+
+    Stages (each a set of independent classifications run side by side, kept in ``cache``
+    for ``--continue``): the K scan (K = 2 always included: the heterogeneity test uses
+    it); the null (:mod:`.null`, ``null_sets`` null data sets, none when 0); the scan
+    extended to the recommended K + 2 when it stops short (``extend``); each recommended
+    class classified again at K = 2 (``within``). Then the verdict.
 
     ``prepared`` from :func:`hetclass.engine.prepare` (once per dataset; prepare with the
     largest K so the engine sizes its batches for it). ``rows`` restricts the run to a
     subset of the prepared particles. ``progress`` receives the engine's events (with
-    ``replicate`` and ``k``), ``("replicate", ...)`` per finished replicate and
-    ``("k_done", k, seconds, all_stable)`` per K. ``fit`` replaces the engine's ``fit``
-    (tests). ``groups`` (:func:`hetclass.stability.replicates.split_groups`, MPI): every
-    ``(K, replicate)`` classification of the scan is spread over the rank groups at once;
-    every rank gets the same result as a single process.
+    ``replicate`` and ``k``), ``("replicate", ...)`` per finished replicate,
+    ``("k_done", k, seconds, all_stable)`` per K and ``("message", text)`` lines. ``fit``
+    replaces the engine's ``fit`` (tests). ``groups`` (MPI rank groups): every stage's
+    classifications are spread over them; every rank gets the same result as one process.
     """
     validate_replicate_args(n_replicates, subsample)
-    k_values = sorted(set(int(k) for k in k_values))
-    n_total = prepared.data.n_total
-    base = np.arange(n_total) if rows is None else np.asarray(rows, dtype=np.int64)
+    typed = sorted(set(int(k) for k in k_values))
+    base = (np.arange(prepared.data.n_total) if rows is None
+            else np.asarray(rows, dtype=np.int64))
     rng = np.random.default_rng(analysis_seed(seed))
-    per_k: Dict[int, KScores] = {}
-    runs: Dict[int, ReplicateRun] = {}
-    maps: Dict[int, np.ndarray] = {}
-    halves: Dict[int, np.ndarray] = {}
-    seconds: Dict[str, float] = {}
-    gathered = None
-    if groups is not None and groups.is_mpi:   # the whole scan at once over the rank groups
+    stage = _Stage(workers, groups, cache, progress, abort_check)
+    root = stage.root
+    res = _Scan(prepared, options, n_replicates, seed, subsample, base, workers, progress,
+                abort_check, fit, groups, cache, rng, core_min_stability, root)
+    scan_ks = sorted({k for k in typed if k >= 2} | ({2} if max(typed) >= 2 else set()))
+    res.add(scan_ks)
+    null = None
+    if null_sets > 0 and max(typed) >= 2:
         t0 = time.perf_counter()
-        gathered = run_replicate_scan(prepared, options, [k for k in k_values if k >= 2],
-                                      n_replicates, seed, subsample, base, workers, progress,
-                                      abort_check, fit, groups)
-        seconds["replicates"] = time.perf_counter() - t0
-    for k in k_values:
-        if k == 1:
-            per_k[1] = single_class_scores(base.size, n_replicates)
-            continue
+        if progress is not None and root:
+            progress("message", text=f"null: {null_sets} simulated one-state data sets, "
+                                     "classified like the replicates")
+        null = run_null(prepared, options, base, seed,
+                        null_sets, subsample, run=lambda keys, one: stage(keys, one, "null"),
+                        fit=fit)
+        res.seconds["null"] = time.perf_counter() - t0
+    null_model = None if null is None else null.null_model
+    mask = prepared.solvent_mask
+    pairwise = {k: pairwise_tests(res.runs[k], res.per_k[k], null_model, mask, thresholds.alpha)
+                for k in res.runs}
+    k_rec = accepted_k(res.per_k, pairwise)
+    added: List[int] = []
+    while extend and max(typed) >= 2:
+        more = extension_needed(k_rec, sorted(res.runs), base.size)
+        if not more:
+            break
+        if progress is not None and root:
+            progress("message", text=f"K={k_rec} recommended so far: the scan continues to "
+                                     f"K={max(more)} to look past it")
+        added += more
+        res.add(more)
+        for k in more:
+            pairwise[k] = pairwise_tests(res.runs[k], res.per_k[k], null_model, mask,
+                                         thresholds.alpha)
+        k_rec = accepted_k(res.per_k, pairwise)
+    within_tests = {}
+    if within and k_rec >= 2 and null_model is not None:
         t0 = time.perf_counter()
-        if gathered is not None:
-            run = gathered[k]
-        else:
-            run = run_replicates(prepared, options, k, n_replicates, seed, subsample, rows=base,
-                                 workers=workers, progress=progress, abort_check=abort_check,
-                                 fit=fit)
-        scores = score_run(run, rng, core_min_stability)
-        runs[k], per_k[k] = run, scores
-        maps[k], halves[k] = consensus_maps(run, scores.perms)
-        seconds[f"k{k}"] = time.perf_counter() - t0
-        if progress is not None and (groups is None or groups.world.is_root):
-            progress("k_done", k=k, seconds=seconds[f"k{k}"], all_stable=scores.all_stable)
-    verdict = heterogeneity_verdict(per_k, maps, halves, prepared.solvent_mask, thresholds)
-    chosen = k_values[0] if len(k_values) == 1 else verdict.recommended_k
-    if len(k_values) > 1 and chosen not in per_k:
+        consensus = res.per_k[k_rec].consensus
+        members = {c: base[consensus == c] for c in range(k_rec)
+                   if np.sum(consensus == c) >= MIN_WITHIN_PARTICLES}
+        fits = within_class_fits(prepared, options, members, seed,
+                                 run=lambda keys, one: stage(keys, one, "within-class"), fit=fit)
+        within_tests = within_class_tests(fits, res.maps[k_rec],
+                                          {c: int(m.size) for c, m in members.items()},
+                                          null_model, mask, thresholds.alpha,
+                                          thresholds.stable_jaccard)
+        res.seconds["within_class"] = time.perf_counter() - t0
+    tests = {}
+    if null is not None:
+        tests = {"recommended_k": k_rec, "null": null.to_dict(),
+                 "heterogeneity_test": heterogeneity_test(pairwise.get(2)),
+                 "distinguishability": {str(k): v for k, v in sorted(pairwise.items())},
+                 "within_class": within_tests,
+                 "scan": {"typed": typed, "scanned": [1] + sorted(res.runs)
+                          if 1 in typed else sorted(res.runs),
+                          "added": sorted(added)
+                          + ([2] if 2 not in typed and max(typed) >= 2 else []),
+                          "extended_to": max(res.runs) if added else None,
+                          "recommended_k": k_rec}}
+    per_k = dict(res.per_k)
+    if 1 in typed or tests:
+        per_k.setdefault(1, single_class_scores(base.size, n_replicates))
+    verdict = heterogeneity_verdict(per_k, res.maps, res.half_maps, mask, thresholds,
+                                    tests=tests or None)
+    chosen = typed[0] if len(typed) == 1 else verdict.recommended_k
+    if chosen not in per_k:
         chosen = 1
         per_k.setdefault(1, single_class_scores(base.size, n_replicates))
     return StabilityResult(
-        k_values=k_values, rows=base, per_k=per_k, runs=runs, maps=maps, half_maps=halves,
-        verdict=verdict,
-        chosen_k=int(chosen), n_replicates=int(n_replicates),
+        k_values=sorted(per_k), rows=base, per_k=per_k, runs=res.runs, maps=res.maps,
+        half_maps=res.half_maps, verdict=verdict, chosen_k=int(chosen),
+        n_replicates=int(n_replicates),
         seed=int(seed.entropy) if isinstance(seed, np.random.SeedSequence) else int(seed),
-        subsample=subsample, pixel_size_A=float(prepared.pixel_size_A), seconds=seconds)
+        subsample=subsample, pixel_size_A=float(prepared.pixel_size_A), seconds=res.seconds,
+        tests=tests, null=null)
+
+
+def heterogeneity_test(pairs_k2: Optional[dict]) -> Optional[dict]:
+    """The data set's heterogeneity test: the K = 2 classes' map statistic against the null
+    (the one pair of the K = 2 distinguishability test)."""
+    if not pairs_k2 or not pairs_k2["pairs"]:
+        return None
+    pair = pairs_k2["pairs"][0]
+    return {"k": 2, "particles": pair["particles"], "log_ratio": pair["log_ratio"],
+            "p_value": pair["p_value"], "alpha": pairs_k2["alpha"],
+            "beyond_null": None if pair["distinguishable"] is None else pair["distinguishable"]}
+
+
+class _Scan:
+    """Replicate runs, scores and consensus maps of the K values scanned so far."""
+
+    def __init__(self, prepared, options, n_replicates, seed, subsample, base, workers,
+                 progress, abort_check, fit, groups, cache, rng, core_min_stability, root):
+        self.args = (prepared, options, n_replicates, seed, subsample, base, workers, progress,
+                     abort_check, fit, groups, cache)
+        self.rng, self.core, self.root, self.progress = rng, core_min_stability, root, progress
+        self.runs: Dict[int, ReplicateRun] = {}
+        self.per_k: Dict[int, KScores] = {}
+        self.maps: Dict[int, np.ndarray] = {}
+        self.half_maps: Dict[int, np.ndarray] = {}
+        self.seconds: Dict[str, float] = {}
+
+    def add(self, ks: Sequence[int]) -> None:
+        (prepared, options, n_replicates, seed, subsample, base, workers, progress,
+         abort_check, fit, groups, cache) = self.args
+        ks = [int(k) for k in ks if int(k) not in self.runs]
+        if not ks:
+            return
+        t0 = time.perf_counter()
+        runs = run_replicate_scan(prepared, options, ks, n_replicates, seed, subsample, base,
+                                  workers, progress, abort_check, fit, groups, cache)
+        each = (time.perf_counter() - t0) / len(ks)
+        for k in ks:
+            run = runs[k]
+            scores = score_run(run, self.rng, self.core)
+            self.runs[k], self.per_k[k] = run, scores
+            self.maps[k], self.half_maps[k] = consensus_maps(run, scores.perms)
+            self.seconds[f"k{k}"] = float(np.sum(run.seconds)) if len(ks) > 1 else each
+            if progress is not None and self.root:
+                progress("k_done", k=k, seconds=self.seconds[f"k{k}"],
+                         all_stable=scores.all_stable)
+
+
+REPLICATE_STARTS = 1     # exploration starts per replicate (docs/stability.md: why one)
+
+
+def work_identity(command: str, particles, options, subsample, extra: Optional[dict] = None
+                  ) -> dict:
+    """What the kept work of a run depends on (:class:`.tasks.WorkCache`): the particle set,
+    the options that change a classification, the seed and the subsample fraction."""
+    from dataclasses import asdict
+
+    from ..checkpoint import particle_identity
+    keep = ("target_res_A", "max_iter", "n_init", "convergence_pct", "tau2_fudge", "hard",
+            "seed", "init", "init_lowpass_A", "references", "particle_diameter_A",
+            "solvent_mask", "focus_mask")
+    opts = asdict(options)
+    return {"command": command, "particles": particle_identity(particles),
+            "options": {k: opts.get(k) for k in keep}, "subsample": subsample, **(extra or {})}
 
 
 def stability_job(particles, options, out_dir: str, k_values: Sequence[int],
                   n_replicates: int = 5, subsample: Optional[float] = None,
                   workers: Optional[int] = None, core_min_stability: float = 0.8,
                   particles_path: Optional[str] = None, progress: Optional[Callable] = None,
-                  abort_check: Optional[Callable] = None, comm=None):
+                  abort_check: Optional[Callable] = None, comm=None, resume: bool = False,
+                  null_sets: int = NULL_SETS):
     """Everything ``hetclass stability`` does after parsing: prepare once, run, write.
 
-    Returns ``(summary dict, StabilityResult)``. The root seed is ``options.seed``; the
-    data are prepared with K = max(k_values). Front ends (CLI, RELION External, Scipion)
-    call this. Under MPI (``comm`` from :func:`hetclass.comm.world_comm`, every rank calls
-    this) the replicates run on rank groups (:func:`split_groups`), rank 0 writes the
-    outputs and returns the summary (the other ranks return None for it); an error on any
-    rank is raised on every rank.
+    Returns ``(summary dict, StabilityResult)``. The root seed is ``options.seed``; each
+    replicate explores :data:`REPLICATE_STARTS` start(s). Holds the lock of ``out_dir``;
+    finished classifications are kept in ``out_dir/work`` until the outputs are written, and
+    ``resume`` (``--continue``) reuses them. Front ends (CLI, RELION External, Scipion) call
+    this. Under MPI (``comm`` from :func:`hetclass.comm.world_comm`, every rank calls this)
+    the classifications run on rank groups (:func:`split_groups`), rank 0 writes the outputs
+    and returns the summary (the other ranks return None for it); an error on any rank is
+    raised on every rank.
     """
     from dataclasses import replace
 
     from ..errors import InputError
+    from ..io.lock import lock_output
     from .outputs import write_stability_outputs
+    from .tasks import WorkCache
 
     k_values = sorted(set(int(k) for k in k_values))
     if max(k_values) < 2:
@@ -148,25 +304,38 @@ def stability_job(particles, options, out_dir: str, k_values: Sequence[int],
     if not (0.0 < core_min_stability <= 1.0):
         raise InputError("must be a fraction in (0, 1]", field="--core-stability",
                          value=core_min_stability)
-    options = replace(options, classes=max(k_values))
+    validate_null_sets(null_sets)
+    options = replace(options, classes=max(k_values) + 2, n_init=REPLICATE_STARTS)
     groups = None
     if comm is not None and comm.is_mpi:
         groups = split_groups(comm, n_replicates * sum(1 for k in k_values if k >= 2))
-    t0 = time.perf_counter()
-    prepared = prepare_on_groups(particles, options, groups, progress, abort_check)
-    t_prep = time.perf_counter() - t0
-    result = run_stability(prepared, options, k_values, n_replicates, seed=options.seed,
-                           subsample=subsample, workers=workers,
-                           core_min_stability=core_min_stability, progress=progress,
-                           abort_check=abort_check, groups=groups)
-    result.seconds["prepare"] = t_prep
-    t1 = time.perf_counter()
-    summary = write_on_root(groups, prepared, lambda rec: write_stability_outputs(
-        out_dir, particles, prepared, result, options, particles_path=particles_path,
-        reconstruct=rec))
-    result.seconds["outputs"] = time.perf_counter() - t1
-    result.seconds["total"] = time.perf_counter() - t0
+    with lock_output(out_dir, comm, "hetclass stability"):
+        root = comm is None or comm.is_root
+        cache = WorkCache(out_dir, work_identity("stability", particles, options, subsample),
+                          resume, writer=root)
+        t0 = time.perf_counter()
+        prepared = prepare_on_groups(particles, options, groups, progress, abort_check)
+        t_prep = time.perf_counter() - t0
+        result = run_stability(prepared, options, k_values, n_replicates, seed=options.seed,
+                               subsample=subsample, workers=workers,
+                               core_min_stability=core_min_stability, progress=progress,
+                               abort_check=abort_check, groups=groups, cache=cache,
+                               null_sets=null_sets)
+        result.seconds["prepare"] = t_prep
+        t1 = time.perf_counter()
+        summary = write_on_root(groups, prepared, lambda rec: write_stability_outputs(
+            out_dir, particles, prepared, result, options, particles_path=particles_path,
+            reconstruct=rec))
+        result.seconds["outputs"] = time.perf_counter() - t1
+        result.seconds["total"] = time.perf_counter() - t0
+        cache.remove()
     return summary, result
+
+
+def validate_null_sets(null_sets) -> None:
+    if not isinstance(null_sets, (int, np.integer)) or null_sets < 0:
+        raise InputError("must be an integer >= 0 (0: no null, thresholds only)",
+                         field="--null-sets", value=null_sets)
 
 
 def prepare_on_groups(particles, options, groups: Optional[RankGroups], progress=None,

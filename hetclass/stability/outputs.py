@@ -177,10 +177,16 @@ def write_stability_outputs(out_dir: str, particles, prepared, result, options,
                or {"k1": np.zeros((1, rows.size), np.int64)})
     files[LABELS_NPZ] = labels_path
 
+    tests = getattr(result, "tests", None) or {}
     per_k = {}
     for kk, s in sorted(result.per_k.items()):
         d = s.to_dict()
         d["seconds"] = _r(result.seconds.get(f"k{kk}"), 2)
+        pw = (tests.get("distinguishability") or {}).get(str(kk))
+        if pw and pw["pairs"]:
+            ps = [p["p_value"] for p in pw["pairs"] if p["p_value"] is not None]
+            d["distinguishable"] = pw["all_distinguishable"]
+            d["largest_pair_p"] = max(ps) if ps else None
         if kk in result.runs:
             d["replicate_resolution_A"] = np.round(result.runs[kk].resolution_A, 2).tolist()
             d["replicate_iterations"] = [len(h) for h in result.runs[kk].histories]
@@ -198,6 +204,9 @@ def write_stability_outputs(out_dir: str, particles, prepared, result, options,
         "consensus_k": int(k),
         "classes": class_info,
         "per_k": per_k,
+        "p_values": p_value_table(tests),
+        "suggestions": verdict.evidence.get("suggestions") or [],
+        "scan": tests.get("scan"),
         "evidence": verdict.evidence,
         "continuous_particles": cont,
         "map_pixel_size_A": big_psize, "map_box_px": big_box,
@@ -212,6 +221,22 @@ def write_stability_outputs(out_dir: str, particles, prepared, result, options,
     summary["files"][SUMMARY_JSON] = SUMMARY_JSON
     atomic_write_json(os.path.join(out_dir, SUMMARY_JSON), summary)
     return summary
+
+
+def p_value_table(tests: dict) -> Optional[dict]:
+    """Every p-value of the run in one place: the heterogeneity test (K = 2 maps against the
+    null), the distinguishability of every class pair at every K, the within-class tests."""
+    if not tests:
+        return None
+    het = tests.get("heterogeneity_test") or {}
+    return {
+        "alpha": het.get("alpha"),
+        "heterogeneity": het.get("p_value"),
+        "distinguishability": {k: [{"classes": p["classes"], "p_value": p["p_value"]}
+                                   for p in v["pairs"]]
+                               for k, v in (tests.get("distinguishability") or {}).items()},
+        "within_class": {c: rec.get("p_value")
+                         for c, rec in (tests.get("within_class") or {}).items()}}
 
 
 def leaf_name(i: int, node_id: str) -> str:
@@ -237,6 +262,7 @@ def write_exhaustive_outputs(out_dir: str, particles, prepared, root, options, p
         write_particles_star(star, particles.take(leaf.rows),
                              {"rlnClassNumber": np.full(leaf.n_particles, i + 1)})
         entry = {"id": leaf.node_id, "n_particles": leaf.n_particles, "reason": leaf.reason,
+                 "note": getattr(leaf, "note", None),
                  "resolution_A": _r(leaf.resolution_A, 2), "star": name + ".star"}
         if leaf.map is not None:
             write_map(os.path.join(out_dir, name + ".mrc"), to_original_box(leaf.map, big_box), big_psize)
@@ -249,10 +275,12 @@ def write_exhaustive_outputs(out_dir: str, particles, prepared, root, options, p
         leaves.append(entry)
     all_star = os.path.join(out_dir, "leaves_data.star")
     write_particles_star(all_star, particles, {"rlnClassNumber": leaf_of})
+    null = getattr(root, "null", None)
     summary = {"schema": TREE_SCHEMA, "hetclass_version": __version__, "command": "exhaustive",
                "input": {"particles": particles_path, "n_particles": int(root.n_particles)},
                "parameters": {**parameters, "classify_options": _options_dict(options)},
-               "leaves": leaves, "leaves_star": "leaves_data.star", "tree": root.to_dict()}
+               "leaves": leaves, "leaves_star": "leaves_data.star",
+               "null": None if null is None else null.to_dict(), "tree": root.to_dict()}
     if report:
         maps = [lf.map for lf in root.leaves() if lf.map is not None]
         names = [f"leaf {i + 1} ({lf.node_id})" for i, lf in enumerate(root.leaves())

@@ -1,11 +1,12 @@
 """Replicate classifications through the engine: one ``prepare()``, many ``fit()``.
 
-Randomness: one ``np.random.SeedSequence(seed)``; ``spawn(R)`` gives one child per
-replicate (the same children for every K of a scan, so replicate r of K=2 and of K=3 see the
-same particle subset). The child seeds the replicate's EM; its sub-stream
-``SeedSequence(child.entropy, spawn_key=child.spawn_key + (1,))`` draws the replicate's
-subset (``subsample``, clusterboot-style: each replicate classifies a random fraction of
-the particles, and agreement is scored on the particles present in both replicates).
+Randomness (:mod:`hetclass.seeds`, nothing is ever spawned): replicate r is seeded by the
+named stream ``("replicate", r)`` of the run's seed (the same for every K of a scan, so
+replicate r of K=2 and of K=3 see the same particle subset) and draws its subset from
+``("subsample", r)`` (``subsample``, clusterboot-style: each replicate classifies a random
+fraction of the particles, and agreement is scored on the particles present in both
+replicates). Results therefore depend neither on the order tasks run in nor on how MPI
+ranks are grouped.
 
 Replicates run concurrently in a thread pool: the engine's heavy NumPy/SciPy array work
 releases the GIL and the per-dataset :class:`hetclass.engine.PreparedData` (images,
@@ -26,17 +27,16 @@ Example::
 
 from __future__ import annotations
 
-import os
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import AbortRequested, InputError
+from .. import seeds
+from ..errors import InputError
+from .tasks import compact, default_workers, run_tasks
 
 SeedLike = Union[int, np.random.SeedSequence]
 
@@ -81,28 +81,26 @@ def as_seed_sequence(seed: SeedLike) -> np.random.SeedSequence:
 
 
 def replicate_seeds(seed: SeedLike, n_replicates: int) -> List[np.random.SeedSequence]:
-    """The R replicate children of the root ``SeedSequence`` (stateless: same every call)."""
+    """The seeds of replicates 0..R-1: the named streams ``("replicate", r)`` of ``seed``."""
     root = as_seed_sequence(seed)
-    return [np.random.SeedSequence(root.entropy, spawn_key=root.spawn_key + (r,),
-                                   pool_size=root.pool_size) for r in range(n_replicates)]
+    return [seeds.stream(root, "replicate", r) for r in range(n_replicates)]
 
 
 def analysis_seed(seed: SeedLike) -> np.random.SeedSequence:
-    """Stream for the analysis (PAC pair sampling), apart from every replicate child."""
-    root = as_seed_sequence(seed)
-    return np.random.SeedSequence(root.entropy, spawn_key=root.spawn_key + (2 ** 31,),
-                                  pool_size=root.pool_size)
+    """Stream for the analysis (PAC pair sampling), apart from every replicate."""
+    return seeds.stream(as_seed_sequence(seed), "analysis")
 
 
-def subsample_rows(child: np.random.SeedSequence, n: int, fraction: Optional[float]) -> np.ndarray:
-    """Sorted positions (into 0..n-1) kept by one replicate: ``round(fraction * n)`` drawn
-    without replacement, or all when ``fraction`` is None or 1."""
+def subsample_rows(seed: SeedLike, replicate: int, n: int,
+                   fraction: Optional[float]) -> np.ndarray:
+    """Sorted positions (into 0..n-1) kept by ``replicate``: ``round(fraction * n)`` drawn
+    without replacement from the stream ``("subsample", replicate)``, or all when
+    ``fraction`` is None or 1."""
     if fraction is None or fraction >= 1.0:
         return np.arange(n)
-    stream = np.random.SeedSequence(child.entropy, spawn_key=child.spawn_key + (1,),
-                                    pool_size=child.pool_size)
+    rng = seeds.rng(as_seed_sequence(seed), "subsample", replicate)
     m = max(2, int(round(fraction * n)))
-    return np.sort(np.random.default_rng(stream).choice(n, size=min(m, n), replace=False))
+    return np.sort(rng.choice(n, size=min(m, n), replace=False))
 
 
 def validate_replicate_args(n_replicates: int, subsample: Optional[float]) -> None:
@@ -111,13 +109,6 @@ def validate_replicate_args(n_replicates: int, subsample: Optional[float]) -> No
                          value=n_replicates)
     if subsample is not None and not (0.0 < subsample <= 1.0):
         raise InputError("must be a fraction in (0, 1]", field="--subsample", value=subsample)
-
-
-def default_workers(n_replicates: int, workers: Optional[int] = None) -> int:
-    """Concurrent replicates: ``workers`` if given, else one per core (at most R)."""
-    if workers is None or workers < 1:
-        workers = os.cpu_count() or 1
-    return int(max(1, min(workers, n_replicates)))
 
 
 @dataclass
@@ -151,107 +142,56 @@ def split_groups(world, n_tasks: int) -> RankGroups:
     return RankGroups(world=world, group=group, index=index, count=count)
 
 
-def _compact(res) -> SimpleNamespace:
-    """What the analysis needs of one engine ``EMResult`` (picklable, global arrays)."""
-    return SimpleNamespace(
-        labels=np.asarray(res.labels, dtype=np.int64),
-        posteriors=np.asarray(res.posteriors, dtype=np.float32),
-        maps=np.asarray(res.maps, dtype=np.float32),
-        half_maps=np.asarray(res.half_maps, dtype=np.float32),
-        fsc=np.asarray(res.fsc), resolution_A=np.asarray(res.resolution_A, dtype=np.float64),
-        stats=list(res.stats), pixel_size_A=float(res.pixel_size_A))
+def replicate_key(k: int, r: int) -> str:
+    """Task key of replicate ``r`` at K = ``k`` (:mod:`hetclass.stability.tasks`)."""
+    return f"k{int(k)}_r{int(r)}"
 
 
 def run_replicate_tasks(prepared, options, tasks: Sequence[Tuple[int, int]], rows: np.ndarray,
                         keep: Sequence[np.ndarray], children, workers: Optional[int] = None,
                         progress: Optional[Callable] = None,
                         abort_check: Optional[Callable] = None, fit: Optional[Callable] = None,
-                        groups: Optional[RankGroups] = None
+                        groups: Optional[RankGroups] = None, cache=None
                         ) -> Dict[Tuple[int, int], Tuple[SimpleNamespace, float]]:
     """Fit every ``(k, r)`` task on ``rows[keep[r]]`` with seed ``children[r]``.
 
-    Returns ``{(k, r): (result, seconds)}`` for every task, on every rank. Without MPI the
-    tasks share a thread pool of ``workers``; under MPI (``groups``) task i runs on group
-    ``i mod G`` (threads inside one-rank groups, one task at a time in larger groups) and
-    the results are gathered on every rank. Errors of any group are raised on every rank.
+    Returns ``{(k, r): (result, seconds)}`` for every task, on every rank
+    (:func:`hetclass.stability.tasks.run_tasks`: a thread pool of ``workers`` without MPI,
+    rank groups with it; finished tasks are taken from ``cache``, a
+    :class:`~hetclass.stability.tasks.WorkCache`). Errors of any group are raised on every
+    rank.
     """
     if fit is None:
         from ..engine import fit
-    tasks = list(tasks)
-    mpi = groups is not None and groups.is_mpi
-    mine = [t for i, t in enumerate(tasks) if not mpi or i % groups.count == groups.index]
+    tasks = [(int(k), int(r)) for k, r in tasks]
+    by_key = {replicate_key(k, r): (k, r) for k, r in tasks}
     lock = threading.Lock()
-    stop = threading.Event()
-    root = not mpi or groups.world.is_root
-    finished_tasks: List[Tuple[int, int]] = []
+    finished: List[Tuple[int, int]] = []
+    root = groups is None or not groups.is_mpi or groups.world.is_root
 
-    def report(event, **info):      # the caller holds ``lock``
+    def report(event, **info):
         if progress is not None and root:
             progress(event, **info)
 
-    def check():
-        if stop.is_set():
-            raise AbortRequested("another replicate was stopped")
-        if abort_check is not None:
-            try:
-                abort_check()
-            except AbortRequested:
-                stop.set()
-                raise
-
-    def finished(k, r, seconds):    # the caller holds ``lock``
-        finished_tasks.append((k, r))
-        report("replicate", k=k, replicate=r,
-               done=sum(1 for kk, _ in finished_tasks if kk == k),
-               total=sum(1 for kk, _ in tasks if kk == k), seconds=seconds)
-
-    def one(task):
-        k, r = task
-        opts = replace(options, classes=int(k))
+    def one(key, check):
+        k, r = by_key[key]
+        opts = replace(options, classes=k)
 
         def forward(event, **info):
             with lock:
                 report(event, replicate=r, k=k, **info)
-        t0 = time.perf_counter()
-        res = fit(prepared, opts, seed=children[r], rows=rows[keep[r]], progress=forward,
-                  abort_check=check)
-        seconds = time.perf_counter() - t0
-        with lock:
-            finished(k, r, seconds)
-        return _compact(res), seconds
+        return compact(fit(prepared, opts, seed=children[r], rows=rows[keep[r]],
+                           progress=forward if progress is not None else None,
+                           abort_check=check))
 
-    group_is_serial = not mpi or not getattr(groups.group, "is_mpi", False)
-    n_workers = default_workers(len(mine), workers) if group_is_serial and mine else 1
-    error: Optional[BaseException] = None
-    local: Dict[Tuple[int, int], Tuple[SimpleNamespace, float]] = {}
-    try:
-        if n_workers == 1:
-            local = {t: one(t) for t in mine}
-        else:
-            with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="replicate") as pool:
-                futures = [pool.submit(one, t) for t in mine]
-                try:
-                    local = {t: f.result() for t, f in zip(mine, futures)}
-                except BaseException:
-                    stop.set()
-                    raise
-    except Exception as exc:
-        if not mpi:
-            raise
-        error = exc
-    if not mpi:
-        return local
-    groups.world.check(error)
-    # one copy per group (its root's) travels; every rank receives all of them
-    send = local if groups.group.is_root else {}
-    results: Dict[Tuple[int, int], Tuple[SimpleNamespace, float]] = {}
-    for part in groups.world.allgather_obj(send):
-        results.update(part)
-    for k, r in tasks:
-        if (k, r) not in local:
-            with lock:
-                finished(k, r, results[(k, r)][1])
-    return results
+    def on_done(key, seconds, loaded):
+        k, r = by_key[key]
+        finished.append((k, r))
+        report("replicate", k=k, replicate=r, done=sum(1 for kk, _ in finished if kk == k),
+               total=sum(1 for kk, _ in tasks if kk == k), seconds=seconds, loaded=loaded)
+
+    results = run_tasks(list(by_key), one, workers, groups, cache, on_done, abort_check)
+    return {by_key[key]: value for key, value in results.items()}
 
 
 def assemble_run(k: int, rows: np.ndarray, keep: Sequence[np.ndarray],
@@ -289,7 +229,7 @@ def replicate_plan(prepared, k_values: Sequence[int], n_replicates: int, seed: S
             raise InputError(f"number of classes must be between 1 and the {n} particles",
                              field="--classes", value=k)
     children = replicate_seeds(seed, n_replicates)
-    keep = [subsample_rows(c, n, subsample) for c in children]
+    keep = [subsample_rows(seed, r, n, subsample) for r in range(n_replicates)]
     return base, children, keep
 
 
@@ -297,7 +237,7 @@ def run_replicates(prepared, options, k: int, n_replicates: int = 5, seed: SeedL
                    subsample: Optional[float] = None, rows: Optional[Sequence[int]] = None,
                    workers: Optional[int] = None, progress: Optional[Callable] = None,
                    abort_check: Optional[Callable] = None, fit: Optional[Callable] = None,
-                   groups: Optional[RankGroups] = None) -> ReplicateRun:
+                   groups: Optional[RankGroups] = None, cache=None) -> ReplicateRun:
     """Classify ``rows`` (default every particle) ``n_replicates`` times with K = ``k``.
 
     ``prepared`` comes from :func:`hetclass.engine.prepare` (done once per dataset;
@@ -313,7 +253,7 @@ def run_replicates(prepared, options, k: int, n_replicates: int = 5, seed: SeedL
     groups; every rank returns the full run.
     """
     return run_replicate_scan(prepared, options, [k], n_replicates, seed, subsample, rows,
-                              workers, progress, abort_check, fit, groups)[int(k)]
+                              workers, progress, abort_check, fit, groups, cache)[int(k)]
 
 
 def run_replicate_scan(prepared, options, k_values: Sequence[int], n_replicates: int = 5,
@@ -321,7 +261,8 @@ def run_replicate_scan(prepared, options, k_values: Sequence[int], n_replicates:
                        rows: Optional[Sequence[int]] = None, workers: Optional[int] = None,
                        progress: Optional[Callable] = None,
                        abort_check: Optional[Callable] = None, fit: Optional[Callable] = None,
-                       groups: Optional[RankGroups] = None) -> Dict[int, ReplicateRun]:
+                       groups: Optional[RankGroups] = None,
+                       cache=None) -> Dict[int, ReplicateRun]:
     """:func:`run_replicates` for every K of ``k_values`` at once: ``{k: ReplicateRun}``.
 
     All ``(k, replicate)`` fits are one task list (spread over the rank groups together
@@ -331,7 +272,7 @@ def run_replicate_scan(prepared, options, k_values: Sequence[int], n_replicates:
     base, children, keep = replicate_plan(prepared, ks, n_replicates, seed, subsample, rows)
     tasks = [(k, r) for k in ks for r in range(n_replicates)]
     results = run_replicate_tasks(prepared, options, tasks, base, keep, children, workers,
-                                  progress, abort_check, fit, groups)
+                                  progress, abort_check, fit, groups, cache)
     return {k: assemble_run(k, base, keep, [results[(k, r)] for r in range(n_replicates)],
                             subsample) for k in ks}
 

@@ -187,6 +187,62 @@ _LEAF_COLOURS = {"too small": "#d9d9d9", "max depth": "#d9d9d9",
 _SPLIT_COLOUR = "#c7e9c0"
 
 
+def fig_null(null: dict, points: Sequence[Tuple[float, float, str]], title: str) -> Figure:
+    """The map statistic ``log T`` against the number of particles: the null
+    classifications (grey), the null model's mean and 99 % prediction band, and the tested
+    pairs (``points``: particles, log T, label)."""
+    from scipy import stats as sstats
+    fig = new_figure(6, 3.8)
+    ax = fig.add_subplot()
+    recs = [r for r in null.get("classifications", []) if r.get("log_ratio") is not None]
+    ax.scatter([r["particles"] for r in recs], [r["log_ratio"] for r in recs], color="0.55",
+               s=18, label="null classifications", zorder=2)
+    model = null.get("log_ratio_model") or {}
+    sizes = np.asarray(model.get("sizes") or [], dtype=float)
+    values = np.asarray([np.nan if v is None else v for v in model.get("log_ratio") or []])
+    xs = [p[0] for p in points] + list(sizes)
+    if len(xs) and np.isfinite(values).sum() >= 3:
+        from .distinguish import NullModel
+        nm = NullModel(sizes, values)
+        grid = np.geomspace(max(min(xs) * 0.8, 2), max(xs) * 1.2, 60)
+        pred = np.array([nm.predict(n) for n in grid])
+        upper = pred[:, 0] + sstats.t.ppf(0.99, pred[:, 2]) * pred[:, 1]
+        ax.plot(grid, pred[:, 0], color="0.3", lw=1, label="null mean")
+        ax.fill_between(grid, pred[:, 0] - (upper - pred[:, 0]), upper, color="0.85",
+                        label="null 99 % band", zorder=1)
+    for i, (n, value, label) in enumerate(points):
+        ax.scatter([n], [value], color=f"C{i % 10}", s=40, marker="D", zorder=3, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("particles in the two classes")
+    ax.set_ylabel("log T (map difference / its noise)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def null_points(evidence: dict) -> List[Tuple[float, float, str]]:
+    """The tested pairs of a stability run for :func:`fig_null`: the heterogeneity test,
+    the recommended K's pairs and the within-class splits."""
+    out = []
+    het = evidence.get("heterogeneity_test") or {}
+    if het.get("log_ratio") is not None:
+        out.append((het["particles"], het["log_ratio"], "K=2 split (heterogeneity test)"))
+    k_rec = (evidence.get("scan") or {}).get("recommended_k")
+    for k, rec in (evidence.get("distinguishability") or {}).items():
+        if k == "2" or (k_rec is not None and int(k) != k_rec):
+            continue
+        for pair in rec["pairs"]:
+            if pair["log_ratio"] is not None and len(out) < 12:
+                out.append((pair["particles"], pair["log_ratio"],
+                            f"K={k}: classes {pair['classes'][0]}-{pair['classes'][1]}"))
+    for c, rec in (evidence.get("within_class") or {}).items():
+        vals = [v for v in rec.get("log_ratio") or [] if v is not None]
+        if vals and len(out) < 16:
+            out.append((rec["particles"], float(np.mean(vals)), f"inside class {c}"))
+    return out
+
+
 def tree_layout(tree: dict) -> Tuple[Dict[str, Tuple[float, float]], int, int]:
     """``({node id: (x = depth, y = row)}, n_leaves, n_levels)``: leaves on consecutive
     rows, a parent centred on its children (root on the left, leaves on the right)."""
@@ -313,6 +369,8 @@ def format_key_tables(summary: dict) -> str:
              "", f"recommended classes: {summary['recommended_classes']}",
              f"heterogeneity: {summary['heterogeneity']}"]
     parts += [f"  - {r}" for r in summary.get("reasons", [])]
+    for sug in summary.get("suggestions") or []:
+        page.paragraph(f"Suggestion ({sug['action']}): {sug['why']}", "note")
     cont = summary.get("continuous_particles")
     if cont:
         parts.append(f"continuous part: {cont['n_particles']} particles in {cont['star']} "
@@ -331,6 +389,12 @@ EVIDENCE_TITLES = {
     "within_class_paths": "Paths inside the classes",
     "split_map_signal": "Do the maps of a K = 2 split differ beyond noise?",
     "map_extrapolation": "Map extrapolation along the path",
+    "scan": "K values typed, scanned, and added to look past the recommended K",
+    "null": "The calibrated null: simulated one-state data classified like the replicates",
+    "heterogeneity_test": "Do the K = 2 class maps differ beyond the null?",
+    "distinguishability": "Do the classes of each K differ beyond the null (pairwise)?",
+    "within_class": "Does a class hold more: each class classified again at K = 2",
+    "suggestions": "Merge and split suggestions",
 }
 _BULKY = ("distance_matrix",)   # stays in summary.json
 
@@ -394,6 +458,8 @@ def write_stability_report(path, summary: dict, result, class_maps: Sequence[np.
     page.raw(f"<p class=\"verdict\">Recommended classes: <b>{summary['recommended_classes']}"
              f"</b> &mdash; heterogeneity: <b>{html.escape(summary['heterogeneity'])}</b></p>")
     page.raw("<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in summary["reasons"]) + "</ul>")
+    for sug in summary.get("suggestions") or []:
+        page.paragraph(f"Suggestion ({sug['action']}): {sug['why']}", "note")
     cont = summary.get("continuous_particles")
     if cont:
         page.paragraph(f"Continuous heterogeneity: {cont['n_particles']} particles written to "
@@ -451,7 +517,16 @@ def write_stability_report(path, summary: dict, result, class_maps: Sequence[np.
         page.figure(lambda: fig_matrix(mean_pair_jaccard_matrix(s.aligned, kk),
                                        f"K = {kk}: class Jaccard between replicates"),
                     f"Jaccard K={kk}")
-    evidence_section(page, summary.get("evidence") or {})
+    evidence = summary.get("evidence") or {}
+    if evidence.get("null"):
+        page.heading("Calibrated null")
+        page.paragraph("Each test compares a class pair's map difference (log T: squared "
+                       "distance of the maps over its noise from the half maps) with K = 2 "
+                       "classifications of simulated one-state data of the same particles "
+                       "(poses, CTFs, noise); p-values are in summary.json (p_values).", "small")
+        page.figure(lambda: fig_null(evidence["null"], null_points(evidence),
+                                     "map differences against the null"), "null figure")
+    evidence_section(page, evidence)
     files_section(page, summary.get("files", {}))
     page.write(path)
     _warn_failures("report.html", page)
@@ -470,8 +545,8 @@ def _node_rows(tree: dict) -> List[dict]:
             "J(K=2) weakest": (node.get("stability") or {}).get("min_class_jaccard"),
             "heterogeneity at K=2": verdict.get("heterogeneity_at_k2"),
             "chosen K": verdict.get("chosen_k"),
-            "map difference": (None if not pairs else
-                               "significant" if test.get("significant") else "not significant"),
+            "children differ (p)": (None if not pairs else ", ".join(
+                _fmt(p.get("p_value"), ".2g") for p in pairs)),
             "decision": node["decision"] if node["decision"] == "split"
             else f"leaf: {node.get('reason')}",
             "resolution A": node.get("resolution_A"), "seconds": node.get("seconds")})
@@ -494,7 +569,7 @@ def write_exhaustive_report(path, tree_summary: dict, leaf_maps: Sequence[np.nda
                  "max depth": params.get("max_depth"),
                  "replicates per node": params.get("replicates"),
                  "K tried at each node": params.get("k_scan"),
-                 "random splits for the map test": params.get("n_null"),
+                 "null data sets": params.get("null_sets"),
                  "seed": params.get("seed"), "time (s)": params.get("seconds")})
     page.figure(lambda: fig_tree(tree), "splitting tree")
     page.heading("Leaves")
@@ -506,16 +581,26 @@ def write_exhaustive_report(path, tree_summary: dict, leaf_maps: Sequence[np.nda
     page.table(header, rows)
     page.heading("Nodes")
     page.raw(value_html(_node_rows(tree)))
+    null = tree_summary.get("null")
+    if null:
+        points = [(p["particles"], p["log_ratio"], f"node {nid}: {'-'.join(map(str, p['classes']))}")
+                  for nid, test in map_tests.items() for p in test.get("pairs", [])
+                  if p.get("log_ratio") is not None][:16]
+        page.figure(lambda: fig_null(null, points, "node splits against the null"),
+                    "null figure")
     for node_id, test in map_tests.items():
+        pairs = [p for p in test.get("pairs", []) if "fsc_children" in p]
+        if not pairs:
+            continue
         curves = {}
-        for pair in test["pairs"]:
+        for pair in pairs:
             a, b = pair["children"]
-            curves[f"child {a} vs {b} (deficit {pair['mean_fsc_deficit']:.3f}, threshold "
-                   f"{pair['threshold']:.3f})"] = np.asarray(pair["fsc_children"])
-            curves[f"random splits of {a}+{b} (mean)"] = np.asarray(pair["fsc_null_mean"])
+            curves[f"child {a} vs {b}"] = np.asarray(pair["fsc_children"])
+            if "fsc_null_mean" in pair:
+                curves[f"random splits of {a}+{b} (mean)"] = np.asarray(pair["fsc_null_mean"])
         page.figure(lambda: fig_fsc(curves, test["box_px"], test["pixel_size_A"],
-                                    f"node {node_id}: child maps vs random splits",
-                                    threshold=None), f"map test {node_id}")
+                                    f"node {node_id}: child maps", threshold=None),
+                    f"map test {node_id}")
     if len(leaf_maps):
         page.figure(lambda: fig_map_views(leaf_maps, leaf_names),
                     "slices and projections of the leaf maps")

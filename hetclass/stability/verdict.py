@@ -40,7 +40,7 @@ Decision (thresholds in :class:`Thresholds`):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional
+from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -67,6 +67,7 @@ class Thresholds:
     band_excess: float = 0.2          # band fraction must exceed the uniform 2/K by this
     band_min: float = 0.7
     spread_max_posterior: float = 0.8
+    alpha: float = 0.01               # significance level of every test against the null
 
 
 def recommended_k(per_k: Mapping[int, KScores]) -> int:
@@ -334,15 +335,19 @@ class Verdict:
 def heterogeneity_verdict(per_k: Mapping[int, KScores], maps_by_k: Mapping[int, np.ndarray],
                           half_maps_by_k: Optional[Mapping[int, np.ndarray]] = None,
                           mask: Optional[np.ndarray] = None,
-                          th: Thresholds = Thresholds()) -> Verdict:
+                          th: Thresholds = Thresholds(), tests: Optional[dict] = None) -> Verdict:
     """Recommended K and the heterogeneity verdict with its evidence (module docstring).
+
+    ``tests``: the null-calibrated tests of :func:`hetclass.stability.analysis.run_stability`
+    (recommended K, heterogeneity test, distinguishability, within-class tests, scan); with
+    them the verdict is :func:`calibrated_decision`'s, the other evidence is reported beside.
 
     ``per_k`` scores per K (K = 1 may be included); ``maps_by_k[k]`` (k, b, b, b)
     consensus class maps, in consensus class numbering, for the K >= 3 used by (b)/(c);
     ``half_maps_by_k[k]`` (2, k, b, b, b) their half maps (noise estimate); ``mask`` the
     (b, b, b) region compared (default a sphere).
     """
-    k_rec = recommended_k(per_k)
+    k_rec = recommended_k(per_k) if tests is None else int(tests["recommended_k"])
     n = len(next(iter(per_k.values())).consensus)
     curve = stability_curve(per_k, th)
     evidence: Dict[str, object] = {"stability_vs_k": curve}
@@ -393,6 +398,14 @@ def heterogeneity_verdict(per_k: Mapping[int, KScores], maps_by_k: Mapping[int, 
                                   mask, th)
     evidence["map_extrapolation"] = extra
     extrapolates = bool(extra and extra["significant"])
+    if tests is not None:
+        for key in ("scan", "null", "heterogeneity_test", "distinguishability", "within_class"):
+            evidence[key] = tests.get(key)
+        verdict, reasons, affected, suggestions = calibrated_decision(
+            k_rec, per_k, tests, extrapolates, extra, th)
+        evidence["suggestions"] = suggestions
+        return Verdict(recommended_k=k_rec, heterogeneity=verdict, evidence=evidence,
+                       reasons=reasons, affected=affected)
 
     if k_rec == 1:
         if is_path or differs or (curve["shape"] == "smooth_decay" and is_band):
@@ -448,3 +461,103 @@ def heterogeneity_verdict(per_k: Mapping[int, KScores], maps_by_k: Mapping[int, 
                        "classes (over-split states)")
     return Verdict(recommended_k=k_rec, heterogeneity=verdict, evidence=evidence,
                    reasons=reasons, affected=affected)
+
+
+def _p(x) -> str:
+    return "n/a" if x is None else (f"{x:.2g}" if x >= 1e-4 else "< 1e-4")
+
+
+def calibrated_decision(k_rec: int, per_k: Mapping[int, KScores], tests: dict,
+                        extrapolates: bool, extra: Optional[dict], th: Thresholds):
+    """The verdict from the null-calibrated tests: ``(verdict, reasons, affected,
+    suggestions)``.
+
+    * K_rec = 1: "continuous" when the K = 2 classes differ beyond the null (structure no
+      K separates reproducibly and distinguishably), else "homogeneous".
+    * K_rec >= 2, from the within-class tests: classes with a spread inside are continuous
+      (so are classes with unresolved structure when the finer classes of the scan reach
+      beyond the K_rec maps); some continuous and some not -> "mixed" (the continuous
+      classes' particles form the continuous part); all continuous -> "continuous";
+      none -> "discrete". Without within-class tests: "continuous" when the finer classes
+      extrapolate, else "discrete".
+
+    Suggestions: merge indistinguishable classes of a stable K; classify a class holding two
+    states again (under-split).
+    """
+    n = len(next(iter(per_k.values())).consensus)
+    affected = np.zeros(n, dtype=bool)
+    reasons: List[str] = []
+    suggestions: List[dict] = []
+    het = tests.get("heterogeneity_test") or {}
+    scan = tests.get("scan") or {}
+    if scan.get("added"):
+        reasons.append(f"the scan was extended to K={max(scan['added'])} (typed "
+                       f"{_k_range(scan.get('typed'))}) to look past the recommended K")
+    for k_text, pw in sorted((tests.get("distinguishability") or {}).items(), key=lambda x: int(x[0])):
+        k = int(k_text)
+        if k in per_k and per_k[k].all_stable and pw.get("merge"):
+            for a, b in pw["merge"]:
+                pair = next(p for p in pw["pairs"] if p["classes"] == [a, b])
+                suggestions.append({"action": "merge", "k": k, "classes": [a, b],
+                                    "p_value": pair["p_value"],
+                                    "why": f"at K={k} classes {a} and {b} are reproducible but "
+                                           f"their maps differ no more than in the null "
+                                           f"(p = {_p(pair['p_value'])})"})
+    if k_rec == 1:
+        if het.get("beyond_null"):
+            affected[:] = True
+            reasons.append(f"no K splits the data into reproducible, distinguishable classes, "
+                           f"yet the K=2 class maps differ beyond the null (p = "
+                           f"{_p(het.get('p_value'))}): structural variability, continuous")
+            return "continuous", reasons, affected, suggestions
+        reasons.append(f"the K=2 class maps differ no more than classes of simulated one-state "
+                       f"data (p = {_p(het.get('p_value'))}) and no split is both reproducible "
+                       "and distinguishable")
+        return "homogeneous", reasons, affected, suggestions
+    within = tests.get("within_class") or {}
+    consensus = per_k[k_rec].consensus
+    outcome = {int(c) - 1: rec["outcome"] for c, rec in within.items()}
+    continuous = [c for c, o in outcome.items()
+                  if o == "continuous" or (o == "heterogeneous" and extrapolates)]
+    for c, o in sorted(outcome.items()):
+        rec = within[str(c + 1)]
+        if o == "two states":
+            suggestions.append({"action": "split", "k": k_rec, "classes": [c + 1],
+                                "p_value": rec["p_value"],
+                                "why": f"class {c + 1} splits in two beyond the null (p = "
+                                       f"{_p(rec['p_value'])}) in a direction no other class "
+                                       "takes: it holds two states (classify its particles "
+                                       "with K=2, or try a larger K)"})
+    p_text = f"p = {_p(het.get('p_value'))}"
+    if not within:
+        if extrapolates:
+            affected[:] = True
+            reasons.append(f"K={k_rec} is reproducible and distinguishable, but finer classes "
+                           f"reach beyond its maps (extrapolation {extra['max_extrapolation']})")
+            return "continuous", reasons, affected, suggestions
+        reasons.append(f"K={k_rec} classes are reproducible and differ beyond the null "
+                       f"({p_text} at K=2)")
+        return "discrete", reasons, affected, suggestions
+    if continuous and len(continuous) == len(outcome) and len(outcome) == k_rec:
+        affected[:] = True
+        reasons.append(f"K={k_rec} classes are reproducible, but every class is a spread of "
+                       "particles along its split, not two groups: the classes bin a continuum")
+        return "continuous", reasons, affected, suggestions
+    if continuous:
+        affected = np.isin(consensus, continuous)
+        names = ", ".join(str(c + 1) for c in sorted(continuous))
+        reasons.append(f"K={k_rec} classes are reproducible and distinguishable; class(es) "
+                       f"{names} hold a continuum (a spread of particles along their split), "
+                       "the others do not")
+        return "mixed", reasons, affected, suggestions
+    kinds = sorted(set(outcome.values()))
+    reasons.append(f"K={k_rec} classes are reproducible and differ beyond the null ({p_text} at "
+                   f"K=2); within the classes: {', '.join(kinds) if kinds else 'not tested'}")
+    return "discrete", reasons, affected, suggestions
+
+
+def _k_range(values) -> str:
+    if not values:
+        return "?"
+    values = sorted(values)
+    return f"{values[0]}-{values[-1]}" if len(values) > 1 else str(values[0])

@@ -11,7 +11,6 @@ the stable-core subsets. Particles are matched to the output STAR rows by ``rlnI
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 import pyworkflow.protocol.params as params
@@ -41,6 +40,7 @@ class HetClassProtStability(ProtClassify3D):
 
     # ----- form -------------------------------------------------------------------------
     def _defineParams(self, form):
+        from hetclass.stability.settings import OPTIONS
         common.define_input_params(form, with_references=False)
         form.addSection(label="Stability")
         form.addParam("exhaustive", params.BooleanParam, default=False,
@@ -52,19 +52,25 @@ class HetClassProtStability(ProtClassify3D):
                                  "(or K when minimum = maximum).")
         line.addParam("kMin", params.IntParam, default=2, label="minimum")
         line.addParam("kMax", params.IntParam, default=4, label="maximum")
-        form.addParam("replicates", params.IntParam, default=5, validators=[params.GE(2)],
-                      label="Replicates per K")
-        form.addParam("coreStability", params.FloatParam, default=0.8,
+        form.addParam("replicates", params.IntParam, default=OPTIONS["replicates"].default,
+                      validators=[params.GE(2)], label="Replicates per K",
+                      help=OPTIONS["replicates"].help_text())
+        form.addParam("coreStability", params.FloatParam,
+                      default=OPTIONS["core_stability"].default,
                       condition="not exhaustive", label="Stable-core threshold",
-                      help="A particle is in its class's stable core when at least this "
-                           "fraction of replicates agree with its consensus class.")
+                      help=OPTIONS["core_stability"].help_text())
+        form.addParam("nullSets", params.IntParam, default=OPTIONS["null_sets"].default,
+                      validators=[params.GE(0)], expertLevel=params.LEVEL_ADVANCED,
+                      label="Null data sets", help=OPTIONS["null_sets"].help_text())
         form.addParam("subsample", params.FloatParam, default=0.0,
                       expertLevel=params.LEVEL_ADVANCED, label="Subsample fraction",
                       help="Each replicate classifies this random fraction (0 = all).")
-        form.addParam("minClassSize", params.IntParam, default=1000, condition="exhaustive",
-                      label="Minimum class size", help="Smallest accepted child class.")
-        form.addParam("maxDepth", params.IntParam, default=3, condition="exhaustive",
-                      label="Maximum depth")
+        form.addParam("minClassSize", params.IntParam, default=0, condition="exhaustive",
+                      validators=[params.GE(0)], label="Minimum class size (0 = auto)",
+                      help=OPTIONS["min_class_size"].help_text())
+        form.addParam("maxDepth", params.IntParam, default=OPTIONS["max_depth"].default,
+                      condition="exhaustive", label="Maximum depth",
+                      help=OPTIONS["max_depth"].help_text())
         common.define_engine_params(form, with_classes=False)
 
     # ----- steps ------------------------------------------------------------------------
@@ -93,8 +99,7 @@ class HetClassProtStability(ProtClassify3D):
         from hetclass.stability.exhaustive import exhaustive_job
 
         common.select_gpu(self)
-        if os.path.isdir(self._outDir()):
-            shutil.rmtree(self._outDir())          # an interrupted run: start it again
+        resume = os.path.isdir(self._outDir())     # an interrupted run: keep its finished work
         options = common.classify_options(self, classes=2)
         subsample = float(self.subsample.get() or 0) or None
         workers = max(1, int(self.numberOfThreads.get() or 1))
@@ -109,24 +114,38 @@ class HetClassProtStability(ProtClassify3D):
         particles, _ = common.load_input(self)
         progress = common.progress_logger(self)
         if self.exhaustive.get():
-            exhaustive_job(particles, options, self._outDir(), int(self.minClassSize.get()),
+            exhaustive_job(particles, options, self._outDir(), self._minClassSize(),
                            int(self.maxDepth.get()), int(self.replicates.get()), subsample,
-                           workers=workers, particles_path=star, progress=progress)
+                           null_sets=self._nullSets(), workers=workers, particles_path=star,
+                           progress=progress, resume=resume)
         else:
             stability_job(particles, options, self._outDir(), self._kValues(),
                           int(self.replicates.get()), subsample, workers,
                           float(self.coreStability.get()), particles_path=star,
-                          progress=progress)
+                          progress=progress, resume=resume, null_sets=self._nullSets())
+
+    def _minClassSize(self):
+        """None (auto, derived from the data) for 0."""
+        value = int(self.minClassSize.get() or 0)
+        return value if value > 0 else None
+
+    def _nullSets(self) -> int:
+        from hetclass.stability.settings import OPTIONS
+        value = self.getAttributeValue("nullSets", None)
+        return OPTIONS["null_sets"].default if value is None else int(value)
 
     def _runMpi(self, options, subsample, workers, star):
         """``hetclass stability|exhaustive`` under Scipion's MPI launcher (same arguments)."""
         command = "exhaustive" if self.exhaustive.get() else "stability"
         args = common.cli_arguments(command, options, self._outDir(), star)
-        args += ["--replicates", str(int(self.replicates.get())), "--jobs", str(workers)]
+        args += ["--replicates", str(int(self.replicates.get())), "--jobs", str(workers),
+                 "--null-sets", str(self._nullSets())]
+        if os.path.isdir(self._outDir()):
+            args.append("--continue")
         if subsample is not None:
             args += ["--subsample", str(subsample)]
         if self.exhaustive.get():
-            args += ["--min-class-size", str(int(self.minClassSize.get())),
+            args += ["--min-class-size", str(self._minClassSize() or "auto"),
                      "--max-depth", str(int(self.maxDepth.get()))]
         else:
             k = self._kValues()

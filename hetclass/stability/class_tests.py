@@ -1,0 +1,173 @@
+"""Tests on consensus classes: are two classes distinguishable, does a class hold more?
+
+* :func:`pairwise_tests` -- for every pair of consensus classes of one K, ``log T`` of their
+  maps (:mod:`.distinguish`) averaged over the replicates, against the null at the pair's
+  number of particles. A pair within the null is *indistinguishable*: merge suggested.
+* :func:`within_class_tests` -- each consensus class classified again at K = 2 on its own
+  particles (two fits, seeds ``("within", class, fit)``); its ``log T`` against the null at
+  the class's size, the split's reproducibility (weakest-class Jaccard of the two fits),
+  whether the split runs along the differences to the other classes (*explained*: a mixture
+  with them, e.g. misassigned particles) or a new direction, and the shape of the particles'
+  positions along it (:func:`.distinguish.shape_test`). Outcome per class:
+
+  - ``"homogeneous"``: no structure beyond the null;
+  - ``"mixes with other classes"``: two groups along the differences to other classes;
+  - ``"two states"``: two groups in a new direction -- the class is under-split;
+  - ``"continuous"``: a spread of positions (a continuum inside the class);
+  - ``"heterogeneous"``: structure beyond the null whose shape the data cannot tell.
+
+The average of the replicates' statistics varies less than one classification's, so the
+p-values against the null of single classifications are conservative.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .. import seeds
+from .distinguish import (NullModel, log_ratio_matrix, replicate_log_ratios, shape_test,
+                          split_log_ratio, split_positions)
+from .verdict import map_distances
+
+WITHIN_FITS = 2
+MIN_WITHIN_PARTICLES = 200       # smaller classes are not classified again
+EXPLAINED_FRACTION = 0.5         # of the split's map difference, along other classes
+
+
+def _r(x, digits=4):
+    if x is None:
+        return None
+    x = float(x)
+    return round(x, digits) if np.isfinite(x) else None
+
+
+def pairwise_tests(run, scores, null_model: Optional[NullModel], mask=None,
+                   alpha: float = 0.01) -> dict:
+    """Distinguishability of every pair of consensus classes at ``run.k``.
+
+    Returns ``{"k", "pairs": [{"classes", "particles", "log_ratio", "p_value",
+    "distinguishable"}], "all_distinguishable", "merge": [[a, b], ...]}`` (1-based classes;
+    ``distinguishable`` None without a null).
+    """
+    k = run.k
+    lr = replicate_log_ratios(run.maps, run.half_maps, scores.perms, mask)
+    pairs, merge = [], []
+    for a in range(k):
+        for b in range(a + 1, k):
+            sizes = [int(np.sum(np.isin(row, (a, b)))) for row in scores.aligned]
+            n_pair = float(np.mean(sizes))
+            vals = lr[:, a, b][np.isfinite(lr[:, a, b])]
+            value = float(vals.mean()) if vals.size else float("nan")
+            p = null_model.p_value(value, n_pair) if null_model is not None else float("nan")
+            dist = None if not np.isfinite(p) else bool(p < alpha)
+            if dist is False:
+                merge.append([a + 1, b + 1])
+            pairs.append({"classes": [a + 1, b + 1], "particles": int(round(n_pair)),
+                          "log_ratio": _r(value), "p_value": _r(p, 6), "distinguishable": dist})
+    known = [p["distinguishable"] for p in pairs if p["distinguishable"] is not None]
+    return {"k": k, "alpha": alpha, "pairs": pairs,
+            "all_distinguishable": None if not known else bool(all(known)), "merge": merge}
+
+
+def within_keys(classes: Sequence[int]) -> List[str]:
+    return [f"within_c{c + 1}_f{f}" for c in classes for f in range(WITHIN_FITS)]
+
+
+def within_class_fits(prepared, options, members: Dict[int, np.ndarray], seed,
+                      run: Callable, fit=None) -> Dict[int, list]:
+    """Classify the particles of each class (``members``: class -> global rows) at K = 2,
+    :data:`WITHIN_FITS` times; ``{class: [compact results]}`` (with positions along the
+    split). ``run(keys, one)`` runs the tasks."""
+    from .tasks import compact
+    if fit is None:
+        from ..engine import fit
+    plan = {key: (c, f) for c in members for key, f in
+            zip(within_keys([c])[:WITHIN_FITS], range(WITHIN_FITS))}
+
+    def one(key, check):
+        from .views import subset_view
+        c, f = plan[key]
+        view = subset_view(prepared, members[c], device=options.device)
+        res = fit(view, replace(options, classes=2), seed=seeds.stream(seed, "within", c, f),
+                  abort_check=check)
+        out = compact(res)
+        state = getattr(res, "state", None)
+        if state is not None and getattr(state, "refs", None) is not None:
+            out.position, out.separation = split_positions(view, state)
+        return out
+
+    results = run(list(plan), one)
+    return {c: [results[k][0] for k in within_keys([c])] for c in members}
+
+
+def _explained(sub_maps, sub_halves, consensus_maps, c: int, mask) -> float:
+    """Share of the (noise-corrected) squared difference of the two sub-class maps that lies
+    along the differences between class ``c`` and the other consensus classes."""
+    k = consensus_maps.shape[0]
+    if k < 2:
+        return float("nan")
+    allmaps = np.concatenate([np.asarray(sub_maps, np.float64),
+                              np.asarray(consensus_maps, np.float64)])
+    _, _, noise2, x = map_distances(allmaps, None, mask)
+    _, _, sub_noise2, _ = map_distances(sub_maps, sub_halves, mask)
+    d = x[0] - x[1]
+    basis = np.stack([x[2 + j] - x[2 + c] for j in range(k) if j != c], axis=1)
+    q, _ = np.linalg.qr(basis)
+    along = q @ (q.T @ d)
+    total = float(d @ d) - float(sub_noise2.sum())
+    perp = float((d - along) @ (d - along)) - float(sub_noise2.sum())
+    if total <= 0:
+        return float("nan")
+    return float(np.clip(1.0 - max(perp, 0.0) / total, 0.0, 1.0))
+
+
+def within_class_tests(fits: Dict[int, list], consensus_maps: np.ndarray, sizes: Dict[int, int],
+                       null_model: Optional[NullModel], mask=None, alpha: float = 0.01,
+                       stable_jaccard: float = 0.75) -> dict:
+    """One record per tested class (1-based ``class``); see the module docstring."""
+    from .scores import jaccard_matrix
+    from scipy.optimize import linear_sum_assignment
+    out = {}
+    for c, results in sorted(fits.items()):
+        values = [split_log_ratio(res, mask) for res in results]
+        finite = [v for v in values if np.isfinite(v)]
+        stat = float(np.mean(finite)) if finite else float("nan")
+        p = null_model.p_value(stat, sizes[c]) if null_model is not None else float("nan")
+        a, b = results[0].labels, results[1].labels
+        jm = jaccard_matrix(a, b, 2, 2)
+        rr, cc = linear_sum_assignment(np.nan_to_num(jm), maximize=True)
+        jac = float(np.nanmin(jm[rr, cc]))
+        first = results[0]
+        shape = (shape_test(first.position, first.separation)
+                 if getattr(first, "position", None) is not None else {"shape": "undetermined"})
+        explained = _explained(first.maps, first.half_maps, consensus_maps, c, mask)
+        outcome = _outcome(p, alpha, shape["shape"], explained, jac, stable_jaccard)
+        out[str(c + 1)] = {
+            "class": c + 1, "particles": int(sizes[c]),
+            "log_ratio": [_r(v) for v in values], "p_value": _r(p, 6),
+            "beyond_null": None if not np.isfinite(p) else bool(p < alpha),
+            "split_jaccard": _r(jac), "split_fractions": [
+                _r(np.mean(np.asarray(res.labels) == j), 3) for res in results[:1] for j in (0, 1)],
+            "along_other_classes": _r(explained), "shape": shape, "outcome": outcome}
+    return out
+
+
+def _outcome(p: float, alpha: float, shape: str, explained: float, jaccard: float,
+             stable_jaccard: float) -> str:
+    if not np.isfinite(p) or p >= alpha:
+        return "homogeneous"
+    if shape == "spread":
+        return "continuous"
+    along = np.isfinite(explained) and explained >= EXPLAINED_FRACTION
+    if shape == "two groups":
+        return "mixes with other classes" if along else "two states"
+    if not along and np.isfinite(jaccard) and jaccard >= stable_jaccard:
+        return "two states"
+    return "heterogeneous"
+
+
+__all__ = ["pairwise_tests", "within_class_fits", "within_class_tests", "within_keys",
+           "log_ratio_matrix"]

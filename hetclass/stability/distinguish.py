@@ -1,0 +1,260 @@
+"""Do two classes differ beyond the null, and are their particles two groups or a spread?
+
+**Map statistic.** For two class maps with half maps, ``log T`` with
+``T = |x_a - x_b|^2 / (noise_a + noise_b)``: the squared distance of the maps, each made
+zero-mean inside the solvent mask and divided by its norm, over the noise of that distance
+estimated from the half maps (:func:`hetclass.stability.verdict.map_distances`). Without
+selection two maps of the same state give ``T`` about 1; classes carved by EM out of one
+state give more, by an amount that depends on the number of particles. :class:`NullModel`
+holds ``log T`` of K = 2 classifications of null data sets (:mod:`.null`) at several sizes
+and predicts its distribution at any size: a straight line in ``log n`` with Student-t
+prediction intervals; a statistic's p-value is the chance that the null gives a value at
+least as large.
+
+**Position along a split.** For a K = 2 classification, each particle's log-likelihood ratio
+between the two class references (the engine's gold-standard references, noise spectrum and
+likelihood shells) is ``LLR_i = D_i u_i + e_i``: ``D_i = sum |CTF (P r_1 - P r_2)|^2 /
+sigma2`` is the separation of the two references for this particle (pose, CTF), ``u_i`` its
+position (+1 at class 1's map, -1 at class 2's) and the noise ``e_i`` has variance
+``2 D_i``. So ``u_i = LLR_i / D_i`` is the position measured with a known error
+``sqrt(2 / D_i)``. :func:`shape_test` fits the distribution of the true positions under
+three models by maximum likelihood, the known errors deconvolved: two point masses
+(discrete states), a uniform interval and a Gaussian (a continuum), and compares them with
+the Bayesian information criterion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy import optimize, special, stats
+
+from .verdict import map_distances
+
+MIN_CLASS_FRACTION = 0.02    # a K = 2 split with a smaller class has no map statistic
+SHAPE_BIC_MARGIN = 10.0      # BIC difference that decides between two and a spread
+
+
+def _r(x, digits=4):
+    if x is None:
+        return None
+    x = float(x)
+    return round(x, digits) if np.isfinite(x) else None
+
+
+# ----- map statistic ------------------------------------------------------------------------
+def log_ratio_matrix(maps: np.ndarray, half_maps: np.ndarray,
+                     mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """(K, K) ``log T`` of every class pair (NaN on the diagonal). ``maps`` (K, b, b, b),
+    ``half_maps`` (2, K, b, b, b)."""
+    _, raw2, noise2, _ = map_distances(maps, half_maps, mask)
+    denom = noise2[:, None] + noise2[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log(np.where(denom > 0, raw2 / np.where(denom > 0, denom, 1.0), np.nan))
+    np.fill_diagonal(out, np.nan)
+    return out
+
+
+def split_log_ratio(res, mask: Optional[np.ndarray] = None) -> float:
+    """``log T`` of the two classes of a K = 2 result (NaN when a class holds less than
+    :data:`MIN_CLASS_FRACTION` of the particles: a collapsed split has no statistic)."""
+    labels = np.asarray(res.labels)
+    labels = labels[labels >= 0]
+    if labels.size == 0 or np.bincount(labels, minlength=2).min() < MIN_CLASS_FRACTION * labels.size:
+        return float("nan")
+    return float(log_ratio_matrix(res.maps, res.half_maps, mask)[0, 1])
+
+
+def replicate_log_ratios(maps: np.ndarray, half_maps: np.ndarray, perms: np.ndarray,
+                         mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """(R, K, K) ``log T`` of every consensus class pair in every replicate. ``maps``
+    (R, K, b, b, b), ``half_maps`` (R, 2, K, b, b, b); replicate class j is consensus class
+    ``perms[r, j]``."""
+    r_count, k = perms.shape
+    out = np.full((r_count, k, k), np.nan)
+    for r in range(r_count):
+        m = log_ratio_matrix(maps[r], half_maps[r], mask)
+        out[r][np.ix_(perms[r], perms[r])] = m
+    return out
+
+
+@dataclass
+class NullModel:
+    """``log T`` of null K = 2 classifications (``values``) at ``sizes`` particles."""
+
+    sizes: np.ndarray
+    values: np.ndarray
+
+    def __post_init__(self):
+        ok = np.isfinite(self.values) & (np.asarray(self.sizes) > 0)
+        self.sizes = np.asarray(self.sizes, dtype=np.float64)[ok]
+        self.values = np.asarray(self.values, dtype=np.float64)[ok]
+
+    @property
+    def usable(self) -> bool:
+        return self.values.size >= 3
+
+    def predict(self, n: float):
+        """``(mean, prediction sd, degrees of freedom)`` of ``log T`` at ``n`` particles."""
+        x, y = np.log(self.sizes), self.values
+        m = y.size
+        xbar = x.mean()
+        sxx = float(np.sum((x - xbar) ** 2))
+        slope_ok = m >= 4 and sxx > 1e-6
+        if slope_ok:
+            slope = float(np.sum((x - xbar) * (y - y.mean())) / sxx)
+            df = m - 2
+        else:
+            slope, df = 0.0, m - 1
+        resid = y - (y.mean() + slope * (x - xbar))
+        s = float(np.sqrt(np.sum(resid ** 2) / max(df, 1)))
+        x0 = np.log(max(float(n), 1.0))
+        lever = (x0 - xbar) ** 2 / sxx if slope_ok else 0.0
+        sd = s * np.sqrt(1.0 + 1.0 / m + lever)
+        return float(y.mean() + slope * (x0 - xbar)), float(max(sd, 1e-6)), int(max(df, 1))
+
+    def p_value(self, observed: float, n: float) -> float:
+        """Chance that a null classification of ``n`` particles gives ``log T`` at least
+        ``observed`` (Student t prediction); NaN when there is no statistic or no null."""
+        if not self.usable or observed is None or not np.isfinite(observed):
+            return float("nan")
+        mean, sd, df = self.predict(n)
+        return float(stats.t.sf((observed - mean) / sd, df))
+
+    def to_dict(self) -> dict:
+        out = {"sizes": [int(s) for s in self.sizes],
+               "log_ratio": [_r(v) for v in self.values]}
+        if self.usable:
+            n_all = float(self.sizes.max())
+            mean, sd, df = self.predict(n_all)
+            out.update({"at_n": int(n_all), "mean": _r(mean), "prediction_sd": _r(sd),
+                        "df": df})
+        return out
+
+
+# ----- position along a split ----------------------------------------------------------------
+def split_positions(prepared, state, rows=None):
+    """``(u, D)`` (n_rows,) of every particle of ``rows`` (default all, in ``rows`` order)
+    for a K = 2 EM ``state``: position along the split and separation (module docstring)."""
+    from ..em_step import class_log_likelihoods, shell_onehot
+    from ..projector import project, stack_grids
+    from ..reconstruct import volume_to_grid
+    data, ws = prepared.data, prepared.workspace
+    n_total = data.n_total
+    rows = np.arange(n_total) if rows is None else np.asarray(rows, dtype=np.int64)
+    active = np.zeros(n_total, bool)
+    active[rows] = True
+    active = active[data.rows]
+    like = int(state.like_shells or ws.like_shells)
+    onehot = shell_onehot(data.coeffs.shell, ws.n_shells)
+    sigma2 = np.asarray(state.sigma2)
+    shell = np.minimum(data.coeffs.shell, sigma2.shape[1] - 1)
+    grids = [stack_grids(np.stack([volume_to_grid(np.asarray(m, np.float32), ws.pad)
+                                   for m in state.refs[h]])) for h in range(2)]
+    llr, sep = np.zeros(len(data)), np.zeros(len(data))
+    for bi, (batch, half) in enumerate(ws.batches):
+        use = active[batch]
+        if not use.any():
+            continue
+        x, c, g = ws.batch_arrays(bi)
+        x, c, g = x[use], c[use], g[use]
+        slices = project(ws.operator(bi), grids[half], batch.size, data.coeffs.size)[use]
+        sig = sigma2[g][:, shell].astype(np.float32)
+        loglik, _ = class_log_likelihoods(x, c, slices, sig, onehot, like)
+        llr[batch[use]] = loglik[:, 0] - loglik[:, 1]
+        diff = c * (slices[:, :, 0] - slices[:, :, 1])
+        power = (diff.real ** 2 + diff.imag ** 2) @ onehot[:, :like]
+        counts = np.maximum(onehot[:, :like].sum(0), 1.0)
+        sig_shell = (sig @ onehot[:, :like]) / counts
+        sep[batch[use]] = np.sum(power / sig_shell, axis=1)
+    comm = ws.comm
+    llr = comm.gather_rows(llr, data.rows, n_total)[rows]
+    sep = comm.gather_rows(sep, data.rows, n_total)[rows]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = np.where(sep > 0, llr / np.where(sep > 0, sep, 1.0), 0.0)
+    return u.astype(np.float64), sep.astype(np.float64)
+
+
+def _loglik_two_points(theta, u, s):
+    mu1, mu2, logit = theta
+    w = special.expit(logit)
+    a = np.log(w) + stats.norm.logpdf(u, mu1, s)
+    b = np.log1p(-w) + stats.norm.logpdf(u, mu2, s)
+    return float(np.sum(np.logaddexp(a, b)))
+
+
+def log_ndtr_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``log(Phi(a) - Phi(b))`` for ``a > b``, accurate in both tails."""
+    upper = b > 0                   # both in the upper tail: Phi(-b) - Phi(-a)
+    hi = np.where(upper, -b, a)
+    lo = np.where(upper, -a, b)
+    first, second = special.log_ndtr(hi), special.log_ndtr(lo)
+    return first + np.log(-np.expm1(np.minimum(second - first, -1e-300)))
+
+
+def _loglik_uniform(theta, u, s):
+    lo, width = theta[0], np.exp(theta[1])
+    # t uniform on [lo, lo + width], u = t + e: P(u) = (Phi((u-lo)/s) - Phi((u-lo-width)/s)) / width
+    mass = log_ndtr_difference((u - lo) / s, (u - lo - width) / s)
+    return float(np.sum(mass - np.log(width)))
+
+
+def _loglik_gauss(theta, u, s):
+    mu, tau = theta[0], np.exp(theta[1])
+    return float(np.sum(stats.norm.logpdf(u, mu, np.sqrt(s ** 2 + tau ** 2))))
+
+
+def _fit(fn, starts, u, s):
+    best = None
+    for x0 in starts:
+        r = optimize.minimize(lambda th: -fn(th, u, s), np.asarray(x0, float), method="Nelder-Mead",
+                              options={"xatol": 1e-4, "fatol": 1e-3, "maxiter": 2000})
+        if best is None or r.fun < best.fun:
+            best = r
+    return -float(best.fun), best.x
+
+
+def shape_test(u: np.ndarray, separation: np.ndarray, margin: float = SHAPE_BIC_MARGIN) -> dict:
+    """Two groups or a spread? ``u`` positions along a split, ``separation`` (D) their
+    separations (module docstring). Returns the fitted models, BIC values and ``shape``:
+    "two groups" (two point masses beat both spreads by ``margin``), "spread" (a uniform or
+    Gaussian spread beats two point masses by ``margin``) or "undetermined". Particles whose
+    separation is below 0.5 carry no information and are left out."""
+    u = np.asarray(u, dtype=np.float64)
+    d = np.asarray(separation, dtype=np.float64)
+    ok = np.isfinite(u) & np.isfinite(d) & (d > 0.5)
+    u, s = u[ok], np.sqrt(2.0 / d[ok])
+    n = int(u.size)
+    out = {"particles": n, "median_separation": _r(np.median(d[ok]) if n else np.nan, 2),
+           "median_position_error": _r(np.median(s) if n else np.nan), "shape": "undetermined"}
+    if n < 50:
+        return out
+    q = np.quantile(u, [0.1, 0.25, 0.5, 0.75, 0.9])
+    spread = max(q[4] - q[0], 1e-3)
+    ll2, th2 = _fit(_loglik_two_points, [(q[1], q[3], 0.0), (q[0], q[4], 0.0), (-1.0, 1.0, 0.0)], u, s)
+    llu, thu = _fit(_loglik_uniform, [(q[0], np.log(spread)), (-1.5, np.log(3.0))], u, s)
+    llg, thg = _fit(_loglik_gauss, [(q[2], np.log(spread / 2.56))], u, s)
+    bic = {"two groups": -2 * ll2 + 3 * np.log(n), "uniform spread": -2 * llu + 2 * np.log(n),
+           "gaussian spread": -2 * llg + 2 * np.log(n)}
+    best_spread = min(bic["uniform spread"], bic["gaussian spread"])
+    if bic["two groups"] < best_spread - margin:
+        shape = "two groups"
+    elif best_spread < bic["two groups"] - margin:
+        shape = "spread"
+    else:
+        shape = "undetermined"
+    out.update({
+        "shape": shape, "bic": {k: _r(v, 1) for k, v in bic.items()},
+        "bic_margin": margin,
+        "two_groups": {"positions": [_r(th2[0]), _r(th2[1])],
+                       "fraction_first": _r(special.expit(th2[2]))},
+        "uniform_spread": {"from": _r(thu[0]), "to": _r(thu[0] + np.exp(thu[1]))},
+        "gaussian_spread": {"mean": _r(thg[0]), "sd": _r(np.exp(thg[1]))}})
+    return out
+
+
+def sizes_of(labels: np.ndarray, k: int) -> Sequence[int]:
+    labels = np.asarray(labels)
+    return np.bincount(labels[labels >= 0], minlength=k).tolist()
