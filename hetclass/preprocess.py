@@ -53,12 +53,15 @@ def mask_radius_px(diameter_A: float, plan: CropPlan) -> float:
 
 
 def default_target_res_A(box_px: int, pixel_size_A: float) -> float:
-    """Twice the Nyquist resolution, but never finer than 15 A.
+    """Twice the Nyquist resolution, but never finer than 8 A.
 
-    On simulated data at SNR 0.05 the recovered classes were as good or better at 15 A than at
-    12 A (and much faster); use ``--target-res`` for differences that need finer detail.
+    Close conformational states differ at 5-10 A: on the hard simulated cases of
+    ``benchmarks/bench_accuracy.py`` (domain motions of 2-4 A) even the ideal observer loses
+    accuracy at 15 A (ARI 0.74 against 0.87 at 8 A), and hetclass's classes were much worse
+    at the former 15 A default. Finer than 8 A costs time roughly as the square of the
+    resolution for little gain there; use ``--target-res`` for differences that need it.
     """
-    return max(4.0 * pixel_size_A, 15.0)
+    return max(4.0 * pixel_size_A, 8.0)
 
 
 def plan_crop(box_px: int, pixel_size_A: float, target_res_A: Optional[float],

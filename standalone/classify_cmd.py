@@ -33,7 +33,7 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
 
 def default_target_text() -> str:
     """The default of --target-res in words, read from the code that chooses it
-    (:func:`hetclass.preprocess.default_target_res_A`): ``2x Nyquist, not finer than 15 A``."""
+    (:func:`hetclass.preprocess.default_target_res_A`): ``2x Nyquist, not finer than 8 A``."""
     from hetclass.preprocess import default_target_res_A
     coarse_px = 1000.0                 # large pixels: the Nyquist multiple shows
     nyquist_multiple = default_target_res_A(64, coarse_px) / (2 * coarse_px)
