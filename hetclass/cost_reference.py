@@ -20,6 +20,9 @@ RATES = {
 }
 # typical EM iterations to convergence by K (simulated benchmark data; --max-iter caps them)
 ITERATIONS = {2: 8, 3: 12, 4: 15, 6: 20, 8: 22, 10: 25}
+# typical hard-assignment iterations of one exploration start (hand-set: 8-10 measured on
+# the demo and the 4-state accuracy case; hetclass.explore caps them at EXPLORE_ITER)
+EXPLORE_ITERATIONS = 9
 RANK_EFFICIENCY_PER_DOUBLING = 0.88    # bench_mpi.py: 2 ranks, 1.75x (hand-set from README)
 PREP_EFFICIENCY_PER_DOUBLING = 0.9     # cropping threads
 REPLICATE_EFFICIENCY = 0.8             # concurrent replicates (threads) vs ideal

@@ -281,10 +281,12 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
             solvent_mask: np.ndarray, focus_mask: Optional[np.ndarray],
             checkpoint: Optional[Callable[[EMState], None]] = None,
             abort_check=None, progress=None, reseed=None,
-            like_cap: Optional[int] = None) -> EMState:
+            like_cap: Optional[int] = None, warn_empty: bool = True) -> EMState:
     """Run EM iterations from ``state`` until convergence or ``options.max_iter``.
 
     ``like_cap``: the likelihood uses at most this many shells (default: up to the target).
+    ``warn_empty``: an :class:`EmptyClassWarning` when classes end empty (exploration starts,
+    whose empty classes are re-seeded and only ranked, pass False).
 
     ``reseed`` ``(seed, start)``: empty classes are re-seeded from the named stream
     ``("reseed", start, iteration)`` of ``seed`` (default ``(options.seed, state.start)``).
@@ -325,10 +327,6 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
         labels = np.where(active, post.argmax(1), -1)
         n_changed = comm.allreduce_scalar(float(np.sum(labels[active] != state.labels[active])))
         changed = n_changed / n_active * 100.0
-        if comm.is_root and np.any(fractions < 0.5 / n_active):
-            warnings.warn(f"iteration {state.iteration + 1}: "
-                          f"{int(np.sum(fractions < 0.5 / n_active))} class(es) are empty",
-                          EmptyClassWarning, stacklevel=2)
         sigma2 = np.where(acc.noise_count > 0, acc.noise / np.maximum(acc.noise_count, 1),
                           state.sigma2)
         sigma2 = np.maximum(sigma2, 1e-12 * max(float(sigma2.max()), 1e-30))
@@ -380,4 +378,9 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
                      class_fractions=fractions.tolist(), resolution_A=ms.resolution_A.tolist())
         if checkpoint is not None:
             checkpoint(state)
+    empty = int(np.sum(state.class_fractions < 0.5 / n_active))
+    if warn_empty and empty and comm.is_root:
+        warnings.warn(f"{empty} of {k} classes ended empty after iteration {state.iteration} "
+                      "(the data support fewer classes here; consider fewer)",
+                      EmptyClassWarning, stacklevel=2)
     return state

@@ -99,7 +99,7 @@ def explore(ws, options, seed, active: np.ndarray, make_start: Callable[[int], E
         st = make_start(j)
         st = iterate(ws, st, hard, active, solvent_mask, focus_mask, abort_check=abort_check,
                      progress=_tagged(progress, j, n_init), reseed=(seed, j),
-                     like_cap=explore_shells(ws))
+                     like_cap=explore_shells(ws), warn_empty=False)
         states.append(st)
         records.append(StartRecord(j, st.iteration, float("nan"),
                                    [float(f) for f in st.class_fractions]))

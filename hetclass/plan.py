@@ -11,6 +11,9 @@ classes, one process with ``threads`` E-step threads)::
                   + n * M * build_s_per_coef                   (only when operators are not cached)
                   + n * M * 12 B / stream_GB_per_s             (only when the data stream from disk)
     fit(K)      = (iterations(K) + 1) * iteration              (+1: the initial reconstruction)
+                  + starts * (explore_iterations + 2) * iteration(min(n, explore_max))
+                                       (exploration: hard starts on a subset, each with its
+                                        initial reconstruction and held-out score)
     classify    = startup + preprocess + fit(K) + n * output_s_per_particle
     stability   = preprocess + sum over K >= 2 of R * fit(K) / replicate_parallelism
     exhaustive  = preprocess + per tree level R * (fit(2) [+ fit(3)]) / replicate_parallelism
@@ -34,6 +37,7 @@ from typing import Dict, List, Optional, Sequence
 
 from . import cost_reference as ref
 from .fourier_store import BYTES_PER_COEFFICIENT
+from .stability.analysis import REPLICATE_STARTS
 
 GB = 2.0 ** 30
 
@@ -209,8 +213,9 @@ def memory_plan(wl: Workload, k: int, shape: RunShape, concurrent_fits: int = 1)
 
 
 def fit_seconds(rates: Rates, wl: Workload, k: int, shape: RunShape, max_iter: int,
-                concurrent_fits: int = 1, n: Optional[int] = None):
-    """(typical, worst) seconds of one classification's EM, and the memory plan it assumes."""
+                concurrent_fits: int = 1, n: Optional[int] = None, starts: int = 3):
+    """(typical, worst) seconds of one classification's EM (``starts`` exploration starts,
+    then refinement), and the memory plan it assumes."""
     from .workspace import OPERATOR_BYTES_PER_COEF
     plan, peak = memory_plan(wl, k, shape, concurrent_fits)
     n_local = -(-wl.n_particles // max(shape.ranks, 1))
@@ -223,7 +228,19 @@ def fit_seconds(rates: Rates, wl: Workload, k: int, shape: RunShape, max_iter: i
     else:
         it = iteration_seconds(rates, wl, k, n, plan.data_in_memory, cached, shape.ranks,
                                shape.threads)
-    return ((iterations(k, max_iter) + 1) * it, (max_iter + 1) * it, plan, peak)
+    explore = 0.0
+    explore_worst = 0.0
+    if starts > 0 and k > 1:
+        from .explore import EXPLORE_ITER, EXPLORE_MAX_PARTICLES
+        n_all = wl.n_particles if n is None else int(n)
+        n_explore = min(n_all, EXPLORE_MAX_PARTICLES)
+        it_explore = it if n_explore == n_all else (
+            iteration_seconds(rates, wl, k, n_explore, plan.data_in_memory, cached, shape.ranks,
+                              shape.threads) if not shape.gpu else it * n_explore / n_all)
+        explore = starts * (min(EXPLORE_ITER, ref.EXPLORE_ITERATIONS) + 2) * it_explore
+        explore_worst = starts * (EXPLORE_ITER + 2) * it_explore
+    return ((iterations(k, max_iter) + 1) * it + explore, (max_iter + 1) * it + explore_worst,
+            plan, peak)
 
 
 def classify_estimate(rates: Rates, wl: Workload, k: int, shape: RunShape, machine: Machine,
@@ -260,7 +277,8 @@ def stability_estimate(rates: Rates, wl: Workload, k_values: Sequence[int], repl
     typical = worst = 0.0
     peak = 0.0
     for k in ks:
-        t, w, plan, p = fit_seconds(rates, wl, k, shape, max_iter, concurrent, n)
+        t, w, plan, p = fit_seconds(rates, wl, k, shape, max_iter, concurrent, n,
+                                     starts=REPLICATE_STARTS)
         typical += replicates * t / par
         worst += replicates * w / par
         peak = max(peak, p)
@@ -281,8 +299,10 @@ def exhaustive_estimate(rates: Rates, wl: Workload, replicates: int, max_depth: 
     worst K = 2 and 3 at max_iter."""
     par = replicate_parallelism(shape, machine, replicates, jobs)
     concurrent = max(1, min(int(round(par)), replicates))
-    t2, w2, _, peak = fit_seconds(rates, wl, 2, shape, max_iter, concurrent)
-    _, w3, _, peak3 = fit_seconds(rates, wl, 3, shape, max_iter, concurrent)
+    t2, w2, _, peak = fit_seconds(rates, wl, 2, shape, max_iter, concurrent,
+                                  starts=REPLICATE_STARTS)
+    _, w3, _, peak3 = fit_seconds(rates, wl, 3, shape, max_iter, concurrent,
+                                  starts=REPLICATE_STARTS)
     prep = preprocess_seconds(rates, wl, machine.cores)
     typical = prep + max_depth * replicates * t2 / par
     worst = prep + max_depth * replicates * (w2 + w3) / par

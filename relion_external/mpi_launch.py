@@ -82,7 +82,9 @@ def hetclass_args(cfg: JobConfig, resume: bool = False) -> List[str]:
                 ("--particle-diameter", cfg.particle_diameter_A),
                 ("--convergence", cfg.convergence_pct), ("--max-memory", cfg.max_memory_GB),
                 ("--device", cfg.device)]
-    if mode != "classify":
+    if mode == "classify":
+        optional.append(("--starts", cfg.starts))
+    else:
         optional += [("--subsample", cfg.subsample), ("--null-sets", cfg.null_sets)]
     if mode == "stability":
         optional.append(("--core-stability", cfg.core_stability))

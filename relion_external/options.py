@@ -37,6 +37,8 @@ PARAMETERS: Dict[str, Tuple[str, str]] = {
     "target_res": ("float", "target resolution in A: images are Fourier-cropped to it "
                             "(default: chosen from the data)"),
     "max_iter": ("int", "maximum EM iterations (default 25)"),
+    "starts": ("int", "short exploration starts from random references; the best by held-out "
+                      "evidence is refined (default 3)"),
     "seed": ("int", "random seed; the same seed gives the same result (default 0)"),
     "hard": ("bool", "hard (winner-takes-all) instead of soft assignments"),
     "mask_is_focus": ("bool", "use --in_mask as a focus mask (classify on the masked region) "
@@ -98,6 +100,7 @@ class JobConfig:
     replicates: Optional[int] = None
     target_res_A: Optional[float] = None
     max_iter: Optional[int] = None
+    starts: Optional[int] = None
     seed: Optional[int] = None
     hard: bool = False
     mask_is_focus: bool = False
@@ -301,6 +304,8 @@ def _apply(cfg: JobConfig, name: str, raw: str, words: List[str]) -> None:
         cfg.replicates = _int(raw, words, 1)
     elif name == "max_iter":
         cfg.max_iter = _int(raw, words, 1)
+    elif name == "starts":
+        cfg.starts = _int(raw, words, 1)
     elif name == "mpi_ranks":
         cfg.mpi_ranks = _int(raw, words, 1)
     elif name == "mpi_launcher":
@@ -347,6 +352,7 @@ def classify_options(cfg: JobConfig):
     if cfg.mask is not None:
         values["focus_mask" if cfg.mask_is_focus else "solvent_mask"] = cfg.mask
     optional = dict(classes=cfg.classes, target_res_A=cfg.target_res_A, max_iter=cfg.max_iter,
+                    n_init=cfg.starts,
                     seed=cfg.seed, tau2_fudge=cfg.tau2_fudge, device=cfg.device,
                     particle_diameter_A=cfg.particle_diameter_A,
                     convergence_pct=cfg.convergence_pct, max_memory_GB=cfg.max_memory_GB)

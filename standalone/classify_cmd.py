@@ -49,6 +49,9 @@ def add_classify_options(parser: argparse.ArgumentParser, classes_required: bool
     g.add_argument("--target-res", type=float, default=None, metavar="A",
                    help=f"resolution limit in A (default: {default_target_text()})")
     g.add_argument("--max-iter", type=int, default=25, help="maximum EM iterations (default 25)")
+    g.add_argument("--starts", type=int, default=3, metavar="N",
+                   help="short exploration starts from random references; the one with the "
+                        "best held-out evidence is refined (default 3; 1 with K --ref maps)")
     g.add_argument("--convergence", type=float, default=0.5, metavar="PCT",
                    help="stop when fewer than PCT %% of particles change class (default 0.5)")
     g.add_argument("--tau2-fudge", "-T", type=float, default=4.0,
@@ -88,7 +91,8 @@ def options_from_args(args, classes=None) -> ClassifyOptions:
         raise InputError("--init ref needs at least one --ref map", field="--init", value=init)
     return ClassifyOptions(
         classes=int(classes if classes is not None else args.classes),
-        target_res_A=args.target_res, max_iter=args.max_iter, convergence_pct=args.convergence,
+        target_res_A=args.target_res, max_iter=args.max_iter, n_init=args.starts,
+        convergence_pct=args.convergence,
         tau2_fudge=args.tau2_fudge, hard=args.hard, seed=args.seed, init=init,
         init_lowpass_A=args.init_lowpass, references=refs,
         particle_diameter_A=args.particle_diameter, solvent_mask=args.solvent_mask,

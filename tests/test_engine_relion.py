@@ -21,6 +21,7 @@ import pytest
 import starfile
 
 from hetclass import engine
+from hetclass.crop import crop_operator
 from hetclass.fourier import coefficient_set, lowpass_volume, resize_volume
 from hetclass.fsc import fsc
 from hetclass.masks import soft_sphere
@@ -77,7 +78,8 @@ def test_forward_model_matches_relion_project(projected):
     assert plan.data_shell < plan.crop_box_px // 2 - 1  # target well inside the box
     coeffs = coefficient_set(plan.crop_box_px, plan.data_shell)
     no_mask = np.ones((plan.crop_box_px, plan.crop_box_px), np.float32)
-    data = preprocess_batch(images[:n], particles.shifts_A[:n] / PSIZE_A, plan, coeffs, no_mask)
+    op = crop_operator(plan.box_px, plan.crop_box_px, coeffs, no_mask)
+    data = preprocess_batch(images[:n], particles.shifts_A[:n] / PSIZE_A, op)
     ctf = ctf_for(particles, np.arange(n), coeffs, plan)
     grid = volume_to_grid(resize_volume(vol, plan.crop_box_px), 2)
     model = ctf * project(slice_operator(particles.rotations[:n], coeffs, 2),

@@ -284,7 +284,7 @@ def _store_info(run_json):
 
 @pytest.fixture(scope="module")
 def medium(tmp_path_factory):
-    """8000 particles, box 64 at 3 A/px: ~29 MB of cropped data."""
+    """8000 particles, box 64 at 3 A/px: ~46 MB of cropped data at the default 12 A."""
     return simulate_dataset(tmp_path_factory.mktemp("ooc_medium"), _states(),
                             populations=[0.6, 0.4], n_particles=8000, box_px=64,
                             pixel_size_A=3.0, snr=0.05, seed=6, threads=2)
@@ -323,7 +323,9 @@ def test_max_memory_forces_streaming_and_holds_the_bound(medium, tmp_path):
     assert found, text[-2000:]
     minimum_GB = float(found.group(1))
     # between the minimum and minimum + data: the data cannot stay in RAM
-    data_GB = 8000 * 307 * 12 / 2 ** 30
+    from hetclass.plan import workload_for
+    m = workload_for(8000, 64, 3.0).n_coefficients     # at the default target resolution
+    data_GB = 8000 * m * 12 / 2 ** 30
     bound_GB = minimum_GB + 0.4 * data_GB
     out = tmp_path / "run"
     rc, text, peak = _classify_child(medium, out, tmp_path / "cache", bound_GB)

@@ -1,9 +1,9 @@
-"""The README's sbatch recipe on a real single-node SLURM cluster started by this test.
+"""The sbatch recipe of docs/scaling.md on a real single-node SLURM cluster started by this test.
 
 The test (as root, as CI runs) starts its own ``munged`` (a fresh key and socket), ``slurmctld``
 and ``slurmd`` from a private ``slurm.conf`` in a temporary directory (own ports, own state;
 nothing system-wide is touched, and every daemon is stopped at the end), then submits the
-README's recipe -- ``srun --kill-on-bad-exit=1 hetclass classify ...`` -- as a 2-task batch job:
+the recipe -- ``srun --kill-on-bad-exit=1 hetclass classify ...`` -- as a 2-task batch job:
 
 * the 2-task job gives the labels (and maps) of one process with the same seed;
 * a task killed with SIGKILL mid-run ends the job step: the job finishes, failed, well
@@ -32,7 +32,8 @@ from hetclass.simulate import simulate_dataset
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "sinfo", "scontrol")
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                      "scaling.md")       # the README links its SLURM section
 JOB_TIMEOUT_S = 240
 START_TIMEOUT_S = 40
 
@@ -161,11 +162,11 @@ def ds(tmp_path_factory):
 
 
 def readme_srun_prefix() -> str:
-    """The launcher part of the README's sbatch recipe (``srun <options>``), checked to run
+    """The launcher part of the sbatch recipe (docs/scaling.md) (``srun <options>``), checked to run
     ``hetclass classify``."""
-    text = open(README, encoding="utf-8").read()
+    text = open(RECIPE, encoding="utf-8").read()
     block = re.search(r"```bash\n(#!/bin/bash\n#SBATCH.*?)```", text, re.S)
-    assert block, "README.md lost its sbatch recipe"
+    assert block, "docs/scaling.md lost its sbatch recipe"
     script = block.group(1).replace("\\\n", " ")
     line = next(ln for ln in script.splitlines() if ln.strip().startswith("srun "))
     prefix, sep, _ = line.partition(" hetclass classify ")

@@ -369,8 +369,8 @@ def format_key_tables(summary: dict) -> str:
              "", f"recommended classes: {summary['recommended_classes']}",
              f"heterogeneity: {summary['heterogeneity']}"]
     parts += [f"  - {r}" for r in summary.get("reasons", [])]
-    for sug in summary.get("suggestions") or []:
-        page.paragraph(f"Suggestion ({sug['action']}): {sug['why']}", "note")
+    parts += [f"  suggestion ({sug['action']}): {sug['why']}"
+              for sug in summary.get("suggestions") or []]
     cont = summary.get("continuous_particles")
     if cont:
         parts.append(f"continuous part: {cont['n_particles']} particles in {cont['star']} "
