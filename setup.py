@@ -1,10 +1,19 @@
 """hetclass: fixed-pose 3D classification and replicate stability for cryo-EM."""
 
+import re
+
 from setuptools import setup
+
+
+def _version() -> str:
+    """The one version: ``hetclass/__init__.py``'s ``__version__`` (read, not imported)."""
+    with open("hetclass/__init__.py", encoding="utf-8") as fh:
+        return re.search(r'^__version__ = "([^"]+)"', fh.read(), re.M).group(1)
+
 
 setup(
     name="hetclass",
-    version="0.1.0",
+    version=_version(),
     description="Fast fixed-pose 3D classification and replicate stability for cryo-EM heterogeneity",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

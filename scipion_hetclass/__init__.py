@@ -11,7 +11,7 @@ the :class:`Plugin` class is missing then.
 
 import os
 
-__version__ = "0.1.0"
+from hetclass import __version__   # one version for the engine and the plugin
 _logo = None
 _references = ["hetclass", "Scheres2012a"]
 
