@@ -25,6 +25,9 @@ def _soft(r, radius_px, edge_px):
     return (0.5 + 0.5 * np.cos(np.pi * t)).astype(np.float32)
 
 
+DEFAULT_DIAMETER_FRACTION = 0.85   # of the box (RELION users typically leave ~15 % margin)
+
+
 def default_diameter_A(box_px: int, pixel_size_A: float) -> float:
-    """Default particle diameter: 85 % of the box (RELION users typically leave ~15 % margin)."""
-    return 0.85 * box_px * pixel_size_A
+    """Default particle diameter: :data:`DEFAULT_DIAMETER_FRACTION` of the box."""
+    return DEFAULT_DIAMETER_FRACTION * box_px * pixel_size_A

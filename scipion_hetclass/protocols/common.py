@@ -13,6 +13,8 @@ import numpy as np
 import pyworkflow.protocol.params as params
 from pyworkflow.protocol.constants import GPU_LIST, USE_GPU
 
+from hetclass.masks import DEFAULT_DIAMETER_FRACTION
+
 INPUT_STAR = "input_particles.star"       # the input as a RELION 3.1 STAR (absolute stack paths)
 INPUT_IDS = "input_ids.npy"               # (n,) int64 Scipion ids, row order of INPUT_STAR
 
@@ -37,7 +39,7 @@ def define_input_params(form, with_references: bool = True) -> None:
                   help="Optional: classify on this region only (same box as the particles).")
     form.addParam("particleDiameter", params.FloatParam, default=0.0,
                   expertLevel=params.LEVEL_ADVANCED, label="Particle diameter (A)",
-                  help="Circular mask diameter; 0 = 75 % of the box.")
+                  help=f"Circular mask diameter; 0 = {DEFAULT_DIAMETER_FRACTION:.0%} of the box.")
 
 
 def define_engine_params(form, classes_default: int = 3, with_classes: bool = True) -> None:
