@@ -18,6 +18,7 @@ from .em_step import Accumulators, empty_accumulators, process_batch, shell_oneh
 from .errors import EmptyClassWarning
 from .fourier import lowpass_volume
 from .mstep import m_step
+from .preprocess import ordered_map
 from .projector import stack_grids
 from .reconstruct import volume_to_grid
 from . import seeds
@@ -93,8 +94,8 @@ def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, activ
     # likelihood only (a prefix: coefficients are ordered by shell); fixed-weight
     # reconstructions use them all
     m_use = coeffs.size if fixed_weights is not None else coeffs.count_below(like)
-    onehot = shell_onehot(coeffs.shell[:m_use], ws.n_shells)
     shell = coeffs.shell[:m_use]
+    onehot = shell_onehot(shell, ws.n_shells)
 
     def one(bi):
         rows, half = ws.batches[bi]
@@ -129,25 +130,8 @@ def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, activ
 
 def _in_order(fn, n: int, threads: int):
     """``fn(0), ..., fn(n - 1)`` in order, computed by ``threads`` threads with at most
-    ``threads + 1`` results waiting (the NumPy work of one batch overlaps another's)."""
-    if threads <= 1 or n <= 1:
-        for i in range(n):
-            yield fn(i)
-        return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        pending = deque()
-        nxt = 0
-        try:
-            while nxt < n or pending:
-                while nxt < n and len(pending) <= threads:
-                    pending.append(pool.submit(fn, nxt))
-                    nxt += 1
-                yield pending.popleft().result()
-        finally:
-            for f in pending:
-                f.cancel()
+    ``threads + 1`` results waiting (:func:`hetclass.preprocess.ordered_map`)."""
+    return ordered_map(fn, ((i,) for i in range(n)), threads)
 
 
 def reduce_accumulators(comm, acc: Accumulators) -> Accumulators:
@@ -280,11 +264,9 @@ def scoring_references(ms, fractions, iteration: int, polishing: bool, focus_mas
 def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
             solvent_mask: np.ndarray, focus_mask: Optional[np.ndarray],
             checkpoint: Optional[Callable[[EMState], None]] = None,
-            abort_check=None, progress=None, reseed=None,
-            like_cap: Optional[int] = None, warn_empty: bool = True) -> EMState:
+            abort_check=None, progress=None, reseed=None, warn_empty: bool = True) -> EMState:
     """Run EM iterations from ``state`` until convergence or ``options.max_iter``.
 
-    ``like_cap``: the likelihood uses at most this many shells (default: up to the target).
     ``warn_empty``: an :class:`EmptyClassWarning` when classes end empty (exploration starts,
     whose empty classes are re-seeded and only ranked, pass False).
 
@@ -302,7 +284,7 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
         # from the first iteration the likelihood uses every shell up to the target: classes
         # forming at low resolution first collapsed onto wrong partitions (4 close states:
         # hard-assignment starts from 30 A drained a class; from the target they did not)
-        top = ws.like_shells if like_cap is None else min(int(like_cap), ws.like_shells)
+        top = ws.like_shells
         like = min(state.like_shells or top, top)
         acc, post, loglik = run_pass(ws, state.refs, state.sigma2, log_prior, active,
                                      options.hard, abort_check=abort_check, progress=progress,

@@ -190,9 +190,7 @@ def _setup(particles, options, read_images, comm, concurrent_fits):
         except BaseException:
             source.close()
             raise
-        read_images = source.read
-        if options.max_memory_GB is not None:
-            read_images = _unmapping_reader(source)
+        read_images = source.read      # maps nothing: no unmapping needed under a memory bound
     root = np.random.SeedSequence(int(options.seed))
     shard = shard_rows(len(particles), comm.size, comm.rank)
     setup = setup_preprocess(particles, options.target_res_A, options.particle_diameter_A,
@@ -209,17 +207,6 @@ def _batches_in_flight(options) -> int:
     """Batches one fit holds at once: 1, or threads + 1 with ``--threads`` > 1."""
     threads = max(1, int(options.threads or 1))
     return 1 if threads == 1 else threads + 1
-
-
-def _unmapping_reader(source):
-    """``source.read`` that unmaps the stacks after every batch: pages of memory-mapped
-    stacks count as resident memory while mapped."""
-    def read(rows):
-        try:
-            return source.read(rows)
-        finally:
-            source.close()
-    return read
 
 
 def _shard_range(setup) -> tuple:

@@ -39,9 +39,6 @@ EXPLORE_CHANGED_PCT = 1.0   # a start has found its basin when fewer labels chan
 # exploration runs on at most this many particles (a random subset, the same for every
 # start); the chosen start then refines on all of them
 EXPLORE_MAX_PARTICLES = 40000
-# starts explore at this fraction of the target's shells (cheaper: the cost of an E-step
-# grows with the square of the shells); refinement then uses them all
-EXPLORE_SHELL_FRACTION = 1.0
 
 
 @dataclasses.dataclass
@@ -66,11 +63,6 @@ def explore_subset(active_rows: np.ndarray, n_total: int, seed) -> np.ndarray:
         active_rows = active_rows[np.sort(pick[:EXPLORE_MAX_PARTICLES])]
     keep[active_rows] = True
     return keep
-
-
-def explore_shells(ws) -> int:
-    """Shells in the likelihood while exploring (:data:`EXPLORE_SHELL_FRACTION`)."""
-    return max(4, int(round(ws.like_shells * EXPLORE_SHELL_FRACTION)))
 
 
 def heldout_score(ws, state: EMState, sigma2: np.ndarray, active: np.ndarray) -> float:
@@ -98,8 +90,7 @@ def explore(ws, options, seed, active: np.ndarray, make_start: Callable[[int], E
             progress("explore_start", start=j, n_starts=n_init)
         st = make_start(j)
         st = iterate(ws, st, hard, active, solvent_mask, focus_mask, abort_check=abort_check,
-                     progress=_tagged(progress, j, n_init), reseed=(seed, j),
-                     like_cap=explore_shells(ws), warn_empty=False)
+                     progress=_tagged(progress, j, n_init), reseed=(seed, j), warn_empty=False)
         states.append(st)
         records.append(StartRecord(j, st.iteration, float("nan"),
                                    [float(f) for f in st.class_fractions]))

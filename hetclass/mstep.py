@@ -47,10 +47,6 @@ class MStepResult:
     half_maps_xp: object = None
     consensus: Optional[np.ndarray] = None        # (b, b, b) consensus map (all particles)
     half_consensus: Optional[np.ndarray] = None   # (2, b, b, b) consensus of each half set
-    # consensus and half consensus where they were computed (CuPy on the GPU path)
-    consensus_xp: object = None
-    half_consensus_xp: object = None
-    deviation_fsc: Optional[np.ndarray] = None          # (K, S) FSC of the class deviations
     deviation_resolution_A: Optional[np.ndarray] = None  # (K,) where the deviations are resolved
 
 
@@ -140,12 +136,10 @@ def m_step(ws: Workspace, acc: Accumulators, prior: np.ndarray, tau2_fudge: floa
     new_prior = np.stack([np.asarray(to_host(shell_power(mu, shells, n_shells))),
                           _deviation_power(d_fsc, mean_den, weight, pad)])
     host_halves = to_host(halves)
-    on_device = xp is not np
     return MStepResult(to_host(maps).astype(np.float32), host_halves, new_prior, fscs, res,
-                       status, halves if on_device else host_halves,
+                       status, halves if xp is not np else host_halves,
                        consensus=to_host(cons), half_consensus=to_host(half_cons),
-                       consensus_xp=cons, half_consensus_xp=half_cons,
-                       deviation_fsc=d_fsc, deviation_resolution_A=d_res)
+                       deviation_resolution_A=d_res)
 
 
 def _deviation_power(d_fsc: np.ndarray, mean_den: np.ndarray, fractions: np.ndarray,

@@ -32,12 +32,11 @@ measurement.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
 
 from . import cost_reference as ref
 from .fourier_store import BYTES_PER_COEFFICIENT
-from .stability.analysis import REPLICATE_STARTS
 
 GB = 2.0 ** 30
 
@@ -212,6 +211,13 @@ def memory_plan(wl: Workload, k: int, shape: RunShape, concurrent_fits: int = 1)
     return plan, float(peak)
 
 
+def _replicate_starts() -> int:
+    """Exploration starts of one stability replicate (imported here, not at module level:
+    the stability package pulls in scipy.stats, which a classify run never needs)."""
+    from .stability.analysis import REPLICATE_STARTS
+    return REPLICATE_STARTS
+
+
 def fit_seconds(rates: Rates, wl: Workload, k: int, shape: RunShape, max_iter: int,
                 concurrent_fits: int = 1, n: Optional[int] = None, starts: int = 3):
     """(typical, worst) seconds of one classification's EM (``starts`` exploration starts,
@@ -278,7 +284,7 @@ def stability_estimate(rates: Rates, wl: Workload, k_values: Sequence[int], repl
     peak = 0.0
     for k in ks:
         t, w, plan, p = fit_seconds(rates, wl, k, shape, max_iter, concurrent, n,
-                                     starts=REPLICATE_STARTS)
+                                     starts=_replicate_starts())
         typical += replicates * t / par
         worst += replicates * w / par
         peak = max(peak, p)
@@ -300,9 +306,9 @@ def exhaustive_estimate(rates: Rates, wl: Workload, replicates: int, max_depth: 
     par = replicate_parallelism(shape, machine, replicates, jobs)
     concurrent = max(1, min(int(round(par)), replicates))
     t2, w2, _, peak = fit_seconds(rates, wl, 2, shape, max_iter, concurrent,
-                                  starts=REPLICATE_STARTS)
+                                  starts=_replicate_starts())
     _, w3, _, peak3 = fit_seconds(rates, wl, 3, shape, max_iter, concurrent,
-                                  starts=REPLICATE_STARTS)
+                                  starts=_replicate_starts())
     prep = preprocess_seconds(rates, wl, machine.cores)
     typical = prep + max_depth * replicates * t2 / par
     worst = prep + max_depth * replicates * (w2 + w3) / par

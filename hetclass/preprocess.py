@@ -170,7 +170,7 @@ class PreprocessSetup:
     subset: np.ndarray        # (n_total,) int64 half sets of every particle (1 or 2)
     rows: np.ndarray          # (n,) int64 global indices of this rank's particles
     n_total: int
-    crop: Optional[CropOperator] = None   # the image -> coefficients map (built once)
+    crop: CropOperator                    # the image -> coefficients map (built once)
 
 
 def setup_preprocess(particles: ParticleSet, target_res_A: Optional[float],
@@ -219,8 +219,7 @@ def fill_store(setup: PreprocessSetup, particles: ParticleSet,
     its own, so the output does not depend on ``threads`` or ``batch_size``.
     """
     shard, plan, coeffs = setup.rows, setup.plan, setup.coeffs
-    op = setup.crop if setup.crop is not None else crop_operator(
-        plan.box_px, plan.crop_box_px, coeffs, setup.disk)
+    op = setup.crop
     n = int(shard.size)
     shifts_px = particles.shifts_A / particles.pixel_size_A[:, None]
 

@@ -19,7 +19,8 @@ import numpy as np
 
 SeedLike = Union[int, np.integer, np.random.SeedSequence]
 
-# stream numbers are part of the results' definition: never renumber, only add
+# stream numbers are part of the results' definition: never renumber, only add (9 was
+# reserved for EM split moves, never used)
 STREAMS = {
     "half_sets": 1,      # the random 50/50 split when rlnRandomSubset is absent
     "init": 2,           # initial random-subset assignments of an EM start (index: start)
@@ -29,7 +30,6 @@ STREAMS = {
     "analysis": 6,       # stability analysis (bootstraps, permutations)
     "null": 7,           # the calibrated null of the stability verdict (index: null run)
     "node": 8,           # an exhaustive-tree node (index: path)
-    "split": 9,          # split moves of the EM (index: start, move)
     "explore_subset": 10,  # the particles exploration starts use when there are many
     "within": 11,        # stability: sub-classifications inside a class (index: class, fit)
 }
@@ -54,9 +54,3 @@ def rng(seed: SeedLike, name: str, *index: int) -> np.random.Generator:
     """A ``Generator`` on :func:`stream`."""
     return np.random.default_rng(stream(seed, name, *index))
 
-
-def describe(seed: SeedLike) -> dict:
-    """JSON-able record of a seed (root entropy and spawn key) for run.json."""
-    base = root(seed)
-    return {"entropy": int(base.entropy) if isinstance(base.entropy, (int, np.integer))
-            else [int(e) for e in base.entropy], "spawn_key": [int(k) for k in base.spawn_key]}

@@ -31,7 +31,6 @@ import os
 import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -44,6 +43,7 @@ import starfile
 from hetclass.ctf import ctf_values, electron_wavelength_A
 from hetclass.errors import HetclassWarning, InputError
 from hetclass.geometry import euler_to_matrix, matrix_to_euler
+from hetclass.preprocess import single_threaded_blas
 from hetclass.phantoms import hinged_gaussians, model_to_gaussians, rasterise, structure_hinge_deg
 
 _BATCH = 128
@@ -84,18 +84,6 @@ def project_gaussians(xyz_A, amplitude, sigma_A, rotations, shifts_A, window_px:
     for i in range(len(rot)):  # one BLAS sgemm per image: faster than a stacked matmul
         out[i] = gy[i] @ gx[i].T
     return out
-
-
-@contextmanager
-def _single_threaded_blas():
-    """Limit BLAS to one thread while our own threads run (small sgemms thrash otherwise)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional: only slower without it
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 def pad_size_px(box_px: int, window_px: int, pixel_size_A: float, max_defocus_A: float,
@@ -154,7 +142,7 @@ def simulate_images(gaussians, rotations, shifts_A, defocus_u_A, defocus_v_A, de
         out[sl] = padded[:, c0:c0 + box_px, c0:c0 + box_px]
 
     starts = range(0, n, _BATCH)
-    with _single_threaded_blas():
+    with single_threaded_blas():
         if threads > 1 and n > _BATCH:
             with ThreadPoolExecutor(max_workers=threads) as pool:
                 list(pool.map(run, starts))

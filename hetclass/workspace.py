@@ -182,9 +182,7 @@ class Workspace:
             rows = np.flatnonzero(data.subset == half)
             for start in range(0, rows.size, self.batch_size):
                 self.batches.append((rows[start:start + self.batch_size], half - 1))
-        nnz_bytes = OPERATOR_BYTES_PER_COEF * len(data) * m
         self.cache_limit_bytes = int(DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes)
-        self.cache_operators = nnz_bytes <= self.cache_limit_bytes   # every batch's fits
         self.cached_bytes = 0
         self._ops = {}
         self._lock = threading.Lock()

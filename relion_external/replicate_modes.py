@@ -74,9 +74,11 @@ def log_run_estimate(cfg: JobConfig, particles, options, stdout: TextIO) -> None
         return
     mode = cfg.mode if cfg.mode in ("stability", "exhaustive") else "classify"
     ks = cfg.k_values or [cfg.classes or options.classes]
-    request = PlanRequest(mode, ks if mode != "exhaustive" else [2], cfg.replicates or 5,
-                          3 if cfg.max_depth is None else cfg.max_depth, cfg.threads,
-                          cfg.subsample)
+    from hetclass.stability.settings import OPTIONS
+    request = PlanRequest(mode, ks if mode != "exhaustive" else [2],
+                          cfg.replicates or OPTIONS["replicates"].default,
+                          OPTIONS["max_depth"].default if cfg.max_depth is None
+                          else cfg.max_depth, cfg.threads, cfg.subsample)
     log_estimate(particles, options, request, lambda text: print(text, file=stdout, flush=True),
                  ranks=cfg.mpi_ranks or 1)
 

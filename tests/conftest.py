@@ -52,6 +52,17 @@ def close_states(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def hinge_300(tmp_path_factory):
+    """300 particles, box 32 at 6 A/px, two states (hinge 0 / 90 deg), one stack: the
+    launcher tests (mpirun, SLURM) compare multi-process runs with one process on it."""
+    return simulate_dataset(tmp_path_factory.mktemp("hinge_300"),
+                            {"open": phantom_model("open", hinge_deg=0.0),
+                             "swung": phantom_model("open", hinge_deg=90.0)},
+                            populations=[0.6, 0.4], n_particles=300, box_px=32,
+                            pixel_size_A=6.0, snr=0.1, seed=5, threads=1)
+
+
+@pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """40 particles, box 32 at 6 A/px, two states: for command-line and bad-input tests.
 

@@ -25,8 +25,6 @@ import numpy as np
 import pytest
 import starfile
 
-from hetclass.phantoms import phantom_model
-from hetclass.simulate import simulate_dataset
 
 MPIRUN = shutil.which("mpirun")
 try:
@@ -44,13 +42,8 @@ ITER = 6
 
 
 @pytest.fixture(scope="module")
-def ds(tmp_path_factory):
-    """300 particles, box 32 at 6 A/px, two states (hinge 0 / 90 deg), one stack."""
-    return simulate_dataset(tmp_path_factory.mktemp("mpi_ds"),
-                            {"open": phantom_model("open", hinge_deg=0.0),
-                             "swung": phantom_model("open", hinge_deg=90.0)},
-                            populations=[0.6, 0.4], n_particles=300, box_px=32,
-                            pixel_size_A=6.0, snr=0.1, seed=5, threads=1)
+def ds(hinge_300):
+    return hinge_300
 
 
 def _hetclass(command, star, project_dir, out, *extra):

@@ -27,8 +27,6 @@ import numpy as np
 import pytest
 import starfile
 
-from hetclass.phantoms import phantom_model
-from hetclass.simulate import simulate_dataset
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "sinfo", "scontrol")
@@ -152,13 +150,8 @@ def slurm(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ds(tmp_path_factory):
-    """300 particles, box 32 at 6 A/px, two states (hinge 0 / 90 deg), one stack."""
-    return simulate_dataset(tmp_path_factory.mktemp("slurm_ds"),
-                            {"open": phantom_model("open", hinge_deg=0.0),
-                             "swung": phantom_model("open", hinge_deg=90.0)},
-                            populations=[0.6, 0.4], n_particles=300, box_px=32,
-                            pixel_size_A=6.0, snr=0.1, seed=5, threads=1)
+def ds(hinge_300):
+    return hinge_300
 
 
 def readme_srun_prefix() -> str:

@@ -16,7 +16,7 @@ import base64
 import html
 import io
 import math
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Callable, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -241,13 +241,6 @@ def failure_line(what: str, failures: Sequence[str]) -> str:
     first = failures[0] if failures else ""
     more = f" and {len(failures) - 1} more" if len(failures) > 1 else ""
     return f"{what}: {len(failures)} figure(s) could not be drawn ({first}{more})"
-
-
-def mapping_rows(d: Dict[str, object], descriptions: Optional[Mapping[str, str]] = None
-                 ) -> List[List[str]]:
-    """``[[key, value, description]]`` rows for a flat dict such as the files of a run."""
-    descriptions = descriptions or {}
-    return [[str(k), fmt_value(v), describe(str(k), descriptions)] for k, v in d.items()]
 
 
 def describe(name: str, descriptions: Mapping[str, str]) -> str:

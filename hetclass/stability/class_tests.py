@@ -30,18 +30,11 @@ import numpy as np
 from .. import seeds
 from .distinguish import (NullModel, log_ratio_matrix, replicate_log_ratios, shape_test,
                           split_log_ratio, split_positions)
-from .verdict import map_distances
+from .verdict import _r, map_distances
 
 WITHIN_FITS = 2
 MIN_WITHIN_PARTICLES = 200       # smaller classes are not classified again
 EXPLAINED_FRACTION = 0.5         # of the split's map difference, along other classes
-
-
-def _r(x, digits=4):
-    if x is None:
-        return None
-    x = float(x)
-    return round(x, digits) if np.isfinite(x) else None
 
 
 def pairwise_tests(run, scores, null_model: Optional[NullModel], mask=None,

@@ -26,22 +26,15 @@ the Bayesian information criterion.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from scipy import optimize, special, stats
 
-from .verdict import map_distances
+from .verdict import _r, map_distances
 
 MIN_CLASS_FRACTION = 0.02    # a K = 2 split with a smaller class has no map statistic
 SHAPE_BIC_MARGIN = 10.0      # BIC difference that decides between two and a spread
-
-
-def _r(x, digits=4):
-    if x is None:
-        return None
-    x = float(x)
-    return round(x, digits) if np.isfinite(x) else None
 
 
 # ----- map statistic ------------------------------------------------------------------------
@@ -253,8 +246,3 @@ def shape_test(u: np.ndarray, separation: np.ndarray, margin: float = SHAPE_BIC_
         "uniform_spread": {"from": _r(thu[0]), "to": _r(thu[0] + np.exp(thu[1]))},
         "gaussian_spread": {"mean": _r(thg[0]), "sd": _r(np.exp(thg[1]))}})
     return out
-
-
-def sizes_of(labels: np.ndarray, k: int) -> Sequence[int]:
-    labels = np.asarray(labels)
-    return np.bincount(labels[labels >= 0], minlength=k).tolist()

@@ -18,11 +18,10 @@ is computed from it as from the real data.
 Noise is drawn per block of ``NOISE_BLOCK`` global particle indices from the named stream
 ``("null", set, 0, block)`` of the run's seed: the same null data whatever the MPI sharding.
 
-Example::
+Example (:func:`run_null` does all of it: the model, every null set, the null model)::
 
-    model = one_state_model(prepared, options, seed=0)
-    null = null_dataset(prepared, model, seed=0, index=0)
-    res = engine.fit(null, replace(options, classes=2), seed=...)
+    null = run_null(prepared, options, base=np.arange(n), seed=0)
+    null.null_model     # log T of one state, as a function of the number of particles
 """
 
 from __future__ import annotations
@@ -48,17 +47,6 @@ class OneStateModel:
     resolution_A: float
     fsc: Optional[np.ndarray] = None     # (S,) half-map FSC of the K = 1 map
     n_particles: int = 0
-
-
-def one_state_model(prepared, options, seed, rows=None, fit=None) -> OneStateModel:
-    """Fit K = 1 (one start) to ``rows`` of ``prepared``: consensus map and noise spectrum."""
-    if fit is None:
-        from ..engine import fit
-    opts = replace(options, classes=1, n_init=1)
-    res = fit(prepared, opts, seed=seeds.stream(seed, "null", 2 ** 20), rows=rows)
-    return OneStateModel(map=np.asarray(res.state.maps[0], dtype=np.float32),
-                         sigma2=np.asarray(res.state.sigma2, dtype=np.float64),
-                         resolution_A=float(np.asarray(res.resolution_A)[0]))
 
 
 def background_ring(box_px: int) -> np.ndarray:
