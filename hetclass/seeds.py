@@ -32,6 +32,7 @@ STREAMS = {
     "node": 8,           # an exhaustive-tree node (index: path)
     "explore_subset": 10,  # the particles exploration starts use when there are many
     "within": 11,        # stability: sub-classifications inside a class (index: class, fit)
+    "pair": 12,          # stability: a pair of neighbouring classes classified again (a, b)
 }
 
 

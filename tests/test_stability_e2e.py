@@ -123,11 +123,11 @@ def test_one_state_is_homogeneous(data_root):
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "known limitation (issue 12, open): with the exploration engine a 0-40 deg hinge continuum "
-    "binned into K=3 classes is reproducible and every pair differs beyond the null; the "
-    "within-class tests (~500 particles per class) find no structure beyond the null, and the "
-    "map-extrapolation and path evidence fire on discrete two-state data as well, so they "
-    "cannot decide it: the verdict is 'discrete'"))
+    "known limitation (issue 12, open): the 0-40 deg hinge continuum (1500 particles, box 32) "
+    "bins into K=3 reproducible, distinguishable classes; of the two neighbour pairs classified "
+    "again together, 1-3 is one spread (BIC margin 15) but 2-3 is undetermined (margin 6 < 10: "
+    "~900 particles are too few), so the verdict is 'mixed' (right on 4000 particles at box 48: "
+    "benchmarks/bench_stability.py, case continuous)"))
 def test_hinge_continuum_is_continuous(data_root):
     ds = continuous_dataset(data_root / "cont", n_particles=N, hinge_range_deg=(0.0, 40.0), **SIM)
     particles = load_particles(ds.star_path, project_dir=ds.out_dir)
@@ -145,6 +145,32 @@ def test_hinge_continuum_is_continuous(data_root):
     if k >= 2:
         means = [hinge[result.per_k[k].consensus == c].mean() for c in range(k)]
         assert max(means) - min(means) > 10.0
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "known limitation (issue 12, open): K=4 here (the variant and three bins of the path); "
+    "the two neighbour pairs inside the path (770-870 particles) lean to one spread by BIC "
+    "3.9 and 5.3 and the variant's pair to two groups by 4.6, all below the margin of 10 that "
+    "decides, so the verdict is 'discrete' (too few particles for the continuity test)"))
+def test_hinge_continuum_plus_discrete_variant_is_mixed(data_root):
+    # 60 % on a 0-40 deg hinge path (11 conformations), 40 % a variant without subunit D
+    angles = np.linspace(0.0, 40.0, 11)
+    states = {f"hinge{a:04.1f}": phantom_model("open", hinge_deg=a) for a in angles}
+    states["no_subunit"] = phantom_model("no_subunit")
+    pops = [0.6 / angles.size] * angles.size + [0.4]
+    n = 2000
+    ds = simulate_dataset(data_root / "mixed", states, populations=pops, n_particles=n, **SIM)
+    particles = load_particles(ds.star_path, project_dir=ds.out_dir)
+    out = data_root / "mixed_out"
+    summary, _ = stability_job(particles, _options(), str(out), [1, 2, 3, 4], n_replicates=3,
+                               particles_path=ds.star_path)
+    assert summary["heterogeneity"] == "mixed", (summary["reasons"], summary["evidence"])
+    cont = summary["continuous_particles"]
+    back = starfile.read(out / cont["star"], always_dict=True)["particles"]
+    truth = _truth(ds.out_dir).set_index("image_name").loc[back["rlnImageName"]]
+    on_path = truth["state_name"].str.startswith("hinge").to_numpy()
+    assert on_path.mean() >= 0.9                  # the continuous part is the hinge path ...
+    assert on_path.sum() >= 0.8 * 0.6 * n         # ... and holds most of it
 
 
 @pytest.mark.xfail(strict=False, reason=(

@@ -18,8 +18,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .class_tests import (MIN_WITHIN_PARTICLES, pairwise_tests, within_class_fits,
-                          within_class_tests)
+from .class_tests import (MIN_WITHIN_PARTICLES, continuity_tests, neighbour_pairs, pair_fits,
+                          pairwise_tests, within_class_fits, within_class_tests)
 from .null import NULL_SETS, run_null
 from .replicates import (RankGroups, ReplicateRun, SeedLike, analysis_seed, consensus_maps,
                          run_replicate_scan, split_groups, validate_replicate_args)
@@ -178,12 +178,17 @@ def run_stability(prepared, options, k_values: Sequence[int], n_replicates: int 
                                           null_model, mask, thresholds.alpha,
                                           thresholds.stable_jaccard)
         res.seconds["within_class"] = time.perf_counter() - t0
+    continuity = {}
+    if within and k_rec >= 2:
+        t0 = time.perf_counter()
+        continuity = _continuity(prepared, options, res, k_rec, base, seed, stage, fit, mask)
+        res.seconds["continuity"] = time.perf_counter() - t0
     tests = {}
     if null is not None:
         tests = {"recommended_k": k_rec, "null": null.to_dict(),
                  "heterogeneity_test": heterogeneity_test(pairwise.get(2)),
                  "distinguishability": {str(k): v for k, v in sorted(pairwise.items())},
-                 "within_class": within_tests,
+                 "within_class": within_tests, "continuity": continuity,
                  "scan": {"typed": typed, "scanned": [1] + sorted(res.runs)
                           if 1 in typed else sorted(res.runs),
                           "added": sorted(added)
@@ -206,6 +211,18 @@ def run_stability(prepared, options, k_values: Sequence[int], n_replicates: int 
         seed=int(seed.entropy) if isinstance(seed, np.random.SeedSequence) else int(seed),
         subsample=subsample, pixel_size_A=float(prepared.pixel_size_A), seconds=res.seconds,
         tests=tests, null=null)
+
+
+def _continuity(prepared, options, res, k_rec: int, base: np.ndarray, seed, stage, fit,
+                mask) -> dict:
+    """:func:`.class_tests.continuity_tests` on the neighbouring classes of K = ``k_rec``."""
+    consensus = res.per_k[k_rec].consensus
+    sizes = {c: int(np.sum(consensus == c)) for c in range(k_rec)}
+    pairs = neighbour_pairs(res.maps[k_rec], res.half_maps[k_rec], sizes, mask)
+    members = {pair: base[np.isin(consensus, pair)] for pair in pairs}
+    fits = pair_fits(prepared, options, members, seed,
+                     run=lambda keys, one: stage(keys, one, "continuity"), fit=fit)
+    return continuity_tests(fits)
 
 
 def heterogeneity_test(pairs_k2: Optional[dict]) -> Optional[dict]:

@@ -15,6 +15,11 @@
   - ``"two states"``: two groups in a new direction -- the class is under-split;
   - ``"continuous"``: a spread of positions (a continuum inside the class);
   - ``"heterogeneous"``: structure beyond the null whose shape the data cannot tell.
+* :func:`continuity_tests` -- each consensus class and its nearest neighbour (noise-corrected
+  map distance) classified again together at K = 2 (one fit, seed ``("pair", a, b)``): are
+  their particles two groups along the difference, or one spread without a gap between the
+  classes (:func:`.distinguish.shape_test`)? Reproducible, distinguishable classes that bin
+  a continuum pass every other test; this one tells them from discrete states.
 
 The average of the replicates' statistics varies less than one classification's, so the
 p-values against the null of single classifications are conservative.
@@ -96,6 +101,68 @@ def within_class_fits(prepared, options, members: Dict[int, np.ndarray], seed,
     return {c: [results[k][0] for k in within_keys([c])] for c in members}
 
 
+def neighbour_pairs(maps: np.ndarray, half_maps: np.ndarray, sizes: Dict[int, int],
+                    mask=None, min_particles: int = MIN_WITHIN_PARTICLES) -> List[tuple]:
+    """Each class with at least ``min_particles`` and its nearest such class by the
+    noise-corrected map distance: sorted, distinct ``(a, b)`` pairs (0-based)."""
+    big = [c for c in range(maps.shape[0]) if sizes.get(c, 0) >= min_particles]
+    if len(big) < 2:
+        return []
+    dist = map_distances(maps, half_maps, mask)[0]
+    pairs = set()
+    for c in big:
+        others = [d for d in big if d != c]
+        d = min(others, key=lambda j: (dist[c, j], j))
+        pairs.add((min(c, d), max(c, d)))
+    return sorted(pairs)
+
+
+def pair_key(pair: tuple) -> str:
+    return f"pair_c{pair[0] + 1}_c{pair[1] + 1}"
+
+
+def pair_fits(prepared, options, members: Dict[tuple, np.ndarray], seed, run: Callable,
+              fit=None) -> Dict[tuple, object]:
+    """Classify the particles of each class pair (``members``: pair -> global rows) at
+    K = 2 once; ``{pair: compact result}`` with positions along the split."""
+    from .tasks import compact
+    from .views import subset_view
+    if fit is None:
+        from ..engine import fit
+    plan = {pair_key(pair): pair for pair in members}
+
+    def one(key, check):
+        pair = plan[key]
+        view = subset_view(prepared, members[pair], device=options.device)
+        res = fit(view, replace(options, classes=2), seed=seeds.stream(seed, "pair", *pair),
+                  abort_check=check)
+        out = compact(res)
+        state = getattr(res, "state", None)
+        if state is not None and getattr(state, "refs", None) is not None:
+            out.position, out.separation = split_positions(view, state)
+        return out
+
+    results = run(list(plan), one)
+    return {pair: results[key][0] for key, pair in plan.items()}
+
+
+def continuity_tests(fits: Dict[tuple, object]) -> dict:
+    """One record per tested pair: ``{"a-b": {"classes", "particles", "shape", "outcome"}}``
+    (1-based). Outcome "continuous" (one spread: the two classes bin a continuum),
+    "two groups" (discrete) or "undetermined"."""
+    out = {}
+    for (a, b), res in sorted(fits.items()):
+        position = getattr(res, "position", None)
+        shape = (shape_test(position, res.separation) if position is not None
+                 else {"shape": "undetermined"})
+        outcome = {"spread": "continuous", "two groups": "two groups"}.get(shape["shape"],
+                                                                          "undetermined")
+        out[f"{a + 1}-{b + 1}"] = {"classes": [a + 1, b + 1],
+                                   "particles": int(np.asarray(res.labels).size),
+                                   "shape": shape, "outcome": outcome}
+    return out
+
+
 def _explained(sub_maps, sub_halves, consensus_maps, c: int, mask) -> float:
     """Share of the (noise-corrected) squared difference of the two sub-class maps that lies
     along the differences between class ``c`` and the other consensus classes."""
@@ -163,4 +230,4 @@ def _outcome(p: float, alpha: float, shape: str, explained: float, jaccard: floa
 
 
 __all__ = ["pairwise_tests", "within_class_fits", "within_class_tests", "within_keys",
-           "log_ratio_matrix"]
+           "log_ratio_matrix", "neighbour_pairs", "pair_fits", "continuity_tests", "pair_key"]

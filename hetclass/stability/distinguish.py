@@ -20,7 +20,11 @@ position (+1 at class 1's map, -1 at class 2's) and the noise ``e_i`` has varian
 ``sqrt(2 / D_i)``. :func:`shape_test` fits the distribution of the true positions under
 three models by maximum likelihood, the known errors deconvolved: two point masses
 (discrete states), a uniform interval and a Gaussian (a continuum), and compares them with
-the Bayesian information criterion.
+the Bayesian information criterion. Each model also fits one scale of the errors (within
+``ERROR_SCALE_BOUNDS``): the references are estimates, so the errors are somewhat larger than
+``sqrt(2 / D_i)``, and two groups blurred by underestimated errors must not pass for a
+spread. The references are each half set's *other* half's class maps (the particle's own
+noise is not in the map it is compared with: no selection bias towards two groups).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from .verdict import _r, map_distances
 
 MIN_CLASS_FRACTION = 0.02    # a K = 2 split with a smaller class has no map statistic
 SHAPE_BIC_MARGIN = 10.0      # BIC difference that decides between two and a spread
+ERROR_SCALE_BOUNDS = (0.5, 3.0)  # the known position errors may be off by this factor
 
 
 # ----- map statistic ------------------------------------------------------------------------
@@ -128,6 +133,16 @@ class NullModel:
 
 
 # ----- position along a split ----------------------------------------------------------------
+def _cross_half_references(state, solvent_mask) -> np.ndarray:
+    """(2, K, b, b, b) references for half set h: the other half's class maps (masked); the
+    state's scoring references when it has no half maps."""
+    halves = getattr(state, "half_maps", None)
+    if halves is None:
+        return np.asarray(state.refs)
+    mask = 1.0 if solvent_mask is None else solvent_mask
+    return (np.stack([halves[1], halves[0]]) * mask).astype(np.float32)
+
+
 def split_positions(prepared, state, rows=None):
     """``(u, D)`` (n_rows,) of every particle of ``rows`` (default all, in ``rows`` order)
     for a K = 2 EM ``state``: position along the split and separation (module docstring)."""
@@ -144,8 +159,9 @@ def split_positions(prepared, state, rows=None):
     onehot = shell_onehot(data.coeffs.shell, ws.n_shells)
     sigma2 = np.asarray(state.sigma2)
     shell = np.minimum(data.coeffs.shell, sigma2.shape[1] - 1)
+    refs = _cross_half_references(state, prepared.solvent_mask)
     grids = [stack_grids(np.stack([volume_to_grid(np.asarray(m, np.float32), ws.pad)
-                                   for m in state.refs[h]])) for h in range(2)]
+                                   for m in refs[h]])) for h in range(2)]
     llr, sep = np.zeros(len(data)), np.zeros(len(data))
     for bi, (batch, half) in enumerate(ws.batches):
         use = active[batch]
@@ -170,8 +186,15 @@ def split_positions(prepared, state, rows=None):
     return u.astype(np.float64), sep.astype(np.float64)
 
 
+def _error_scale(log_kappa: float) -> float:
+    """The fitted scale of the known position errors, kept within ``ERROR_SCALE_BOUNDS``."""
+    lo, hi = ERROR_SCALE_BOUNDS
+    return float(np.exp(np.clip(log_kappa, np.log(lo), np.log(hi))))
+
+
 def _loglik_two_points(theta, u, s):
-    mu1, mu2, logit = theta
+    mu1, mu2, logit = theta[:3]
+    s = s * _error_scale(theta[3])
     w = special.expit(logit)
     a = np.log(w) + stats.norm.logpdf(u, mu1, s)
     b = np.log1p(-w) + stats.norm.logpdf(u, mu2, s)
@@ -189,6 +212,7 @@ def log_ndtr_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _loglik_uniform(theta, u, s):
     lo, width = theta[0], np.exp(theta[1])
+    s = s * _error_scale(theta[2])
     # t uniform on [lo, lo + width], u = t + e: P(u) = (Phi((u-lo)/s) - Phi((u-lo-width)/s)) / width
     mass = log_ndtr_difference((u - lo) / s, (u - lo - width) / s)
     return float(np.sum(mass - np.log(width)))
@@ -196,14 +220,16 @@ def _loglik_uniform(theta, u, s):
 
 def _loglik_gauss(theta, u, s):
     mu, tau = theta[0], np.exp(theta[1])
+    s = s * _error_scale(theta[2])
     return float(np.sum(stats.norm.logpdf(u, mu, np.sqrt(s ** 2 + tau ** 2))))
 
 
 def _fit(fn, starts, u, s):
     best = None
     for x0 in starts:
-        r = optimize.minimize(lambda th: -fn(th, u, s), np.asarray(x0, float), method="Nelder-Mead",
-                              options={"xatol": 1e-4, "fatol": 1e-3, "maxiter": 2000})
+        r = optimize.minimize(lambda th: -fn(th, u, s), np.asarray(tuple(x0) + (0.0,), float),
+                              method="Nelder-Mead",
+                              options={"xatol": 1e-4, "fatol": 1e-3, "maxiter": 3000})
         if best is None or r.fun < best.fun:
             best = r
     return -float(best.fun), best.x
@@ -229,8 +255,8 @@ def shape_test(u: np.ndarray, separation: np.ndarray, margin: float = SHAPE_BIC_
     ll2, th2 = _fit(_loglik_two_points, [(q[1], q[3], 0.0), (q[0], q[4], 0.0), (-1.0, 1.0, 0.0)], u, s)
     llu, thu = _fit(_loglik_uniform, [(q[0], np.log(spread)), (-1.5, np.log(3.0))], u, s)
     llg, thg = _fit(_loglik_gauss, [(q[2], np.log(spread / 2.56))], u, s)
-    bic = {"two groups": -2 * ll2 + 3 * np.log(n), "uniform spread": -2 * llu + 2 * np.log(n),
-           "gaussian spread": -2 * llg + 2 * np.log(n)}
+    bic = {"two groups": -2 * ll2 + 4 * np.log(n), "uniform spread": -2 * llu + 3 * np.log(n),
+           "gaussian spread": -2 * llg + 3 * np.log(n)}
     best_spread = min(bic["uniform spread"], bic["gaussian spread"])
     if bic["two groups"] < best_spread - margin:
         shape = "two groups"
@@ -242,7 +268,9 @@ def shape_test(u: np.ndarray, separation: np.ndarray, margin: float = SHAPE_BIC_
         "shape": shape, "bic": {k: _r(v, 1) for k, v in bic.items()},
         "bic_margin": margin,
         "two_groups": {"positions": [_r(th2[0]), _r(th2[1])],
-                       "fraction_first": _r(special.expit(th2[2]))},
-        "uniform_spread": {"from": _r(thu[0]), "to": _r(thu[0] + np.exp(thu[1]))},
+                       "fraction_first": _r(special.expit(th2[2])),
+                       "error_scale": _r(_error_scale(th2[3]))},
+        "uniform_spread": {"from": _r(thu[0]), "to": _r(thu[0] + np.exp(thu[1])),
+                           "error_scale": _r(_error_scale(thu[2]))},
         "gaussian_spread": {"mean": _r(thg[0]), "sd": _r(np.exp(thg[1]))}})
     return out

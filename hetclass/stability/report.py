@@ -394,6 +394,8 @@ EVIDENCE_TITLES = {
     "heterogeneity_test": "Do the K = 2 class maps differ beyond the null?",
     "distinguishability": "Do the classes of each K differ beyond the null (pairwise)?",
     "within_class": "Does a class hold more: each class classified again at K = 2",
+    "continuity": "Two groups or one spread: each class and its nearest neighbour "
+                  "classified again together",
     "suggestions": "Merge and split suggestions",
 }
 _BULKY = ("distance_matrix",)   # stays in summary.json

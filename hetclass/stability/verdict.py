@@ -399,7 +399,8 @@ def heterogeneity_verdict(per_k: Mapping[int, KScores], maps_by_k: Mapping[int, 
     evidence["map_extrapolation"] = extra
     extrapolates = bool(extra and extra["significant"])
     if tests is not None:
-        for key in ("scan", "null", "heterogeneity_test", "distinguishability", "within_class"):
+        for key in ("scan", "null", "heterogeneity_test", "distinguishability", "within_class",
+                    "continuity"):
             evidence[key] = tests.get(key)
         verdict, reasons, affected, suggestions = calibrated_decision(
             k_rec, per_k, tests, extrapolates, extra, th)
@@ -474,11 +475,12 @@ def calibrated_decision(k_rec: int, per_k: Mapping[int, KScores], tests: dict,
 
     * K_rec = 1: "continuous" when the K = 2 classes differ beyond the null (structure no
       K separates reproducibly and distinguishably), else "homogeneous".
-    * K_rec >= 2, from the within-class tests: classes with a spread inside are continuous
-      (so are classes with unresolved structure when the finer classes of the scan reach
-      beyond the K_rec maps); some continuous and some not -> "mixed" (the continuous
-      classes' particles form the continuous part); all continuous -> "continuous";
-      none -> "discrete". Without within-class tests: "continuous" when the finer classes
+    * K_rec >= 2, from the within-class and continuity tests: classes with a spread inside
+      are continuous (so are classes with unresolved structure when the finer classes of the
+      scan reach beyond the K_rec maps), and so are two neighbouring classes whose particles,
+      classified again together, form one spread (no gap between them); some continuous and
+      some not -> "mixed" (the continuous classes' particles form the continuous part); all
+      continuous -> "continuous"; none -> "discrete". Without within-class tests: "continuous" when the finer classes
       extrapolate, else "discrete".
 
     Suggestions: merge indistinguishable classes of a stable K; classify a class holding two
@@ -519,6 +521,14 @@ def calibrated_decision(k_rec: int, per_k: Mapping[int, KScores], tests: dict,
     outcome = {int(c) - 1: rec["outcome"] for c, rec in within.items()}
     continuous = [c for c, o in outcome.items()
                   if o == "continuous" or (o == "heterogeneous" and extrapolates)]
+    continuity = tests.get("continuity") or {}
+    spread_pairs = [rec["classes"] for rec in continuity.values()
+                    if rec["outcome"] == "continuous"]
+    continuous = sorted(set(continuous) | {c - 1 for pair in spread_pairs for c in pair})
+    if spread_pairs:
+        names = "; ".join(f"{a} and {b}" for a, b in spread_pairs)
+        reasons.append(f"classified again together, the particles of classes {names} form "
+                       "one spread along their difference, with no gap between the classes")
     for c, o in sorted(outcome.items()):
         rec = within[str(c + 1)]
         if o == "two states":
@@ -529,7 +539,7 @@ def calibrated_decision(k_rec: int, per_k: Mapping[int, KScores], tests: dict,
                                        "takes: it holds two states (classify its particles "
                                        "with K=2, or try a larger K)"})
     p_text = f"p = {_p(het.get('p_value'))}"
-    if not within:
+    if not within and not continuous:
         if extrapolates:
             affected[:] = True
             reasons.append(f"K={k_rec} is reproducible and distinguishable, but finer classes "
@@ -538,10 +548,10 @@ def calibrated_decision(k_rec: int, per_k: Mapping[int, KScores], tests: dict,
         reasons.append(f"K={k_rec} classes are reproducible and differ beyond the null "
                        f"({p_text} at K=2)")
         return "discrete", reasons, affected, suggestions
-    if continuous and len(continuous) == len(outcome) and len(outcome) == k_rec:
+    if len(continuous) == k_rec:
         affected[:] = True
-        reasons.append(f"K={k_rec} classes are reproducible, but every class is a spread of "
-                       "particles along its split, not two groups: the classes bin a continuum")
+        reasons.append(f"K={k_rec} classes are reproducible, but every class is part of a "
+                       "spread of particles, not of separate groups: the classes bin a continuum")
         return "continuous", reasons, affected, suggestions
     if continuous:
         affected = np.isin(consensus, continuous)

@@ -1,0 +1,106 @@
+"""Two groups or one spread: the shape test, the neighbour pairs and the verdict they drive.
+
+Known truth: positions drawn from two point masses or from a uniform interval, measured
+with known errors (and with errors larger than the stated ones, as when the references are
+estimates); class maps whose nearest neighbours are known.
+"""
+
+import numpy as np
+
+from hetclass.stability.class_tests import continuity_tests, neighbour_pairs
+from hetclass.stability.distinguish import shape_test
+from hetclass.stability.scores import score_replicates
+from hetclass.stability.verdict import Thresholds, calibrated_decision
+
+
+def _measured(true_u, rng, error_factor=1.0):
+    """Positions ``u = t + e`` with separations D (errors sqrt(2 / D) stated, ``error_factor``
+    times that real)."""
+    d = rng.uniform(2.0, 12.0, true_u.size)
+    return true_u + error_factor * np.sqrt(2.0 / d) * rng.standard_normal(true_u.size), d
+
+
+def test_two_groups_with_underestimated_errors_stay_two_groups():
+    rng = np.random.default_rng(1)
+    t = np.where(rng.random(3000) < 0.4, -1.0, 1.0)
+    u, d = _measured(t, rng, error_factor=1.4)
+    out = shape_test(u, d)
+    assert out["shape"] == "two groups", out
+    assert 1.2 < out["two_groups"]["error_scale"] < 1.6
+    assert sorted(round(p) for p in out["two_groups"]["positions"]) == [-1, 1]
+
+
+def test_uniform_spread_is_a_spread():
+    rng = np.random.default_rng(2)
+    t = rng.uniform(-2.0, 2.0, 3000)       # a continuum reaches beyond its two class means
+    u, d = _measured(t, rng, error_factor=1.2)
+    out = shape_test(u, d)
+    assert out["shape"] == "spread", out
+    assert abs(out["uniform_spread"]["from"] + 2.0) < 0.3
+    assert abs(out["uniform_spread"]["to"] - 2.0) < 0.3
+
+
+def test_too_few_informative_particles_decide_nothing():
+    rng = np.random.default_rng(3)
+    u, d = _measured(rng.uniform(-1, 1, 40), rng)
+    assert shape_test(u, d)["shape"] == "undetermined"
+
+
+def _maps(rng, box=10):
+    base = rng.normal(size=(box, box, box))
+    step = rng.normal(size=(box, box, box))
+    far = rng.normal(size=(box, box, box))
+    # classes 0, 1, 2 on a line (0-1 close, 1-2 a bit further), class 3 far from all
+    return np.stack([base, base + 0.5 * step, base + 1.2 * step, base + 4.0 * far])
+
+
+def test_neighbour_pairs_are_nearest_maps_of_big_classes():
+    rng = np.random.default_rng(4)
+    maps = _maps(rng)
+    sizes = {0: 900, 1: 800, 2: 700, 3: 600}
+    pairs = neighbour_pairs(maps, None, sizes)
+    assert (0, 1) in pairs and (1, 2) in pairs
+    assert len(pairs) == 3 and sum(3 in p for p in pairs) == 1   # class 3: its nearest only
+    small = neighbour_pairs(maps, None, {0: 900, 1: 50, 2: 700, 3: 600})
+    assert all(1 not in p for p in small)        # too small to be classified again
+    assert (0, 2) in small
+
+
+class _Fit:
+    def __init__(self, position, separation):
+        self.position, self.separation = position, separation
+        self.labels = (position < 0).astype(int)
+
+
+def _tests(continuity, k):
+    return {"recommended_k": k, "heterogeneity_test": {"p_value": 1e-6, "beyond_null": True},
+            "within_class": {}, "continuity": continuity, "distinguishability": {}, "scan": {}}
+
+
+def _per_k(k, n):
+    labels = np.tile(np.repeat(np.arange(k), n // k), (3, 1))
+    return {k: score_replicates(labels, k, rng=np.random.default_rng(0))}
+
+
+def test_spread_pair_makes_mixed_and_all_pairs_continuous():
+    rng = np.random.default_rng(5)
+    u_spread, d_spread = _measured(rng.uniform(-2.0, 2.0, 2000), rng)
+    u_two, d_two = _measured(np.where(rng.random(2000) < 0.5, -1.0, 1.0), rng)
+    fits = {(1, 2): _Fit(u_spread, d_spread), (0, 1): _Fit(u_two, d_two)}
+    cont = continuity_tests(fits)
+    assert cont["2-3"]["outcome"] == "continuous" and cont["1-2"]["outcome"] == "two groups"
+    per_k = _per_k(3, 3000)
+    verdict, reasons, affected, _ = calibrated_decision(3, per_k, _tests(cont, 3), False, None,
+                                                        Thresholds())
+    assert verdict == "mixed", reasons
+    np.testing.assert_array_equal(affected, np.isin(per_k[3].consensus, [1, 2]))
+
+    per_k2 = _per_k(2, 2000)
+    only = continuity_tests({(0, 1): _Fit(u_spread, d_spread)})
+    verdict, reasons, affected, _ = calibrated_decision(2, per_k2, _tests(only, 2), False, None,
+                                                        Thresholds())
+    assert verdict == "continuous" and affected.all(), reasons
+    discrete = continuity_tests({(0, 1): _Fit(u_two, d_two)})
+    verdict, reasons, _, _ = calibrated_decision(2, per_k2, _tests(discrete, 2), False, None,
+                                                 Thresholds())
+    assert verdict == "discrete", reasons
