@@ -144,8 +144,10 @@ def _cross_half_references(state, solvent_mask) -> np.ndarray:
 
 
 def split_positions(prepared, state, rows=None):
-    """``(u, D)`` (n_rows,) of every particle of ``rows`` (default all, in ``rows`` order)
-    for a K = 2 EM ``state``: position along the split and separation (module docstring)."""
+    """``(u, D_eff)`` (n_rows,) of every particle of ``rows`` (default all, in ``rows`` order)
+    for a K = 2 EM ``state``: position along the split and effective separation (module
+    docstring): ``D_eff = D^2 / (D + R)`` so that ``sqrt(2 / D_eff)`` is the position's error
+    including the references' noise ``R`` (the error of ``u`` is ``sqrt(2 (D + R)) / D``)."""
     from ..em_step import class_log_likelihoods, shell_onehot
     from ..projector import project, stack_grids
     from ..reconstruct import volume_to_grid
@@ -162,7 +164,10 @@ def split_positions(prepared, state, rows=None):
     refs = _cross_half_references(state, prepared.solvent_mask)
     grids = [stack_grids(np.stack([volume_to_grid(np.asarray(m, np.float32), ws.pad)
                                    for m in refs[h]])) for h in range(2)]
-    llr, sep = np.zeros(len(data)), np.zeros(len(data))
+    noise = _reference_noise(state, prepared.solvent_mask)
+    noise_grid = None if noise is None else stack_grids(
+        np.stack([volume_to_grid(np.asarray(m, np.float32), ws.pad) for m in noise]))
+    llr, sep, ref = np.zeros(len(data)), np.zeros(len(data)), np.zeros(len(data))
     for bi, (batch, half) in enumerate(ws.batches):
         use = active[batch]
         if not use.any():
@@ -178,12 +183,30 @@ def split_positions(prepared, state, rows=None):
         counts = np.maximum(onehot[:, :like].sum(0), 1.0)
         sig_shell = (sig @ onehot[:, :like]) / counts
         sep[batch[use]] = np.sum(power / sig_shell, axis=1)
+        if noise_grid is not None:
+            ns = c[:, :, None] * project(ws.operator(bi), noise_grid, batch.size,
+                                         data.coeffs.size)[use]
+            npow = (ns.real ** 2 + ns.imag ** 2).sum(-1) @ onehot[:, :like]
+            ref[batch[use]] = np.sum(npow / sig_shell, axis=1)
     comm = ws.comm
     llr = comm.gather_rows(llr, data.rows, n_total)[rows]
     sep = comm.gather_rows(sep, data.rows, n_total)[rows]
+    ref = comm.gather_rows(ref, data.rows, n_total)[rows]
     with np.errstate(divide="ignore", invalid="ignore"):
         u = np.where(sep > 0, llr / np.where(sep > 0, sep, 1.0), 0.0)
-    return u.astype(np.float64), sep.astype(np.float64)
+        effective = np.where(sep > 0, sep ** 2 / np.where(sep > 0, sep + ref, 1.0), 0.0)
+    return u.astype(np.float64), effective.astype(np.float64)
+
+
+def _reference_noise(state, solvent_mask) -> Optional[np.ndarray]:
+    """(K, b, b, b) one realisation of a half map's noise per class, ``(h1 - h2) / sqrt 2``
+    (masked): projected with a particle's pose and CTF, its power over the noise is the
+    variance the references' own noise adds to the particle's log-likelihood ratio."""
+    halves = getattr(state, "half_maps", None)
+    if halves is None:
+        return None
+    mask = 1.0 if solvent_mask is None else solvent_mask
+    return ((np.asarray(halves[0], np.float64) - halves[1]) / np.sqrt(2.0) * mask).astype(np.float32)
 
 
 def _error_scale(log_kappa: float) -> float:
