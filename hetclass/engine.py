@@ -26,7 +26,7 @@ from .fourier import cpu_workers, resize_volume
 from .masks import soft_sphere
 from .comm import SerialComm, shard_rows
 from .particles import ParticleSet
-from .pipeline import ClassifyOptions
+from .options import ClassifyOptions
 from .preprocess import (MASK_EDGE_PX, FourierData, fill_store, fourier_data, mask_radius_px,
                          setup_preprocess)
 from .workspace import Workspace, plan_memory
