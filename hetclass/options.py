@@ -106,7 +106,7 @@ class Option:
 
 def format_value(option: Option, value: Any) -> str:
     """``value`` as a command-line word (a K list as ``KMIN-KMAX``, ``None`` size as auto)."""
-    if option.kind == "krange":
+    if option.kind == "krange" or isinstance(value, (list, tuple)):     # K values
         ks = [int(k) for k in value]
         if ks != list(range(ks[0], ks[-1] + 1)):
             raise InputError("K values must be consecutive", field=option.label, value=value)
@@ -258,7 +258,7 @@ NULL_SETS = 4      # null data sets per stability run (hetclass.stability.null)
 # classification (the fields of ClassifyOptions, in this order)
 _CLASSIFY_OPTIONS = (
     Option("classes", "int", 4, "number of classes K", low=1, flag="--classes",
-           aliases=("-K",), metavar="K", relion="classes",
+           aliases=("-K",), metavar="K", relion="classes", commands=("classify", "stability"),
            relion_help="number of classes K; stability also takes a range such as 1-5 to scan"),
     Option("target_res_A", "float", None, "resolution limit in A: images are Fourier-cropped "
            "to it", unit="A", low=0, low_open=True, flag="--target-res", metavar="A",
