@@ -90,14 +90,18 @@ def test_relion_defaults_and_help_are_the_model():
     for label, option in labelled.items():
         assert PARAMETERS[label] is option
         assert f"(default {option.default_text()})" in parameter_help(label)
-    # the README table quotes the same defaults
-    readme = (REPO / "relion_external" / "README_section.md").read_text()
-    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| (.*?) \|", readme, re.M)}
+
+@pytest.mark.parametrize("readme", ["relion_external/README_section.md", "README.md"])
+def test_relion_readme_tables_quote_the_model_defaults(readme):
+    text = (REPO / readme).read_text(encoding="utf-8")
+    text = text[text.index("| Param label | Param value |"):]
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| (.*?) \|", text, re.M)}
+    assert set(PARAMETERS) <= set(rows)
     for label, option in PARAMETERS.items():
-        if option.default is not None and option.kind not in ("bool",):
-            text = option.default_text()
-            assert f"(default {text})" in rows[label] or f"`{text}` (default)" in rows[label], \
-                (label, rows[label], text)
+        if option.default is not None and option.kind != "bool":
+            words = option.default_text()
+            assert f"(default {words})" in rows[label] or f"`{words}` (default)" in rows[label], \
+                (label, rows[label], words)
 
 
 def test_exhaustive_k_scan_is_the_same_through_every_front_end():
