@@ -13,7 +13,9 @@ Values are checked here, with one-line messages that name the option and quote t
 
 >>> options = options_from_mapping({"classes": "3", "seed": 7})
 >>> options_to_argv(options)[:4]
-['--classes', '3', '--target-res', ...]                         # doctest: +SKIP
+['--classes', '3', '--max-iter', '25']
+>>> options_to_argv(options, "stability", classes=[2, 3, 4], replicates=6)[-4:]
+['--classes', '2-4', '--replicates', '6']
 >>> parse_k_range("2-4")
 [2, 3, 4]
 """
@@ -89,19 +91,16 @@ class Option:
         """The argparse default: the value, or its words for kinds parsed after argparse."""
         if self.derived:
             return None
-        if self.kind in ("krange", "size"):
-            return None if self.default is None and self.kind == "krange" else \
-                format_value(self, self.default)
+        if self.kind in ("krange", "size"):      # parsed after argparse, from their words
+            return format_value(self, self.default)
         return list(self.default) if self.kind == "paths" else self.default
 
-    def parse(self, value: Any, field: Optional[str] = None) -> Any:
+    def parse(self, value: Any, label: Optional[str] = None) -> Any:
         """``value`` (text or a typed value) checked and converted to the option's type;
-        None stays None. InputError naming ``field`` (default the flag) and the value."""
+        None stays None. InputError naming ``label`` (default the flag) and the value."""
         if value is None:
             return None
-        label = field or self.label
-        parse_kind = _PARSERS[self.kind]
-        return parse_kind(self, value, label)
+        return _PARSERS[self.kind](self, value, label or self.label)
 
 
 def format_value(option: Option, value: Any) -> str:

@@ -225,7 +225,8 @@ def build_config(opts: Dict[str, List[str]]) -> Tuple[JobConfig, List[str]]:
 def _apply(cfg: JobConfig, name: str, raw: str, words: List[str]) -> None:
     """Set one parameter from its words, read as its kind says (:data:`RELION_KINDS`, else
     the option's own). An empty value means "yes" for switches, "default" otherwise."""
-    option, kind, label = PARAMETERS[name], RELION_KINDS.get(name, PARAMETERS[name].kind), f"--{raw}"
+    option, label = PARAMETERS[name], f"--{raw}"
+    kind = RELION_KINDS.get(name, option.kind)
     if not words and kind not in ("bool", "device"):
         return
     if kind == "device":

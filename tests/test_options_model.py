@@ -211,3 +211,11 @@ def test_scipion_form_defaults_are_the_model():
     assert argv[:3] == ["-m", "hetclass_standalone.main", "classify"]
     assert options_from_args(build_parser().parse_args(argv[2:])) == dataclasses.replace(
         CHANGED, references=CHANGED.references)
+
+
+def test_the_module_example_runs():
+    import doctest
+
+    import hetclass.options
+    result = doctest.testmod(hetclass.options)
+    assert result.attempted >= 3 and result.failed == 0
