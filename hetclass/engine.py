@@ -191,7 +191,7 @@ def _setup(particles, options, read_images, comm, concurrent_fits):
             source.close()
             raise
         read_images = source.read      # maps nothing: no unmapping needed under a memory bound
-    root = np.random.SeedSequence(int(options.seed))
+    root = seeds.root(options.seed)      # an int seed: a fresh sequence to spawn from
     shard = shard_rows(len(particles), comm.size, comm.rank)
     setup = setup_preprocess(particles, options.target_res_A, options.particle_diameter_A,
                              root.spawn(1)[0], rows=shard)

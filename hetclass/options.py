@@ -266,7 +266,9 @@ _CLASSIFY_OPTIONS = (
            relion="max_iter"),
     Option("n_init", "int", 3, "short exploration starts from random references; the one "
            "with the best held-out evidence is refined (1 with K --ref maps)", low=1,
-           flag="--starts", metavar="N", relion="starts"),
+           flag="--starts", metavar="N", relion="starts",
+           relion_help="short exploration starts from random references; the best by "
+           "held-out evidence is refined (1 with K input references)"),
     Option("convergence_pct", "float", 0.5, "stop when fewer than this % of particles change "
            "class", unit="%", low=0, flag="--convergence", metavar="PCT", relion="convergence"),
     Option("tau2_fudge", "float", 4.0, "regularisation parameter T, RELION's tau2_fudge",
@@ -300,7 +302,9 @@ _CLASSIFY_OPTIONS = (
            "rank): sets batch sizes, operator caching and whether the data stay in RAM or "
            "stream from the cache on disk (--cache, else a temporary one); too small a bound "
            "is an error that states the minimum", unit="GB", low=0, low_open=True,
-           flag="--max-memory", metavar="GB", relion="max_memory", shown="no bound"),
+           flag="--max-memory", metavar="GB", relion="max_memory", shown="no bound",
+           relion_help="bound on host memory in GB (per MPI rank): sets batch sizes and "
+           "whether the data stay in RAM or stream from a temporary cache on disk"),
     Option("cache_dir", "path", None, "cropped Fourier cache: written once by preprocessing, "
            "reused without reading any image by later runs and replicates with the same "
            "inputs", flag="--cache", metavar="DIR"),
