@@ -219,3 +219,20 @@ def test_the_module_example_runs():
     import hetclass.options
     result = doctest.testmod(hetclass.options)
     assert result.attempted >= 3 and result.failed == 0
+
+
+def test_library_defaults_are_the_model():
+    """The keyword defaults of the stability / exhaustive library functions (used when a
+    caller omits them) are the model's too."""
+    import inspect
+
+    from hetclass.stability.analysis import stability_job
+    from hetclass.stability.exhaustive import exhaustive_job
+    keywords = {"n_replicates": "replicates", "subsample": "subsample", "null_sets": "null_sets",
+                "core_min_stability": "core_stability", "min_class_size": "min_class_size",
+                "max_depth": "max_depth", "k_scan": "k_scan", "workers": "jobs"}
+    for function in (stability_job, exhaustive_job):
+        for name, p in inspect.signature(function).parameters.items():
+            if name in keywords:
+                default = p.default if not isinstance(p.default, tuple) else list(p.default)
+                assert default == OPTIONS[keywords[name]].default, (function.__name__, name)

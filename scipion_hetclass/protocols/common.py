@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import pyworkflow.protocol.params as params
@@ -181,11 +181,14 @@ def load_input(prot):
     return particles, np.load(prot._getExtraPath(INPUT_IDS))
 
 
-def log_estimate(prot, options, mode: str, k_values, replicates: int = 5, max_depth: int = 3,
-                 jobs=None, subsample=None) -> None:
-    """Log the run's expected time and memory (:func:`hetclass.plan_report.log_estimate`)."""
+def log_estimate(prot, options, mode: str, k_values, replicates: Optional[int] = None,
+                 max_depth: Optional[int] = None, jobs=None, subsample=None) -> None:
+    """Log the run's expected time and memory (:func:`hetclass.plan_report.log_estimate`);
+    ``replicates`` / ``max_depth`` None: the defaults of :data:`hetclass.options.OPTIONS`."""
     from hetclass.plan_report import PlanRequest
     from hetclass.plan_report import log_estimate as estimate
+    replicates = OPTIONS["replicates"].default if replicates is None else replicates
+    max_depth = OPTIONS["max_depth"].default if max_depth is None else max_depth
     particles, _ = load_input(prot)
     estimate(particles, options, PlanRequest(mode, list(k_values), replicates, max_depth, jobs,
                                              subsample), prot.info, ranks=mpi_ranks(prot))
