@@ -22,6 +22,7 @@ import numpy as np
 from .em import EMState
 from .errors import InputError
 from .io.atomic import atomic_path
+from .options import ClassifyOptions
 
 CHECKPOINT = "run_checkpoint.npz"
 # options that change the result; a resumed run must match them
@@ -29,7 +30,7 @@ _KEYS = ("classes", "target_res_A", "tau2_fudge", "hard", "seed", "init", "init_
          "references", "particle_diameter_A", "solvent_mask", "focus_mask", "convergence_pct")
 
 
-def _fingerprint(options, n_particles: int) -> str:
+def _fingerprint(options: ClassifyOptions, n_particles: int) -> str:
     d = asdict(options)
     return json.dumps({"n": int(n_particles), **{k: d.get(k) for k in _KEYS}}, sort_keys=True,
                       default=str)
@@ -132,7 +133,7 @@ def _compare_options(saved: str, now: str, path: str) -> None:
 PER_PARTICLE = ("labels", "posteriors", "loglik")
 
 
-def save(out_dir: str, state: EMState, options, n_particles: int, comm=None,
+def save(out_dir: str, state: EMState, options: ClassifyOptions, n_particles: int, comm=None,
          rows: Optional[np.ndarray] = None, identity: Optional[dict] = None) -> None:
     """Write ``state`` (collective under MPI: every rank calls it, rank 0 writes).
 
@@ -160,7 +161,8 @@ def save(out_dir: str, state: EMState, options, n_particles: int, comm=None,
             np.savez(fh, **arrays)
 
 
-def load(out_dir: str, options, n_particles: int, rows: Optional[np.ndarray] = None,
+def load(out_dir: str, options: ClassifyOptions, n_particles: int,
+         rows: Optional[np.ndarray] = None,
          identity: Optional[dict] = None) -> Optional[EMState]:
     """The checkpointed state (per-particle arrays restricted to ``rows``), or None.
 

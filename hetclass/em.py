@@ -18,6 +18,7 @@ from .em_step import Accumulators, empty_accumulators, process_batch, shell_oneh
 from .errors import EmptyClassWarning
 from .fourier import lowpass_volume
 from .mstep import m_step
+from .options import ClassifyOptions
 from .preprocess import ordered_map
 from .projector import stack_grids
 from .reconstruct import volume_to_grid
@@ -261,7 +262,7 @@ def scoring_references(ms, fractions, iteration: int, polishing: bool, focus_mas
                      weighted_references(ms.half_maps[0], ms.half_consensus[0], w)])
 
 
-def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
+def iterate(ws: Workspace, state: EMState, options: ClassifyOptions, active: np.ndarray,
             solvent_mask: np.ndarray, focus_mask: Optional[np.ndarray],
             checkpoint: Optional[Callable[[EMState], None]] = None,
             abort_check=None, progress=None, reseed=None, warn_empty: bool = True) -> EMState:

@@ -26,7 +26,7 @@ from .fourier import cpu_workers, resize_volume
 from .masks import soft_sphere
 from .comm import SerialComm, shard_rows
 from .particles import ParticleSet
-from .pipeline import ClassifyOptions
+from .options import ClassifyOptions
 from .preprocess import (MASK_EDGE_PX, FourierData, fill_store, fourier_data, mask_radius_px,
                          setup_preprocess)
 from .workspace import Workspace, plan_memory
@@ -191,7 +191,7 @@ def _setup(particles, options, read_images, comm, concurrent_fits):
             source.close()
             raise
         read_images = source.read      # maps nothing: no unmapping needed under a memory bound
-    root = np.random.SeedSequence(int(options.seed))
+    root = seeds.root(options.seed)      # an int seed: a fresh sequence to spawn from
     shard = shard_rows(len(particles), comm.size, comm.rank)
     setup = setup_preprocess(particles, options.target_res_A, options.particle_diameter_A,
                              root.spawn(1)[0], rows=shard)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import asdict
 from typing import Dict
 
 import numpy as np
@@ -26,6 +25,7 @@ from .io.atomic import atomic_save_npy, atomic_write_json, staged_directory
 from .io.mrc import write_map
 from .io.star import check_writable, particles_to_tables, write_particles_star, write_star_blocks
 from .io.star_text import format_star
+from .options import options_record
 
 DATA_STAR = "run_data.star"
 MODEL_STAR = "run_model.star"
@@ -201,7 +201,7 @@ def _write_all(stage: str, out_dir: str, particles, result, options, run_info: d
     info = dict(run_info)
     info.update({
         "hetclass_version": __version__, "python": platform.python_version(),
-        "numpy": np.__version__, "options": asdict(options),
+        "numpy": np.__version__, "options": options_record(options),
         "n_particles": int(len(particles)), "classes": k,
         "class_fractions": np.asarray(result.class_fractions).tolist(),
         "resolution_A": [None if not np.isfinite(r) else float(r) for r in result.resolution_A],

@@ -9,7 +9,8 @@ Contract (stable):
     Dispatches on the file: RELION STAR (3.0/3.1) or CryoSPARC ``.cs``.
 
 ``ClassifyOptions``
-    Validated parameters of one classification (see the dataclass).
+    Parameters of one classification (defined in :mod:`hetclass.options`, with every
+    default, bound and help text).
 
 ``run_classify(particles, options, out_dir, resume=False, overwrite=False, progress=None,
 abort_check=None) -> ClassifyResult``
@@ -30,35 +31,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional
 
 import numpy as np
 
 from .errors import InputError
 from .io.loader import load_particles  # noqa: F401  (re-exported: part of the contract)
-
-
-@dataclass
-class ClassifyOptions:
-    classes: int = 4
-    target_res_A: Optional[float] = None      # None: chosen from the data
-    max_iter: int = 25                        # refinement iterations at most
-    n_init: int = 3                           # exploration starts (hetclass.explore)
-    convergence_pct: float = 0.5              # stop when fewer % of particles change class
-    tau2_fudge: float = 4.0                   # RELION's T
-    hard: bool = False
-    seed: int = 0
-    init: str = "random"                      # "random" | "ref"
-    init_lowpass_A: float = 30.0
-    references: Sequence[str] = ()            # MRC paths: one map (perturbed copies) or K maps
-    particle_diameter_A: Optional[float] = None
-    solvent_mask: Optional[str] = None
-    focus_mask: Optional[str] = None
-    device: str = "cpu"                       # "cpu" | "gpu" | "auto"
-    threads: int = 1
-    batch_size: Optional[int] = None
-    max_memory_GB: Optional[float] = None
-    cache_dir: Optional[str] = None
+from .options import ClassifyOptions  # noqa: F401  (re-exported: part of the contract)
 
 
 ProgressFn = Callable[..., None]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
 from .errors import InputError
+from .options import OPTIONS
 from .plan import (Estimate, Machine, Rates, RunShape, Workload, classify_estimate,
                    exhaustive_estimate, format_duration, iterations, local_machine,
                    shapes_for, stability_estimate, workload_for)
@@ -23,9 +24,9 @@ class PlanRequest:
     """What to estimate: the mode, K values and replicate settings of the run."""
 
     mode: str = "classify"
-    k_values: Sequence[int] = (4,)
-    replicates: int = 5
-    max_depth: int = 3
+    k_values: Sequence[int] = (OPTIONS["classes"].default,)
+    replicates: int = OPTIONS["replicates"].default
+    max_depth: int = OPTIONS["max_depth"].default
     jobs: Optional[int] = None
     subsample: Optional[float] = None
 

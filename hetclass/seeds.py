@@ -17,6 +17,8 @@ from typing import Union
 
 import numpy as np
 
+from .errors import InputError
+
 SeedLike = Union[int, np.integer, np.random.SeedSequence]
 
 # stream numbers are part of the results' definition: never renumber, only add (9 was
@@ -37,9 +39,12 @@ STREAMS = {
 
 
 def root(seed: SeedLike) -> np.random.SeedSequence:
-    """The root sequence of ``seed`` (an int, or a sequence used as it is)."""
+    """The root sequence of ``seed`` (an int >= 0, or a sequence used as it is);
+    InputError naming ``--seed`` for anything else."""
     if isinstance(seed, np.random.SeedSequence):
         return seed
+    if seed is None or isinstance(seed, bool) or int(seed) < 0:
+        raise InputError("seed must be an integer >= 0", field="--seed", value=seed)
     return np.random.SeedSequence(int(seed))
 
 

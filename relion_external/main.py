@@ -35,14 +35,13 @@ from hetclass.io.lock import lock_output
 
 from .markers import JobMarkers
 from .mpi_launch import mpi_nodes, run_mpi_job
-from .nodes import (Node, detect_relion_version, job_is_continue, project_relative,
+from .nodes import (Node, classify_nodes, detect_relion_version, job_is_continue,
                     write_output_nodes)
 from .options import (PARAMETERS, JobConfig, build_config, check_inputs_exist, classify_options,
-                      parse_argv)
+                      parameter_help, parse_argv)
 from .replicate_modes import log_run_estimate, run_replicate_mode
 
 PROG = "hetclass_relion"
-CHECKPOINT_FILE = "run_checkpoint.npz"   # hetclass.checkpoint.CHECKPOINT: "Continue!" resumes
 
 
 # ----- progress ---------------------------------------------------------------------------
@@ -108,18 +107,10 @@ def make_progress(stream: TextIO, min_interval_s: float = 10.0) -> Callable[...,
 
 
 # ----- classify ---------------------------------------------------------------------------
-def classify_nodes(job_dir: str, n_classes: int) -> List[Node]:
-    """Class3D-like nodes: particles (3), model (8), one map per class (6)."""
-    rel = project_relative(job_dir).rstrip("/")
-    nodes = [Node(f"{rel}/run_data.star", "particles"), Node(f"{rel}/run_model.star", "model")]
-    nodes += [Node(f"{rel}/run_class{k:03d}.mrc", "map") for k in range(1, n_classes + 1)]
-    return nodes
-
-
 def _resumes(cfg: JobConfig) -> bool:
     """A job RELION launched as a continuation whose directory holds a checkpoint."""
-    return job_is_continue(cfg.job_dir) and os.path.isfile(
-        os.path.join(cfg.job_dir, CHECKPOINT_FILE))
+    from hetclass.checkpoint import CHECKPOINT
+    return job_is_continue(cfg.job_dir) and os.path.isfile(os.path.join(cfg.job_dir, CHECKPOINT))
 
 
 def run_classify_mode(cfg: JobConfig, job: JobMarkers, progress, stdout: TextIO,
@@ -167,7 +158,7 @@ def _run_here(cfg: JobConfig, job: JobMarkers, progress, stdout: TextIO, load_pa
 
 # ----- entry point ------------------------------------------------------------------------
 def usage() -> str:
-    rows = "\n".join(f"  --{name:<18} {text}" for name, (_, text) in PARAMETERS.items())
+    rows = "\n".join(f"  --{name:<18} {parameter_help(name)}" for name in PARAMETERS)
     return (f"usage: {PROG} --o JobDir/ --in_parts particles.star [--in_3dref map.mrc] "
             f"[--in_mask mask.mrc] [--j N] [--<param> <value> ...]\n\n"
             f"hetclass {__version__} as a RELION External job. Parameters (job 'Param label' / "

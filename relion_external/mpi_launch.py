@@ -32,9 +32,10 @@ import time
 from typing import List, Optional, TextIO
 
 from hetclass.errors import HetclassError, InputError
+from hetclass.options import options_to_argv
 
-from .nodes import Node
-from .options import JobConfig
+from .nodes import Node, classify_nodes
+from .options import JobConfig, classify_options, replicate_values
 
 LAUNCHER_ENV = "HETCLASS_MPI_LAUNCHER"
 
@@ -54,48 +55,23 @@ def launcher_words(cfg: JobConfig, environ=None) -> List[str]:
     return words + ["-n", n]
 
 
-def _k_range(ks: List[int]) -> str:
-    """``"KMIN-KMAX"`` (one K: ``"K"``), the ``hetclass`` spelling of a K list."""
-    return f"{min(ks)}-{max(ks)}" if len(ks) > 1 else str(ks[0])
-
-
 def hetclass_args(cfg: JobConfig, resume: bool = False) -> List[str]:
-    """``hetclass <mode> ...`` arguments equivalent to the job's configuration."""
+    """``hetclass <mode> ...`` arguments equivalent to the job's configuration
+    (:func:`hetclass.options.options_to_argv`)."""
     mode = cfg.mode
     args = [mode, "--particles", cfg.in_parts, "--project-dir", os.getcwd(),
-            "--out", cfg.job_dir, "--mpi", "on", "--threads", str(cfg.threads)]
+            "--out", cfg.job_dir, "--mpi", "on"]
     args += ["--continue"] if resume else ["--overwrite"]
-    for ref in cfg.references:
-        args += ["--ref", ref]
-    if cfg.mask is not None:
-        args += ["--focus-mask" if cfg.mask_is_focus else "--solvent-mask", cfg.mask]
-    if mode == "classify":
-        args += ["--classes", str(cfg.classes or 4)]
-    elif mode == "stability":
-        args += ["--classes", _k_range(cfg.k_values or [])]
+    extra = {}
     if mode != "classify":
-        args += ["--jobs", str(cfg.threads), "--replicates", str(cfg.replicates or 5)]
-    if cfg.hard:
-        args.append("--hard")
-    optional = [("--target-res", cfg.target_res_A), ("--max-iter", cfg.max_iter),
-                ("--seed", cfg.seed), ("--tau2-fudge", cfg.tau2_fudge),
-                ("--particle-diameter", cfg.particle_diameter_A),
-                ("--convergence", cfg.convergence_pct), ("--max-memory", cfg.max_memory_GB),
-                ("--device", cfg.device)]
-    if mode == "classify":
-        optional.append(("--starts", cfg.starts))
-    else:
-        optional += [("--subsample", cfg.subsample), ("--null-sets", cfg.null_sets)]
+        names = ("jobs", "replicates", "subsample", "null_sets") + (
+            ("core_stability",) if mode == "stability" else
+            ("min_class_size", "max_depth", "k_scan"))
+        values = replicate_values(cfg)
+        extra = {name: values[name] for name in names}
     if mode == "stability":
-        optional.append(("--core-stability", cfg.core_stability))
-    if mode == "exhaustive":
-        if cfg.k_scan:
-            args += ["--k-scan", _k_range(cfg.k_scan)]
-        optional += [("--min-class-size", cfg.min_class_size), ("--max-depth", cfg.max_depth)]
-    for flag, value in optional:
-        if value is not None:
-            args += [flag, str(value)]
-    return args
+        extra["classes"] = cfg.k_values
+    return args + options_to_argv(classify_options(cfg), mode, **extra)
 
 
 def mpi_command(cfg: JobConfig, resume: bool = False, environ=None) -> List[str]:
@@ -161,12 +137,12 @@ def run_mpi_job(cfg: JobConfig, job, stdout: TextIO, stderr: TextIO, resume: boo
 
 def mpi_nodes(cfg: JobConfig) -> List[Node]:
     """Output nodes of a finished MPI run, read from the files it wrote."""
+    from hetclass.outputs import RUN_JSON
     from hetclass.stability.outputs import SUMMARY_JSON, TREE_JSON
 
-    from .main import classify_nodes
     from .replicate_modes import _exhaustive_files, _stability_files, nodes_for_files
     if cfg.mode == "classify":
-        with open(os.path.join(cfg.job_dir, "run.json")) as fh:
+        with open(os.path.join(cfg.job_dir, RUN_JSON)) as fh:
             k = int(json.load(fh)["classes"])
         nodes = classify_nodes(cfg.job_dir, k)
     else:

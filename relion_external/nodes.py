@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, List, Optional
 
 OUTPUT_NODES_FILE = "RELION_OUTPUT_NODES.star"
 
@@ -147,6 +147,16 @@ def project_relative(path: str, project_dir: str = ".") -> str:
     if rel == os.pardir or rel.startswith(os.pardir + os.sep):
         return path_abs.replace(os.sep, "/")
     return rel.replace(os.sep, "/")
+
+
+def classify_nodes(job_dir: str, n_classes: int) -> List[Node]:
+    """Class3D-like nodes of a classification: particles (3), model (8), one map per class
+    (6); file names from :mod:`hetclass.outputs`."""
+    from hetclass.outputs import DATA_STAR, MODEL_STAR, class_map_name
+    rel = project_relative(job_dir).rstrip("/")
+    nodes = [Node(f"{rel}/{DATA_STAR}", "particles"), Node(f"{rel}/{MODEL_STAR}", "model")]
+    nodes += [Node(f"{rel}/{class_map_name(k)}", "map") for k in range(n_classes)]
+    return nodes
 
 
 def format_output_nodes(nodes: Iterable[Node], version: int) -> str:

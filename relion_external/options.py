@@ -21,48 +21,50 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hetclass.errors import InputError
-from hetclass.stability.settings import OPTIONS as _STAB
+from hetclass.options import (CLASSIFY_NAMES, OPTIONS, ClassifyOptions, Option,
+                              options_from_mapping, parse_k_range, yes_no)
 
 MODES = ("classify", "stability", "exhaustive")
 
-# hetclass parameters a user sets as "Param label / value" pairs: name -> (kind, help)
-PARAMETERS: Dict[str, Tuple[str, str]] = {
-    "mode": ("choice", "classify | stability | exhaustive (default classify)"),
-    "classes": ("krange", "number of classes K (default 4); stability also takes a range "
-                          "such as 1-5 to scan"),
-    "replicates": ("int", "stability, exhaustive: " + _STAB["replicates"].help_text()),
-    "target_res": ("float", "target resolution in A: images are Fourier-cropped to it "
-                            "(default: chosen from the data)"),
-    "max_iter": ("int", "maximum EM iterations (default 25)"),
-    "starts": ("int", "short exploration starts from random references; the best by held-out "
-                      "evidence is refined (default 3)"),
-    "seed": ("int", "random seed; the same seed gives the same result (default 0)"),
-    "hard": ("bool", "hard (winner-takes-all) instead of soft assignments"),
-    "mask_is_focus": ("bool", "use --in_mask as a focus mask (classify on the masked region) "
-                              "instead of a solvent mask"),
-    "gpu": ("device", "use a GPU: bare flag or yes = the first visible GPU, numbers (0 or 0,1) = "
-                      "those GPUs as in RELION, no = CPU, auto = GPU if available"),
-    "tau2_fudge": ("float", "regularisation T as in RELION (default 4)"),
-    "particle_diameter": ("float", "particle diameter in A for the circular mask "
-                                   "(default: from the box)"),
-    "convergence": ("float0", "stop when fewer than this % of particles change class "
-                              "(default 0.5)"),
-    "max_memory": ("float", "memory budget in GB for cached images (default: automatic)"),
-    "subsample": ("fraction", "stability, exhaustive: " + _STAB["subsample"].help_text()),
-    "null_sets": ("int0", "stability, exhaustive: " + _STAB["null_sets"].help_text()),
-    "core_stability": ("fraction", "stability: " + _STAB["core_stability"].help_text()),
-    "min_class_size": ("size", "exhaustive: " + _STAB["min_class_size"].help_text()),
-    "max_depth": ("int", "exhaustive: " + _STAB["max_depth"].help_text()),
-    "k_scan": ("krange", "exhaustive: " + _STAB["k_scan"].help_text()),
-    "mpi_ranks": ("int", "run under MPI with this many processes (particles split across them; "
-                         "one GPU each with gpu; replicates on rank groups); default 1"),
-    "mpi_launcher": ("words", "MPI launch command, {n} = mpi_ranks (default: srun -n {n} inside "
-                              "a SLURM allocation, else mpirun -n {n}; or set "
-                              "HETCLASS_MPI_LAUNCHER); write launcher options with one dash"),
-}
+# parameters of the External job itself (the rest come from hetclass.options.OPTIONS)
+JOB_OPTIONS: Dict[str, Option] = {o.name: o for o in (
+    Option("mode", "choice", "classify", "classify | stability | exhaustive", choices=MODES,
+           relion="mode", commands=MODES),
+    Option("mask_is_focus", "bool", False, "use --in_mask as a focus mask (classify on the "
+           "masked region) instead of a solvent mask", relion="mask_is_focus", shown="no",
+           commands=MODES),
+    Option("mpi_ranks", "int", 1, "run under MPI with this many processes (particles split "
+           "across them; one GPU each with gpu; replicates on rank groups)", low=1,
+           relion="mpi_ranks", commands=MODES),
+    Option("mpi_launcher", "text", None, "MPI launch command, {n} = mpi_ranks; write launcher "
+           "options with one dash", relion="mpi_launcher", commands=MODES,
+           shown="srun -n {n} inside a SLURM allocation, else mpirun -n {n}; or set "
+           "HETCLASS_MPI_LAUNCHER"),
+)}
+
+# the job's "Param label"s in the order --help and the README list them
+_LABELS = ("mode", "classes", "replicates", "target_res", "max_iter", "starts", "seed", "hard",
+           "mask_is_focus", "gpu", "tau2_fudge", "particle_diameter", "convergence",
+           "max_memory", "subsample", "null_sets", "core_stability", "min_class_size",
+           "max_depth", "k_scan", "mpi_ranks", "mpi_launcher")
+_BY_LABEL = {o.relion: o for o in list(OPTIONS.values()) + list(JOB_OPTIONS.values())
+             if o.relion}
+# hetclass parameters a user sets as "Param label / value" pairs: label -> option
+PARAMETERS: Dict[str, Option] = {label: _BY_LABEL[label] for label in _LABELS}
+# how a label's words are read where it differs from the option's kind
+# (classes: K, or a range to scan for mode stability; gpu: yes/no/auto or GPU numbers)
+RELION_KINDS = {"classes": "k_values", "gpu": "device", "mpi_launcher": "words"}
+
+
+def parameter_help(label: str) -> str:
+    """The help of a job parameter with its default (``--help``, the README table)."""
+    option = PARAMETERS[label]
+    where = "" if "classify" in option.commands else ", ".join(option.commands) + ": "
+    return f"{where}{option.relion_help or option.help} (default {option.default_text()})"
+
 
 # accepted spellings -> canonical parameter name (labels are compared lower-case, '-' = '_')
 ALIASES = {
@@ -81,9 +83,6 @@ RELION_ARGS = ("o", "in_parts", "in_3dref", "in_mask", "j", "pipeline_control")
 # RELION inputs a classification does not use (accepted, warned about)
 UNUSED_INPUTS = ("in_movies", "in_mics", "in_coords")
 
-_TRUE = {"", "yes", "y", "true", "t", "1", "on"}
-_FALSE = {"no", "n", "false", "f", "0", "off"}
-
 
 @dataclass
 class JobConfig:
@@ -100,7 +99,7 @@ class JobConfig:
     replicates: Optional[int] = None
     target_res_A: Optional[float] = None
     max_iter: Optional[int] = None
-    starts: Optional[int] = None
+    n_init: Optional[int] = None
     seed: Optional[int] = None
     hard: bool = False
     mask_is_focus: bool = False
@@ -161,65 +160,20 @@ def _one_word(name: str, words: List[str], required: bool = False) -> Optional[s
     return words[0]
 
 
-def _int(name: str, words: List[str], minimum: int) -> Optional[int]:
-    text = _one_word(name, words, required=True)
-    try:
-        value = int(text)
-    except ValueError:
-        raise InputError("expected an integer", field=f"--{name}", value=text) from None
-    if value < minimum:
-        raise InputError(f"must be at least {minimum}", field=f"--{name}", value=text)
-    return value
-
-
-def _float(name: str, words: List[str], positive: bool = True) -> Optional[float]:
-    text = _one_word(name, words, required=True)
-    try:
-        value = float(text)
-    except ValueError:
-        raise InputError("expected a number", field=f"--{name}", value=text) from None
-    if not value == value or value in (float("inf"), float("-inf")) or (positive and value <= 0):
-        raise InputError("expected a positive finite number", field=f"--{name}", value=text)
-    return value
-
-
-def _krange(name: str, words: List[str]) -> List[int]:
-    """``K`` or ``KMIN-KMAX`` (1 <= KMIN <= KMAX) -> the list of K values."""
-    text = _one_word(name, words, required=True)
-    lo, sep, hi = text.partition("-")
-    try:
-        values = list(range(int(lo), int(hi) + 1)) if sep else [int(text)]
-    except ValueError:
-        values = []
-    if not values or values[0] < 1:
-        raise InputError("expected K or KMIN-KMAX, e.g. 3 or 1-5", field=f"--{name}", value=text)
-    return values
-
-
-def _bool(name: str, words: List[str]) -> bool:
-    text = " ".join(words).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise InputError("expected yes or no (or the bare flag)", field=f"--{name}",
-                     value=" ".join(words))
-
-
-def _device(words: List[str]) -> Tuple[str, Optional[str]]:
+def _device(words: List[str], label: str = "--gpu") -> Tuple[str, Optional[str]]:
     """``--gpu`` words -> (device, gpu_ids)."""
     text = " ".join(words).strip().lower()
     ids = [i for i in text.replace(":", ",").replace(" ", ",").split(",") if i]
     if ids and all(i.isdigit() for i in ids):  # as in RELION: "0" is GPU 0, not "no"
         return "gpu", ",".join(ids)
-    if text in _TRUE or text in ("gpu", "cuda"):
-        return "gpu", None
-    if text in _FALSE or text == "cpu":
-        return "cpu", None
-    if text == "auto":
-        return "auto", None
-    raise InputError("expected yes, no, auto or GPU numbers such as 0 or 0,1",
-                     field="--gpu", value=" ".join(words))
+    named = {"gpu": "gpu", "cuda": "gpu", "cpu": "cpu", "auto": "auto"}
+    if text in named:
+        return named[text], None
+    try:
+        return ("gpu" if yes_no(text, label) else "cpu"), None
+    except InputError:
+        raise InputError("expected yes, no, auto or GPU numbers such as 0 or 0,1",
+                         field=label, value=" ".join(words)) from None
 
 
 def build_config(opts: Dict[str, List[str]]) -> Tuple[JobConfig, List[str]]:
@@ -238,7 +192,7 @@ def build_config(opts: Dict[str, List[str]]) -> Tuple[JobConfig, List[str]]:
     cfg.references = list(opts.get("in_3dref", []))
     cfg.mask = _one_word("in_mask", opts.get("in_mask", []))
     if "j" in opts:
-        cfg.threads = _int("j", opts["j"], 1)
+        cfg.threads = OPTIONS["threads"].parse(_one_word("j", opts["j"], required=True), "--j")
 
     seen: Dict[str, str] = {}
     for raw, words in opts.items():
@@ -269,69 +223,23 @@ def build_config(opts: Dict[str, List[str]]) -> Tuple[JobConfig, List[str]]:
 
 
 def _apply(cfg: JobConfig, name: str, raw: str, words: List[str]) -> None:
-    """Set one parameter. An empty value means "yes" for switches, "default" otherwise."""
-    if not words and PARAMETERS[name][0] not in ("bool", "device"):
+    """Set one parameter from its words, read as its kind says (:data:`RELION_KINDS`, else
+    the option's own). An empty value means "yes" for switches, "default" otherwise."""
+    option, label = PARAMETERS[name], f"--{raw}"
+    kind = RELION_KINDS.get(name, option.kind)
+    if not words and kind not in ("bool", "device"):
         return
-    if name == "mode":
-        text = (_one_word(raw, words, required=True) or "").lower()
-        if text not in MODES:
-            raise InputError(f"expected one of {', '.join(MODES)}", field=f"--{raw}", value=text)
-        cfg.mode = text
-    elif name == "classes":
-        cfg.k_values = _krange(raw, words)
+    if kind == "device":
+        cfg.device, cfg.gpu_ids = _device(words, label)
+    elif kind == "words":
+        setattr(cfg, option.name, " ".join(words))
+    elif kind == "bool":
+        setattr(cfg, option.name, option.parse(" ".join(words), label))
+    elif kind == "k_values":
+        cfg.k_values = parse_k_range(_one_word(raw, words, required=True), field=label)
         cfg.classes = max(cfg.k_values)
-    elif name == "k_scan":
-        cfg.k_scan = _krange(raw, words)
-        if 2 not in cfg.k_scan:
-            raise InputError("must include 2", field=f"--{raw}", value=" ".join(words))
-    elif name in ("subsample", "core_stability"):
-        value = _float(raw, words)
-        if value > 1:
-            raise InputError("expected a fraction in (0, 1]", field=f"--{raw}",
-                             value=" ".join(words))
-        setattr(cfg, name, value)
-    elif name == "min_class_size":
-        from hetclass.stability.settings import parse_min_class_size
-        try:
-            cfg.min_class_size = parse_min_class_size(_one_word(raw, words, required=True))
-        except InputError as exc:
-            raise InputError(exc.message, field=f"--{raw}", value=" ".join(words)) from None
-    elif name == "max_depth":
-        cfg.max_depth = _int(raw, words, 1)
-    elif name == "null_sets":
-        cfg.null_sets = _int(raw, words, 0)
-    elif name == "replicates":
-        cfg.replicates = _int(raw, words, 1)
-    elif name == "max_iter":
-        cfg.max_iter = _int(raw, words, 1)
-    elif name == "starts":
-        cfg.starts = _int(raw, words, 1)
-    elif name == "mpi_ranks":
-        cfg.mpi_ranks = _int(raw, words, 1)
-    elif name == "mpi_launcher":
-        cfg.mpi_launcher = " ".join(words)
-    elif name == "seed":
-        cfg.seed = _int(raw, words, -(2 ** 63))
-    elif name == "target_res":
-        cfg.target_res_A = _float(raw, words)
-    elif name == "tau2_fudge":
-        cfg.tau2_fudge = _float(raw, words)
-    elif name == "particle_diameter":
-        cfg.particle_diameter_A = _float(raw, words)
-    elif name == "convergence":
-        cfg.convergence_pct = _float(raw, words, positive=False)
-        if cfg.convergence_pct < 0:
-            raise InputError("must not be negative", field=f"--{raw}", value=" ".join(words))
-    elif name == "max_memory":
-        cfg.max_memory_GB = _float(raw, words)
-    elif name == "hard":
-        cfg.hard = _bool(raw, words)
-    elif name == "mask_is_focus":
-        cfg.mask_is_focus = _bool(raw, words)
-    elif name == "gpu":
-        cfg.device, cfg.gpu_ids = _device(words)
-    else:  # pragma: no cover - PARAMETERS and _apply out of sync
-        raise AssertionError(name)
+    else:
+        setattr(cfg, option.name, option.parse(_one_word(raw, words, required=True), label))
 
 
 def check_inputs_exist(cfg: JobConfig) -> None:
@@ -343,18 +251,23 @@ def check_inputs_exist(cfg: JobConfig) -> None:
                              f"{os.getcwd()})", file=path, field=option)
 
 
-def classify_options(cfg: JobConfig):
-    """:class:`hetclass.pipeline.ClassifyOptions` for a job (unset fields keep the defaults)."""
-    from hetclass.pipeline import ClassifyOptions
-
-    values = dict(references=tuple(cfg.references), init="ref" if cfg.references else "random",
-                  hard=cfg.hard, threads=cfg.threads)
+def classify_options(cfg: JobConfig) -> ClassifyOptions:
+    """:class:`hetclass.options.ClassifyOptions` for a job (unset fields keep the defaults)."""
+    values: Dict[str, Any] = {name: getattr(cfg, name) for name in CLASSIFY_NAMES
+                              if getattr(cfg, name, None) is not None}
+    values["references"] = tuple(cfg.references)
     if cfg.mask is not None:
         values["focus_mask" if cfg.mask_is_focus else "solvent_mask"] = cfg.mask
-    optional = dict(classes=cfg.classes, target_res_A=cfg.target_res_A, max_iter=cfg.max_iter,
-                    n_init=cfg.starts,
-                    seed=cfg.seed, tau2_fudge=cfg.tau2_fudge, device=cfg.device,
-                    particle_diameter_A=cfg.particle_diameter_A,
-                    convergence_pct=cfg.convergence_pct, max_memory_GB=cfg.max_memory_GB)
-    values.update({k: v for k, v in optional.items() if v is not None})
-    return ClassifyOptions(**values)
+    return options_from_mapping(values)
+
+
+def replicate_values(cfg: JobConfig) -> Dict[str, Any]:
+    """The options of stability / exhaustive for a job: as set, else the defaults of
+    :data:`hetclass.options.OPTIONS` (``jobs``: the job's threads)."""
+    names = ("replicates", "subsample", "null_sets", "core_stability", "min_class_size",
+             "max_depth", "k_scan")
+    values = {name: OPTIONS[name].default if getattr(cfg, name) is None else getattr(cfg, name)
+              for name in names if name != "min_class_size"}
+    values["min_class_size"] = cfg.min_class_size          # None: auto, from the data
+    values["jobs"] = cfg.threads
+    return values

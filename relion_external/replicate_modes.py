@@ -21,7 +21,7 @@ import os
 from typing import Callable, Dict, Iterable, List, Optional, TextIO
 
 from .nodes import Node, project_relative
-from .options import JobConfig, classify_options
+from .options import JobConfig, classify_options, replicate_values
 
 
 def _default_jobs() -> Dict[str, Callable]:
@@ -73,12 +73,10 @@ def log_run_estimate(cfg: JobConfig, particles, options, stdout: TextIO) -> None
     if launched_by_mpi() and world_comm().rank != 0:
         return
     mode = cfg.mode if cfg.mode in ("stability", "exhaustive") else "classify"
-    ks = cfg.k_values or [cfg.classes or options.classes]
-    from hetclass.stability.settings import OPTIONS
-    request = PlanRequest(mode, ks if mode != "exhaustive" else [2],
-                          cfg.replicates or OPTIONS["replicates"].default,
-                          OPTIONS["max_depth"].default if cfg.max_depth is None
-                          else cfg.max_depth, cfg.threads, cfg.subsample)
+    ks = cfg.k_values or [options.classes]
+    values = replicate_values(cfg)
+    request = PlanRequest(mode, ks if mode != "exhaustive" else [2], values["replicates"],
+                          values["max_depth"], values["jobs"], values["subsample"])
     log_estimate(particles, options, request, lambda text: print(text, file=stdout, flush=True),
                  ranks=cfg.mpi_ranks or 1)
 
@@ -90,7 +88,6 @@ def run_replicate_mode(cfg: JobConfig, job, progress, stdout: TextIO, load_parti
     ``jobs`` maps the mode to a function with the signature of ``stability_job`` /
     ``exhaustive_job`` (tests pass fakes); ``load_particles`` likewise.
     """
-    from hetclass.stability.replicates import parse_k_range
     if load_particles is None:
         from hetclass.pipeline import load_particles
     jobs = _default_jobs() if jobs is None else jobs
@@ -99,23 +96,18 @@ def run_replicate_mode(cfg: JobConfig, job, progress, stdout: TextIO, load_parti
     print(f"read {len(particles)} particles from {cfg.in_parts}", file=stdout, flush=True)
     log_run_estimate(cfg, particles, options, stdout)
     job.abort_check()
-    from hetclass.stability.settings import OPTIONS
-    common = dict(n_replicates=cfg.replicates or OPTIONS["replicates"].default,
-                  subsample=cfg.subsample, workers=cfg.threads, particles_path=cfg.in_parts,
-                  progress=progress, abort_check=job.abort_check,
-                  null_sets=OPTIONS["null_sets"].default if cfg.null_sets is None
-                  else cfg.null_sets)
+    values = replicate_values(cfg)
+    common = dict(n_replicates=values["replicates"], subsample=values["subsample"],
+                  workers=values["jobs"], particles_path=cfg.in_parts, progress=progress,
+                  abort_check=job.abort_check, null_sets=values["null_sets"])
     if cfg.mode == "stability":
         summary, _ = jobs["stability"](particles, options, cfg.job_dir, cfg.k_values,
-                                       core_min_stability=cfg.core_stability
-                                       or OPTIONS["core_stability"].default, **common)
+                                       core_min_stability=values["core_stability"], **common)
         files = _stability_files(summary)
     else:
         summary, _ = jobs["exhaustive"](
-            particles, options, cfg.job_dir,
-            min_class_size=cfg.min_class_size,
-            max_depth=OPTIONS["max_depth"].default if cfg.max_depth is None else cfg.max_depth,
-            k_scan=cfg.k_scan or parse_k_range(OPTIONS["k_scan"].default), **common)
+            particles, options, cfg.job_dir, min_class_size=values["min_class_size"],
+            max_depth=values["max_depth"], k_scan=values["k_scan"], **common)
         files = _exhaustive_files(summary)
     nodes = nodes_for_files(cfg.job_dir, files)
     missing = [n.path for n in nodes if not os.path.isfile(n.path)]
@@ -124,6 +116,7 @@ def run_replicate_mode(cfg: JobConfig, job, progress, stdout: TextIO, load_parti
     if not any(n.kind == "particles" for n in nodes):
         raise RuntimeError(f"hetclass {cfg.mode} wrote no particle STAR file in {cfg.job_dir}")
     print(f"{cfg.mode} finished: {len(nodes)} outputs to register", file=stdout, flush=True)
-    if os.path.isfile(os.path.join(cfg.job_dir, "report.html")):
-        print(f"report: {os.path.join(cfg.job_dir, 'report.html')}", file=stdout, flush=True)
+    from hetclass.stability.outputs import REPORT_HTML
+    if os.path.isfile(os.path.join(cfg.job_dir, REPORT_HTML)):
+        print(f"report: {os.path.join(cfg.job_dir, REPORT_HTML)}", file=stdout, flush=True)
     return nodes

@@ -13,9 +13,10 @@ import sys
 import warnings
 
 from hetclass.errors import HetclassWarning, InputError
-from hetclass.pipeline import ClassifyOptions, load_particles, run_classify
+from hetclass.pipeline import load_particles, run_classify
 
-from .mpi_run import add_mpi_option, agreed, args_comm, root_progress
+from .arguments import add_classify_options, options_from_args  # noqa: F401  (re-exported)
+from .mpi_run import agreed, args_comm, root_progress
 from .progress import ClassifyProgress, print_class_table
 
 
@@ -29,75 +30,6 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
                    help="CryoSPARC passthrough .cs joined by uid (repeatable)")
     g.add_argument("--cs-project-dir", metavar="DIR", default=None,
                    help="CryoSPARC project directory that blob/path is relative to")
-
-
-def default_target_text() -> str:
-    """The default of --target-res in words, read from the code that chooses it
-    (:func:`hetclass.preprocess.default_target_res_A`): ``2x Nyquist, not finer than 8 A``."""
-    from hetclass.preprocess import default_target_res_A
-    coarse_px = 1000.0                 # large pixels: the Nyquist multiple shows
-    nyquist_multiple = default_target_res_A(64, coarse_px) / (2 * coarse_px)
-    floor_A = default_target_res_A(64, 1e-6)   # tiny pixels: the floor shows
-    return f"{nyquist_multiple:g}x Nyquist, not finer than {floor_A:g} A"
-
-
-def add_classify_options(parser: argparse.ArgumentParser, classes_required: bool = True) -> None:
-    """Options of one classification; shared by classify, stability and exhaustive."""
-    g = parser.add_argument_group("classification")
-    if classes_required:
-        g.add_argument("--classes", "-K", type=int, required=True, help="number of classes K")
-    g.add_argument("--target-res", type=float, default=None, metavar="A",
-                   help=f"resolution limit in A (default: {default_target_text()})")
-    g.add_argument("--max-iter", type=int, default=25, help="maximum EM iterations (default 25)")
-    g.add_argument("--starts", type=int, default=3, metavar="N",
-                   help="short exploration starts from random references; the one with the "
-                        "best held-out evidence is refined (default 3; 1 with K --ref maps)")
-    g.add_argument("--convergence", type=float, default=0.5, metavar="PCT",
-                   help="stop when fewer than PCT %% of particles change class (default 0.5)")
-    g.add_argument("--tau2-fudge", "-T", type=float, default=4.0,
-                   help="regularisation parameter T, RELION's tau2_fudge (default 4)")
-    g.add_argument("--hard", action="store_true", help="hard assignment instead of soft posteriors")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    g.add_argument("--init", choices=("random", "ref"), default=None,
-                   help="random: K reconstructions from random subsets; ref: from --ref maps")
-    g.add_argument("--ref", action="append", default=[], metavar="MAP",
-                   help="reference map(s): one (K perturbed copies) or K maps; repeatable")
-    g.add_argument("--init-lowpass", type=float, default=30.0, metavar="A",
-                   help="low-pass of the initial references in A (default 30)")
-    g.add_argument("--particle-diameter", type=float, default=None, metavar="A",
-                   help="soft spherical mask diameter in A (default: 85%% of the box)")
-    g.add_argument("--solvent-mask", default=None, metavar="MRC", help="solvent mask for the maps")
-    g.add_argument("--focus-mask", default=None, metavar="MRC",
-                   help="classes may differ only inside this mask (focused classification)")
-    h = parser.add_argument_group("compute")
-    h.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu")
-    h.add_argument("--threads", "-j", type=int, default=1)
-    h.add_argument("--batch-size", type=int, default=None)
-    h.add_argument("--max-memory", type=float, default=None, metavar="GB",
-                   help="bound on this process's host memory (per MPI rank): sets batch sizes, "
-                        "operator caching and whether the data stay in RAM or stream from the "
-                        "cache on disk (--cache, else a temporary one); too small a bound is an "
-                        "error that states the minimum")
-    h.add_argument("--cache", default=None, metavar="DIR",
-                   help="cropped Fourier cache: written once by preprocessing, reused without "
-                        "reading any image by later runs and replicates with the same inputs")
-    add_mpi_option(h)
-
-
-def options_from_args(args, classes=None) -> ClassifyOptions:
-    refs = tuple(args.ref or ())
-    init = args.init or ("ref" if refs else "random")
-    if init == "ref" and not refs:
-        raise InputError("--init ref needs at least one --ref map", field="--init", value=init)
-    return ClassifyOptions(
-        classes=int(classes if classes is not None else args.classes),
-        target_res_A=args.target_res, max_iter=args.max_iter, n_init=args.starts,
-        convergence_pct=args.convergence,
-        tau2_fudge=args.tau2_fudge, hard=args.hard, seed=args.seed, init=init,
-        init_lowpass_A=args.init_lowpass, references=refs,
-        particle_diameter_A=args.particle_diameter, solvent_mask=args.solvent_mask,
-        focus_mask=args.focus_mask, device=args.device, threads=args.threads,
-        batch_size=args.batch_size, max_memory_GB=args.max_memory, cache_dir=args.cache)
 
 
 def load_from_args(args, warn: bool = True):

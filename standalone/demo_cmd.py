@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from hetclass.errors import InputError
-from hetclass.pipeline import ClassifyOptions
+from hetclass.options import OPTIONS, ClassifyOptions
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -32,10 +32,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--snr", type=float, default=0.15, help="signal-to-noise ratio (0.15)")
     parser.add_argument("--box", type=int, default=64, help="box size in pixels (64)")
     parser.add_argument("--pixel-size", type=float, default=3.0, help="pixel size in A (3.0)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of simulation and classification")
-    parser.add_argument("--max-iter", type=int, default=ClassifyOptions.max_iter,
-                        help=f"maximum EM iterations ({ClassifyOptions.max_iter})")
-    parser.add_argument("--threads", "-j", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=OPTIONS["seed"].default,
+                        help="seed of simulation and classification")
+    parser.add_argument("--max-iter", type=int, default=OPTIONS["max_iter"].default,
+                        help=f"maximum EM iterations ({OPTIONS['max_iter'].default})")
+    parser.add_argument("--threads", "-j", type=int, default=OPTIONS["threads"].default)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing non-empty --out (the demo always starts afresh)")
 

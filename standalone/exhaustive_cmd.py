@@ -19,23 +19,21 @@ import argparse
 import os
 import sys
 
-from hetclass.stability.replicates import parse_k_range
-from hetclass.stability.settings import parse_min_class_size
-
-from .classify_cmd import (add_classify_options, add_input_options, check_out, load_from_args,
-                           options_from_args)
+from .arguments import add_classify_options, add_option, values_from_args
+from .classify_cmd import add_input_options, check_out, load_from_args, options_from_args
 from .mpi_run import agreed, args_comm, root_progress
 from .progress import ReplicateProgress
-from .stability_cmd import (add_option, add_output_options, add_replicate_options, check_resume,
-                            print_report)
+from .stability_cmd import (REPLICATE_OPTIONS, add_output_options, add_replicate_options,
+                            check_resume, print_report)
+
+SPLITTING_OPTIONS = ("min_class_size", "max_depth", "k_scan")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     add_input_options(parser)
     g = parser.add_argument_group("splitting")
-    add_option(g, "min_class_size")
-    add_option(g, "max_depth", type=int)
-    add_option(g, "k_scan")
+    for name in SPLITTING_OPTIONS:
+        add_option(g, name)
     add_replicate_options(parser)
     add_classify_options(parser, classes_required=False)
     add_output_options(parser)
@@ -46,21 +44,21 @@ def main(args) -> int:
 
     def setup():
         options = options_from_args(args, classes=2)
-        k_scan = parse_k_range(args.k_scan)
-        min_size = parse_min_class_size(args.min_class_size)
+        values = values_from_args(args, REPLICATE_OPTIONS + SPLITTING_OPTIONS)
         check_resume(args)
         check_out(args.out, args.overwrite, args.resume)
-        return options, k_scan, min_size, load_from_args(args, warn=comm.is_root)
-    options, k_scan, min_size, particles = agreed(comm, setup)
+        return options, values, load_from_args(args, warn=comm.is_root)
+    options, values, particles = agreed(comm, setup)
     # a node scans K = 2 first: its replicates are the first phase's tasks
     printer = None if args.quiet else ReplicateProgress(sys.stderr, options.max_iter,
-                                                        tasks=args.replicates)
+                                                        tasks=values["replicates"])
     from hetclass.stability.exhaustive import exhaustive_job    # heavy: only when used
     from hetclass.stability.outputs import exhaustive_key_table
     try:
-        summary, _ = exhaustive_job(particles, options, args.out, min_size, args.max_depth,
-                                    args.replicates, args.subsample, k_scan, args.null_sets,
-                                    args.jobs, particles_path=args.particles,
+        summary, _ = exhaustive_job(particles, options, args.out, values["min_class_size"],
+                                    values["max_depth"], values["replicates"],
+                                    values["subsample"], values["k_scan"], values["null_sets"],
+                                    values["jobs"], particles_path=args.particles,
                                     progress=root_progress(comm, printer), comm=comm,
                                     resume=args.resume)
     finally:

@@ -17,21 +17,23 @@ import argparse
 import sys
 
 from hetclass.errors import InputError
-from hetclass.stability.replicates import parse_k_range
+from hetclass.options import OPTIONS, parse_k_range
 
-from .classify_cmd import add_classify_options, add_input_options, load_from_args, options_from_args
+from .arguments import add_classify_options, add_option, options_from_args, values_from_args
+from .classify_cmd import add_input_options, load_from_args
+
+PLANNED_OPTIONS = ("replicates", "max_depth", "jobs", "subsample")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     add_input_options(parser)
     g = parser.add_argument_group("run to plan")
     g.add_argument("--mode", choices=("classify", "stability", "exhaustive"), default="classify")
-    g.add_argument("--classes", "-K", default="4", metavar="K|KMIN-KMAX",
-                   help="classes, or a range (stability; classify plans each K)")
-    g.add_argument("--replicates", "-R", type=int, default=5)
-    g.add_argument("--max-depth", type=int, default=3, help="exhaustive: deepest level (3)")
-    g.add_argument("--jobs", type=int, default=None, help="replicates at the same time")
-    g.add_argument("--subsample", type=float, default=None, metavar="F")
+    add_option(g, "classes", type=str, default=str(OPTIONS["classes"].default),
+               metavar="K|KMIN-KMAX", help="classes, or a range (stability; classify plans "
+               f"each K) (default {OPTIONS['classes'].default_text()})")
+    for name in PLANNED_OPTIONS:
+        add_option(g, name)
     m = parser.add_argument_group("machine (default: this one)")
     m.add_argument("--cores", type=int, default=None)
     m.add_argument("--memory-GB", type=float, default=None)
@@ -50,8 +52,7 @@ def main(args) -> int:
     from hetclass.plan_report import PlanRequest, parse_duration_s, plan_lines
 
     k_values = parse_k_range(args.classes)
-    if args.replicates < 1:
-        raise InputError("must be >= 1", field="--replicates", value=args.replicates)
+    values = values_from_args(args, PLANNED_OPTIONS)
     budget = None if args.budget is None else parse_duration_s(args.budget)
     machine = local_machine()
     for name, value in (("cores", args.cores), ("memory_GB", args.memory_GB),
@@ -64,7 +65,8 @@ def main(args) -> int:
     options = options_from_args(args, classes=max(k_values))
     particles = load_from_args(args)
     request = PlanRequest(args.mode, [k for k in k_values] if args.mode != "exhaustive" else [2],
-                          args.replicates, args.max_depth, args.jobs, args.subsample)
+                          values["replicates"], values["max_depth"], values["jobs"],
+                          values["subsample"])
     lines = plan_lines(particles, options, request, machine=machine,
                        probe=not args.no_probe, budget_s=budget,
                        log=lambda text: print(text, file=sys.stderr, flush=True))

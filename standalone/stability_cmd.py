@@ -23,30 +23,29 @@ import os
 import sys
 
 from hetclass.errors import InputError
-from hetclass.stability.replicates import parse_k_range
+from hetclass.options import parse_k_range
 
-from .classify_cmd import (add_classify_options, add_input_options, check_out, load_from_args,
-                           options_from_args)
+from .arguments import add_classify_options, add_option, values_from_args
+from .classify_cmd import add_input_options, check_out, load_from_args, options_from_args
 from .mpi_run import agreed, args_comm, root_progress
 from .progress import ReplicateProgress
 
+# options of every replicate command, read back with values_from_args
+REPLICATE_OPTIONS = ("replicates", "subsample", "null_sets", "jobs")
 
-def add_option(group, name: str, **kwargs) -> None:
-    """One option of :data:`hetclass.stability.settings.OPTIONS` (flag, default, help)."""
-    from hetclass.stability.settings import OPTIONS
-    o = OPTIONS[name]
-    group.add_argument(o.flag, *kwargs.pop("aliases", ()), default=o.default,
-                       metavar=o.metavar, help=o.help_text(), **kwargs)
+
+def add_classes_range(group) -> None:
+    """``--classes K|KMIN-KMAX``: the flag of :data:`hetclass.options.OPTIONS` ``classes``
+    taking a range."""
+    add_option(group, "classes", type=str, metavar="K|KMIN-KMAX", required=True,
+               help="number of classes, or a range to scan (e.g. 1-6)")
 
 
 def add_replicate_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by stability and exhaustive."""
     g = parser.add_argument_group("replicates")
-    add_option(g, "replicates", aliases=("-R",), type=int)
-    add_option(g, "subsample", type=float)
-    add_option(g, "null_sets", type=int)
-    g.add_argument("--jobs", type=int, default=None, metavar="N",
-                   help="classifications run at the same time (default: one per core)")
+    for name in REPLICATE_OPTIONS:
+        add_option(g, name)
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -81,22 +80,21 @@ def main(args) -> int:
     def setup():
         k_values = parse_k_range(args.classes)
         options = options_from_args(args, classes=max(k_values))
+        values = values_from_args(args, REPLICATE_OPTIONS + ("core_stability",))
         check_resume(args)
         check_out(args.out, args.overwrite, args.resume)
-        if args.jobs is not None and args.jobs < 1:
-            raise InputError("must be >= 1", field="--jobs", value=args.jobs)
-        return k_values, options, load_from_args(args, warn=comm.is_root)
-    k_values, options, particles = agreed(comm, setup)
+        return k_values, options, values, load_from_args(args, warn=comm.is_root)
+    k_values, options, values, particles = agreed(comm, setup)
     printer = None if args.quiet else ReplicateProgress(
-        sys.stderr, options.max_iter, tasks=len(k_values) * args.replicates)
+        sys.stderr, options.max_iter, tasks=len(k_values) * values["replicates"])
     from hetclass.stability.analysis import stability_job      # heavy: only when used
     from hetclass.stability.outputs import stability_key_tables
     try:
-        summary, _ = stability_job(particles, options, args.out, k_values, args.replicates,
-                                   args.subsample, args.jobs, args.core_stability,
-                                   particles_path=args.particles,
+        summary, _ = stability_job(particles, options, args.out, k_values, values["replicates"],
+                                   values["subsample"], values["jobs"],
+                                   values["core_stability"], particles_path=args.particles,
                                    progress=root_progress(comm, printer), comm=comm,
-                                   resume=args.resume, null_sets=args.null_sets)
+                                   resume=args.resume, null_sets=values["null_sets"])
     finally:
         if printer is not None:
             printer.close()

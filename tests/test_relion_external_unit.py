@@ -150,14 +150,14 @@ def test_real_relion_argv_parses_like_relion_gave_it(fixtures):
 def test_parameters_values_flags_and_words():
     argv = ["--o", "External/job009/", "--in_parts", "p.star", "--in_3dref", "a.mrc", "b.mrc",
             "--mode", "stability", "--classes", "2", "--replicates", "4", "--target_res", "12.5",
-            "--max_iter", "9", "--seed", "-3", "--hard", "--mask_is_focus", "yes", "--gpu", "1",
+            "--max_iter", "9", "--seed", "3", "--hard", "--mask_is_focus", "yes", "--gpu", "1",
             "--tau2_fudge", "2", "--particle_diameter=150", "--Max-Iter", "10", "--j", "3"]
     opts, notes = parse_argv(argv)
     assert notes == []
     cfg, warnings = build_config(opts)
     assert cfg.references == ["a.mrc", "b.mrc"]
     assert cfg.mode == "stability"
-    assert (cfg.classes, cfg.replicates, cfg.max_iter, cfg.seed, cfg.threads) == (2, 4, 10, -3, 3)
+    assert (cfg.classes, cfg.replicates, cfg.max_iter, cfg.seed, cfg.threads) == (2, 4, 10, 3, 3)
     assert cfg.target_res_A == 12.5 and cfg.tau2_fudge == 2.0 and cfg.particle_diameter_A == 150.0
     assert cfg.hard is True and cfg.mask_is_focus is True
     assert (cfg.device, cfg.gpu_ids) == ("gpu", "1")
@@ -182,7 +182,8 @@ def test_empty_values_keep_defaults_and_switches_turn_on():
 @pytest.mark.parametrize("opt, words, shown", [
     ("classes", ["abc"], "abc"), ("classes", ["0"], "0"), ("mode", ["refine"], "refine"),
     ("hard", ["maybe"], "maybe"), ("target_res", ["-4"], "-4"), ("gpu", ["fast"], "fast"),
-    ("seed", ["1", "2"], "1 2")])
+    ("seed", ["1", "2"], "1 2"), ("seed", ["-3"], "-3"), ("replicates", ["1"], "1"),
+    ("subsample", ["0"], "0"), ("k_scan", ["3-4"], "3-4"), ("min_class_size", ["0"], "0")])
 def test_bad_values_name_option_and_value(opt, words, shown):
     with pytest.raises(InputError) as err:
         build_config({"o": ["J/"], "in_parts": ["p.star"], opt: words})

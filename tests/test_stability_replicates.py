@@ -13,9 +13,10 @@ import pytest
 
 from hetclass.errors import AbortRequested, InputError
 from hetclass.fsc import fsc as fsc_curve
+from hetclass.options import parse_k_range
 from hetclass.stability.exhaustive import explore
-from hetclass.stability.replicates import (consensus_maps, parse_k_range, replicate_seeds,
-                                           run_replicates, subsample_rows)
+from hetclass.stability.replicates import (consensus_maps, replicate_seeds, run_replicates,
+                                           subsample_rows)
 
 BOX = 12
 

@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .. import seeds
+from ..options import NULL_SETS  # null data sets per run (each classified at two sizes)
 
 NOISE_BLOCK = 256
 
@@ -124,7 +125,6 @@ def null_dataset(prepared, model: OneStateModel, seed, index: int, device: str =
 
 
 # ----- null classifications ---------------------------------------------------------------
-NULL_SETS = 4            # null data sets per run (each classified at two sizes)
 SMALL_FRACTION = 0.25    # the second classification of a null set: this fraction of it
 
 

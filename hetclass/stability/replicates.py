@@ -30,7 +30,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -38,7 +38,7 @@ from .. import seeds
 from ..errors import InputError
 from .tasks import compact, default_workers, run_tasks
 
-SeedLike = Union[int, np.random.SeedSequence]
+SeedLike = seeds.SeedLike
 
 
 @dataclass
@@ -72,23 +72,15 @@ class ReplicateRun:
         return int(self.labels.shape[0])
 
 
-def as_seed_sequence(seed: SeedLike) -> np.random.SeedSequence:
-    if isinstance(seed, np.random.SeedSequence):
-        return seed
-    if seed is None or int(seed) < 0:
-        raise InputError("seed must be an integer >= 0", field="--seed", value=seed)
-    return np.random.SeedSequence(int(seed))
-
-
 def replicate_seeds(seed: SeedLike, n_replicates: int) -> List[np.random.SeedSequence]:
     """The seeds of replicates 0..R-1: the named streams ``("replicate", r)`` of ``seed``."""
-    root = as_seed_sequence(seed)
+    root = seeds.root(seed)
     return [seeds.stream(root, "replicate", r) for r in range(n_replicates)]
 
 
 def analysis_seed(seed: SeedLike) -> np.random.SeedSequence:
     """Stream for the analysis (PAC pair sampling), apart from every replicate."""
-    return seeds.stream(as_seed_sequence(seed), "analysis")
+    return seeds.stream(seeds.root(seed), "analysis")
 
 
 def subsample_rows(seed: SeedLike, replicate: int, n: int,
@@ -98,7 +90,7 @@ def subsample_rows(seed: SeedLike, replicate: int, n: int,
     ``fraction`` is None or 1."""
     if fraction is None or fraction >= 1.0:
         return np.arange(n)
-    rng = seeds.rng(as_seed_sequence(seed), "subsample", replicate)
+    rng = seeds.rng(seeds.root(seed), "subsample", replicate)
     m = max(2, int(round(fraction * n)))
     return np.sort(rng.choice(n, size=min(m, n), replace=False))
 
@@ -291,27 +283,3 @@ def consensus_maps(run: ReplicateRun, perms: np.ndarray):
         halves[:, perms[r]] += run.half_maps[r]
     return ((maps / run.n_replicates).astype(np.float32),
             (halves / run.n_replicates).astype(np.float32))
-
-
-def parse_k_range(text: Union[str, int, Sequence[int]]) -> List[int]:
-    """``"4"`` -> [4]; ``"2-5"`` -> [2, 3, 4, 5]; a list stays a sorted list. InputError
-    naming ``--classes`` otherwise."""
-    if isinstance(text, (int, np.integer)):
-        values = [int(text)]
-    elif isinstance(text, str):
-        s = text.strip()
-        try:
-            if "-" in s:
-                lo, hi = (int(v) for v in s.split("-", 1))
-                values = list(range(lo, hi + 1))
-            else:
-                values = [int(s)]
-        except ValueError:
-            raise InputError("expected K or KMIN-KMAX, e.g. 4 or 2-6", field="--classes",
-                             value=text) from None
-    else:
-        values = sorted({int(v) for v in text})
-    if not values or min(values) < 1:
-        raise InputError("expected K or KMIN-KMAX with 1 <= KMIN <= KMAX", field="--classes",
-                         value=text)
-    return values

@@ -1,5 +1,8 @@
 """What both hetclass protocols share: engine parameters, input conversion, validation.
 
+The form is written by hand (pyworkflow Params), but its defaults, bounds and help texts
+come from the one options model, :data:`hetclass.options.OPTIONS`; so do the options and
+the ``hetclass`` command line of a run (:func:`classify_options`, :func:`cli_arguments`).
 File names inside a run's ``extra/`` folder are defined here, once.
 """
 
@@ -7,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import pyworkflow.protocol.params as params
 from pyworkflow.protocol.constants import GPU_LIST, USE_GPU
 
-from hetclass.masks import DEFAULT_DIAMETER_FRACTION
+from hetclass.options import OPTIONS, options_from_mapping, options_to_argv
 
 INPUT_STAR = "input_particles.star"       # the input as a RELION 3.1 STAR (absolute stack paths)
 INPUT_IDS = "input_ids.npy"               # (n,) int64 Scipion ids, row order of INPUT_STAR
@@ -37,34 +40,55 @@ def define_input_params(form, with_references: bool = True) -> None:
     form.addParam("focusMask", params.PointerParam, pointerClass="VolumeMask",
                   allowsNull=True, label="Focus mask",
                   help="Optional: classify on this region only (same box as the particles).")
-    form.addParam("particleDiameter", params.FloatParam, default=0.0,
+    form.addParam("particleDiameter", params.FloatParam,
                   expertLevel=params.LEVEL_ADVANCED, label="Particle diameter (A)",
-                  help=f"Circular mask diameter; 0 = {DEFAULT_DIAMETER_FRACTION:.0%} of the box.")
+                  **model_param("particle_diameter_A", zero_is_default=True))
 
 
-def define_engine_params(form, classes_default: int = 3, with_classes: bool = True) -> None:
+# form parameter -> option of hetclass.options.OPTIONS (defaults, bounds, help from there)
+FORM_OPTIONS = {"numberOfClasses": "classes", "targetResolution": "target_res_A",
+                "maxIterations": "max_iter", "tau2Fudge": "tau2_fudge",
+                "hardAssignment": "hard", "randomSeed": "seed", "initLowpass": "init_lowpass_A",
+                "convergencePct": "convergence_pct", "particleDiameter": "particle_diameter_A",
+                "replicates": "replicates", "coreStability": "core_stability",
+                "nullSets": "null_sets", "subsample": "subsample",
+                "minClassSize": "min_class_size", "maxDepth": "max_depth"}
+# the form parameters that are options of one classification
+CLASSIFY_FORM = ("classes", "target_res_A", "max_iter", "tau2_fudge", "hard", "seed",
+                 "init_lowpass_A", "convergence_pct", "particle_diameter_A")
+
+
+def model_param(name: str, zero_is_default: bool = False) -> dict:
+    """``default``, ``help`` and (integers) ``validators`` of a form parameter from the
+    option ``name``; ``zero_is_default``: the option's default is None, shown as 0."""
+    option = OPTIONS[name]
+    kwargs = {"default": 0 if zero_is_default else option.default,
+              "help": (f"{option.help}; 0 = {option.default_text()}." if zero_is_default
+                       else f"{option.help_text()}.")}
+    if option.kind == "int" and option.low is not None and not zero_is_default:
+        kwargs["validators"] = [params.GE(option.low)]
+    return kwargs
+
+
+def define_engine_params(form, with_classes: bool = True) -> None:
     """Classification parameters shared by both protocols, then GPU and threads."""
     form.addSection(label="Classification")
     if with_classes:
-        form.addParam("numberOfClasses", params.IntParam, default=classes_default,
-                      validators=[params.GE(1)], label="Number of classes (K)")
-    form.addParam("targetResolution", params.FloatParam, default=0.0,
-                  label="Target resolution (A)",
-                  help="Images are Fourier-cropped to this resolution before EM; "
-                       "0 = chosen from the data.")
-    form.addParam("maxIterations", params.IntParam, default=25, validators=[params.GE(1)],
-                  label="Maximum iterations")
-    form.addParam("tau2Fudge", params.FloatParam, default=4.0, label="Regularisation T",
-                  help="RELION's tau2 fudge: larger values trust the data more.")
-    form.addParam("hardAssignment", params.BooleanParam, default=False,
-                  label="Hard assignment?",
-                  help="Each particle contributes to its best class only.")
-    form.addParam("randomSeed", params.IntParam, default=0, label="Random seed")
-    form.addParam("initLowpass", params.FloatParam, default=30.0,
-                  expertLevel=params.LEVEL_ADVANCED, label="Initial low-pass (A)")
-    form.addParam("convergencePct", params.FloatParam, default=0.5,
-                  expertLevel=params.LEVEL_ADVANCED, label="Convergence (% changed)",
-                  help="Stop when fewer than this % of particles change class.")
+        form.addParam("numberOfClasses", params.IntParam, label="Number of classes (K)",
+                      **model_param("classes"))
+    form.addParam("targetResolution", params.FloatParam, label="Target resolution (A)",
+                  **model_param("target_res_A", zero_is_default=True))
+    form.addParam("maxIterations", params.IntParam, label="Maximum iterations",
+                  **model_param("max_iter"))
+    form.addParam("tau2Fudge", params.FloatParam, label="Regularisation T",
+                  **model_param("tau2_fudge"))
+    form.addParam("hardAssignment", params.BooleanParam, label="Hard assignment?",
+                  **model_param("hard"))
+    form.addParam("randomSeed", params.IntParam, label="Random seed", **model_param("seed"))
+    form.addParam("initLowpass", params.FloatParam, expertLevel=params.LEVEL_ADVANCED,
+                  label="Initial low-pass (A)", **model_param("init_lowpass_A"))
+    form.addParam("convergencePct", params.FloatParam, expertLevel=params.LEVEL_ADVANCED,
+                  label="Convergence (% changed)", **model_param("convergence_pct"))
     form.addHidden(USE_GPU, params.BooleanParam, default=False, label="Use GPU?",
                    help="Run the EM on a GPU with CuPy (pip install hetclass[gpu]).")
     form.addHidden(GPU_LIST, params.StringParam, default="0", label="GPU id",
@@ -73,9 +97,8 @@ def define_engine_params(form, classes_default: int = 3, with_classes: bool = Tr
 
 
 def classify_options(prot, classes: int):
-    """A :class:`hetclass.pipeline.ClassifyOptions` from the protocol's form."""
-    from hetclass.pipeline import ClassifyOptions
-
+    """A checked :class:`hetclass.options.ClassifyOptions` from the protocol's form (0 in
+    the target resolution and diameter: the model's default)."""
     def path_of(pointer):
         obj = pointer.get() if pointer is not None else None
         return None if obj is None else os.path.abspath(obj.getFileName())
@@ -87,22 +110,19 @@ def classify_options(prot, classes: int):
             refs = tuple(os.path.abspath(v.getFileName()) for v in ref_obj.iterItems(orderBy="id"))
         else:
             refs = (os.path.abspath(ref_obj.getFileName()),)
-    target = float(prot.targetResolution.get() or 0)
-    diameter = float(prot.particleDiameter.get() or 0)
     use_gpu = bool(prot.getAttributeValue(USE_GPU, False))
     from scipion_hetclass import HETCLASS_CACHE_DIR
-    cache = os.environ.get(HETCLASS_CACHE_DIR) or None
-    return ClassifyOptions(
-        classes=int(classes), target_res_A=target if target > 0 else None,
-        max_iter=int(prot.maxIterations.get()), convergence_pct=float(prot.convergencePct.get()),
-        tau2_fudge=float(prot.tau2Fudge.get()), hard=bool(prot.hardAssignment.get()),
-        seed=int(prot.randomSeed.get()), init="ref" if refs else "random",
-        init_lowpass_A=float(prot.initLowpass.get()), references=refs,
-        particle_diameter_A=diameter if diameter > 0 else None,
+    values = {option: getattr(prot, param).get() for param, option in FORM_OPTIONS.items()
+              if option in CLASSIFY_FORM and hasattr(prot, param)}
+    values.update(
+        classes=int(classes), references=refs,
+        target_res_A=float(prot.targetResolution.get() or 0) or None,
+        particle_diameter_A=float(prot.particleDiameter.get() or 0) or None,
         solvent_mask=path_of(prot.solventMask), focus_mask=path_of(prot.focusMask),
         device=os.environ.get("HETCLASS_DEVICE", "auto") if use_gpu else "cpu",
         threads=max(1, int(prot.numberOfThreads.get() or 1)),
-        cache_dir=cache)
+        cache_dir=os.environ.get(HETCLASS_CACHE_DIR) or None)
+    return options_from_mapping(values)
 
 
 def select_gpu(prot) -> None:
@@ -122,28 +142,13 @@ def mpi_ranks(prot) -> int:
     return max(1, int(value or 1))
 
 
-def cli_arguments(command: str, options, out_dir: str, star: str) -> List[str]:
+def cli_arguments(command: str, options, out_dir: str, star: str, **extra) -> List[str]:
     """``python`` arguments running ``hetclass <command>`` with ``options`` (a
-    :class:`hetclass.pipeline.ClassifyOptions`) on ``star`` into ``out_dir`` under MPI."""
-    args = ["-m", "hetclass_standalone.main", command, "--particles", os.path.abspath(star),
-            "--project-dir", os.getcwd(), "--out", os.path.abspath(out_dir), "--mpi", "on",
-            "--threads", str(options.threads), "--device", options.device,
-            "--max-iter", str(options.max_iter), "--convergence", str(options.convergence_pct),
-            "--tau2-fudge", str(options.tau2_fudge), "--seed", str(options.seed),
-            "--init", options.init, "--init-lowpass", str(options.init_lowpass_A)]
-    if command == "classify":
-        args += ["--classes", str(options.classes)]
-    if options.hard:
-        args.append("--hard")
-    for ref in options.references:
-        args += ["--ref", ref]
-    for flag, value in (("--target-res", options.target_res_A),
-                        ("--particle-diameter", options.particle_diameter_A),
-                        ("--solvent-mask", options.solvent_mask),
-                        ("--focus-mask", options.focus_mask), ("--cache", options.cache_dir)):
-        if value is not None:
-            args += [flag, str(value)]
-    return args
+    :class:`hetclass.options.ClassifyOptions`) and ``extra`` (replicate options by name)
+    on ``star`` into ``out_dir`` under MPI (:func:`hetclass.options.options_to_argv`)."""
+    return (["-m", "hetclass_standalone.main", command, "--particles", os.path.abspath(star),
+             "--project-dir", os.getcwd(), "--out", os.path.abspath(out_dir), "--mpi", "on"]
+            + options_to_argv(options, command, **extra))
 
 
 def run_mpi(prot, args: List[str]) -> None:
@@ -176,11 +181,14 @@ def load_input(prot):
     return particles, np.load(prot._getExtraPath(INPUT_IDS))
 
 
-def log_estimate(prot, options, mode: str, k_values, replicates: int = 5, max_depth: int = 3,
-                 jobs=None, subsample=None) -> None:
-    """Log the run's expected time and memory (:func:`hetclass.plan_report.log_estimate`)."""
+def log_estimate(prot, options, mode: str, k_values, replicates: Optional[int] = None,
+                 max_depth: Optional[int] = None, jobs=None, subsample=None) -> None:
+    """Log the run's expected time and memory (:func:`hetclass.plan_report.log_estimate`);
+    ``replicates`` / ``max_depth`` None: the defaults of :data:`hetclass.options.OPTIONS`."""
     from hetclass.plan_report import PlanRequest
     from hetclass.plan_report import log_estimate as estimate
+    replicates = OPTIONS["replicates"].default if replicates is None else replicates
+    max_depth = OPTIONS["max_depth"].default if max_depth is None else max_depth
     particles, _ = load_input(prot)
     estimate(particles, options, PlanRequest(mode, list(k_values), replicates, max_depth, jobs,
                                              subsample), prot.info, ranks=mpi_ranks(prot))

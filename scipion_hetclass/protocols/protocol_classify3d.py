@@ -37,7 +37,7 @@ class HetClassProtClassify3D(ProtClassify3D):
     # ----- form -------------------------------------------------------------------------
     def _defineParams(self, form):
         common.define_input_params(form, with_references=True)
-        common.define_engine_params(form, classes_default=3)
+        common.define_engine_params(form)
 
     # ----- steps ------------------------------------------------------------------------
     def _insertAllSteps(self):
@@ -58,6 +58,7 @@ class HetClassProtClassify3D(ProtClassify3D):
         if os.path.exists(result_path):
             return
         from hetclass.io.atomic import atomic_path
+        from hetclass.outputs import POSTERIORS, RUN_JSON
         from hetclass.pipeline import run_classify
 
         common.select_gpu(self)
@@ -69,8 +70,8 @@ class HetClassProtClassify3D(ProtClassify3D):
             args = common.cli_arguments("classify", options, out_dir,
                                         self._getExtraPath(common.INPUT_STAR))
             common.run_mpi(self, args + (["--continue"] if resume else []))
-            info = common.read_json(os.path.join(out_dir, "run.json"), {})
-            posteriors = np.load(os.path.join(out_dir, "run_posteriors.npy"))
+            info = common.read_json(os.path.join(out_dir, RUN_JSON), {})
+            posteriors = np.load(os.path.join(out_dir, POSTERIORS))
             labels, n_iter = posteriors.argmax(axis=1), len(info.get("iterations", []))
             resolution, fractions = info["resolution_A"], info["class_fractions"]
         else:
@@ -130,7 +131,8 @@ class HetClassProtClassify3D(ProtClassify3D):
 
     def _mapPath(self, c: int) -> str:
         """Class map of 0-based class ``c`` (relative to the project, as Scipion stores it)."""
-        return self._getExtraPath(CLASSIFY_DIR, f"run_class{c + 1:03d}.mrc")
+        from hetclass.outputs import class_map_name
+        return self._getExtraPath(CLASSIFY_DIR, class_map_name(c))
 
     # ----- info -------------------------------------------------------------------------
     def _validate(self):

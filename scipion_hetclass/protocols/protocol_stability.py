@@ -19,6 +19,8 @@ from pwem.protocols import ProtClassify3D
 from pyworkflow import BETA
 from pyworkflow.object import Float, Integer, String
 
+from hetclass.options import OPTIONS
+
 from . import common
 
 STABILITY_DIR = "stability"
@@ -40,7 +42,7 @@ class HetClassProtStability(ProtClassify3D):
 
     # ----- form -------------------------------------------------------------------------
     def _defineParams(self, form):
-        from hetclass.stability.settings import OPTIONS
+        model = common.model_param
         common.define_input_params(form, with_references=False)
         form.addSection(label="Stability")
         form.addParam("exhaustive", params.BooleanParam, default=False,
@@ -52,25 +54,19 @@ class HetClassProtStability(ProtClassify3D):
                                  "(or K when minimum = maximum).")
         line.addParam("kMin", params.IntParam, default=2, label="minimum")
         line.addParam("kMax", params.IntParam, default=4, label="maximum")
-        form.addParam("replicates", params.IntParam, default=OPTIONS["replicates"].default,
-                      validators=[params.GE(2)], label="Replicates per K",
-                      help=OPTIONS["replicates"].help_text())
-        form.addParam("coreStability", params.FloatParam,
-                      default=OPTIONS["core_stability"].default,
-                      condition="not exhaustive", label="Stable-core threshold",
-                      help=OPTIONS["core_stability"].help_text())
-        form.addParam("nullSets", params.IntParam, default=OPTIONS["null_sets"].default,
-                      validators=[params.GE(0)], expertLevel=params.LEVEL_ADVANCED,
-                      label="Null data sets", help=OPTIONS["null_sets"].help_text())
-        form.addParam("subsample", params.FloatParam, default=0.0,
-                      expertLevel=params.LEVEL_ADVANCED, label="Subsample fraction",
-                      help="Each replicate classifies this random fraction (0 = all).")
-        form.addParam("minClassSize", params.IntParam, default=0, condition="exhaustive",
+        form.addParam("replicates", params.IntParam, label="Replicates per K",
+                      **model("replicates"))
+        form.addParam("coreStability", params.FloatParam, condition="not exhaustive",
+                      label="Stable-core threshold", **model("core_stability"))
+        form.addParam("nullSets", params.IntParam, expertLevel=params.LEVEL_ADVANCED,
+                      label="Null data sets", **model("null_sets"))
+        form.addParam("subsample", params.FloatParam, expertLevel=params.LEVEL_ADVANCED,
+                      label="Subsample fraction", **model("subsample", zero_is_default=True))
+        form.addParam("minClassSize", params.IntParam, condition="exhaustive",
                       validators=[params.GE(0)], label="Minimum class size (0 = auto)",
-                      help=OPTIONS["min_class_size"].help_text())
-        form.addParam("maxDepth", params.IntParam, default=OPTIONS["max_depth"].default,
-                      condition="exhaustive", label="Maximum depth",
-                      help=OPTIONS["max_depth"].help_text())
+                      **model("min_class_size", zero_is_default=True))
+        form.addParam("maxDepth", params.IntParam, condition="exhaustive",
+                      label="Maximum depth", **model("max_depth"))
         common.define_engine_params(form, with_classes=False)
 
     # ----- steps ------------------------------------------------------------------------
@@ -116,8 +112,9 @@ class HetClassProtStability(ProtClassify3D):
         if self.exhaustive.get():
             exhaustive_job(particles, options, self._outDir(), self._minClassSize(),
                            int(self.maxDepth.get()), int(self.replicates.get()), subsample,
-                           null_sets=self._nullSets(), workers=workers, particles_path=star,
-                           progress=progress, resume=resume)
+                           k_scan=OPTIONS["k_scan"].default, null_sets=self._nullSets(),
+                           workers=workers, particles_path=star, progress=progress,
+                           resume=resume)
         else:
             stability_job(particles, options, self._outDir(), self._kValues(),
                           int(self.replicates.get()), subsample, workers,
@@ -130,27 +127,23 @@ class HetClassProtStability(ProtClassify3D):
         return value if value > 0 else None
 
     def _nullSets(self) -> int:
-        from hetclass.stability.settings import OPTIONS
         value = self.getAttributeValue("nullSets", None)
         return OPTIONS["null_sets"].default if value is None else int(value)
 
     def _runMpi(self, options, subsample, workers, star):
         """``hetclass stability|exhaustive`` under Scipion's MPI launcher (same arguments)."""
         command = "exhaustive" if self.exhaustive.get() else "stability"
-        args = common.cli_arguments(command, options, self._outDir(), star)
-        args += ["--replicates", str(int(self.replicates.get())), "--jobs", str(workers),
-                 "--null-sets", str(self._nullSets())]
+        extra = dict(replicates=int(self.replicates.get()), jobs=workers,
+                     null_sets=self._nullSets(), subsample=subsample)
+        if self.exhaustive.get():
+            extra.update(min_class_size=self._minClassSize(),
+                         max_depth=int(self.maxDepth.get()), k_scan=OPTIONS["k_scan"].default)
+        else:
+            extra.update(classes=self._kValues(),
+                         core_stability=float(self.coreStability.get()))
+        args = common.cli_arguments(command, options, self._outDir(), star, **extra)
         if os.path.isdir(self._outDir()):
             args.append("--continue")
-        if subsample is not None:
-            args += ["--subsample", str(subsample)]
-        if self.exhaustive.get():
-            args += ["--min-class-size", str(self._minClassSize() or "auto"),
-                     "--max-depth", str(int(self.maxDepth.get()))]
-        else:
-            k = self._kValues()
-            args += ["--classes", f"{k[0]}-{k[-1]}",
-                     "--core-stability", str(float(self.coreStability.get()))]
         common.run_mpi(self, args)
 
     def _kValues(self):
