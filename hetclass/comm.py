@@ -170,8 +170,8 @@ class MPIComm(SerialComm):
                 if rank == self.rank and error is not None:
                     raise error
                 exc = pickle.loads(blob)
-                setattr(exc, "hetclass_rank", rank)
-                setattr(exc, "hetclass_quiet", True)  # reported by its own rank / rank 0
+                exc.hetclass_rank = rank
+                exc.hetclass_quiet = True  # reported by its own rank / rank 0
                 raise exc
 
     def abort(self, code: int = 1) -> None:

@@ -14,6 +14,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
+from . import seeds
 from .em_step import Accumulators, empty_accumulators, process_batch, shell_onehot
 from .errors import EmptyClassWarning
 from .fourier import lowpass_volume
@@ -21,7 +22,6 @@ from .mstep import m_step
 from .preprocess import ordered_map
 from .projector import stack_grids
 from .reconstruct import volume_to_grid
-from . import seeds
 from .variability import local_weight, weighted_references
 from .workspace import Workspace
 
@@ -186,6 +186,7 @@ def link_halves(half_maps: np.ndarray, mask: np.ndarray, pixel_size_A: float,
     best matching half-1 class ``perm[j]``, or None when they are already linked.
     """
     from scipy.optimize import linear_sum_assignment
+
     from .gpu.xp import array_module, to_host
     xp = array_module(half_maps)   # on the device when the M-step ran there
     k = half_maps.shape[1]

@@ -17,18 +17,17 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 
 from . import seeds
+from .comm import SerialComm, shard_rows
 from .em import EMState, initial_maps, iterate, m_step, run_pass
-from .explore import explore, explore_subset
 from .em_step import shell_onehot
-from .mstep import initial_prior
 from .errors import InputError
+from .explore import explore, explore_subset
 from .fourier import cpu_workers, resize_volume
 from .masks import soft_sphere
-from .comm import SerialComm, shard_rows
+from .mstep import initial_prior
 from .particles import ParticleSet
 from .pipeline import ClassifyOptions
-from .preprocess import (MASK_EDGE_PX, FourierData, fill_store, fourier_data, mask_radius_px,
-                         setup_preprocess)
+from .preprocess import MASK_EDGE_PX, FourierData, fill_store, fourier_data, mask_radius_px, setup_preprocess
 from .workspace import Workspace, plan_memory
 
 SeedLike = seeds.SeedLike
@@ -322,7 +321,7 @@ def _finish_prepare(particles, options, setup, store, info, memory, comm) -> Pre
                    cache_bytes=memory.operator_cache_bytes, comm=comm,
                    threads=options.threads)
     if options.device != "cpu":
-        from .gpu import attach   # None for "auto" without a usable GPU
+        from .gpu import attach  # None for "auto" without a usable GPU
         ws.device_pass = attach(ws, options.device, classes=options.classes)
     return PreparedData(particles, data, ws, solvent, focus, refs, None, None)
 

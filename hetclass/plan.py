@@ -105,6 +105,7 @@ def workload_for(n_particles: int, box_px: int, pixel_size_A: float,
 def local_machine() -> Machine:
     """Cores this process may use, physical memory, GPUs CuPy sees (0 without CuPy)."""
     import os
+
     from .fourier import cpu_workers
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB

@@ -17,9 +17,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .crop import CropOperator, crop_images, crop_operator
 from .ctf import ctf_values
 from .errors import InputError
-from .crop import CropOperator, crop_images, crop_operator
 from .fourier import CoefficientSet, coefficient_set, cpu_workers
 from .fourier_store import MemoryStore
 from .masks import default_diameter_A, soft_disk

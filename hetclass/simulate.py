@@ -43,8 +43,8 @@ import starfile
 from hetclass.ctf import ctf_values, electron_wavelength_A
 from hetclass.errors import HetclassWarning, InputError
 from hetclass.geometry import euler_to_matrix, matrix_to_euler
-from hetclass.preprocess import single_threaded_blas
 from hetclass.phantoms import hinged_gaussians, model_to_gaussians, rasterise, structure_hinge_deg
+from hetclass.preprocess import single_threaded_blas
 
 _BATCH = 128
 
@@ -324,7 +324,7 @@ def simulate_dataset(out_dir, states, populations=None, n_particles: int = 1000,
                 imgs[sel] = _images_for(gauss[name], rows[sel], meta, opts, thr)
         return imgs
 
-    hinge = np.array([float(hinge_of.get(names[l], np.nan)) for l in labels])
+    hinge = np.array([float(hinge_of.get(names[lab], np.nan)) for lab in labels])
     return _simulate(out_dir, n, names, labels, hinge, clean_rows, gauss, opts)
 
 
@@ -500,7 +500,7 @@ def _simulate(out_dir, n, names, labels, hinge, clean_rows, map_gaussians, o) ->
 
     _write_star(os.path.join(out_dir, "particles.star"), image_names, meta, o)
     truth = pd.DataFrame({"image_name": image_names, "state_index": labels,
-                          "state_name": [names[l] for l in labels], "hinge_deg": hinge,
+                          "state_name": [names[lab] for lab in labels], "hinge_deg": hinge,
                           "norm_offset": norm_offset, "norm_scale": norm_scale})
     truth_path = os.path.join(out_dir, "truth.csv")
     truth.to_csv(_tmp(truth_path), index=False)

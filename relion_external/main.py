@@ -35,10 +35,8 @@ from hetclass.io.lock import lock_output
 
 from .markers import JobMarkers
 from .mpi_launch import mpi_nodes, run_mpi_job
-from .nodes import (Node, detect_relion_version, job_is_continue, project_relative,
-                    write_output_nodes)
-from .options import (PARAMETERS, JobConfig, build_config, check_inputs_exist, classify_options,
-                      parse_argv)
+from .nodes import Node, detect_relion_version, job_is_continue, project_relative, write_output_nodes
+from .options import PARAMETERS, JobConfig, build_config, check_inputs_exist, classify_options, parse_argv
 from .replicate_modes import log_run_estimate, run_replicate_mode
 
 PROG = "hetclass_relion"

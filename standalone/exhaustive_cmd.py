@@ -22,12 +22,10 @@ import sys
 from hetclass.stability.replicates import parse_k_range
 from hetclass.stability.settings import parse_min_class_size
 
-from .classify_cmd import (add_classify_options, add_input_options, check_out, load_from_args,
-                           options_from_args)
+from .classify_cmd import add_classify_options, add_input_options, check_out, load_from_args, options_from_args
 from .mpi_run import agreed, args_comm, root_progress
 from .progress import ReplicateProgress
-from .stability_cmd import (add_option, add_output_options, add_replicate_options, check_resume,
-                            print_report)
+from .stability_cmd import add_option, add_output_options, add_replicate_options, check_resume, print_report
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +53,7 @@ def main(args) -> int:
     # a node scans K = 2 first: its replicates are the first phase's tasks
     printer = None if args.quiet else ReplicateProgress(sys.stderr, options.max_iter,
                                                         tasks=args.replicates)
-    from hetclass.stability.exhaustive import exhaustive_job    # heavy: only when used
+    from hetclass.stability.exhaustive import exhaustive_job  # heavy: only when used
     from hetclass.stability.outputs import exhaustive_key_table
     try:
         summary, _ = exhaustive_job(particles, options, args.out, min_size, args.max_depth,

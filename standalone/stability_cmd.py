@@ -25,8 +25,7 @@ import sys
 from hetclass.errors import InputError
 from hetclass.stability.replicates import parse_k_range
 
-from .classify_cmd import (add_classify_options, add_input_options, check_out, load_from_args,
-                           options_from_args)
+from .classify_cmd import add_classify_options, add_input_options, check_out, load_from_args, options_from_args
 from .mpi_run import agreed, args_comm, root_progress
 from .progress import ReplicateProgress
 
@@ -89,7 +88,7 @@ def main(args) -> int:
     k_values, options, particles = agreed(comm, setup)
     printer = None if args.quiet else ReplicateProgress(
         sys.stderr, options.max_iter, tasks=len(k_values) * args.replicates)
-    from hetclass.stability.analysis import stability_job      # heavy: only when used
+    from hetclass.stability.analysis import stability_job  # heavy: only when used
     from hetclass.stability.outputs import stability_key_tables
     try:
         summary, _ = stability_job(particles, options, args.out, k_values, args.replicates,

@@ -18,13 +18,20 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .class_tests import (MIN_WITHIN_PARTICLES, pairwise_tests, within_class_fits,
-                          within_class_tests)
-from .null import NULL_SETS, run_null
-from .replicates import (RankGroups, ReplicateRun, SeedLike, analysis_seed, consensus_maps,
-                         run_replicate_scan, split_groups, validate_replicate_args)
-from .scores import KScores, score_replicates, single_class_scores
 from ..errors import InputError
+from .class_tests import MIN_WITHIN_PARTICLES, pairwise_tests, within_class_fits, within_class_tests
+from .null import NULL_SETS, run_null
+from .replicates import (
+    RankGroups,
+    ReplicateRun,
+    SeedLike,
+    analysis_seed,
+    consensus_maps,
+    run_replicate_scan,
+    split_groups,
+    validate_replicate_args,
+)
+from .scores import KScores, score_replicates, single_class_scores
 from .tasks import run_tasks
 from .verdict import Thresholds, Verdict, heterogeneity_verdict
 

@@ -28,8 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from .. import seeds
-from .distinguish import (NullModel, log_ratio_matrix, replicate_log_ratios, shape_test,
-                          split_log_ratio, split_positions)
+from .distinguish import NullModel, log_ratio_matrix, replicate_log_ratios, shape_test, split_log_ratio, split_positions
 from .verdict import _r, map_distances
 
 WITHIN_FITS = 2
@@ -121,8 +120,9 @@ def within_class_tests(fits: Dict[int, list], consensus_maps: np.ndarray, sizes:
                        null_model: Optional[NullModel], mask=None, alpha: float = 0.01,
                        stable_jaccard: float = 0.75) -> dict:
     """One record per tested class (1-based ``class``); see the module docstring."""
-    from .scores import jaccard_matrix
     from scipy.optimize import linear_sum_assignment
+
+    from .scores import jaccard_matrix
     out = {}
     for c, results in sorted(fits.items()):
         values = [split_log_ratio(res, mask) for res in results]

@@ -182,6 +182,7 @@ def run_null(prepared, options, base: np.ndarray, seed, n_sets: int = NULL_SETS,
     with the run's workers, groups and cache); ``fit`` replaces ``engine.fit`` (tests).
     """
     import time
+
     from .distinguish import NullModel, split_log_ratio
     from .tasks import compact, run_tasks
     if fit is None:

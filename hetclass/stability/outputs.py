@@ -29,10 +29,10 @@ from typing import Dict, Optional
 import numpy as np
 
 from .. import __version__
-from ..outputs import to_original_box
 from ..io.atomic import atomic_path, atomic_write_json
 from ..io.mrc import write_map
 from ..io.star import write_particles_star
+from ..outputs import to_original_box
 from .report import format_key_tables, write_exhaustive_report, write_stability_report
 
 SCHEMA = "hetclass.stability/1"

@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import seeds
 from ..errors import InputError
-from .tasks import compact, default_workers, run_tasks
+from .tasks import compact, run_tasks
 
 SeedLike = Union[int, np.random.SeedSequence]
 
@@ -49,8 +49,8 @@ class ReplicateRun:
     per-particle array below is indexed like ``rows``. ``labels`` (R, n) int 0-based, -1
     where a particle was not in the replicate's subsample; ``posteriors`` (R, n, K) float32,
     0 where absent; ``maps`` (R, K, b, b, b) float32 class maps at the engine's cropped
-    box and ``pixel_size_A``; ``half_maps`` (R, 2, K, b, b, b) float32; ``fsc`` (R, K, n_shells); ``resolution_A`` (R, K);
-    ``histories`` per replicate the engine's per-iteration statistics (class fractions,
+    box and ``pixel_size_A``; ``half_maps`` (R, 2, K, b, b, b) float32; ``fsc`` (R, K, n_shells);
+    ``resolution_A`` (R, K); ``histories`` per replicate the engine's per-iteration statistics (class fractions,
     changed %, ...); ``seconds`` (R,) wall time of each fit.
     """
 

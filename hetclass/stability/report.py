@@ -22,8 +22,18 @@ from matplotlib.figure import Figure
 from ..errors import HetclassWarning
 from ..reports.figures import fig_fsc, fig_map_views
 from ..reports.labels import resolution_text
-from ..reports.page import (Page, describe, failure_line, figure_to_data_uri,  # noqa: F401
-                            fmt_value, html_table, humanise, new_figure, text_table, value_html)
+from ..reports.page import (  # noqa: F401
+    Page,
+    describe,
+    failure_line,
+    figure_to_data_uri,
+    fmt_value,
+    html_table,
+    humanise,
+    new_figure,
+    text_table,
+    value_html,
+)
 from .scores import BANDS
 
 _BAND_COLOURS = {"highly stable": "#1a9850", "stable": "#91cf60", "doubtful": "#fee08b",
@@ -512,9 +522,9 @@ def write_stability_report(path, summary: dict, result, class_maps: Sequence[np.
             continue
         s = result.per_k[kk]
         page.heading(f"K = {kk}", 3)
-        page.figure(lambda: fig_class_sizes(result.runs[kk].histories, s.perms, kk),
+        page.figure(lambda kk=kk, s=s: fig_class_sizes(result.runs[kk].histories, s.perms, kk),
                     f"class sizes K={kk}")
-        page.figure(lambda: fig_matrix(mean_pair_jaccard_matrix(s.aligned, kk),
+        page.figure(lambda kk=kk, s=s: fig_matrix(mean_pair_jaccard_matrix(s.aligned, kk),
                                        f"K = {kk}: class Jaccard between replicates"),
                     f"Jaccard K={kk}")
     evidence = summary.get("evidence") or {}
@@ -598,8 +608,9 @@ def write_exhaustive_report(path, tree_summary: dict, leaf_maps: Sequence[np.nda
             curves[f"child {a} vs {b}"] = np.asarray(pair["fsc_children"])
             if "fsc_null_mean" in pair:
                 curves[f"random splits of {a}+{b} (mean)"] = np.asarray(pair["fsc_null_mean"])
-        page.figure(lambda: fig_fsc(curves, test["box_px"], test["pixel_size_A"],
-                                    f"node {node_id}: child maps", threshold=None),
+        page.figure(lambda curves=curves, test=test, node_id=node_id:
+                    fig_fsc(curves, test["box_px"], test["pixel_size_A"],
+                            f"node {node_id}: child maps", threshold=None),
                     f"map test {node_id}")
     if len(leaf_maps):
         page.figure(lambda: fig_map_views(leaf_maps, leaf_names),
