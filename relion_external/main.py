@@ -35,7 +35,7 @@ from hetclass.io.lock import lock_output
 
 from .markers import JobMarkers
 from .mpi_launch import mpi_nodes, run_mpi_job
-from .nodes import Node, detect_relion_version, job_is_continue, project_relative, write_output_nodes
+from .nodes import Node, classify_nodes, detect_relion_version, job_is_continue, write_output_nodes
 from .options import PARAMETERS, JobConfig, build_config, check_inputs_exist, classify_options, parse_argv
 from .replicate_modes import log_run_estimate, run_replicate_mode
 
@@ -106,14 +106,6 @@ def make_progress(stream: TextIO, min_interval_s: float = 10.0) -> Callable[...,
 
 
 # ----- classify ---------------------------------------------------------------------------
-def classify_nodes(job_dir: str, n_classes: int) -> List[Node]:
-    """Class3D-like nodes: particles (3), model (8), one map per class (6)."""
-    rel = project_relative(job_dir).rstrip("/")
-    nodes = [Node(f"{rel}/run_data.star", "particles"), Node(f"{rel}/run_model.star", "model")]
-    nodes += [Node(f"{rel}/run_class{k:03d}.mrc", "map") for k in range(1, n_classes + 1)]
-    return nodes
-
-
 def _resumes(cfg: JobConfig) -> bool:
     """A job RELION launched as a continuation whose directory holds a checkpoint."""
     return job_is_continue(cfg.job_dir) and os.path.isfile(

@@ -33,7 +33,7 @@ from typing import List, Optional, TextIO
 
 from hetclass.errors import HetclassError, InputError
 
-from .nodes import Node
+from .nodes import Node, classify_nodes
 from .options import JobConfig
 
 LAUNCHER_ENV = "HETCLASS_MPI_LAUNCHER"
@@ -163,7 +163,6 @@ def mpi_nodes(cfg: JobConfig) -> List[Node]:
     """Output nodes of a finished MPI run, read from the files it wrote."""
     from hetclass.stability.outputs import SUMMARY_JSON, TREE_JSON
 
-    from .main import classify_nodes
     from .replicate_modes import _exhaustive_files, _stability_files, nodes_for_files
     if cfg.mode == "classify":
         with open(os.path.join(cfg.job_dir, "run.json")) as fh:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, List, Optional
 
 OUTPUT_NODES_FILE = "RELION_OUTPUT_NODES.star"
 
@@ -177,3 +177,11 @@ def write_output_nodes(job_dir: str, nodes: Iterable[Node], version: Optional[in
         fh.write(text)
     os.replace(tmp, path)
     return path
+
+
+def classify_nodes(job_dir: str, n_classes: int) -> List[Node]:
+    """Class3D-like nodes: particles (3), model (8), one map per class (6)."""
+    rel = project_relative(job_dir).rstrip("/")
+    nodes = [Node(f"{rel}/run_data.star", "particles"), Node(f"{rel}/run_model.star", "model")]
+    nodes += [Node(f"{rel}/run_class{k:03d}.mrc", "map") for k in range(1, n_classes + 1)]
+    return nodes
