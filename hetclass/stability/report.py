@@ -465,24 +465,7 @@ def write_stability_report(path, summary: dict, result, class_maps: Sequence[np.
     """
     page = Page("hetclass stability report")
     params = summary["parameters"]
-    page.raw(f"<p class=\"verdict\">Recommended classes: <b>{summary['recommended_classes']}"
-             f"</b> &mdash; heterogeneity: <b>{html.escape(summary['heterogeneity'])}</b></p>")
-    page.raw("<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in summary["reasons"]) + "</ul>")
-    for sug in summary.get("suggestions") or []:
-        page.paragraph(f"Suggestion ({sug['action']}): {sug['why']}", "note")
-    cont = summary.get("continuous_particles")
-    if cont:
-        page.paragraph(f"Continuous heterogeneity: {cont['n_particles']} particles written to "
-                       f"{cont['star']}, ready for cryoDRGN or cryoSPARC 3D variability "
-                       "analysis; discrete classes of this part only bin a continuum.", "note")
-    facts = {"input": (summary.get("input") or {}).get("particles"),
-             "particles": (summary.get("input") or {}).get("n_particles"),
-             "K values": ", ".join(str(k) for k in params["k_values"]),
-             "replicates per K": params.get("replicates"),
-             "subsample": params.get("subsample") or 1.0, "seed": params.get("seed"),
-             "stable core: agreement needed": params.get("core_min_stability"),
-             "time (s)": sum((summary.get("timings_s") or {}).values()) or None}
-    page.values({k: v for k, v in facts.items() if v is not None})
+    _verdict_section(page, summary)
 
     page.heading("Stability per K")
     per_k = [summary["per_k"][k] for k in sorted(summary["per_k"], key=int)]
@@ -517,16 +500,7 @@ def write_stability_report(path, summary: dict, result, class_maps: Sequence[np.
         page.figure(lambda: fig_map_views(class_maps, [f"class {i + 1}"
                                                        for i in range(len(class_maps))]),
                     "slices and projections of the class maps")
-    for kk in sorted(result.runs):
-        if kk == k:
-            continue
-        s = result.per_k[kk]
-        page.heading(f"K = {kk}", 3)
-        page.figure(lambda kk=kk, s=s: fig_class_sizes(result.runs[kk].histories, s.perms, kk),
-                    f"class sizes K={kk}")
-        page.figure(lambda kk=kk, s=s: fig_matrix(mean_pair_jaccard_matrix(s.aligned, kk),
-                                       f"K = {kk}: class Jaccard between replicates"),
-                    f"Jaccard K={kk}")
+    _other_k_section(page, result, k)
     evidence = summary.get("evidence") or {}
     if evidence.get("null"):
         page.heading("Calibrated null")
@@ -540,6 +514,43 @@ def write_stability_report(path, summary: dict, result, class_maps: Sequence[np.
     files_section(page, summary.get("files", {}))
     page.write(path)
     _warn_failures("report.html", page)
+
+
+def _verdict_section(page: Page, summary: dict) -> None:
+    """The report's head: the verdict, its reasons and suggestions, and the run's facts."""
+    params = summary["parameters"]
+    page.raw(f"<p class=\"verdict\">Recommended classes: <b>{summary['recommended_classes']}"
+             f"</b> &mdash; heterogeneity: <b>{html.escape(summary['heterogeneity'])}</b></p>")
+    page.raw("<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in summary["reasons"]) + "</ul>")
+    for sug in summary.get("suggestions") or []:
+        page.paragraph(f"Suggestion ({sug['action']}): {sug['why']}", "note")
+    cont = summary.get("continuous_particles")
+    if cont:
+        page.paragraph(f"Continuous heterogeneity: {cont['n_particles']} particles written to "
+                       f"{cont['star']}, ready for cryoDRGN or cryoSPARC 3D variability "
+                       "analysis; discrete classes of this part only bin a continuum.", "note")
+    facts = {"input": (summary.get("input") or {}).get("particles"),
+             "particles": (summary.get("input") or {}).get("n_particles"),
+             "K values": ", ".join(str(k) for k in params["k_values"]),
+             "replicates per K": params.get("replicates"),
+             "subsample": params.get("subsample") or 1.0, "seed": params.get("seed"),
+             "stable core: agreement needed": params.get("core_min_stability"),
+             "time (s)": sum((summary.get("timings_s") or {}).values()) or None}
+    page.values({k: v for k, v in facts.items() if v is not None})
+
+
+def _other_k_section(page: Page, result, k: int) -> None:
+    """Class sizes and Jaccard figures of every K scanned other than ``k``."""
+    for kk in sorted(result.runs):
+        if kk == k:
+            continue
+        s = result.per_k[kk]
+        page.heading(f"K = {kk}", 3)
+        page.figure(lambda kk=kk, s=s: fig_class_sizes(result.runs[kk].histories, s.perms, kk),
+                    f"class sizes K={kk}")
+        page.figure(lambda kk=kk, s=s: fig_matrix(mean_pair_jaccard_matrix(s.aligned, kk),
+                                       f"K = {kk}: class Jaccard between replicates"),
+                    f"Jaccard K={kk}")
 
 
 def _node_rows(tree: dict) -> List[dict]:
