@@ -281,11 +281,6 @@ def iterate(ws: Workspace, state: EMState, options, active: np.ndarray,
     while not state.converged and state.iteration < options.max_iter:
         state = _iteration(ws, state, options, active, solvent_mask, focus_mask, n_active,
                            reseed, abort_check, progress)
-        if progress is not None:
-            progress("iteration", it=state.iteration, max_iter=options.max_iter,
-                     changed_pct=state.history[-1]["changed_pct"],
-                     class_fractions=state.class_fractions.tolist(),
-                     resolution_A=state.resolution_A.tolist())
         if checkpoint is not None:
             checkpoint(state)
     empty = int(np.sum(state.class_fractions < 0.5 / n_active))
@@ -300,7 +295,8 @@ def _iteration(ws: Workspace, state: EMState, options, active: np.ndarray,
                solvent_mask: np.ndarray, focus_mask: Optional[np.ndarray], n_active: int,
                reseed: tuple, abort_check, progress) -> EMState:
     """One EM iteration from ``state`` (E-step pass, M-step, half-set linking, re-seeding of
-    empty classes); the new state, its statistics appended to ``history``."""
+    empty classes); the new state, its statistics appended to ``history``. Reports the
+    ``iteration`` event to ``progress``."""
     k = state.refs.shape[1]
     comm = ws.comm
     size_A = ws.data.plan.crop_box_px * ws.data.plan.crop_pixel_size_A
@@ -336,6 +332,7 @@ def _iteration(ws: Workspace, state: EMState, options, active: np.ndarray,
     # the likelihood uses the shells where the classes' *differences* are resolved (the
     # consensus detail beyond them is common to all classes and only adds noise), plus
     # a few, growing as the differences are resolved further (as RELION grows its limit)
+    assert ms.deviation_resolution_A is not None    # m_step always sets it
     diff_res = finest_resolution_A(ms.deviation_resolution_A, size_A)
     next_like = min(top, max(like, int(size_A / diff_res) + RES_STEP_SHELLS + 1))
     stats["difference_resolution_A"] = [None if np.isnan(r) else float(r)
@@ -359,6 +356,9 @@ def _iteration(ws: Workspace, state: EMState, options, active: np.ndarray,
         if reseeded:
             stats["reseeded_classes"] = reseeded
             converged = False
+    if progress is not None:
+        progress("iteration", it=it, max_iter=options.max_iter, changed_pct=changed,
+                 class_fractions=fractions.tolist(), resolution_A=ms.resolution_A.tolist())
     return EMState(iteration=it, maps=(ms.maps * solvent_mask).astype(np.float32),
                    refs=refs.astype(np.float32),
                    sigma2=sigma2, tau2=tau2, class_fractions=fractions,

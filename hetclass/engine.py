@@ -100,7 +100,7 @@ def initial_state(prepared: PreparedData, options: ClassifyOptions, seed: SeedLi
                    class_fractions=np.full(k, 1.0 / k), labels=np.full(n, -1, np.int64))
 
 
-def fit(prepared: PreparedData, options: ClassifyOptions, seed: SeedLike = None, rows=None,
+def fit(prepared: PreparedData, options: ClassifyOptions, seed: Optional[SeedLike] = None, rows=None,
         progress=None, abort_check=None, checkpoint=None, state: Optional[EMState] = None
         ) -> EMResult:
     """Classify the particles ``rows`` (default all) into ``options.classes`` classes.
@@ -125,6 +125,8 @@ def fit(prepared: PreparedData, options: ClassifyOptions, seed: SeedLike = None,
                     prepared.focus_mask, checkpoint=checkpoint, abort_check=abort_check,
                     progress=progress, reseed=(root, state.start))
     # results are global: every rank gets every particle's posteriors
+    assert state.posteriors is not None and state.loglik is not None     # set by iterate
+    assert state.half_maps is not None and state.fsc is not None and state.resolution_A is not None
     comm = prepared.workspace.comm
     idx = (np.arange(data.n_total) if rows is None
            else np.unique(np.asarray(rows, dtype=np.int64)))

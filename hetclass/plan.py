@@ -206,6 +206,7 @@ def memory_plan(wl: Workload, k: int, shape: RunShape, concurrent_fits: int = 1)
         plan.operator_cache_bytes = DEFAULT_CACHE_BYTES
         peak = plan.fixed_bytes + plan.data_bytes + plan.batch_bytes + min(ops, DEFAULT_CACHE_BYTES)
     else:
+        assert plan.budget_bytes is not None       # a budget was given
         peak = min(plan.budget_bytes, plan.fixed_bytes + plan.batch_bytes
                    + (plan.data_bytes if plan.data_in_memory else 0)
                    + (plan.operator_cache_bytes or 0))

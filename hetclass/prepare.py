@@ -315,4 +315,5 @@ def _finish_prepare(particles, options, setup, store, info, memory, comm) -> Pre
     if options.device != "cpu":
         from .gpu import attach  # None for "auto" without a usable GPU
         ws.device_pass = attach(ws, options.device, classes=options.classes)
-    return PreparedData(particles, data, ws, solvent, focus, refs, None, None)
+    # data_power and ctf_power: filled by prepare() once every rank has its store
+    return PreparedData(particles, data, ws, solvent, focus, refs, np.zeros((0, 0)), np.zeros(0))

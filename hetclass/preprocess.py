@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Deque, Optional
 
 import numpy as np
 
@@ -100,7 +100,7 @@ class FourierData:
 
     plan: CropPlan
     coeffs: CoefficientSet
-    store: object             # MemoryStore | DiskStore: (n, M) complex64 data, float32 CTF
+    store: Any                # MemoryStore | DiskStore:: (n, M) complex64 data, float32 CTF
     rotations: np.ndarray     # (n, 3, 3) float64
     group: np.ndarray         # (n,) int64, optics group
     n_groups: int
@@ -262,7 +262,7 @@ def ordered_map(fn: Callable, items, threads: int):
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        pending = deque()
+        pending: Deque = deque()
         try:
             for item in items:
                 pending.append(pool.submit(fn, *item))

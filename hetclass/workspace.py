@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import asdict, dataclass
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -185,7 +185,7 @@ class Workspace:
                 self.batches.append((rows[start:start + self.batch_size], half - 1))
         self.cache_limit_bytes = int(DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes)
         self.cached_bytes = 0
-        self._ops = {}
+        self._ops: Dict[int, Any] = {}
         self._lock = threading.Lock()
 
     def batch_arrays(self, index: int):

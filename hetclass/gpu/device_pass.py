@@ -116,7 +116,7 @@ class DevicePass:
                  classes: Optional[int] = None, batch_size: Optional[int] = None,
                  device_data=None, min_weight: float = 0.0):
         if xp is None:
-            import cupy as xp
+            import cupy as xp  # type: ignore[no-redef]
         if backend is None:
             from .kernels import CupyBackend
             backend = CupyBackend()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import mrcfile
 import numpy as np
@@ -227,7 +227,7 @@ def write_stack(path, images, pixel_size_A: float) -> None:
 
 
 def check_map_matches(path, array, box_px: int, pixel_size_A: float,
-                      voxel_size_A: float = None) -> None:
+                      voxel_size_A: Optional[float] = None) -> None:
     """InputError unless ``array`` (read from ``path``) is (box, box, box) at ``pixel_size_A``.
 
     Used for references and masks. ``voxel_size_A`` is the header value (re-read from

@@ -360,6 +360,7 @@ def particles_to_tables(particles: ParticleSet, extra_columns: Optional[Mapping]
     from_star = (src.get("format") == "star" and isinstance(table, pd.DataFrame)
                  and len(table) == n)
     if from_star:
+        assert table is not None
         df = table.reset_index(drop=True).copy()
         src_version = src.get("version", "3.1")
         src_optics = src.get("optics")

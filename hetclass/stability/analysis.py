@@ -175,7 +175,7 @@ def run_stability(prepared, options, k_values: Sequence[int], n_replicates: int 
         k_values=sorted(per_k), rows=base, per_k=per_k, runs=res.runs, maps=res.maps,
         half_maps=res.half_maps, verdict=verdict, chosen_k=int(chosen),
         n_replicates=int(n_replicates),
-        seed=int(seed.entropy) if isinstance(seed, np.random.SeedSequence) else int(seed),
+        seed=int(seed.entropy if isinstance(seed, np.random.SeedSequence) else seed),  # type: ignore[arg-type]
         subsample=subsample, pixel_size_A=float(prepared.pixel_size_A), seconds=res.seconds,
         tests=tests, null=null)
 
@@ -417,7 +417,8 @@ def stable_cores(prepared, result: StabilityResult, reconstruct: Optional[Callab
     ``reconstruct`` (default :func:`hetclass.engine.reconstruct`; under MPI the one
     :func:`write_on_root` hands over)."""
     if reconstruct is None:
-        from ..engine import reconstruct
+        from ..engine import reconstruct as engine_reconstruct
+        reconstruct = engine_reconstruct
     k = result.chosen_k
     scores = result.per_k[k]
     core = scores.consensus[None, :] == np.arange(k)[:, None]

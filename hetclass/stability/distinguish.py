@@ -26,7 +26,7 @@ the Bayesian information criterion.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 from scipy import optimize, special, stats
@@ -117,7 +117,7 @@ class NullModel:
         return float(stats.t.sf((observed - mean) / sd, df))
 
     def to_dict(self) -> dict:
-        out = {"sizes": [int(s) for s in self.sizes],
+        out: Dict[str, Any] = {"sizes": [int(s) for s in self.sizes],
                "log_ratio": [_r(v) for v in self.values]}
         if self.usable:
             n_all = float(self.sizes.max())

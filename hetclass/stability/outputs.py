@@ -76,7 +76,7 @@ def _options_dict(options) -> dict:
 def _write_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
+            np.savez_compressed(f, **arrays)  # type: ignore[arg-type]   # numpy stubs: **arrays
 
 
 def _write_maps(out_dir: str, rec, columns, names, big_box: int, big_psize: float):

@@ -544,13 +544,34 @@ def _other_k_section(page: Page, result, k: int) -> None:
     for kk in sorted(result.runs):
         if kk == k:
             continue
-        s = result.per_k[kk]
-        page.heading(f"K = {kk}", 3)
-        page.figure(lambda kk=kk, s=s: fig_class_sizes(result.runs[kk].histories, s.perms, kk),
-                    f"class sizes K={kk}")
-        page.figure(lambda kk=kk, s=s: fig_matrix(mean_pair_jaccard_matrix(s.aligned, kk),
-                                       f"K = {kk}: class Jaccard between replicates"),
-                    f"Jaccard K={kk}")
+        _k_figures(page, result, kk)
+
+
+def _k_figures(page: Page, result, kk: int) -> None:
+    """Class sizes and Jaccard matrix of the replicates at K = ``kk``."""
+    s = result.per_k[kk]
+    page.heading(f"K = {kk}", 3)
+    page.figure(lambda: fig_class_sizes(result.runs[kk].histories, s.perms, kk),
+                f"class sizes K={kk}")
+    page.figure(lambda: fig_matrix(mean_pair_jaccard_matrix(s.aligned, kk),
+                                   f"K = {kk}: class Jaccard between replicates"),
+                f"Jaccard K={kk}")
+
+
+def _map_test_figure(page: Page, node_id, test: dict) -> None:
+    """The FSC between the child maps of one exhaustive node (and of its random splits)."""
+    pairs = [p for p in test.get("pairs", []) if "fsc_children" in p]
+    if not pairs:
+        return
+    curves = {}
+    for pair in pairs:
+        a, b = pair["children"]
+        curves[f"child {a} vs {b}"] = np.asarray(pair["fsc_children"])
+        if "fsc_null_mean" in pair:
+            curves[f"random splits of {a}+{b} (mean)"] = np.asarray(pair["fsc_null_mean"])
+    page.figure(lambda: fig_fsc(curves, test["box_px"], test["pixel_size_A"],
+                                f"node {node_id}: child maps", threshold=None),
+                f"map test {node_id}")
 
 
 def _node_rows(tree: dict) -> List[dict]:
@@ -610,19 +631,7 @@ def write_exhaustive_report(path, tree_summary: dict, leaf_maps: Sequence[np.nda
         page.figure(lambda: fig_null(null, points, "node splits against the null"),
                     "null figure")
     for node_id, test in map_tests.items():
-        pairs = [p for p in test.get("pairs", []) if "fsc_children" in p]
-        if not pairs:
-            continue
-        curves = {}
-        for pair in pairs:
-            a, b = pair["children"]
-            curves[f"child {a} vs {b}"] = np.asarray(pair["fsc_children"])
-            if "fsc_null_mean" in pair:
-                curves[f"random splits of {a}+{b} (mean)"] = np.asarray(pair["fsc_null_mean"])
-        page.figure(lambda curves=curves, test=test, node_id=node_id:
-                    fig_fsc(curves, test["box_px"], test["pixel_size_A"],
-                            f"node {node_id}: child maps", threshold=None),
-                    f"map test {node_id}")
+        _map_test_figure(page, node_id, test)
     if len(leaf_maps):
         page.figure(lambda: fig_map_views(leaf_maps, leaf_names),
                     "slices and projections of the leaf maps")

@@ -24,7 +24,7 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -37,12 +37,36 @@ MANIFEST = "manifest.json"
 _ARRAYS = ("labels", "posteriors", "maps", "half_maps", "fsc", "resolution_A", "sigma2",
            "position", "separation")
 
-TaskResult = Tuple[SimpleNamespace, float]
+@dataclass
+class FitSummary:
+    """What the analysis keeps of one engine ``EMResult`` (picklable, global arrays; what a
+    :class:`WorkCache` saves). Shapes as in :class:`hetclass.engine.EMResult`: ``labels``
+    (n,) int64, ``posteriors`` (n, K) float32, ``maps`` (K, b, b, b) and ``half_maps``
+    (2, K, b, b, b) float32, ``fsc`` (K, S), ``resolution_A`` (K,) float64, ``stats`` the
+    per-iteration statistics, ``pixel_size_A`` of the maps. Set by some stages only:
+    ``sigma2`` (G, S) the fitted noise (null), ``position`` / ``separation`` the split
+    positions of a within-class fit (:func:`hetclass.stability.distinguish.split_positions`).
+    """
+
+    labels: np.ndarray
+    posteriors: np.ndarray
+    maps: np.ndarray
+    half_maps: np.ndarray
+    fsc: np.ndarray
+    resolution_A: np.ndarray
+    stats: list
+    pixel_size_A: float
+    sigma2: Optional[np.ndarray] = None
+    position: Optional[np.ndarray] = None
+    separation: Optional[np.ndarray] = None
 
 
-def compact(res) -> SimpleNamespace:
+TaskResult = Tuple[FitSummary, float]
+
+
+def compact(res) -> FitSummary:
     """What the analysis needs of one engine ``EMResult`` (picklable, global arrays)."""
-    return SimpleNamespace(
+    return FitSummary(
         labels=np.asarray(res.labels, dtype=np.int64),
         posteriors=np.asarray(res.posteriors, dtype=np.float32),
         maps=np.asarray(res.maps, dtype=np.float32),
@@ -100,7 +124,7 @@ class WorkCache:
             meta = json.loads(bytes(arrays.pop("_meta")).decode())
         except Exception:     # a damaged file (disk full at the time): run the task again
             return None
-        res = SimpleNamespace(**arrays, stats=meta["stats"], pixel_size_A=meta["pixel_size_A"])
+        res = FitSummary(**arrays, stats=meta["stats"], pixel_size_A=meta["pixel_size_A"])
         return res, float(meta["seconds"])
 
     def put(self, key: str, result: TaskResult) -> None:
