@@ -105,7 +105,8 @@ class MPIComm(SerialComm):
 
     is_mpi = True
 
-    def __init__(self, comm):
+    def __init__(self, comm: Any):
+        """``comm``: an ``mpi4py.MPI.Comm``."""
         self.comm = comm
         self.rank = int(comm.Get_rank())
         self.size = int(comm.Get_size())

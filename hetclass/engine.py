@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -22,11 +22,13 @@ from .mstep import initial_prior
 from .pipeline import ClassifyOptions
 from .prepare import PreparedData, prepare, validate_options
 from .preprocess import FourierData
+from .progress import AbortCheck, Progress
 
 __all__ = ["EMResult", "PreparedData", "ReconResult", "fit", "initial_state", "prepare", "reconstruct",
            "validate_options"]
 
 SeedLike = seeds.SeedLike
+Rows = Union[Sequence[int], np.ndarray]   # particle indices (into the prepared data)
 
 
 @dataclass
@@ -56,7 +58,7 @@ class ReconResult:
     resolution_status: Optional[List[str]] = None
 
 
-def _active(data: FourierData, rows: Optional[Sequence[int]]) -> np.ndarray:
+def _active(data: FourierData, rows: Optional[Rows]) -> np.ndarray:
     """(n_local,) bool: which of this rank's particles are among the global ``rows``."""
     if rows is None:
         return np.ones(len(data), bool)
@@ -66,7 +68,7 @@ def _active(data: FourierData, rows: Optional[Sequence[int]]) -> np.ndarray:
 
 
 def _scale_references(prepared: PreparedData, refs: np.ndarray, active: np.ndarray,
-                      sigma2, prior) -> np.ndarray:
+                      sigma2: np.ndarray, prior: np.ndarray) -> np.ndarray:
     """Least-squares scale of user references onto a consensus reconstruction of the data."""
     ws = prepared.workspace
     weights = np.ones((len(prepared.data), 1))
@@ -82,7 +84,8 @@ def _scale_references(prepared: PreparedData, refs: np.ndarray, active: np.ndarr
 
 
 def initial_state(prepared: PreparedData, options: ClassifyOptions, seed: SeedLike,
-                  rows=None, progress=None, abort_check=None) -> EMState:
+                  rows: Optional[Rows] = None, progress: Optional[Progress] = None,
+                  abort_check: Optional[AbortCheck] = None) -> EMState:
     k = options.classes
     ws = prepared.workspace
     n = len(prepared.data)
@@ -100,8 +103,10 @@ def initial_state(prepared: PreparedData, options: ClassifyOptions, seed: SeedLi
                    class_fractions=np.full(k, 1.0 / k), labels=np.full(n, -1, np.int64))
 
 
-def fit(prepared: PreparedData, options: ClassifyOptions, seed: Optional[SeedLike] = None, rows=None,
-        progress=None, abort_check=None, checkpoint=None, state: Optional[EMState] = None
+def fit(prepared: PreparedData, options: ClassifyOptions, seed: Optional[SeedLike] = None,
+        rows: Optional[Rows] = None, progress: Optional[Progress] = None,
+        abort_check: Optional[AbortCheck] = None,
+        checkpoint: Optional[Callable[[EMState], None]] = None, state: Optional[EMState] = None
         ) -> EMResult:
     """Classify the particles ``rows`` (default all) into ``options.classes`` classes.
 
@@ -141,8 +146,9 @@ def fit(prepared: PreparedData, options: ClassifyOptions, seed: Optional[SeedLik
                     resolution_status=state.resolution_status)
 
 
-def _explore(prepared: PreparedData, options: ClassifyOptions, root, rows, progress,
-             abort_check) -> EMState:
+def _explore(prepared: PreparedData, options: ClassifyOptions, root: np.random.SeedSequence,
+             rows: Optional[Rows], progress: Optional[Progress],
+             abort_check: Optional[AbortCheck]) -> EMState:
     """The state refinement starts from: the best exploration start (:func:`explore`)."""
     data = prepared.data
     everyone = (np.arange(data.n_total) if rows is None
@@ -163,7 +169,7 @@ def _explore(prepared: PreparedData, options: ClassifyOptions, root, rows, progr
     return state
 
 
-def reconstruct(prepared: PreparedData, weights: np.ndarray, rows=None,
+def reconstruct(prepared: PreparedData, weights: np.ndarray, rows: Optional[Rows] = None,
                 tau2_fudge: float = 4.0, sigma2: Optional[np.ndarray] = None) -> ReconResult:
     """Maps, half maps and FSC resolution from explicit per-particle class weights (n, K)."""
     data = prepared.data

@@ -23,6 +23,7 @@ from .fourier import cpu_workers, resize_volume
 from .masks import soft_sphere
 from .particles import ParticleSet
 from .preprocess import MASK_EDGE_PX, FourierData, fill_store, fourier_data, mask_radius_px, setup_preprocess
+from .progress import AbortCheck, Progress
 from .workspace import Workspace, plan_memory
 
 if TYPE_CHECKING:
@@ -105,9 +106,10 @@ def _data_power(ws: Workspace, comm):
     return power, np.maximum(ctf2, 1e-6)
 
 
-def prepare(particles: ParticleSet, options: ClassifyOptions, progress=None, abort_check=None,
+def prepare(particles: ParticleSet, options: ClassifyOptions, progress: Optional[Progress] = None,
+            abort_check: Optional[AbortCheck] = None,
             read_images: Optional[Callable[[np.ndarray], np.ndarray]] = None,
-            comm=None, concurrent_fits: int = 1) -> PreparedData:
+            comm: Optional[SerialComm] = None, concurrent_fits: int = 1) -> PreparedData:
     """Validate, read every image once and preprocess (Fourier crop, mask, CTF).
 
     With an MPI ``comm`` (:mod:`hetclass.comm`) each rank reads and preprocesses only its
