@@ -108,7 +108,7 @@ class FourierData:
     diameter_A: float
     rows: np.ndarray          # (n,) int64 global particle index of each local row (a shard)
     n_total: int              # particles in the whole set (all shards)
-    cache_info: Optional[dict] = None   # how the store was made (see engine.prepare)
+    cache_info: Optional[dict] = None   # how the store was made (see prepare.prepare)
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])

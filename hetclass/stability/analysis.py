@@ -1,7 +1,8 @@
 """``run_stability``: replicate classifications over a K range, scores and the verdict.
 
 The science entry point of ``hetclass stability`` (front ends only wire arguments and call
-:func:`run_stability` then :func:`hetclass.stability.outputs.write_stability_outputs`).
+:func:`run_stability`, :func:`stable_cores` (the stable-core maps) then
+:func:`hetclass.stability.outputs.write_stability_outputs`).
 
 Example::
 
