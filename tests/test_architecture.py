@@ -27,15 +27,15 @@ LONG_FUNCTIONS_BEING_SPLIT = {                       # the lead's branch
 CYCLES_BEING_REMOVED = [["hetclass.engine", "hetclass.pipeline"]]   # ClassifyOptions -> hetclass/options.py
 
 
-def _source_files() -> Iterator[Tuple[str, str]]:
-    """``(path relative to ROOT, dotted module name)`` of every project module."""
-    for folder, package in PACKAGES.items():
-        for dirpath, dirnames, filenames in os.walk(os.path.join(ROOT, folder)):
+def _source_files(root: str = ROOT, packages: Dict[str, str] = PACKAGES) -> Iterator[Tuple[str, str]]:
+    """``(path relative to root, dotted module name)`` of every module of ``packages``."""
+    for folder, package in packages.items():
+        for dirpath, dirnames, filenames in os.walk(os.path.join(root, folder)):
             dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
             for name in sorted(filenames):
                 if not name.endswith(".py"):
                     continue
-                rel = os.path.relpath(os.path.join(dirpath, name), ROOT)
+                rel = os.path.relpath(os.path.join(dirpath, name), root)
                 parts = rel[:-3].split(os.sep)
                 parts[0] = package
                 if parts[-1] == "__init__":
@@ -43,8 +43,8 @@ def _source_files() -> Iterator[Tuple[str, str]]:
                 yield rel, ".".join(parts)
 
 
-def _parse(rel: str) -> ast.Module:
-    with open(os.path.join(ROOT, rel), encoding="utf-8") as fh:
+def _parse(rel: str, root: str = ROOT) -> ast.Module:
+    with open(os.path.join(root, rel), encoding="utf-8") as fh:
         return ast.parse(fh.read(), filename=rel)
 
 
@@ -90,11 +90,11 @@ def _imported(module: str, is_package: bool, tree: ast.Module, known: Set[str]) 
     return out
 
 
-def import_graph() -> Dict[str, Set[str]]:
+def import_graph(root: str = ROOT, packages: Dict[str, str] = PACKAGES) -> Dict[str, Set[str]]:
     """Module -> the project modules it imports."""
-    files = list(_source_files())
+    files = list(_source_files(root, packages))
     known = {module for _, module in files}
-    return {module: _imported(module, rel.endswith("__init__.py"), _parse(rel), known)
+    return {module: _imported(module, rel.endswith("__init__.py"), _parse(rel, root), known)
             for rel, module in files}
 
 
@@ -154,13 +154,35 @@ def long_functions() -> List[str]:
             for name, n_lines in _functions(_parse(rel)) if n_lines > MAX_FUNCTION_LINES]
 
 
-def test_the_graph_sees_the_imports():
-    graph = import_graph()
-    assert "hetclass.engine" in graph and "hetclass_relion.main" in graph
-    assert "hetclass.preprocess" in graph["hetclass.engine"]            # from .preprocess import ...
-    assert "hetclass.seeds" in graph["hetclass.engine"]                 # from . import seeds
-    assert "hetclass.pipeline" in graph["hetclass_standalone.classify_cmd"]
+def test_the_graph_sees_every_kind_of_import(tmp_path):
+    files = {
+        "src/__init__.py": "",
+        "src/a.py": "from . import b\nfrom .sub.c import f\nimport os\n",
+        "src/b.py": "def g():\n    from .sub import c   # lazy: still an edge\n",
+        "src/sub/__init__.py": "from .c import f\n",
+        "src/sub/c.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..a import x\n"
+                        "import pkg.b as b\n",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    graph = import_graph(str(tmp_path), {"src": "pkg"})
+    assert graph == {"pkg": set(), "pkg.a": {"pkg.b", "pkg.sub.c"}, "pkg.b": {"pkg.sub.c"},
+                     "pkg.sub": {"pkg.sub.c"}, "pkg.sub.c": {"pkg.b"}}
+    assert cycles(graph) == [["pkg.b", "pkg.sub.c"]]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    # and on the project itself
+    project = import_graph()
+    assert {"hetclass.preprocess", "hetclass.seeds"} <= project["hetclass.engine"]
+
+
+def test_long_functions_are_found(tmp_path):
+    body = "".join(f"    x{i} = {i}\n" for i in range(80))
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "m.py").write_text(f"class C:\n    def ok(self):\n        pass\n\n\n"
+                                           f"def long():\n{body}")
+    found = [(name, n) for name, n in _functions(_parse("src/m.py", str(tmp_path)))]
+    assert found == [("C.ok", 2), ("long", 81)]
 
 
 def test_no_import_cycles():
