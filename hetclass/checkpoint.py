@@ -22,6 +22,7 @@ import numpy as np
 from .em import EMState
 from .errors import InputError
 from .io.atomic import atomic_path
+from .particles import ParticleSet
 
 CHECKPOINT = "run_checkpoint.npz"
 # options that change the result; a resumed run must match them
@@ -49,7 +50,7 @@ _IDENTITY_KEYS = ("particles", "image names", "poses", "shifts", "CTF values", "
                   "half sets")
 
 
-def stack_stats(particles) -> Dict[str, Optional[List[int]]]:
+def stack_stats(particles: ParticleSet) -> Dict[str, Optional[List[int]]]:
     """``{stack as named in image_names: [size_bytes, mtime_ns]}`` (``None`` if missing)."""
     names = np.asarray(particles.image_names).astype(str)
     stacks = np.unique(np.char.partition(names, "@")[:, 2])
@@ -64,7 +65,7 @@ def stack_stats(particles) -> Dict[str, Optional[List[int]]]:
     return out
 
 
-def particle_identity(particles) -> dict:
+def particle_identity(particles: ParticleSet) -> dict:
     """What identifies a run's particle set (see the module docstring); JSON-ready."""
     names = "\n".join(np.asarray(particles.image_names).astype(str).tolist())
     o, g = particles.optics, np.asarray(particles.optics_group)
