@@ -70,8 +70,8 @@ def synthetic_workspace(n: int, box: int, k: int, target_px: float, seed: int):
     if "store" in {f.name for f in dataclasses.fields(FourierData)}:
         from hetclass.fourier_store import MemoryStore
         zeros = dict(store=MemoryStore(zeros["data"], zeros["ctf"]))
-    data = FourierData(plan=plan, coeffs=coeffs, **zeros, rotations=rot, group=np.zeros(n, np.int64), n_groups=1, subset=subset,
-                       diameter_A=0.8 * box * pixel_A, rows=np.arange(n), n_total=n)
+    data = FourierData(plan=plan, coeffs=coeffs, **zeros, rotations=rot, group=np.zeros(n, np.int64),
+                       n_groups=1, subset=subset, diameter_A=0.8 * box * pixel_A, rows=np.arange(n), n_total=n)
     return Workspace(data, k, cache_bytes=0)
 
 
@@ -108,8 +108,8 @@ def main(argv=None) -> int:
         print(f"bench_gpu: no usable GPU: {reason}", file=sys.stderr)
         return 2
     import cupy as cp
-    from hetclass.gpu.device_pass import (DevicePass, choose_precision, device_free_bytes,
-                                          reserved_bytes)
+
+    from hetclass.gpu.device_pass import DevicePass, choose_precision, device_free_bytes, reserved_bytes
     from hetclass.gpu.kernels import CupyBackend
     from hetclass.masks import soft_sphere
     from hetclass.mstep import m_step
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
         (acc, _, _), dev_s, wall_s = timed(one_pass)
         pass_s.append(dev_s)
         pass_wall.append(wall_s)
-        _, ms_s, _ = timed(lambda: m_step(ws, acc, tau2, 4.0, mask, None))
+        _, ms_s, _ = timed(lambda acc=acc: m_step(ws, acc, tau2, 4.0, mask, None))
         mstep_s.append(ms_s)
 
     # the kernels alone over all particles (no posteriors, no transfers)

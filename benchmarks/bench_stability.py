@@ -33,7 +33,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -41,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from accuracy_cases import SIGMA_A, X_AXIS, Y_AXIS, Z_AXIS, _dm, junk_states  # noqa: E402
+from accuracy_cases import SIGMA_A, Y_AXIS, Z_AXIS, _dm, junk_states  # noqa: E402
 from bench_classify import code_version, run_child  # noqa: E402
 
 BOX, PSIZE = 48, 3.3

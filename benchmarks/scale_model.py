@@ -66,7 +66,7 @@ def _shape(r: dict):
 
 
 def _predict(r: dict, rates, wl, machine) -> float:
-    from hetclass.plan import (classify_estimate, preprocess_seconds, stability_estimate)
+    from hetclass.plan import classify_estimate, preprocess_seconds, stability_estimate
     if r["step"] == "preprocess":
         return preprocess_seconds(rates, wl, int(r.get("cores") or 1))
     if r["step"] == "classify":
@@ -113,7 +113,7 @@ def check_lines(records: List[dict], probes: dict) -> List[str]:
     from hetclass.plan import local_machine, workload_for
     machine = local_machine()
     lines = ["record                         measured   model    model/measured"]
-    for workdir, (particles, rates) in probes.items():
+    for workdir, (_particles, rates) in probes.items():
         for r in [x for x in records if x.get("workdir") == workdir]:
             if r["step"] not in ("preprocess", "classify", "stability"):
                 continue
@@ -127,8 +127,7 @@ def check_lines(records: List[dict], probes: dict) -> List[str]:
 
 def extrapolation_lines(rates, iterations_note: str) -> List[str]:
     """800k particles, box 256 at 1 A/px (the default crop), on 2 / 16 / 64 cores and one GPU."""
-    from hetclass.plan import (Machine, RunShape, classify_estimate, format_duration,
-                               stability_estimate, workload_for)
+    from hetclass.plan import Machine, RunShape, classify_estimate, format_duration, stability_estimate, workload_for
     wl = workload_for(800000, 256, 1.0)
     lines = [f"800k particles, box 256 (crop {wl.crop_box_px}, M = {wl.n_coefficients}); "
              f"{iterations_note}",

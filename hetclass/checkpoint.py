@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, fields
-from typing import Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from .em import EMState
 from .errors import InputError
 from .io.atomic import atomic_path
 from .options import ClassifyOptions
+from .particles import ParticleSet
 
 CHECKPOINT = "run_checkpoint.npz"
 # options that change the result; a resumed run must match them
@@ -50,11 +51,11 @@ _IDENTITY_KEYS = ("particles", "image names", "poses", "shifts", "CTF values", "
                   "half sets")
 
 
-def stack_stats(particles) -> Dict[str, list]:
+def stack_stats(particles: ParticleSet) -> Dict[str, Optional[List[int]]]:
     """``{stack as named in image_names: [size_bytes, mtime_ns]}`` (``None`` if missing)."""
     names = np.asarray(particles.image_names).astype(str)
     stacks = np.unique(np.char.partition(names, "@")[:, 2])
-    out = {}
+    out: Dict[str, Optional[List[int]]] = {}
     for stack in stacks.tolist():
         path = stack if os.path.isabs(stack) else os.path.join(particles.project_dir, stack)
         try:
@@ -65,7 +66,7 @@ def stack_stats(particles) -> Dict[str, list]:
     return out
 
 
-def particle_identity(particles) -> dict:
+def particle_identity(particles: ParticleSet) -> dict:
     """What identifies a run's particle set (see the module docstring); JSON-ready."""
     names = "\n".join(np.asarray(particles.image_names).astype(str).tolist())
     o, g = particles.optics, np.asarray(particles.optics_group)
@@ -142,7 +143,7 @@ def save(out_dir: str, state: EMState, options: ClassifyOptions, n_particles: in
     ``identity`` (:func:`particle_identity`) is recorded for :func:`load` to compare.
     """
     arrays = {}
-    meta = {"fingerprint": _fingerprint(options, n_particles)}
+    meta: Dict[str, Any] = {"fingerprint": _fingerprint(options, n_particles)}
     if identity is not None:
         meta["identity"] = identity
     for f in fields(EMState):

@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional, TypeVar
 
 import numpy as np
 
 # environment variables set by the MPI launchers users run (OpenMPI mpirun, MPICH/Hydra,
 # SLURM srun with PMI/PMIx)
 LAUNCHER_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_STEP_NUM_TASKS")
+
+T = TypeVar("T")
 
 
 class SerialComm:
@@ -82,16 +84,17 @@ class SerialComm:
         if error is not None:
             raise error
 
-    def checked(self, fn, *args):
+    def checked(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on this rank inside :meth:`check`: an exception on any rank is
         raised on every rank (so no rank waits forever in a later collective)."""
-        error, out = None, None
+        error: Optional[BaseException] = None
+        out = None
         try:
             out = fn(*args)
         except Exception as exc:
             error = exc
         self.check(error)
-        return out
+        return out  # type: ignore[return-value]   # set: check() raised otherwise
 
     def abort(self, code: int = 1) -> None:
         raise SystemExit(code)
@@ -102,7 +105,8 @@ class MPIComm(SerialComm):
 
     is_mpi = True
 
-    def __init__(self, comm):
+    def __init__(self, comm: Any):
+        """``comm``: an ``mpi4py.MPI.Comm``."""
         self.comm = comm
         self.rank = int(comm.Get_rank())
         self.size = int(comm.Get_size())
@@ -170,8 +174,8 @@ class MPIComm(SerialComm):
                 if rank == self.rank and error is not None:
                     raise error
                 exc = pickle.loads(blob)
-                setattr(exc, "hetclass_rank", rank)
-                setattr(exc, "hetclass_quiet", True)  # reported by its own rank / rank 0
+                exc.hetclass_rank = rank
+                exc.hetclass_quiet = True  # reported by its own rank / rank 0
                 raise exc
 
     def abort(self, code: int = 1) -> None:

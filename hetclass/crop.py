@@ -83,7 +83,7 @@ def _low_frequencies(images: np.ndarray, op: CropOperator) -> np.ndarray:
     about ``B // 2`` on the dft path, about index 0 on the fft path."""
     big, b = op.box_px, op.crop_box_px
     half = b // 2
-    if op.uses_dft:
+    if op.dft_x is not None and op.dft_y is not None:          # op.uses_dft
         t = np.matmul(images, op.dft_x)                       # (n, B, 2(b/2+1)) float32
         tc = np.empty(t.shape[:2] + (half + 1,), dtype=np.complex64)
         tc.real = t[..., :half + 1]

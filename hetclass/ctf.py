@@ -9,11 +9,15 @@ Units: defocus in A, angles in degrees, Cs in mm, voltage in kV, B in A^2, frequ
 
 from __future__ import annotations
 
+from typing import Union
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 
-def electron_wavelength_A(voltage_kV):
-    """Relativistic electron wavelength in Angstrom for an acceleration voltage in kV."""
+def electron_wavelength_A(voltage_kV: ArrayLike) -> Union[float, np.ndarray]:
+    """Relativistic electron wavelength in Angstrom for an acceleration voltage in kV (a float
+    for a scalar voltage, an array like ``voltage_kV`` otherwise)."""
     v = np.asarray(voltage_kV, dtype=np.float64) * 1e3
     return 12.2643247 / np.sqrt(v * (1.0 + v * 0.978466e-6))
 

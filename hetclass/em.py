@@ -14,6 +14,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
+from . import seeds
 from .em_step import Accumulators, empty_accumulators, process_batch, shell_onehot
 from .errors import EmptyClassWarning
 from .fourier import lowpass_volume
@@ -22,7 +23,6 @@ from .options import ClassifyOptions
 from .preprocess import ordered_map
 from .projector import stack_grids
 from .reconstruct import volume_to_grid
-from . import seeds
 from .variability import local_weight, weighted_references
 from .workspace import Workspace
 
@@ -187,6 +187,7 @@ def link_halves(half_maps: np.ndarray, mask: np.ndarray, pixel_size_A: float,
     best matching half-1 class ``perm[j]``, or None when they are already linked.
     """
     from scipy.optimize import linear_sum_assignment
+
     from .gpu.xp import array_module, to_host
     xp = array_module(half_maps)   # on the device when the M-step ran there
     k = half_maps.shape[1]
@@ -274,91 +275,13 @@ def iterate(ws: Workspace, state: EMState, options: ClassifyOptions, active: np.
     ``reseed`` ``(seed, start)``: empty classes are re-seeded from the named stream
     ``("reseed", start, iteration)`` of ``seed`` (default ``(options.seed, state.start)``).
     """
-    reseed_seed, reseed_start = reseed if reseed is not None else (options.seed, state.start)
+    reseed = reseed if reseed is not None else (options.seed, state.start)
     k = state.refs.shape[1]
     comm = ws.comm
     n_active = max(int(comm.allreduce_scalar(float(active.sum()))), 1)
-    b = ws.data.plan.crop_box_px
-    size_A = b * ws.data.plan.crop_pixel_size_A
     while not state.converged and state.iteration < options.max_iter:
-        log_prior = np.log(np.maximum(state.class_fractions, 1e-12))
-        # from the first iteration the likelihood uses every shell up to the target: classes
-        # forming at low resolution first collapsed onto wrong partitions (4 close states:
-        # hard-assignment starts from 30 A drained a class; from the target they did not)
-        top = ws.like_shells
-        like = min(state.like_shells or top, top)
-        acc, post, loglik = run_pass(ws, state.refs, state.sigma2, log_prior, active,
-                                     options.hard, abort_check=abort_check, progress=progress,
-                                     like_shells=like)
-        ms = m_step(ws, acc, state.tau2, options.tau2_fudge, solvent_mask, focus_mask,
-                    full_maps=state.polishing)
-        fractions = acc.class_weight / max(acc.class_weight.sum(), 1e-12)
-        best_res = finest_resolution_A(ms.resolution_A, size_A)
-        link_res = max(2.0 * best_res, options.init_lowpass_A / 2)
-        perm = link_halves(ms.half_maps if ms.half_maps_xp is None else ms.half_maps_xp,
-                           solvent_mask, ws.data.plan.crop_pixel_size_A, link_res)
-        if perm is not None:  # class j of half set 2 is class perm[j] of half set 1
-            inverse = np.argsort(perm)
-            ms.half_maps[1] = ms.half_maps[1][inverse]
-            second = ws.data.subset == 2
-            post[second] = post[second][:, inverse]
-            weights = post[active]
-            if options.hard:
-                weights = np.eye(k)[weights.argmax(1)]
-            totals = comm.allreduce(weights.sum(0).astype(np.float64))
-            fractions = totals / max(totals.sum(), 1e-12)
-        labels = np.where(active, post.argmax(1), -1)
-        n_changed = comm.allreduce_scalar(float(np.sum(labels[active] != state.labels[active])))
-        changed = n_changed / n_active * 100.0
-        sigma2 = np.where(acc.noise_count > 0, acc.noise / np.maximum(acc.noise_count, 1),
-                          state.sigma2)
-        sigma2 = np.maximum(sigma2, 1e-12 * max(float(sigma2.max()), 1e-30))
-        d_frac = float(np.abs(fractions - state.class_fractions).max())
-        it = state.iteration + 1
-        stats = {"iteration": it, "changed_pct": changed, "class_fractions": fractions.tolist(),
-                 "log_likelihood": acc.log_likelihood / n_active,
-                 "resolution_A": [None if np.isnan(r) else float(r) for r in ms.resolution_A],
-                 "resolution_status": list(ms.resolution_status),
-                 "mean_max_posterior": comm.allreduce_scalar(
-                     float(post[active].max(1).sum()) if active.any() else 0.0) / n_active}
-        # the likelihood uses the shells where the classes' *differences* are resolved (the
-        # consensus detail beyond them is common to all classes and only adds noise), plus
-        # a few, growing as the differences are resolved further (as RELION grows its limit)
-        diff_res = finest_resolution_A(ms.deviation_resolution_A, size_A)
-        next_like = min(top, max(like, int(size_A / diff_res) + RES_STEP_SHELLS + 1))
-        stats["difference_resolution_A"] = [None if np.isnan(r) else float(r)
-                                            for r in ms.deviation_resolution_A]
-        stats["likelihood_shells"] = like
-        converged = (it >= 3 and changed < options.convergence_pct and d_frac < 0.01
-                     and next_like == like)
-        polishing = state.polishing
-        if converged and not polishing:
-            # the partition is settled without self-bias; refine it against full-data maps,
-            # which are less noisy than half maps
-            polishing, converged = True, False
-        refs = scoring_references(ms, fractions, it, polishing, focus_mask) * solvent_mask
-        # the prior follows the maps (consensus power, class-deviation power), as in RELION
-        tau2 = np.maximum(ms.tau2, 0.0)
-        if it <= options.max_iter // 2:
-            rng = seeds.rng(reseed_seed, "reseed", reseed_start, it)
-            reseeded = reseed_empty(refs, fractions, max(5.0 / n_active, 0.002), rng,
-                                    max(best_res, options.init_lowpass_A / 2),
-                                    ws.data.plan.crop_pixel_size_A, solvent_mask)
-            if reseeded:
-                stats["reseeded_classes"] = reseeded
-                converged = False
-        state = EMState(iteration=it, maps=(ms.maps * solvent_mask).astype(np.float32),
-                        refs=refs.astype(np.float32),
-                        sigma2=sigma2, tau2=tau2, class_fractions=fractions,
-                        labels=labels, posteriors=post, history=state.history + [stats],
-                        converged=converged, half_maps=ms.half_maps, fsc=ms.fsc,
-                        resolution_A=ms.resolution_A,
-                        resolution_status=list(ms.resolution_status), loglik=loglik, unmasked_maps=ms.maps,
-                        like_shells=next_like, start=state.start, starts=state.starts,
-                        polishing=polishing)
-        if progress is not None:
-            progress("iteration", it=it, max_iter=options.max_iter, changed_pct=changed,
-                     class_fractions=fractions.tolist(), resolution_A=ms.resolution_A.tolist())
+        state = _iteration(ws, state, options, active, solvent_mask, focus_mask, n_active,
+                           reseed, abort_check, progress)
         if checkpoint is not None:
             checkpoint(state)
     empty = int(np.sum(state.class_fractions < 0.5 / n_active))
@@ -367,3 +290,104 @@ def iterate(ws: Workspace, state: EMState, options: ClassifyOptions, active: np.
                       "(the data support fewer classes here; consider fewer)",
                       EmptyClassWarning, stacklevel=2)
     return state
+
+
+def _iteration(ws: Workspace, state: EMState, options, active: np.ndarray,
+               solvent_mask: np.ndarray, focus_mask: Optional[np.ndarray], n_active: int,
+               reseed: tuple, abort_check, progress) -> EMState:
+    """One EM iteration from ``state`` (E-step pass, M-step, half-set linking, re-seeding of
+    empty classes); the new state, its statistics appended to ``history``. Reports the
+    ``iteration`` event to ``progress``."""
+    k = state.refs.shape[1]
+    comm = ws.comm
+    size_A = ws.data.plan.crop_box_px * ws.data.plan.crop_pixel_size_A
+    log_prior = np.log(np.maximum(state.class_fractions, 1e-12))
+    # from the first iteration the likelihood uses every shell up to the target: classes
+    # forming at low resolution first collapsed onto wrong partitions (4 close states:
+    # hard-assignment starts from 30 A drained a class; from the target they did not)
+    top = ws.like_shells
+    like = min(state.like_shells or top, top)
+    acc, post, loglik = run_pass(ws, state.refs, state.sigma2, log_prior, active,
+                                 options.hard, abort_check=abort_check, progress=progress,
+                                 like_shells=like)
+    ms = m_step(ws, acc, state.tau2, options.tau2_fudge, solvent_mask, focus_mask,
+                full_maps=state.polishing)
+    fractions = acc.class_weight / max(acc.class_weight.sum(), 1e-12)
+    best_res = finest_resolution_A(ms.resolution_A, size_A)
+    fractions = _link_half_sets(ws, ms, post, fractions, active, solvent_mask, options.hard,
+                                max(2.0 * best_res, options.init_lowpass_A / 2), k)
+    labels = np.where(active, post.argmax(1), -1)
+    n_changed = comm.allreduce_scalar(float(np.sum(labels[active] != state.labels[active])))
+    changed = n_changed / n_active * 100.0
+    sigma2 = np.where(acc.noise_count > 0, acc.noise / np.maximum(acc.noise_count, 1),
+                      state.sigma2)
+    sigma2 = np.maximum(sigma2, 1e-12 * max(float(sigma2.max()), 1e-30))
+    d_frac = float(np.abs(fractions - state.class_fractions).max())
+    it = state.iteration + 1
+    stats = {"iteration": it, "changed_pct": changed, "class_fractions": fractions.tolist(),
+             "log_likelihood": acc.log_likelihood / n_active,
+             "resolution_A": [None if np.isnan(r) else float(r) for r in ms.resolution_A],
+             "resolution_status": list(ms.resolution_status),
+             "mean_max_posterior": comm.allreduce_scalar(
+                 float(post[active].max(1).sum()) if active.any() else 0.0) / n_active}
+    # the likelihood uses the shells where the classes' *differences* are resolved (the
+    # consensus detail beyond them is common to all classes and only adds noise), plus
+    # a few, growing as the differences are resolved further (as RELION grows its limit)
+    assert ms.deviation_resolution_A is not None    # m_step always sets it
+    diff_res = finest_resolution_A(ms.deviation_resolution_A, size_A)
+    next_like = min(top, max(like, int(size_A / diff_res) + RES_STEP_SHELLS + 1))
+    stats["difference_resolution_A"] = [None if np.isnan(r) else float(r)
+                                        for r in ms.deviation_resolution_A]
+    stats["likelihood_shells"] = like
+    converged = (it >= 3 and changed < options.convergence_pct and d_frac < 0.01
+                 and next_like == like)
+    polishing = state.polishing
+    if converged and not polishing:
+        # the partition is settled without self-bias; refine it against full-data maps,
+        # which are less noisy than half maps
+        polishing, converged = True, False
+    refs = scoring_references(ms, fractions, it, polishing, focus_mask) * solvent_mask
+    # the prior follows the maps (consensus power, class-deviation power), as in RELION
+    tau2 = np.maximum(ms.tau2, 0.0)
+    if it <= options.max_iter // 2:
+        rng = seeds.rng(reseed[0], "reseed", reseed[1], it)
+        reseeded = reseed_empty(refs, fractions, max(5.0 / n_active, 0.002), rng,
+                                max(best_res, options.init_lowpass_A / 2),
+                                ws.data.plan.crop_pixel_size_A, solvent_mask)
+        if reseeded:
+            stats["reseeded_classes"] = reseeded
+            converged = False
+    if progress is not None:
+        progress("iteration", it=it, max_iter=options.max_iter, changed_pct=changed,
+                 class_fractions=fractions.tolist(), resolution_A=ms.resolution_A.tolist())
+    return EMState(iteration=it, maps=(ms.maps * solvent_mask).astype(np.float32),
+                   refs=refs.astype(np.float32),
+                   sigma2=sigma2, tau2=tau2, class_fractions=fractions,
+                   labels=labels, posteriors=post, history=state.history + [stats],
+                   converged=converged, half_maps=ms.half_maps, fsc=ms.fsc,
+                   resolution_A=ms.resolution_A,
+                   resolution_status=list(ms.resolution_status), loglik=loglik, unmasked_maps=ms.maps,
+                   like_shells=next_like, start=state.start, starts=state.starts,
+                   polishing=polishing)
+
+
+def _link_half_sets(ws: Workspace, ms, post: np.ndarray, fractions: np.ndarray,
+                    active: np.ndarray, solvent_mask: np.ndarray, hard: bool, link_res_A: float,
+                    k: int) -> np.ndarray:
+    """Give half set 2's classes the numbers of the matching half-set-1 classes (compared at
+    ``link_res_A``): reorders ``ms.half_maps[1]`` and half set 2's columns of ``post`` (n, K)
+    in place. Returns the class fractions (K,), recomputed from ``post`` when reordered."""
+    perm = link_halves(ms.half_maps if ms.half_maps_xp is None else ms.half_maps_xp,
+                       solvent_mask, ws.data.plan.crop_pixel_size_A, link_res_A)
+    if perm is None:
+        return fractions
+    # class j of half set 2 is class perm[j] of half set 1
+    inverse = np.argsort(perm)
+    ms.half_maps[1] = ms.half_maps[1][inverse]
+    second = ws.data.subset == 2
+    post[second] = post[second][:, inverse]
+    weights = post[active]
+    if hard:
+        weights = np.eye(k)[weights.argmax(1)]
+    totals = ws.comm.allreduce(weights.sum(0).astype(np.float64))
+    return totals / max(totals.sum(), 1e-12)

@@ -127,10 +127,10 @@ def process_batch(rows, half, operator, grids_stacked, x, c, g, sigma2, log_prio
         post = weights
         evidence = np.zeros(n)
     acc.class_weight = weights.sum(0)
-    acc.grid = None
+    acc.grid = None  # type: ignore[assignment]   # the batch grid travels in BatchResult.grid
     reported = weights if (hard and with_estep) else post
     if not backproject_data:
-        return BatchResult(rows, reported.astype(np.float32), evidence, acc, int(half), None)
+        return BatchResult(rows, reported.astype(np.float32), evidence, acc, int(half), None)  # type: ignore[arg-type]
     w32 = weights.astype(np.float32)
     # one (n*M, 3K) block of values, back-projected in one sparse product (one pass over
     # the operator's indices instead of two): [re, im interleaved per class | den per class]

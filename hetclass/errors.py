@@ -65,7 +65,7 @@ def describe_os_error(exc: OSError) -> str:
     return f"{reason} ({code})" if code else reason
 
 
-def output_error(exc: OSError, path=None, doing: str = "cannot write") -> OutputError:
+def output_error(exc: OSError, path: Optional[str] = None, doing: str = "cannot write") -> OutputError:
     """An :class:`OutputError` for ``exc`` met while writing ``path`` (default: the path the
     error names). Disk-full and read-only errors get a hint."""
     target = path if path is not None else (exc.filename or None)

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
 
-from .gpu.xp import array_module
+from .gpu.xp import Array, array_module
 
 
 @dataclass(frozen=True)
@@ -72,13 +73,13 @@ def coefficient_set(box_px: int, r_max_px: int) -> CoefficientSet:
     return CoefficientSet(b, r_max, KX.ravel()[flat], KY.ravel()[flat], flat, shell)
 
 
-def centred_rfft2(images):
+def centred_rfft2(images: Array) -> Array:
     """(n, b, b) real images centred at b//2 -> (n, b, b//2+1) complex, phases about the centre."""
     xp = array_module(images)
     return _fft("rfft2", xp.fft.ifftshift(images, axes=(-2, -1)), axes=(-2, -1))
 
 
-def resize_volume(volume, new_box_px: int):
+def resize_volume(volume: np.ndarray, new_box_px: int) -> np.ndarray:
     """Fourier crop or zero-pad a centred cubic volume, preserving voxel values.
 
     Cropping removes frequencies beyond the new Nyquist; padding adds none.
@@ -107,7 +108,7 @@ def radial_index_3d(box_px: int) -> np.ndarray:
     return np.rint(np.sqrt(x * x + y * y + z * z)).astype(np.int64)
 
 
-def radial_mean(values, shells, n_shells: int):
+def radial_mean(values: Array, shells: Array, n_shells: int) -> Array:
     """Mean of ``values`` per shell index (both flat arrays); empty shells give 0.
 
     NumPy or CuPy (the module of ``values``; ``shells`` is moved there if needed).
@@ -121,7 +122,8 @@ def radial_mean(values, shells, n_shells: int):
     return sums / xp.maximum(counts, 1)
 
 
-def lowpass_volume(volume, pixel_size_A: float, resolution_A: float, edge_px: float = 2.0):
+def lowpass_volume(volume: Array, pixel_size_A: float, resolution_A: float,
+                   edge_px: float = 2.0) -> Array:
     """Soft (raised-cosine edge) low-pass to ``resolution_A`` of a centred cubic map, or of a
     stack of them (``(..., b, b, b)``: one transform for the whole stack). NumPy or CuPy."""
     xp = array_module(volume)
@@ -155,12 +157,12 @@ def _fft(name: str, a, **kwargs):
     return getattr(xp.fft, name)(a, **kwargs)
 
 
-def fftn(a, axes=None):
+def fftn(a: Array, axes: Optional[Sequence[int]] = None) -> Array:
     """Complex n-D FFT over ``axes`` (default all) in the module of ``a``; on the CPU
     ``scipy.fft`` threaded over :func:`cpu_workers` (keeps single precision)."""
     return _fft("fftn", a, axes=axes)
 
 
-def ifftn(a, axes=None):
+def ifftn(a: Array, axes: Optional[Sequence[int]] = None) -> Array:
     """Inverse of :func:`fftn` (same normalisation as ``numpy.fft.ifftn``)."""
     return _fft("ifftn", a, axes=axes)

@@ -38,7 +38,7 @@ import secrets
 import shutil
 import socket
 import threading
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -95,7 +95,7 @@ def _runs(part: np.ndarray, pos: np.ndarray):
 
 
 def _pread_into(fd: int, buf: np.ndarray, offset: int, lock: threading.Lock) -> None:
-    view = memoryview(buf.reshape(-1).view(np.uint8))
+    view = memoryview(buf.reshape(-1).view(np.uint8))  # type: ignore[arg-type]   # numpy stubs: ndarray is a buffer
     done = 0
     while done < view.nbytes:
         if hasattr(os, "preadv"):
@@ -112,7 +112,7 @@ def _pread_into(fd: int, buf: np.ndarray, offset: int, lock: threading.Lock) -> 
 
 
 def _pwrite_from(fd: int, buf: np.ndarray, offset: int) -> None:
-    view = memoryview(np.ascontiguousarray(buf).reshape(-1).view(np.uint8))
+    view = memoryview(np.ascontiguousarray(buf).reshape(-1).view(np.uint8))  # type: ignore[arg-type]   # numpy stubs: ndarray is a buffer
     done = 0
     while done < view.nbytes:
         if hasattr(os, "pwrite"):
@@ -246,7 +246,7 @@ class PartWriter:
     """Writes the rows of one part (global range ``[lo, hi)``) into ``directory``."""
 
     def __init__(self, directory: str, index: int, lo: int, hi: int, subset: np.ndarray, m: int):
-        self.info = {"index": int(index), "lo": int(lo), "hi": int(hi),
+        self.info: Dict[str, Any] = {"index": int(index), "lo": int(lo), "hi": int(hi),
                      "data": f"part-{index:04d}.c64", "ctf": f"part-{index:04d}.f32",
                      "rows": int(hi - lo)}
         self.m = int(m)

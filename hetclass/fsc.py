@@ -10,7 +10,7 @@ from .fourier import fftn, radial_index_3d
 from .gpu.xp import array_module
 
 
-def fsc(map1, map2):
+def fsc(map1: np.ndarray, map2: np.ndarray) -> np.ndarray:
     """FSC between two centred cubic maps of side b; returns (b//2 + 1,) float64 (shell 0 = DC).
 
     NumPy or CuPy maps; the curve is in the maps' array module.

@@ -9,10 +9,13 @@ central slice at ``A.T @ (kx, ky, 0)`` (see :mod:`hetclass.particles`).
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 
-def euler_to_matrix(rot_deg, tilt_deg, psi_deg) -> np.ndarray:
+def euler_to_matrix(rot_deg: ArrayLike, tilt_deg: ArrayLike, psi_deg: ArrayLike) -> np.ndarray:
     """RELION Euler angles (degrees, arrays of shape (n,) or scalars) -> (n, 3, 3) float64."""
     a = np.deg2rad(np.atleast_1d(np.asarray(rot_deg, dtype=np.float64)))
     b = np.deg2rad(np.atleast_1d(np.asarray(tilt_deg, dtype=np.float64)))
@@ -32,7 +35,7 @@ def euler_to_matrix(rot_deg, tilt_deg, psi_deg) -> np.ndarray:
     return m
 
 
-def matrix_to_euler(matrices: np.ndarray):
+def matrix_to_euler(matrices: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(n, 3, 3) RELION A matrices -> (rot, tilt, psi) in degrees, each (n,).
 
     Inverse of :func:`euler_to_matrix`; at tilt = 0 or 180 the split between rot and psi is

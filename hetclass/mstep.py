@@ -27,8 +27,8 @@ from typing import List, Optional
 import numpy as np
 
 from .em_step import Accumulators
-from .fsc import fsc, fsc_resolution
 from .fourier import radial_mean
+from .fsc import fsc, fsc_resolution
 from .gpu.xp import array_module, to_host
 from .reconstruct import grid_to_volume, shell_power, solve_grid, symmetrise
 from .workspace import Workspace

@@ -119,7 +119,7 @@ def format_value(option: Option, value: Any) -> str:
     return str(value)
 
 
-def _bounds(option: Option, number, label: str, text) -> None:
+def _bounds(option: Option, number: float, label: str, text: Any) -> None:
     low, high = option.low, option.high
     if (low, option.low_open, high) == (0, True, 1) and not 0 < number <= 1:
         raise InputError("expected a fraction in (0, 1]", field=label, value=text)
@@ -131,7 +131,7 @@ def _bounds(option: Option, number, label: str, text) -> None:
         raise InputError(f"must be at most {high:g}", field=label, value=text)
 
 
-def _int(option: Option, value, label: str) -> int:
+def _int(option: Option, value: Any, label: str) -> int:
     if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         raise InputError("expected an integer", field=label, value=value)
     try:
@@ -142,7 +142,7 @@ def _int(option: Option, value, label: str) -> int:
     return number
 
 
-def _float(option: Option, value, label: str) -> float:
+def _float(option: Option, value: Any, label: str) -> float:
     try:
         number = float(str(value).strip()) if isinstance(value, str) else float(value)
     except (TypeError, ValueError):
@@ -153,12 +153,12 @@ def _float(option: Option, value, label: str) -> float:
     return number
 
 
-def yes_no(value, label: str) -> bool:
+def yes_no(value: Any, label: str) -> bool:
     """``yes``/``no`` (``true``, ``on``, ``1``, an empty value = yes, ...) -> bool."""
     return _bool(None, value, label)
 
 
-def _bool(option: Optional[Option], value, label: str) -> bool:
+def _bool(option: Optional[Option], value: Any, label: str) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -169,7 +169,7 @@ def _bool(option: Optional[Option], value, label: str) -> bool:
     raise InputError("expected yes or no", field=label, value=value)
 
 
-def _choice(option: Option, value, label: str) -> str:
+def _choice(option: Option, value: Any, label: str) -> str:
     text = str(value).strip().lower()
     if text not in option.choices:
         raise InputError(f"expected one of {', '.join(option.choices)}", field=label,
@@ -177,15 +177,15 @@ def _choice(option: Option, value, label: str) -> str:
     return text
 
 
-def _text(option: Option, value, label: str) -> str:
+def _text(option: Option, value: Any, label: str) -> str:
     return str(value)
 
 
-def _paths(option: Option, value, label: str) -> Tuple[str, ...]:
+def _paths(option: Option, value: Any, label: str) -> Tuple[str, ...]:
     return (str(value),) if isinstance(value, str) else tuple(str(v) for v in value)
 
 
-def _krange(option: Option, value, label: str) -> List[int]:
+def _krange(option: Option, value: Any, label: str) -> List[int]:
     ks = parse_k_range(value, field=label)
     missing = [k for k in option.includes if k not in ks]
     if missing:
@@ -194,7 +194,7 @@ def _krange(option: Option, value, label: str) -> List[int]:
     return ks
 
 
-def _size(option: Option, value, label: str) -> Optional[int]:
+def _size(option: Option, value: Any, label: str) -> Optional[int]:
     if isinstance(value, str) and value.strip().lower() == "auto":
         return None
     try:
@@ -231,7 +231,7 @@ def parse_k_range(text: Union[str, int, Sequence[int]], field: str = "--classes"
     return values
 
 
-def parse_min_class_size(value) -> Optional[int]:
+def parse_min_class_size(value: Any) -> Optional[int]:
     """``"auto"`` (or None) -> None (derived from the data); a positive integer otherwise."""
     return OPTIONS["min_class_size"].parse(value)
 
@@ -345,7 +345,7 @@ CLASSIFY_NAMES = tuple(o.name for o in _CLASSIFY_OPTIONS)
 REPLICATE_NAMES = tuple(o.name for o in _REPLICATE_OPTIONS)
 
 
-def _default(name: str):
+def _default(name: str) -> Any:
     value = OPTIONS[name].default
     return field(default_factory=lambda: type(value)(value)) if isinstance(
         value, (list, dict)) else field(default=value)

@@ -195,7 +195,7 @@ def _write_all(stage: str, out_dir: str, particles, result, options, run_info: d
     if particles.source.get("format") == "cs":
         from .io.cryosparc_write import write_class_subsets
         written = write_class_subsets(stage, particles, labels, post, prefix="run", n_classes=k)
-        for key, paths in written.items():
+        for paths in written.values():
             for p in (paths if isinstance(paths, (tuple, list)) else [paths]):
                 files[os.path.basename(p)] = os.path.join(out_dir, os.path.basename(p))
     info = dict(run_info)

@@ -143,7 +143,7 @@ def phantom_model(state: str = "open", hinge_deg: Optional[float] = None,
     st = gemmi.Structure()
     st.name = f"hetclass_phantom_{state}"
     st.cell = gemmi.UnitCell(1, 1, 1, 90, 90, 90)  # no crystal cell: placeholder
-    model = gemmi.Model("1")
+    model = gemmi.Model("1")  # type: ignore[arg-type]   # a name in gemmi < 0.7, a number after
     for cid, helices in _raw_chains().items():
         if state == "no_subunit" and cid == REMOVABLE_SUBUNIT:
             continue

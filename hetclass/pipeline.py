@@ -39,7 +39,6 @@ from .errors import InputError
 from .io.loader import load_particles  # noqa: F401  (re-exported: part of the contract)
 from .options import ClassifyOptions  # noqa: F401  (re-exported: part of the contract)
 
-
 ProgressFn = Callable[..., None]
 AbortFn = Callable[[], None]
 

@@ -105,6 +105,7 @@ def workload_for(n_particles: int, box_px: int, pixel_size_A: float,
 def local_machine() -> Machine:
     """Cores this process may use, physical memory, GPUs CuPy sees (0 without CuPy)."""
     import os
+
     from .fourier import cpu_workers
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB
@@ -205,6 +206,7 @@ def memory_plan(wl: Workload, k: int, shape: RunShape, concurrent_fits: int = 1)
         plan.operator_cache_bytes = DEFAULT_CACHE_BYTES
         peak = plan.fixed_bytes + plan.data_bytes + plan.batch_bytes + min(ops, DEFAULT_CACHE_BYTES)
     else:
+        assert plan.budget_bytes is not None       # a budget was given
         peak = min(plan.budget_bytes, plan.fixed_bytes + plan.batch_bytes
                    + (plan.data_bytes if plan.data_in_memory else 0)
                    + (plan.operator_cache_bytes or 0))

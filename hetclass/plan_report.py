@@ -12,9 +12,21 @@ from typing import Callable, List, Optional, Sequence
 
 from .errors import InputError
 from .options import OPTIONS
-from .plan import (Estimate, Machine, Rates, RunShape, Workload, classify_estimate,
-                   exhaustive_estimate, format_duration, iterations, local_machine,
-                   shapes_for, stability_estimate, workload_for)
+from .plan import (
+    Estimate,
+    Machine,
+    Rates,
+    RunShape,
+    Workload,
+    classify_estimate,
+    exhaustive_estimate,
+    format_duration,
+    iterations,
+    local_machine,
+    shapes_for,
+    stability_estimate,
+    workload_for,
+)
 
 MODES = ("classify", "stability", "exhaustive")
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Deque, Optional
 
 import numpy as np
 
+from .crop import CropOperator, crop_images, crop_operator
 from .ctf import ctf_values
 from .errors import InputError
-from .crop import CropOperator, crop_images, crop_operator
 from .fourier import CoefficientSet, coefficient_set, cpu_workers
 from .fourier_store import MemoryStore
 from .masks import default_diameter_A, soft_disk
@@ -100,7 +100,7 @@ class FourierData:
 
     plan: CropPlan
     coeffs: CoefficientSet
-    store: object             # MemoryStore | DiskStore: (n, M) complex64 data, float32 CTF
+    store: Any                # MemoryStore | DiskStore:: (n, M) complex64 data, float32 CTF
     rotations: np.ndarray     # (n, 3, 3) float64
     group: np.ndarray         # (n,) int64, optics group
     n_groups: int
@@ -108,7 +108,7 @@ class FourierData:
     diameter_A: float
     rows: np.ndarray          # (n,) int64 global particle index of each local row (a shard)
     n_total: int              # particles in the whole set (all shards)
-    cache_info: Optional[dict] = None   # how the store was made (see engine.prepare)
+    cache_info: Optional[dict] = None   # how the store was made (see prepare.prepare)
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
@@ -262,7 +262,7 @@ def ordered_map(fn: Callable, items, threads: int):
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        pending = deque()
+        pending: Deque = deque()
         try:
             for item in items:
                 pending.append(pool.submit(fn, *item))

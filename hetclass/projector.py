@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .fourier import CoefficientSet
-from .gpu.xp import array_module
+from .gpu.xp import Array, array_module
 
 
 def grid_side(box_px: int, pad: int) -> int:
@@ -76,7 +76,7 @@ def backproject(operator: sp.csr_matrix, values: np.ndarray) -> np.ndarray:
     return operator.T @ values
 
 
-def stack_grids(grids):
+def stack_grids(grids: Array) -> Array:
     """(K, N, N, N) complex -> (N**3, K) complex64 contiguous (classes as columns).
 
     NumPy or CuPy: the result lives where ``grids`` lives.
@@ -86,7 +86,7 @@ def stack_grids(grids):
     return xp.ascontiguousarray(grids.reshape(k, -1).T, dtype=np.complex64)
 
 
-def hermitian_flip(grid):
+def hermitian_flip(grid: Array) -> Array:
     """``out[p] = grid[-p]`` for a centred even grid (last three axes); index 0 wraps to 0.
 
     NumPy or CuPy (the module of ``grid``).

@@ -11,10 +11,12 @@ NumPy side inputs (``shells``, ``tau2_shell``) are moved to that module.
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import numpy as np
 
 from .fourier import fftn, ifftn, radial_mean
-from .gpu.xp import array_module
+from .gpu.xp import Array, array_module
 from .projector import hermitian_flip
 
 
@@ -25,7 +27,7 @@ def _sinc2_profile(box_px: int, side: int, xp=np):
     return (s[:, None, None] * s[None, :, None] * s[None, None, :]).astype(np.float32)
 
 
-def volume_to_grid(volume, pad: int):
+def volume_to_grid(volume: Array, pad: int) -> Array:
     """Centred (b, b, b) map -> centred (N, N, N) complex64 transform, N = pad * b."""
     xp = array_module(volume)
     b = volume.shape[0]
@@ -38,7 +40,7 @@ def volume_to_grid(volume, pad: int):
     return f.astype(np.complex64)
 
 
-def grid_to_volume(grid, box_px: int, correct: bool = True):
+def grid_to_volume(grid: Array, box_px: int, correct: bool = True) -> Array:
     """Centred (N, N, N) transform -> centred (b, b, b) float32 map (central window)."""
     xp = array_module(grid)
     side = grid.shape[0]
@@ -57,12 +59,13 @@ def grid_shells(side: int, pad: int) -> np.ndarray:
     return np.rint(np.sqrt(x * x + y * y + z * z) / pad).astype(np.int32).ravel()
 
 
-def symmetrise(num, den):
+def symmetrise(num: Array, den: Array) -> Tuple[Array, Array]:
     """Add the Hermitian mirror of the accumulators: (N,N,N) complex and real."""
     return num + hermitian_flip(num).conj(), den + hermitian_flip(den)
 
 
-def solve_grid(num, den, tau2_shell, shells, pad: int, r_max_px: int, prior_mean=None):
+def solve_grid(num: Array, den: Array, tau2_shell: Array, shells: Array, pad: int, r_max_px: int,
+               prior_mean: Optional[Array] = None) -> Array:
     """Regularised estimate on the padded grid; voxels beyond ``r_max_px`` are zero.
 
     ``num`` (N,N,N) complex, ``den`` (N,N,N) float (already symmetrised), ``tau2_shell``
@@ -97,7 +100,7 @@ def solve_grid(num, den, tau2_shell, shells, pad: int, r_max_px: int, prior_mean
     return out.reshape(shape)
 
 
-def shell_power(grid, shells, n_shells: int):
+def shell_power(grid: Array, shells: Array, n_shells: int) -> Array:
     """Mean |V|^2 per (unpadded) shell of a padded grid."""
     xp = array_module(grid)
     return radial_mean(xp.abs(grid.ravel()) ** 2, shells, n_shells)

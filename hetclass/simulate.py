@@ -43,8 +43,8 @@ import starfile
 from hetclass.ctf import ctf_values, electron_wavelength_A
 from hetclass.errors import HetclassWarning, InputError
 from hetclass.geometry import euler_to_matrix, matrix_to_euler
-from hetclass.preprocess import single_threaded_blas
 from hetclass.phantoms import hinged_gaussians, model_to_gaussians, rasterise, structure_hinge_deg
+from hetclass.preprocess import single_threaded_blas
 
 _BATCH = 128
 
@@ -324,7 +324,7 @@ def simulate_dataset(out_dir, states, populations=None, n_particles: int = 1000,
                 imgs[sel] = _images_for(gauss[name], rows[sel], meta, opts, thr)
         return imgs
 
-    hinge = np.array([float(hinge_of.get(names[l], np.nan)) for l in labels])
+    hinge = np.array([float(hinge_of.get(names[lab], np.nan)) for lab in labels])
     return _simulate(out_dir, n, names, labels, hinge, clean_rows, gauss, opts)
 
 
@@ -430,13 +430,57 @@ def _simulate(out_dir, n, names, labels, hinge, clean_rows, map_gaussians, o) ->
     image_names = np.array([f"{i % ips + 1:06d}@{stack_rel[i // ips]}" for i in range(n)])
     radius = 0.375 * box_px if o["bg_radius_px"] is None else float(o["bg_radius_px"])
     inside = circle_mask(box_px, radius)
+    _warn_cut_off(map_gaussians, box_px, pixel_size_A)
+    # pass 1: noise-free images into memory-mapped temporary stacks; signal variance per image
+    signal_var, tmp_paths = _write_clean_stacks(out_dir, stack_rel, n, ips, box_px, inside,
+                                                clean_rows, meta, threads)
+    noise_sigma = 0.0 if snr is None else float(np.sqrt(signal_var.mean() / snr))
+
+    # pass 2: noise (one seeded stream, stack by stack), normalisation, final names
+    norm_offset, norm_scale, clean_paths = _add_noise(out_dir, stack_rel, tmp_paths, n, ips, inside,
+                                                      snr, noise_sigma, rng_noise, pixel_size_A,
+                                                      o["write_clean"])
+    maps, map_paths = {}, {}
+    for name in map_gaussians:
+        maps[name] = rasterise(map_gaussians[name], box_px, pixel_size_A)
+        map_paths[name] = os.path.join(out_dir, f"true_{_safe_name(name)}.mrc")
+        _write_map(map_paths[name], maps[name], pixel_size_A)
+
+    _write_star(os.path.join(out_dir, "particles.star"), image_names, meta, o)
+    truth = pd.DataFrame({"image_name": image_names, "state_index": labels,
+                          "state_name": [names[lab] for lab in labels], "hinge_deg": hinge,
+                          "norm_offset": norm_offset, "norm_scale": norm_scale})
+    truth_path = os.path.join(out_dir, "truth.csv")
+    truth.to_csv(_tmp(truth_path), index=False)
+    os.replace(_tmp(truth_path), truth_path)
+    return SimulatedDataset(
+        out_dir=out_dir, star_path=os.path.join(out_dir, "particles.star"), truth_path=truth_path,
+        stack_paths=[os.path.join(out_dir, r) for r in stack_rel], map_paths=map_paths,
+        maps=maps, state_names=list(names), labels=labels, hinge_deg=hinge,
+        image_names=image_names, rotations=meta["rotations"], shifts_A=meta["shifts_A"],
+        defocus_u_A=meta["du"], defocus_v_A=meta["dv"], defocus_angle_deg=meta["dang"],
+        random_subset=meta["subsets"], box_px=box_px, pixel_size_A=pixel_size_A, snr=snr,
+        noise_sigma=noise_sigma, seed=o["seed"],
+        clean_stack_paths=clean_paths, norm_offset=norm_offset, norm_scale=norm_scale,
+        star_rotations=meta["star_rotations"], star_shifts_A=meta["star_shifts_A"])
+
+
+def _warn_cut_off(map_gaussians, box_px: int, pixel_size_A: float) -> None:
+    """HetclassWarning (pointing at the caller of :func:`simulate_dataset`) for each state whose
+    Gaussians reach beyond the box."""
     for name, (xyz, _, sigma) in map_gaussians.items():
         reach_A = float(np.abs(xyz).max() + 3 * np.max(sigma))
         if reach_A > (box_px // 2 - 1) * pixel_size_A:
             warnings.warn(f"state {name!r} reaches {reach_A:.0f} A from the centre, beyond the "
                           f"box ({box_px} px of {pixel_size_A} A): its true map is cut off",
-                          HetclassWarning, stacklevel=3)
-    # pass 1: noise-free images into memory-mapped temporary stacks; signal variance per image
+                          HetclassWarning, stacklevel=4)
+
+
+def _write_clean_stacks(out_dir: str, stack_rel, n: int, ips: int, box_px: int, inside, clean_rows,
+                        meta, threads: int):
+    """Pass 1: the noise-free images into memory-mapped temporary stacks (``ips`` images per
+    stack). Returns the signal variance inside the ``inside`` circle per image (n,) and the
+    temporary stack paths."""
     signal_var = np.empty(n)
     tmp_paths = []
     for k, rel in enumerate(stack_rel):
@@ -450,10 +494,16 @@ def _simulate(out_dir, n, names, labels, hinge, clean_rows, map_gaussians, o) ->
                 imgs = clean_rows(part, meta, threads)
                 mrc.data[start:start + len(part)] = imgs
                 signal_var[part] = imgs[:, inside].var(axis=1)
-    noise_sigma = 0.0 if snr is None else float(np.sqrt(signal_var.mean() / snr))
-    norm_offset, norm_scale = np.zeros(n), np.ones(n)
+    return signal_var, tmp_paths
 
-    # pass 2: noise (one seeded stream, stack by stack), normalisation, final names
+
+def _add_noise(out_dir: str, stack_rel, tmp_paths, n: int, ips: int, inside, snr, noise_sigma: float,
+               rng_noise, pixel_size_A: float, write_clean: bool):
+    """Pass 2: white noise of ``noise_sigma`` (one seeded stream, stack by stack), RELION-style
+    normalisation on the background outside ``inside``, stacks moved to their final names
+    (clean, normalised copies too with ``write_clean``). Returns the per-image normalisation
+    offset and scale (n,) and the clean stack paths."""
+    norm_offset, norm_scale = np.zeros(n), np.ones(n)
     clean_paths = []
     for k, rel in enumerate(stack_rel):
         first = k * ips
@@ -461,7 +511,7 @@ def _simulate(out_dir, n, names, labels, hinge, clean_rows, map_gaussians, o) ->
         clean_final = os.path.join(out_dir, "Particles", f"clean_{os.path.basename(rel)}")
         with mrcfile.mmap(tmp_paths[k], mode="r+") as mrc:
             clean_mrc = None
-            if o["write_clean"]:
+            if write_clean:
                 clean_mrc = mrcfile.new_mmap(_tmp(clean_final), shape=mrc.data.shape, mrc_mode=2,
                                              overwrite=True)
             for start in range(0, mrc.data.shape[0], 1000):
@@ -491,30 +541,7 @@ def _simulate(out_dir, n, names, labels, hinge, clean_rows, map_gaussians, o) ->
                 os.replace(_tmp(clean_final), clean_final)
                 clean_paths.append(clean_final)
         os.replace(tmp_paths[k], final)
-
-    maps, map_paths = {}, {}
-    for name in map_gaussians:
-        maps[name] = rasterise(map_gaussians[name], box_px, pixel_size_A)
-        map_paths[name] = os.path.join(out_dir, f"true_{_safe_name(name)}.mrc")
-        _write_map(map_paths[name], maps[name], pixel_size_A)
-
-    _write_star(os.path.join(out_dir, "particles.star"), image_names, meta, o)
-    truth = pd.DataFrame({"image_name": image_names, "state_index": labels,
-                          "state_name": [names[l] for l in labels], "hinge_deg": hinge,
-                          "norm_offset": norm_offset, "norm_scale": norm_scale})
-    truth_path = os.path.join(out_dir, "truth.csv")
-    truth.to_csv(_tmp(truth_path), index=False)
-    os.replace(_tmp(truth_path), truth_path)
-    return SimulatedDataset(
-        out_dir=out_dir, star_path=os.path.join(out_dir, "particles.star"), truth_path=truth_path,
-        stack_paths=[os.path.join(out_dir, r) for r in stack_rel], map_paths=map_paths,
-        maps=maps, state_names=list(names), labels=labels, hinge_deg=hinge,
-        image_names=image_names, rotations=meta["rotations"], shifts_A=meta["shifts_A"],
-        defocus_u_A=meta["du"], defocus_v_A=meta["dv"], defocus_angle_deg=meta["dang"],
-        random_subset=meta["subsets"], box_px=box_px, pixel_size_A=pixel_size_A, snr=snr,
-        noise_sigma=noise_sigma, seed=o["seed"],
-        clean_stack_paths=clean_paths, norm_offset=norm_offset, norm_scale=norm_scale,
-        star_rotations=meta["star_rotations"], star_shifts_A=meta["star_shifts_A"])
+    return norm_offset, norm_scale, clean_paths
 
 
 def _write_star(path, image_names, meta, o):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import asdict, dataclass
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -105,8 +105,9 @@ def plan_memory(max_memory_GB: Optional[float], n_local: int, n_total: int, m: i
     ``max_memory_GB`` (per process): after the fixed costs (``base_bytes``, default this
     process's resident memory now; maps; per-particle arrays) and ``concurrent`` batch working
     sets, the data stay in RAM only if they fit, and the operators are cached in what is left
-    after the data (all of them, or those of the first batches). Preprocessing holds ``preprocess_threads + 1`` batches of images at
-    once (one with a single thread). InputError (field ``--max-memory``) below the minimum.
+    after the data (all of them, or those of the first batches). Preprocessing holds
+    ``preprocess_threads + 1`` batches of images at once (one with a single thread).
+    InputError (field ``--max-memory``) below the minimum.
     """
     k = max(int(k), 2)
     threads = max(int(preprocess_threads), 1)
@@ -184,7 +185,7 @@ class Workspace:
                 self.batches.append((rows[start:start + self.batch_size], half - 1))
         self.cache_limit_bytes = int(DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes)
         self.cached_bytes = 0
-        self._ops = {}
+        self._ops: Dict[int, Any] = {}
         self._lock = threading.Lock()
 
     def batch_arrays(self, index: int):

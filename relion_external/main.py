@@ -35,10 +35,16 @@ from hetclass.io.lock import lock_output
 
 from .markers import JobMarkers
 from .mpi_launch import mpi_nodes, run_mpi_job
-from .nodes import (Node, classify_nodes, detect_relion_version, job_is_continue,
-                    write_output_nodes)
-from .options import (PARAMETERS, JobConfig, build_config, check_inputs_exist, classify_options,
-                      parameter_help, parse_argv)
+from .nodes import Node, classify_nodes, detect_relion_version, job_is_continue, write_output_nodes
+from .options import (
+    PARAMETERS,
+    JobConfig,
+    build_config,
+    check_inputs_exist,
+    classify_options,
+    parameter_help,
+    parse_argv,
+)
 from .replicate_modes import log_run_estimate, run_replicate_mode
 
 PROG = "hetclass_relion"

@@ -8,8 +8,8 @@ RELION launches, from the project directory::
 
 Each "Param label / value" pair of the job becomes ``--label value``; an empty value gives a
 bare ``--label`` (= yes for switches, the default for other parameters). Nothing is
-quoted, so a value with spaces arrives as several words. Unknown options (and the unused inputs ``--in_movies``, ``--in_mics``,
-``--in_coords``) are ignored with a warning, never an error: RELION may add its own.
+quoted, so a value with spaces arrives as several words. Unknown options (and the unused
+inputs ``--in_movies``, ``--in_mics``, ``--in_coords``) are ignored with a warning, never an error: RELION may add its own.
 
 Example::
 
@@ -24,8 +24,15 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hetclass.errors import InputError
-from hetclass.options import (CLASSIFY_NAMES, OPTIONS, ClassifyOptions, Option,
-                              options_from_mapping, parse_k_range, yes_no)
+from hetclass.options import (
+    CLASSIFY_NAMES,
+    OPTIONS,
+    ClassifyOptions,
+    Option,
+    options_from_mapping,
+    parse_k_range,
+    yes_no,
+)
 
 MODES = ("classify", "stability", "exhaustive")
 

@@ -11,7 +11,8 @@ the :class:`Plugin` class is missing then.
 
 import os
 
-from hetclass import __version__   # one version for the engine and the plugin
+from hetclass import __version__  # one version for the engine and the plugin
+
 _logo = None
 _references = ["hetclass", "Scheres2012a"]
 

@@ -124,8 +124,8 @@ def particles_from_set(part_set, project_dir: Optional[str] = None
     """Read a Scipion ``SetOfParticles`` into ``(ParticleSet, ids)``.
 
     ``ids`` (n,) int64 are the Scipion object ids in the order of the ParticleSet (ascending),
-    the key for writing labels back; disabled particles are left out. ``project_dir`` resolves relative image paths (default:
-    the current directory, i.e. the Scipion project while a protocol runs). One optics group
+    the key for writing labels back; disabled particles are left out. ``project_dir`` resolves relative
+    image paths (default: the current directory, i.e. the Scipion project while a protocol runs). One optics group
     from the set's acquisition and sampling rate. InputError when the set has no particles, a
     particle lacks a CTF or a 3D alignment.
     """

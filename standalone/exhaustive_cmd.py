@@ -23,8 +23,7 @@ from .arguments import add_classify_options, add_option, values_from_args
 from .classify_cmd import add_input_options, check_out, load_from_args, options_from_args
 from .mpi_run import agreed, args_comm, root_progress
 from .progress import ReplicateProgress
-from .stability_cmd import (REPLICATE_OPTIONS, add_output_options, add_replicate_options,
-                            check_resume, print_report)
+from .stability_cmd import REPLICATE_OPTIONS, add_output_options, add_replicate_options, check_resume, print_report
 
 SPLITTING_OPTIONS = ("min_class_size", "max_depth", "k_scan")
 
@@ -52,7 +51,7 @@ def main(args) -> int:
     # a node scans K = 2 first: its replicates are the first phase's tasks
     printer = None if args.quiet else ReplicateProgress(sys.stderr, options.max_iter,
                                                         tasks=values["replicates"])
-    from hetclass.stability.exhaustive import exhaustive_job    # heavy: only when used
+    from hetclass.stability.exhaustive import exhaustive_job  # heavy: only when used
     from hetclass.stability.outputs import exhaustive_key_table
     try:
         summary, _ = exhaustive_job(particles, options, args.out, values["min_class_size"],

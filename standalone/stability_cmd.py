@@ -87,7 +87,7 @@ def main(args) -> int:
     k_values, options, values, particles = agreed(comm, setup)
     printer = None if args.quiet else ReplicateProgress(
         sys.stderr, options.max_iter, tasks=len(k_values) * values["replicates"])
-    from hetclass.stability.analysis import stability_job      # heavy: only when used
+    from hetclass.stability.analysis import stability_job  # heavy: only when used
     from hetclass.stability.outputs import stability_key_tables
     try:
         summary, _ = stability_job(particles, options, args.out, k_values, values["replicates"],

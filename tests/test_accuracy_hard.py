@@ -20,7 +20,6 @@ import os
 import sys
 
 import pytest
-
 from relion_tools import relion_available
 
 HERE = os.path.dirname(os.path.abspath(__file__))

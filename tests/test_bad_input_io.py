@@ -9,14 +9,13 @@ import mrcfile
 import numpy as np
 import pytest
 import starfile
+from shared_fixtures import fixtures_dir
 
 from hetclass.errors import InputError
 from hetclass.io.images import ImageSource
 from hetclass.io.loader import load_particles
 from hetclass.io.mrc import read_map, write_map, write_stack
 from hetclass.io.star import read_star
-
-from shared_fixtures import fixtures_dir
 
 FIXTURES = fixtures_dir("relion31")
 

@@ -8,12 +8,11 @@ import subprocess
 import numpy as np
 import pytest
 import starfile
+from shared_fixtures import fixtures_dir
 
 from hetclass.io import cryosparc as cs
 from hetclass.io.star import read_star
 from hetclass_standalone.main import main
-
-from shared_fixtures import fixtures_dir
 
 FIXTURES = fixtures_dir("cryosparc")
 PLAIN = os.path.join(FIXTURES, "synthetic_particles.cs")

@@ -8,14 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
+from shared_fixtures import fixtures_dir
 
 from hetclass.errors import InputError
 from hetclass.geometry import euler_to_matrix
 from hetclass.io import cryosparc as cs
 from hetclass.io.cryosparc_read import MAX_HEADER_BYTES
 from hetclass.io.star import read_star, write_particles_star
-
-from shared_fixtures import fixtures_dir
 
 FIXTURES = fixtures_dir("cryosparc")
 PLAIN = os.path.join(FIXTURES, "synthetic_particles.cs")
@@ -123,7 +122,7 @@ def test_independent_expected_values():
 
 def test_csdat_equals_numpy_container():
     pytest.importorskip("cryosparc.dataset", reason="CSDAT needs cryosparc-tools")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):
         np.load(CSDAT, allow_pickle=False)       # not numpy-readable: the reader must sniff
     a, b = cs.load_cs_array(CSDAT), cs.load_cs_array(PLAIN)
     assert a.dtype == b.dtype
@@ -336,7 +335,7 @@ def test_written_files_load_with_cryosparc_tools(tmp_path):
     p = cs.read_cs(PLAIN, [PASS])
     labels = np.arange(len(p)) % 2
     files = cs.write_class_subsets(tmp_path, p, labels, prefix="run")
-    for key, (cs_path, csg_path) in files.items():
+    for cs_path, _ in files.values():
         d = Dataset.load(cs_path)
         table = np.load(cs_path, allow_pickle=False)
         assert len(d) == len(table)

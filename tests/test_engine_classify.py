@@ -20,13 +20,12 @@ import mrcfile
 import numpy as np
 import pytest
 import starfile
+from relion_tools import relion_available, run_relion
 from scipy.ndimage import binary_dilation, gaussian_filter
 
 from hetclass import checkpoint, engine
 from hetclass.pipeline import ClassifyOptions, load_particles, run_classify
 from hetclass.stability.scores import adjusted_rand_index
-
-from relion_tools import relion_available, run_relion
 
 ARI_MIN = 0.95
 # RELION's ARI is nearly flat after iteration 12: four_states 0.960 (it 12) / 0.962 (it 25),

@@ -15,8 +15,7 @@ from hetclass.geometry import euler_to_matrix, matrix_to_euler, matrix_to_rotvec
 from hetclass.masks import soft_sphere
 from hetclass.phantoms import model_to_gaussians, phantom_model, rasterise
 from hetclass.projector import backproject, hermitian_flip, project, slice_operator, stack_grids
-from hetclass.reconstruct import (grid_shells, grid_to_volume, solve_grid, symmetrise,
-                                  volume_to_grid)
+from hetclass.reconstruct import grid_shells, grid_to_volume, solve_grid, symmetrise, volume_to_grid
 from hetclass.simulate import project_gaussians, random_rotations
 
 BOX = 32

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
+from relion_tools import require_relion, run_relion, run_relion_project
 
 from hetclass import engine
 from hetclass.crop import crop_operator
@@ -31,8 +32,6 @@ from hetclass.preprocess import ctf_for, plan_crop, preprocess_batch
 from hetclass.projector import project, slice_operator, stack_grids
 from hetclass.reconstruct import volume_to_grid
 from hetclass.simulate import random_rotations
-
-from relion_tools import require_relion, run_relion, run_relion_project
 
 BOX, PSIZE_A, TARGET_A = 48, 3.5, 14.0
 N_PROJ = 1500

@@ -13,8 +13,8 @@ one line, ``--device auto`` falls back to the CPU.
 
 import numpy as np
 import pytest
-
 import test_gpu_kernels_emulated as shared
+
 from hetclass.gpu import available
 from hetclass_standalone.main import main as cli
 
@@ -27,6 +27,7 @@ def cupy_backend():
     if not GPU:
         pytest.skip(f"no usable GPU: {GPU_REASON}")
     import cupy
+
     from hetclass.gpu.kernels import CupyBackend
     return cupy, CupyBackend()
 

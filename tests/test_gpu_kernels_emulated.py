@@ -16,8 +16,8 @@ checks with CuPy on a real GPU.
 
 import numpy as np
 import pytest
-
 from cuda_emulation import EmulatedBackend, gxx_available, parse_kernels
+
 from hetclass import em, engine
 from hetclass.em_step import class_log_likelihoods, process_batch, shell_onehot
 from hetclass.fourier import coefficient_set
@@ -25,8 +25,13 @@ from hetclass.fsc import fsc
 from hetclass.geometry import euler_to_matrix
 from hetclass.gpu import choose_device, local_rank
 from hetclass.gpu import kernels as kernels_mod
-from hetclass.gpu.device_pass import (DevicePass, batch_size_from_free_bytes, choose_precision,
-                                      half_data_scale, storage_bytes)
+from hetclass.gpu.device_pass import (
+    DevicePass,
+    batch_size_from_free_bytes,
+    choose_precision,
+    half_data_scale,
+    storage_bytes,
+)
 from hetclass.gpu.kernels import KERNEL_SOURCE, KernelSet
 from hetclass.gpu.xp import to_host
 from hetclass.phantoms import phantom_model

@@ -10,15 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
+from shared_fixtures import fixtures_dir
 
 from hetclass.geometry import euler_to_matrix, matrix_to_euler
 from hetclass.io.loader import load_particles
 from hetclass.io.mrc import write_stack
-from hetclass.io.star import (particles_to_tables, read_star, write_particles_star,
-                              write_star_blocks)
+from hetclass.io.star import particles_to_tables, read_star, write_particles_star, write_star_blocks
 from hetclass.particles import Optics, ParticleSet
-
-from shared_fixtures import fixtures_dir
 
 FIXTURES = fixtures_dir("relion31")
 F31 = "input_particles_relion31.star"

@@ -156,8 +156,8 @@ def test_argument_errors_are_one_line(argv, needle, capsys):
 def test_warnings_are_one_line_without_source():
     stream = io.StringIO()
     with one_line_warnings("hetclass classify", stream):
-        warnings.warn("iteration 3:\n  1 class(es) are empty", EmptyClassWarning)
-        warnings.warn("invalid value encountered", RuntimeWarning)
+        warnings.warn("iteration 3:\n  1 class(es) are empty", EmptyClassWarning, stacklevel=1)
+        warnings.warn("invalid value encountered", RuntimeWarning, stacklevel=1)
     lines = stream.getvalue().splitlines()
     assert lines == ["hetclass classify: warning: iteration 3: 1 class(es) are empty",
                      "hetclass classify: warning: invalid value encountered (RuntimeWarning)"]

@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 import starfile
 
-
 MPIRUN = shutil.which("mpirun")
 try:
     import mpi4py  # noqa: F401

@@ -16,11 +16,24 @@ from pathlib import Path
 import pytest
 
 from hetclass.errors import InputError
-from hetclass.options import (CLASSIFY_NAMES, OPTIONS, REPLICATE_NAMES, ClassifyOptions,
-                              options_from_mapping, options_record, options_to_argv)
+from hetclass.options import (
+    CLASSIFY_NAMES,
+    OPTIONS,
+    REPLICATE_NAMES,
+    ClassifyOptions,
+    options_from_mapping,
+    options_record,
+    options_to_argv,
+)
 from hetclass_relion.mpi_launch import hetclass_args
-from hetclass_relion.options import (PARAMETERS, build_config, classify_options,
-                                     parameter_help, parse_argv, replicate_values)
+from hetclass_relion.options import (
+    PARAMETERS,
+    build_config,
+    classify_options,
+    parameter_help,
+    parse_argv,
+    replicate_values,
+)
 from hetclass_standalone.arguments import options_from_args, values_from_args
 from hetclass_standalone.main import build_parser
 from hetclass_standalone.main import main as cli

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from hetclass import engine
+from hetclass import prepare as prepare_module
 from hetclass.errors import AbortRequested, InputError
 from hetclass.phantoms import phantom_model
 from hetclass.pipeline import ClassifyOptions, load_particles
@@ -62,14 +63,14 @@ def _options(**kw):
 def _force_streaming(monkeypatch):
     """Make the memory plan stream the data from disk, whatever the budget (undo with
     ``monkeypatch.undo()``)."""
-    real = engine.plan_memory
+    real = prepare_module.plan_memory
 
     def plan(*args, **kw):
         out = real(None, *args[1:], **kw)
         out.data_in_memory = False
         out.operator_cache_bytes = 0
         return out
-    monkeypatch.setattr(engine, "plan_memory", plan)
+    monkeypatch.setattr(prepare_module, "plan_memory", plan)
 
 
 class CountingReader:

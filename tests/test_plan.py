@@ -8,8 +8,18 @@ from hetclass import cost_reference as ref
 from hetclass.errors import InputError
 from hetclass.phantoms import phantom_model
 from hetclass.pipeline import ClassifyOptions, load_particles
-from hetclass.plan import (GB, Machine, Rates, RunShape, classify_estimate, format_duration,
-                           iterations, memory_plan, stability_estimate, workload_for)
+from hetclass.plan import (
+    GB,
+    Machine,
+    Rates,
+    RunShape,
+    classify_estimate,
+    format_duration,
+    iterations,
+    memory_plan,
+    stability_estimate,
+    workload_for,
+)
 from hetclass.plan_probe import _solve, probe_rows
 from hetclass.plan_report import PlanRequest, log_estimate, parse_duration_s
 from hetclass.simulate import simulate_dataset

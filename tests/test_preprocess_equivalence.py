@@ -17,8 +17,7 @@ from hetclass.fourier_store import MemoryStore
 from hetclass.geometry import euler_to_matrix
 from hetclass.masks import soft_disk
 from hetclass.particles import Optics, ParticleSet
-from hetclass.preprocess import (MASK_EDGE_PX, fill_store, mask_radius_px, plan_crop,
-                                 setup_preprocess)
+from hetclass.preprocess import MASK_EDGE_PX, fill_store, mask_radius_px, plan_crop, setup_preprocess
 
 
 def _centred_rfft2(images):

@@ -94,7 +94,7 @@ def test_continue_only_where_it_exists():
     assert "classify" in have
     for name in ("stability", "exhaustive", "demo", "convert"):
         if name not in have:
-            section = re.split(r"\n#{2,4} ", text.split(f"#### `hetclass {name}", 1)[1], 1)[0]
+            section = re.split(r"\n#{2,4} ", text.split(f"#### `hetclass {name}", 1)[1], maxsplit=1)[0]
             assert "| `--continue`" not in section
             # its option sentence does not offer --continue either
             assert "--continue" not in section or "except `--continue`" in section, name

@@ -21,15 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import starfile
+from shared_fixtures import fixtures_dir
 
 from hetclass.errors import AbortRequested, HetclassWarning, InputError
 from hetclass_relion import main as relion_main
 from hetclass_relion.markers import ABORT_NOW, ABORTED, FAILURE, SUCCESS, JobMarkers
-from hetclass_relion.nodes import (Node, detect_relion_version, format_output_nodes,
-                                   project_relative, write_output_nodes)
+from hetclass_relion.nodes import Node, detect_relion_version, format_output_nodes, project_relative, write_output_nodes
 from hetclass_relion.options import PARAMETERS, build_config, parse_argv
-
-from shared_fixtures import fixtures_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -231,7 +229,7 @@ class FakeEngine:
         self.calls["classify"] = dict(options=options, out_dir=out_dir, overwrite=overwrite,
                                       resume=resume)
         if self.behaviour == "warn":
-            warnings.warn("class 2 is empty\nsecond line", HetclassWarning)
+            warnings.warn("class 2 is empty\nsecond line", HetclassWarning, stacklevel=1)
         for it in range(1, 4):
             progress("batch", done=it, total=3, stage="preprocess")
             progress("iteration", it=it, max_iter=3, changed_pct=10.0 / it,

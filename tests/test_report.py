@@ -10,8 +10,13 @@ import numpy as np
 
 from hetclass.stability.analysis import StabilityResult
 from hetclass.stability.replicates import ReplicateRun, consensus_maps
-from hetclass.stability.report import (fig_tree, figure_to_data_uri, format_key_tables,
-                                       write_exhaustive_report, write_stability_report)
+from hetclass.stability.report import (
+    fig_tree,
+    figure_to_data_uri,
+    format_key_tables,
+    write_exhaustive_report,
+    write_stability_report,
+)
 from hetclass.stability.scores import score_replicates, single_class_scores
 from hetclass.stability.verdict import heterogeneity_verdict
 
@@ -94,8 +99,8 @@ def test_key_tables_text():
     text = format_key_tables(summary)
     assert "stability per K:" in text and "classes at K = 2" in text
     lines = text.splitlines()
-    header = next(i for i, l in enumerate(lines) if l.strip().startswith("K "))
-    assert [l.split()[0] for l in lines[header + 1: header + 4]] == ["1", "2", "3"]
+    header = next(i for i, line in enumerate(lines) if line.strip().startswith("K "))
+    assert [line.split()[0] for line in lines[header + 1: header + 4]] == ["1", "2", "3"]
     assert f"recommended classes: {summary['recommended_classes']}" in text
 
 

@@ -13,8 +13,7 @@ import pytest
 from hetclass.errors import InputError
 from hetclass.geometry import euler_to_matrix
 from hetclass.particles import Optics, ParticleSet
-from scipion_hetclass.convert import (image_name, relion_to_scipion_matrices,
-                                      scipion_to_relion, split_image_name)
+from scipion_hetclass.convert import image_name, relion_to_scipion_matrices, scipion_to_relion, split_image_name
 
 HAS_PWEM = importlib.util.find_spec("pwem") is not None
 HAS_RELION_PLUGIN = HAS_PWEM and importlib.util.find_spec("relion") is not None
@@ -131,6 +130,7 @@ def assert_same_particles(a, b, tol=1e-9):
 @pytest.mark.parametrize("stack", [".mrcs", ".mrc"])
 def test_set_round_trip_with_non_contiguous_ids(tmp_path, stack):
     from pwem.objects import SetOfParticles
+
     from scipion_hetclass.convert import particles_from_set, write_set
 
     particles = make_particles(tmp_path, stack=stack)
@@ -157,6 +157,7 @@ def test_set_round_trip_with_non_contiguous_ids(tmp_path, stack):
 @needs_pwem
 def test_disabled_particles_are_left_out(tmp_path):
     from pwem.objects import SetOfParticles
+
     from scipion_hetclass.convert import particles_from_set, write_set
 
     particles = make_particles(tmp_path)
@@ -175,6 +176,7 @@ def test_disabled_particles_are_left_out(tmp_path):
 @needs_pwem
 def test_set_without_alignment_or_ctf_reports_field(tmp_path):
     from pwem.objects import Particle, SetOfParticles
+
     from scipion_hetclass.convert import particles_from_set
 
     part_set = SetOfParticles(filename=str(tmp_path / "bare.sqlite"))
@@ -192,6 +194,7 @@ def test_relion_plugin_star_writer_agrees(tmp_path):
     """Scipion set (our converter) -> STAR by scipion-em-relion -> hetclass STAR reader."""
     from pwem.objects import SetOfParticles
     from relion.convert import writeSetOfParticles
+
     from hetclass.io.star import read_star
     from scipion_hetclass.convert import write_set
 
@@ -212,6 +215,7 @@ def test_relion_plugin_star_reader_agrees(tmp_path):
     from pwem.constants import ALIGN_PROJ
     from pwem.objects import SetOfParticles
     from relion.convert import readSetOfParticles
+
     from hetclass.io.star import write_particles_star
     from scipion_hetclass.convert import particles_from_set
 

@@ -7,12 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
+from relion_tools import require_relion, run_relion_project
 
 from hetclass import phantoms, simulate
 from hetclass.errors import HetclassWarning, InputError
 from hetclass.geometry import euler_to_matrix
-
-from relion_tools import require_relion, run_relion_project
 
 
 def per_image_corr(a, b):

@@ -27,7 +27,6 @@ import numpy as np
 import pytest
 import starfile
 
-
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "sinfo", "scontrol")
 RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",

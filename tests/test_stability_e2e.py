@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
+from relion_tools import relion_available, run_relion
 
 from hetclass.io.loader import load_particles
 from hetclass.phantoms import phantom_model, phantom_states
@@ -23,8 +24,6 @@ from hetclass.simulate import continuous_dataset, simulate_dataset
 from hetclass.stability.analysis import stability_job
 from hetclass.stability.scores import adjusted_rand_index
 from hetclass_standalone.main import main as cli
-
-from relion_tools import relion_available, run_relion
 
 SIM = dict(box_px=32, pixel_size_A=5.2, snr=0.1, seed=7)
 N = 1500

@@ -15,8 +15,7 @@ from hetclass.errors import AbortRequested, InputError
 from hetclass.fsc import fsc as fsc_curve
 from hetclass.options import parse_k_range
 from hetclass.stability.exhaustive import explore
-from hetclass.stability.replicates import (consensus_maps, replicate_seeds, run_replicates,
-                                           subsample_rows)
+from hetclass.stability.replicates import consensus_maps, replicate_seeds, run_replicates, subsample_rows
 
 BOX = 12
 
@@ -257,9 +256,9 @@ def test_exhaustive_refuses_a_stable_split_without_map_difference():
     (["exhaustive", "--k-scan", "3"], "--k-scan"),
 ])
 def test_cli_bad_values_exit_2_with_one_line(tmp_path, capsys, argv, field):
-    from hetclass_standalone.main import main
-    from hetclass.simulate import simulate_dataset
     from hetclass.phantoms import phantom_model
+    from hetclass.simulate import simulate_dataset
+    from hetclass_standalone.main import main
     ds = simulate_dataset(tmp_path / "d", {"open": phantom_model("open")}, n_particles=20,
                           box_px=20, pixel_size_A=12.0, snr=None, seed=0)
     rc = main(argv + ["--particles", ds.star_path, "--project-dir", ds.out_dir,

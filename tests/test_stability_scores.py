@@ -5,11 +5,23 @@ import itertools
 import numpy as np
 import pytest
 
-from hetclass.stability.matching import (align_replicates, contingency, majority_vote,
-                                         match_to_reference, parent_of_classes, relabel)
-from hetclass.stability.scores import (adjusted_rand_index, jaccard_band, jaccard_matrix,
-                                       normalized_mutual_info, pac, score_replicates,
-                                       single_class_scores)
+from hetclass.stability.matching import (
+    align_replicates,
+    contingency,
+    majority_vote,
+    match_to_reference,
+    parent_of_classes,
+    relabel,
+)
+from hetclass.stability.scores import (
+    adjusted_rand_index,
+    jaccard_band,
+    jaccard_matrix,
+    normalized_mutual_info,
+    pac,
+    score_replicates,
+    single_class_scores,
+)
 
 sk = pytest.importorskip("sklearn.metrics", reason="scikit-learn is the ARI/NMI reference")
 
@@ -84,7 +96,7 @@ def test_align_replicates_on_permuted_noisy_copies():
     truth = np.repeat([0, 1, 2], [300, 200, 100])           # sizes make the final order known
     labels = []
     flipped = np.zeros(n, dtype=int)
-    for rep in range(r):
+    for _ in range(r):
         lab = truth.copy()
         idx = rng.choice(n, 12, replace=False)               # 2 % errors per replicate
         lab[idx] = (lab[idx] + 1) % k
@@ -177,7 +189,7 @@ def test_subsampled_replicates_use_present_rows_only():
     truth = np.repeat([0, 1], 50)
     rng = np.random.default_rng(4)
     labels = []
-    for rep in range(4):
+    for _ in range(4):
         lab = rng.permutation(2)[truth]
         lab[rng.random(100) < 0.2] = -1
         labels.append(lab)

@@ -10,8 +10,13 @@ import numpy as np
 import pytest
 
 from hetclass.stability.scores import score_replicates, single_class_scores
-from hetclass.stability.verdict import (heterogeneity_verdict, map_path, neighbour_disagreement,
-                                        recommended_k, stability_curve)
+from hetclass.stability.verdict import (
+    heterogeneity_verdict,
+    map_path,
+    neighbour_disagreement,
+    recommended_k,
+    stability_curve,
+)
 
 R = 5
 BOX = 12

@@ -22,8 +22,14 @@ from hypothesis import strategies as st
 
 from hetclass.errors import InputError
 from hetclass.io.star import read_star, write_particles_star
-from hetclass.io.star_text import (UnwritableValue, check_text_values, format_star, parse_star,
-                                   read_star_file, star_token)
+from hetclass.io.star_text import (
+    UnwritableValue,
+    check_text_values,
+    format_star,
+    parse_star,
+    read_star_file,
+    star_token,
+)
 
 SETTINGS = settings(derandomize=True, deadline=None, max_examples=150,
                     suppress_health_check=[HealthCheck.too_slow])

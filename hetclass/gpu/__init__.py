@@ -68,6 +68,7 @@ def attach(ws, device: str, classes: Optional[int] = None, precision: str = "aut
             return None
         raise InputError(f"no usable GPU: {reason}", field="--device", value=device)
     import cupy
+
     from .device_pass import DevicePass
     from .kernels import KERNEL_NAMES, CupyBackend
     index = choose_device(cupy.cuda.runtime.getDeviceCount())

@@ -116,7 +116,7 @@ class DevicePass:
                  classes: Optional[int] = None, batch_size: Optional[int] = None,
                  device_data=None, min_weight: float = 0.0):
         if xp is None:
-            import cupy as xp
+            import cupy as xp  # type: ignore[no-redef]
         if backend is None:
             from .kernels import CupyBackend
             backend = CupyBackend()
@@ -262,19 +262,7 @@ class DevicePass:
                                        self.ky, self.shell, self.data_scale, lo, nb, n_shells,
                                        side, pad, n_use=m_use)
                 g = self.group[lo:hi]
-                ratio = power[:, :, :like] / sig32[g][:, None, :like]
-                z = prior[None, :] - ratio.sum(axis=2, dtype=np.float64)
-                zmax = z.max(axis=1, keepdims=True)
-                e = xp.exp(z - zmax)
-                total = e.sum(axis=1, keepdims=True)
-                post = e / total
-                evidence = (zmax + xp.log(total))[:, 0] * act
-                if hard:
-                    weights = xp.zeros_like(post)
-                    weights[xp.arange(nb), post.argmax(axis=1)] = 1.0
-                    weights *= act[:, None]
-                else:
-                    weights = post * act[:, None]
+                weights, evidence = _batch_weights(xp, power, sig32[g], prior, like, act, hard)
                 contrib = xp.einsum("nk,nks->ns", weights, power.astype(np.float64))
                 in_group = (g[:, None] == group_ids[None, :]) * act[:, None]
                 noise += in_group.T @ contrib
@@ -319,3 +307,24 @@ class DevicePass:
     def peak_bytes(self) -> int:
         """Largest device memory held by CuPy's pool at the end of a pass (bytes)."""
         return int(getattr(self, "_peak_bytes", 0))
+
+
+def _batch_weights(xp, power, sigma2_batch, log_prior, like: int, act, hard: bool):
+    """E-step of one batch on the device: the class weights (nb, K) (posteriors, or one-hot
+    with ``hard``) and log evidence (nb,) float64 of the particles, both zero where ``act``
+    (nb,) is 0. ``power`` (nb, K, S) float32 squared residuals per shell, ``sigma2_batch``
+    (nb, S) float32 noise of each particle's optics group; shells below ``like`` count."""
+    ratio = power[:, :, :like] / sigma2_batch[:, None, :like]
+    z = log_prior[None, :] - ratio.sum(axis=2, dtype=np.float64)
+    zmax = z.max(axis=1, keepdims=True)
+    e = xp.exp(z - zmax)
+    total = e.sum(axis=1, keepdims=True)
+    post = e / total
+    evidence = (zmax + xp.log(total))[:, 0] * act
+    if hard:
+        weights = xp.zeros_like(post)
+        weights[xp.arange(post.shape[0]), post.argmax(axis=1)] = 1.0
+        weights *= act[:, None]
+    else:
+        weights = post * act[:, None]
+    return weights, evidence

@@ -6,15 +6,20 @@ touch it.
 
 from __future__ import annotations
 
+from types import ModuleType
+from typing import Any
+
 import numpy as np
 
+Array = Any   # a NumPy or a CuPy array (CuPy is optional, so no narrower static type)
 
-def is_device_array(a) -> bool:
+
+def is_device_array(a: Array) -> bool:
     """True for a CuPy array (checked by type, without importing CuPy)."""
     return type(a).__module__.split(".")[0] == "cupy"
 
 
-def array_module(*arrays):
+def array_module(*arrays: Array) -> ModuleType:
     """``cupy`` when any argument is a CuPy array, else ``numpy``."""
     for a in arrays:
         if is_device_array(a):
@@ -23,7 +28,7 @@ def array_module(*arrays):
     return np
 
 
-def to_host(a) -> np.ndarray:
+def to_host(a: Array) -> np.ndarray:
     """A NumPy array with the values of ``a`` (a copy only when ``a`` is on the device)."""
     if is_device_array(a):
         return a.get()

@@ -26,6 +26,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..errors import OutputError, output_error
+from . import StrPath
 
 TEMP_PREFIX = ".tmp-"
 _TEMP_NAME = re.compile(r"^\.tmp-\d+-[0-9a-f]{8}-")   # what _temp_name and staged_directory make
@@ -41,7 +42,7 @@ def is_temporary(name: str) -> bool:
     return bool(_TEMP_NAME.match(name))
 
 
-def remove_temporaries(directory) -> int:
+def remove_temporaries(directory: StrPath) -> int:
     """Remove every temporary file or staging folder this module made directly in
     ``directory`` (left by a killed run); returns how many were removed.
 
@@ -64,7 +65,7 @@ def remove_temporaries(directory) -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path) -> Iterator[str]:
+def atomic_path(path: StrPath) -> Iterator[str]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
     On an exception inside the block the temporary file is removed and the exception
@@ -94,7 +95,7 @@ def atomic_path(path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def staged_directory(directory, last: Sequence[str] = ()) -> Iterator[str]:
+def staged_directory(directory: StrPath, last: Sequence[str] = ()) -> Iterator[str]:
     """Yield a new hidden folder inside ``directory``; write a set of files there.
 
     When the block ends normally every file in the folder is renamed into ``directory``
@@ -130,7 +131,7 @@ def staged_directory(directory, last: Sequence[str] = ()) -> Iterator[str]:
         raise
 
 
-def atomic_write_text(path, text: str) -> None:
+def atomic_write_text(path: StrPath, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -139,7 +140,7 @@ def atomic_write_text(path, text: str) -> None:
             os.fsync(f.fileno())
 
 
-def atomic_save_npy(path, array) -> None:
+def atomic_save_npy(path: StrPath, array: np.ndarray) -> None:
     """Save ``array`` as a ``.npy`` file at exactly ``path`` (no extension added), atomically."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
@@ -160,7 +161,7 @@ def _json_default(obj: Any):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def atomic_write_json(path, obj: Any) -> None:
+def atomic_write_json(path: StrPath, obj: Any) -> None:
     """Write ``obj`` as indented JSON atomically (NumPy scalars/arrays become plain values)."""
     text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
     atomic_write_text(path, text)

@@ -20,10 +20,15 @@ import numpy as np
 
 from ..errors import InputError
 from ..particles import ParticleSet
-from .cryosparc_read import (load_cs_array, merge_passthrough, missing_stacks,
-                             particles_from_dataset, read_cs, require_stacks)
-from .cryosparc_write import (UID_LABEL, cs_table, csg_text, uids_of, write_class_subsets,
-                              write_cs, write_cs_group)
+from .cryosparc_read import (
+    load_cs_array,
+    merge_passthrough,
+    missing_stacks,
+    particles_from_dataset,
+    read_cs,
+    require_stacks,
+)
+from .cryosparc_write import UID_LABEL, cs_table, csg_text, uids_of, write_class_subsets, write_cs, write_cs_group
 
 __all__ = ["read_cs", "load_cs_array", "merge_passthrough", "particles_from_dataset",
            "missing_stacks", "require_stacks", "UID_LABEL", "uids_of", "cs_table", "csg_text",

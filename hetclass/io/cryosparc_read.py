@@ -31,7 +31,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -52,7 +52,7 @@ MAX_POSE_RAD = 1000.0        # |rotation vector| beyond this is absurd (real one
 
 # ----------------------------------------------------------------------------- containers
 def _np_load(path: str) -> np.ndarray:
-    kwargs = {"allow_pickle": False}
+    kwargs: Dict[str, Any] = {"allow_pickle": False}
     if "max_header_size" in inspect.signature(np.load).parameters:  # numpy >= 1.24
         kwargs["max_header_size"] = MAX_HEADER_BYTES
     return np.load(path, **kwargs)
@@ -279,7 +279,7 @@ def _require(ds: np.ndarray, path: str, fields: Sequence[str]) -> None:
 
 
 # ----------------------------------------------------------------------------- paths
-def _decode(values: np.ndarray, path: str = None, field: str = None) -> np.ndarray:
+def _decode(values: np.ndarray, path: Optional[str] = None, field: Optional[str] = None) -> np.ndarray:
     """Fixed-width bytes (or objects) -> array of str; InputError for bytes not UTF-8."""
     values = np.asarray(values)
     if values.dtype.kind == "S":

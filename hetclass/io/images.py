@@ -272,7 +272,7 @@ def _read_sections(path: str, offset: int, dtype: np.dtype, box: int, sections: 
 def _read_into(fh, position: int, block: np.ndarray, path: str) -> None:
     """Fill ``block`` with the bytes of ``fh`` at ``position`` (the GIL is released while the
     operating system reads)."""
-    view = memoryview(block.reshape(-1).view(np.uint8))
+    view = memoryview(block.reshape(-1).view(np.uint8))  # type: ignore[arg-type]   # numpy stubs: ndarray is a buffer
     fh.seek(position)
     done = 0
     while done < view.nbytes:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+from typing import Optional, Sequence
 
 from ..errors import InputError
 from ..particles import ParticleSet
+from . import StrPath
 
 STAR_EXTENSIONS = (".star",)
 CS_EXTENSIONS = (".cs",)
 
 
-def load_particles(path, project_dir=None, passthrough=(), cs_project_dir=None) -> ParticleSet:
+def load_particles(path: StrPath, project_dir: Optional[StrPath] = None,
+                   passthrough: Sequence[str] = (),
+                   cs_project_dir: Optional[str] = None) -> ParticleSet:
     """Read aligned particles from ``path``, dispatching on its extension, and check them.
 
     ``.star``: :func:`hetclass.io.star.read_star` (``project_dir`` resolves stack paths; default

@@ -184,7 +184,7 @@ class OutputLock:
         if self._beat is not None:
             self._beat.join(timeout=5)
         current = _read(self.path)
-        if current is not None and current.get("token") == self.record.get("token"):
+        if current is not None and current.get("token") == (self.record or {}).get("token"):
             with contextlib.suppress(OSError):
                 os.remove(self.path)
         for d in self.created:                  # deepest first; only if nothing was written

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import mrcfile
 import numpy as np
 
 from ..errors import InputError
+from . import StrPath
 from .atomic import atomic_path
 
 HEADER_BYTES = 1024
@@ -107,7 +108,7 @@ def _voxel_size(mrc) -> Tuple[float, float, float]:
         return (float(vs.x), float(vs.y), float(vs.z))
 
 
-def read_info(path, what: str = "MRC file") -> MrcInfo:
+def read_info(path: StrPath, what: str = "MRC file") -> MrcInfo:
     """Read and check an MRC header without touching the data.
 
     Checks: the file exists, the header parses, the data mode is a real-valued mode,
@@ -150,14 +151,14 @@ def read_info(path, what: str = "MRC file") -> MrcInfo:
                    dtype=dtype, is_stack=(ispg == 0 and nz > 1))
 
 
-def open_mmap(path):
+def open_mmap(path: StrPath) -> "mrcfile.mrcmemmap.MrcMemmap":
     """Memory-map an MRC file read-only (strict first, permissive only if needed)."""
     path = os.fspath(path)
     _require_file(path, "MRC file")
     return _open(mrcfile.mmap, path)
 
 
-def read_map(path) -> Tuple[np.ndarray, float]:
+def read_map(path: StrPath) -> Tuple[np.ndarray, float]:
     """Read a cubic 3D map.
 
     Returns ``(array, voxel_size_A)``: ``array`` float32 of shape (n, n, n) indexed
@@ -185,7 +186,8 @@ def _origin3(origin) -> Tuple[float, float, float]:
     return float(o[0]), float(o[1]), float(o[2])
 
 
-def write_map(path, array, voxel_size_A: float, origin=0) -> None:
+def write_map(path: StrPath, array: np.ndarray, voxel_size_A: float,
+              origin: Union[float, Sequence[float]] = 0) -> None:
     """Write a 3D map (float32, ``[z, y, x]``) atomically.
 
     ``voxel_size_A`` is stored in the header; ``origin`` (Angstrom, scalar or (x, y, z)) goes
@@ -218,7 +220,7 @@ def _fixed_label(mrc) -> None:
     mrc.header.nlabl = 1
 
 
-def write_stack(path, images, pixel_size_A: float) -> None:
+def write_stack(path: StrPath, images: np.ndarray, pixel_size_A: float) -> None:
     """Write an image stack (n, ny, nx) as float32 MRC (``.mrcs``) atomically."""
     data = np.ascontiguousarray(images, dtype=np.float32)
     if data.ndim != 3:
@@ -226,8 +228,8 @@ def write_stack(path, images, pixel_size_A: float) -> None:
     _write(path, data, pixel_size_A, stack=True)
 
 
-def check_map_matches(path, array, box_px: int, pixel_size_A: float,
-                      voxel_size_A: float = None) -> None:
+def check_map_matches(path: StrPath, array: np.ndarray, box_px: int, pixel_size_A: float,
+                      voxel_size_A: Optional[float] = None) -> None:
     """InputError unless ``array`` (read from ``path``) is (box, box, box) at ``pixel_size_A``.
 
     Used for references and masks. ``voxel_size_A`` is the header value (re-read from

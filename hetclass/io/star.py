@@ -31,6 +31,7 @@ import pandas as pd
 from ..errors import InputError
 from ..geometry import euler_to_matrix, matrix_to_euler
 from ..particles import Optics, ParticleSet
+from . import StrPath
 from .atomic import atomic_write_text
 from .star_text import UnwritableValue, check_text_values, format_star, read_star_file
 
@@ -216,7 +217,7 @@ def _optional(df, name, path, block, default=None):
     return _numeric(df, name, path, block) if name in df.columns else default
 
 
-def read_star(path, project_dir=None) -> ParticleSet:
+def read_star(path: StrPath, project_dir: Optional[StrPath] = None) -> ParticleSet:
     """Read a RELION 3.0 or 3.1+ particle STAR file into a :class:`ParticleSet`.
 
     ``project_dir`` (default: the current directory) is where relative ``index@stack`` paths
@@ -360,6 +361,7 @@ def particles_to_tables(particles: ParticleSet, extra_columns: Optional[Mapping]
     from_star = (src.get("format") == "star" and isinstance(table, pd.DataFrame)
                  and len(table) == n)
     if from_star:
+        assert table is not None
         df = table.reset_index(drop=True).copy()
         src_version = src.get("version", "3.1")
         src_optics = src.get("optics")
@@ -396,7 +398,7 @@ def particles_to_tables(particles: ParticleSet, extra_columns: Optional[Mapping]
     return optics_df, df
 
 
-def write_star_blocks(path, blocks: Mapping[str, Union[pd.DataFrame, Mapping]],
+def write_star_blocks(path: StrPath, blocks: Mapping[str, Union[pd.DataFrame, Mapping]],
                       version_header: bool = True) -> None:
     """Write STAR blocks atomically: DataFrames as loops, dicts as key-value blocks.
 
@@ -432,7 +434,7 @@ def check_writable(particles: ParticleSet) -> None:
                     check_text_values(table[c].tolist(), path, c)
 
 
-def write_particles_star(path, particles: ParticleSet, extra_columns: Optional[Mapping] = None,
+def write_particles_star(path: StrPath, particles: ParticleSet, extra_columns: Optional[Mapping] = None,
                          version: str = "3.1") -> None:
     """Write ``particles`` as a RELION particle STAR file (3.1: optics + particles; 3.0: one
     table), atomically. See :func:`particles_to_tables` for the columns."""

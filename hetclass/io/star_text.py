@@ -162,6 +162,20 @@ def _add_pair(pairs: Dict[str, object], line: str, lineno: int, block: str, path
     return pairs
 
 
+def _close_block(blocks: Dict[str, Block], name: Optional[str], loop: Optional[_Loop],
+                 pairs: Optional[Dict[str, object]], path: str, string_columns: Sequence[str]) -> None:
+    """Store the block ``name`` just read in ``blocks``: its table, its label/value pairs, or
+    an empty DataFrame."""
+    if name is None:
+        return
+    if loop is not None:
+        blocks[name] = _loop_frame(loop, path, string_columns)
+    elif pairs:
+        blocks[name] = pairs
+    else:
+        blocks[name] = pd.DataFrame()
+
+
 def parse_star(text: str, path: str, string_columns: Sequence[str] = ()) -> Dict[str, Block]:
     """Blocks of STAR ``text``: name (without ``data_``) -> DataFrame (loops, empty blocks)
     or dict (label/value pairs). See the module docstring for the rules."""
@@ -171,14 +185,7 @@ def parse_star(text: str, path: str, string_columns: Sequence[str] = ()) -> Dict
     pairs: Optional[Dict[str, object]] = None
 
     def close():
-        if name is None:
-            return
-        if loop is not None:
-            blocks[name] = _loop_frame(loop, path, string_columns)
-        elif pairs:
-            blocks[name] = pairs
-        else:
-            blocks[name] = pd.DataFrame()
+        _close_block(blocks, name, loop, pairs, path, string_columns)
 
     for lineno, raw in enumerate(text.split("\n"), 1):
         line = raw.strip(" \t")

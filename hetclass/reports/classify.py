@@ -23,8 +23,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import HetclassWarning
-from .figures import (MAX_MAP_ROWS, fig_confusion, fig_fsc, fig_iterations, fig_map_views,
-                      fig_posterior_hist)
+from .figures import MAX_MAP_ROWS, fig_confusion, fig_fsc, fig_iterations, fig_map_views, fig_posterior_hist
 from .labels import CROP_LIMIT, UNMEASURED, resolution_text
 from .page import REPORT_HTML, Page, failure_line, fmt_value, html_table
 

@@ -1,7 +1,8 @@
 """``run_stability``: replicate classifications over a K range, scores and the verdict.
 
 The science entry point of ``hetclass stability`` (front ends only wire arguments and call
-:func:`run_stability` then :func:`hetclass.stability.outputs.write_stability_outputs`).
+:func:`run_stability`, :func:`stable_cores` (the stable-core maps) then
+:func:`hetclass.stability.outputs.write_stability_outputs`).
 
 Example::
 
@@ -18,13 +19,28 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .class_tests import (MIN_WITHIN_PARTICLES, continuity_tests, neighbour_pairs, pair_fits,
-                          pairwise_tests, within_class_fits, within_class_tests)
-from .null import NULL_SETS, run_null
-from .replicates import (RankGroups, ReplicateRun, SeedLike, analysis_seed, consensus_maps,
-                         run_replicate_scan, split_groups, validate_replicate_args)
-from .scores import KScores, score_replicates, single_class_scores
 from ..errors import InputError
+from .class_tests import (
+    MIN_WITHIN_PARTICLES,
+    continuity_tests,
+    neighbour_pairs,
+    pair_fits,
+    pairwise_tests,
+    within_class_fits,
+    within_class_tests,
+)
+from .null import NULL_SETS, run_null
+from .replicates import (
+    RankGroups,
+    ReplicateRun,
+    SeedLike,
+    analysis_seed,
+    consensus_maps,
+    run_replicate_scan,
+    split_groups,
+    validate_replicate_args,
+)
+from .scores import KScores, score_replicates, single_class_scores
 from .tasks import run_tasks
 from .verdict import Thresholds, Verdict, heterogeneity_verdict
 
@@ -138,46 +154,20 @@ def run_stability(prepared, options, k_values: Sequence[int], n_replicates: int 
     res.add(scan_ks)
     null = None
     if null_sets > 0 and max(typed) >= 2:
-        t0 = time.perf_counter()
-        if progress is not None and root:
-            progress("message", text=f"null: {null_sets} simulated one-state data sets, "
-                                     "classified like the replicates")
-        null = run_null(prepared, options, base, seed,
-                        null_sets, subsample, run=lambda keys, one: stage(keys, one, "null"),
-                        fit=fit)
-        res.seconds["null"] = time.perf_counter() - t0
+        null = _run_null_stage(prepared, options, base, seed, null_sets, subsample, stage, fit, res)
     null_model = None if null is None else null.null_model
     mask = prepared.solvent_mask
     pairwise = {k: pairwise_tests(res.runs[k], res.per_k[k], null_model, mask, thresholds.alpha)
                 for k in res.runs}
     k_rec = accepted_k(res.per_k, pairwise)
     added: List[int] = []
-    while extend and max(typed) >= 2:
-        more = extension_needed(k_rec, sorted(res.runs), base.size)
-        if not more:
-            break
-        if progress is not None and root:
-            progress("message", text=f"K={k_rec} recommended so far: the scan continues to "
-                                     f"K={max(more)} to look past it")
-        added += more
-        res.add(more)
-        for k in more:
-            pairwise[k] = pairwise_tests(res.runs[k], res.per_k[k], null_model, mask,
-                                         thresholds.alpha)
-        k_rec = accepted_k(res.per_k, pairwise)
+    if extend and max(typed) >= 2:
+        k_rec, added = _extend_scan(res, pairwise, k_rec, base.size, null_model, mask,
+                                    thresholds.alpha, progress if root else None)
     within_tests = {}
     if within and k_rec >= 2 and null_model is not None:
-        t0 = time.perf_counter()
-        consensus = res.per_k[k_rec].consensus
-        members = {c: base[consensus == c] for c in range(k_rec)
-                   if np.sum(consensus == c) >= MIN_WITHIN_PARTICLES}
-        fits = within_class_fits(prepared, options, members, seed,
-                                 run=lambda keys, one: stage(keys, one, "within-class"), fit=fit)
-        within_tests = within_class_tests(fits, res.maps[k_rec],
-                                          {c: int(m.size) for c, m in members.items()},
-                                          null_model, mask, thresholds.alpha,
-                                          thresholds.stable_jaccard)
-        res.seconds["within_class"] = time.perf_counter() - t0
+        within_tests = _within_class_stage(prepared, options, res, k_rec, base, seed, stage, fit,
+                                           null_model, mask, thresholds)
     continuity = {}
     if within and k_rec >= 2:
         t0 = time.perf_counter()
@@ -185,16 +175,7 @@ def run_stability(prepared, options, k_values: Sequence[int], n_replicates: int 
         res.seconds["continuity"] = time.perf_counter() - t0
     tests = {}
     if null is not None:
-        tests = {"recommended_k": k_rec, "null": null.to_dict(),
-                 "heterogeneity_test": heterogeneity_test(pairwise.get(2)),
-                 "distinguishability": {str(k): v for k, v in sorted(pairwise.items())},
-                 "within_class": within_tests, "continuity": continuity,
-                 "scan": {"typed": typed, "scanned": [1] + sorted(res.runs)
-                          if 1 in typed else sorted(res.runs),
-                          "added": sorted(added)
-                          + ([2] if 2 not in typed and max(typed) >= 2 else []),
-                          "extended_to": max(res.runs) if added else None,
-                          "recommended_k": k_rec}}
+        tests = _tests_dict(null, pairwise, within_tests, continuity, typed, res, added, k_rec)
     per_k = dict(res.per_k)
     if 1 in typed or tests:
         per_k.setdefault(1, single_class_scores(base.size, n_replicates))
@@ -208,7 +189,7 @@ def run_stability(prepared, options, k_values: Sequence[int], n_replicates: int 
         k_values=sorted(per_k), rows=base, per_k=per_k, runs=res.runs, maps=res.maps,
         half_maps=res.half_maps, verdict=verdict, chosen_k=int(chosen),
         n_replicates=int(n_replicates),
-        seed=int(seed.entropy) if isinstance(seed, np.random.SeedSequence) else int(seed),
+        seed=int(seed.entropy if isinstance(seed, np.random.SeedSequence) else seed),  # type: ignore[arg-type]
         subsample=subsample, pixel_size_A=float(prepared.pixel_size_A), seconds=res.seconds,
         tests=tests, null=null)
 
@@ -223,6 +204,76 @@ def _continuity(prepared, options, res, k_rec: int, base: np.ndarray, seed, stag
     fits = pair_fits(prepared, options, members, seed,
                      run=lambda keys, one: stage(keys, one, "continuity"), fit=fit)
     return continuity_tests(fits)
+
+
+def _run_null_stage(prepared, options, base: np.ndarray, seed, null_sets: int,
+                    subsample: Optional[float], stage: "_Stage", fit, res: "_Scan"):
+    """The null stage: ``null_sets`` simulated one-state data sets classified like the
+    replicates (:func:`run_null`); its time in ``res.seconds["null"]``."""
+    t0 = time.perf_counter()
+    if stage.progress is not None and stage.root:
+        stage.progress("message", text=f"null: {null_sets} simulated one-state data sets, "
+                                       "classified like the replicates")
+    null = run_null(prepared, options, base, seed,
+                    null_sets, subsample, run=lambda keys, one: stage(keys, one, "null"),
+                    fit=fit)
+    res.seconds["null"] = time.perf_counter() - t0
+    return null
+
+
+def _extend_scan(res: "_Scan", pairwise: Dict[int, dict], k_rec: int, n_particles: int,
+                 null_model, mask: np.ndarray, alpha: float, progress: Optional[Callable]):
+    """Extend the scan past the recommended K while :func:`extension_needed` asks for it
+    (adds runs to ``res`` and tests to ``pairwise``); ``(recommended K, the K added)``."""
+    added: List[int] = []
+    while True:
+        more = extension_needed(k_rec, sorted(res.runs), n_particles)
+        if not more:
+            break
+        if progress is not None:
+            progress("message", text=f"K={k_rec} recommended so far: the scan continues to "
+                                     f"K={max(more)} to look past it")
+        added += more
+        res.add(more)
+        for k in more:
+            pairwise[k] = pairwise_tests(res.runs[k], res.per_k[k], null_model, mask, alpha)
+        k_rec = accepted_k(res.per_k, pairwise)
+    return k_rec, added
+
+
+def _within_class_stage(prepared, options, res: "_Scan", k_rec: int, base: np.ndarray, seed,
+                        stage: "_Stage", fit, null_model, mask: np.ndarray,
+                        thresholds: Thresholds) -> dict:
+    """Each recommended class with enough particles classified again at K = 2 and tested
+    against the null (:func:`within_class_tests`); its time in
+    ``res.seconds["within_class"]``."""
+    t0 = time.perf_counter()
+    consensus = res.per_k[k_rec].consensus
+    members = {c: base[consensus == c] for c in range(k_rec)
+               if np.sum(consensus == c) >= MIN_WITHIN_PARTICLES}
+    fits = within_class_fits(prepared, options, members, seed,
+                             run=lambda keys, one: stage(keys, one, "within-class"), fit=fit)
+    within_tests = within_class_tests(fits, res.maps[k_rec],
+                                      {c: int(m.size) for c, m in members.items()},
+                                      null_model, mask, thresholds.alpha,
+                                      thresholds.stable_jaccard)
+    res.seconds["within_class"] = time.perf_counter() - t0
+    return within_tests
+
+
+def _tests_dict(null, pairwise: Dict[int, dict], within_tests: dict, continuity: dict,
+                typed: List[int], res: "_Scan", added: List[int], k_rec: int) -> dict:
+    """``StabilityResult.tests``: the null-calibrated tests and how the scan went."""
+    return {"recommended_k": k_rec, "null": null.to_dict(),
+            "heterogeneity_test": heterogeneity_test(pairwise.get(2)),
+            "distinguishability": {str(k): v for k, v in sorted(pairwise.items())},
+            "within_class": within_tests, "continuity": continuity,
+            "scan": {"typed": typed, "scanned": [1] + sorted(res.runs)
+                     if 1 in typed else sorted(res.runs),
+                     "added": sorted(added)
+                     + ([2] if 2 not in typed and max(typed) >= 2 else []),
+                     "extended_to": max(res.runs) if added else None,
+                     "recommended_k": k_rec}}
 
 
 def heterogeneity_test(pairs_k2: Optional[dict]) -> Optional[dict]:
@@ -341,8 +392,8 @@ def stability_job(particles, options, out_dir: str, k_values: Sequence[int],
         result.seconds["prepare"] = t_prep
         t1 = time.perf_counter()
         summary = write_on_root(groups, prepared, lambda rec: write_stability_outputs(
-            out_dir, particles, prepared, result, options, particles_path=particles_path,
-            reconstruct=rec))
+            out_dir, particles, prepared, result, options, stable_cores(prepared, result, rec),
+            particles_path=particles_path))
         result.seconds["outputs"] = time.perf_counter() - t1
         result.seconds["total"] = time.perf_counter() - t0
         cache.remove()
@@ -370,6 +421,38 @@ def prepare_on_groups(particles, options, groups: Optional[RankGroups], progress
     return groups.world.checked(lambda: engine.prepare(
         particles, options, progress=progress if groups.world.is_root else None,
         abort_check=abort_check, comm=groups.group, concurrent_fits=fits))
+
+
+@dataclass
+class StableCores:
+    """The stable core of each consensus class of ``result.chosen_k`` and its maps.
+
+    ``core`` (K, n_rows) bool: particle ``rows[i]`` is in the stable core of class c (its
+    consensus class, with stability >= the core threshold); ``have`` the classes with a
+    non-empty core, in order; ``recon`` their reconstruction (column j is class ``have[j]``;
+    :class:`hetclass.engine.ReconResult` at the cropped box), None when no core has members.
+    """
+
+    core: np.ndarray
+    have: List[int]
+    recon: Optional[object]
+
+
+def stable_cores(prepared, result: StabilityResult, reconstruct: Optional[Callable] = None) -> StableCores:
+    """The stable cores of ``result`` and their maps, reconstructed from ``prepared`` with
+    ``reconstruct`` (default :func:`hetclass.engine.reconstruct`; under MPI the one
+    :func:`write_on_root` hands over)."""
+    if reconstruct is None:
+        from ..engine import reconstruct as engine_reconstruct
+        reconstruct = engine_reconstruct
+    k = result.chosen_k
+    scores = result.per_k[k]
+    core = scores.consensus[None, :] == np.arange(k)[:, None]
+    core &= (scores.particle_stability >= scores.core_min_stability)[None, :]
+    weights = core.T.astype(np.float64)                          # (n_rows, K)
+    have = [c for c in range(k) if core[c].any()]
+    recon = reconstruct(prepared, weights[:, have], rows=result.rows) if have else None
+    return StableCores(core, have, recon)
 
 
 def write_on_root(groups: Optional[RankGroups], prepared, write: Callable):

@@ -28,13 +28,12 @@ p-values against the null of single classifications are conservative.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from .. import seeds
-from .distinguish import (NullModel, log_ratio_matrix, replicate_log_ratios, shape_test,
-                          split_log_ratio, split_positions)
+from .distinguish import NullModel, log_ratio_matrix, replicate_log_ratios, shape_test, split_log_ratio, split_positions
 from .verdict import _r, map_distances
 
 WITHIN_FITS = 2
@@ -122,7 +121,7 @@ def pair_key(pair: tuple) -> str:
 
 
 def pair_fits(prepared, options, members: Dict[tuple, np.ndarray], seed, run: Callable,
-              fit=None) -> Dict[tuple, object]:
+              fit=None) -> Dict[tuple, Any]:
     """Classify the particles of each class pair (``members``: pair -> global rows) at
     K = 2 once; ``{pair: compact result}`` with positions along the split."""
     from .tasks import compact
@@ -146,7 +145,7 @@ def pair_fits(prepared, options, members: Dict[tuple, np.ndarray], seed, run: Ca
     return {pair: results[key][0] for key, pair in plan.items()}
 
 
-def continuity_tests(fits: Dict[tuple, object]) -> dict:
+def continuity_tests(fits: Dict[tuple, Any]) -> dict:
     """One record per tested pair: ``{"a-b": {"classes", "particles", "shape", "outcome"}}``
     (1-based). Outcome "continuous" (one spread: the two classes bin a continuum),
     "two groups" (discrete) or "undetermined"."""
@@ -188,8 +187,9 @@ def within_class_tests(fits: Dict[int, list], consensus_maps: np.ndarray, sizes:
                        null_model: Optional[NullModel], mask=None, alpha: float = 0.01,
                        stable_jaccard: float = 0.75) -> dict:
     """One record per tested class (1-based ``class``); see the module docstring."""
-    from .scores import jaccard_matrix
     from scipy.optimize import linear_sum_assignment
+
+    from .scores import jaccard_matrix
     out = {}
     for c, results in sorted(fits.items()):
         values = [split_log_ratio(res, mask) for res in results]

@@ -30,7 +30,7 @@ noise is not in the map it is compared with: no selection bias towards two group
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 from scipy import optimize, special, stats
@@ -122,7 +122,7 @@ class NullModel:
         return float(stats.t.sf((observed - mean) / sd, df))
 
     def to_dict(self) -> dict:
-        out = {"sizes": [int(s) for s in self.sizes],
+        out: Dict[str, Any] = {"sizes": [int(s) for s in self.sizes],
                "log_ratio": [_r(v) for v in self.values]}
         if self.usable:
             n_all = float(self.sizes.max())

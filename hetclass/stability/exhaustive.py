@@ -49,8 +49,14 @@ from .. import seeds
 from ..errors import InputError
 from .class_tests import pairwise_tests
 from .null import NULL_SETS, run_null
-from .replicates import (RankGroups, assemble_run, consensus_maps, replicate_seeds,
-                         split_groups, subsample_rows, validate_replicate_args)
+from .replicates import (
+    RankGroups,
+    assemble_run,
+    replicate_seeds,
+    split_groups,
+    subsample_rows,
+    validate_replicate_args,
+)
 from .scores import score_replicates
 from .tasks import compact
 from .verdict import Thresholds
@@ -460,8 +466,7 @@ def exhaustive_job(particles, options, out_dir: str, min_class_size: Optional[in
     other ranks return None for the summary).
     """
     from ..io.lock import lock_output
-    from .analysis import (REPLICATE_STARTS, prepare_on_groups, validate_null_sets,
-                           work_identity, write_on_root)
+    from .analysis import REPLICATE_STARTS, prepare_on_groups, validate_null_sets, work_identity, write_on_root
     from .outputs import write_exhaustive_outputs
     from .tasks import WorkCache
 

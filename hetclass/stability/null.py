@@ -27,12 +27,15 @@ Example (:func:`run_null` does all of it: the model, every null set, the null mo
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
 from .. import seeds
 from ..options import NULL_SETS  # null data sets per run (each classified at two sizes)
+
+if TYPE_CHECKING:
+    from .distinguish import NullModel
 
 NOISE_BLOCK = 256
 
@@ -136,7 +139,7 @@ class NullRun:
 
     model: Optional[OneStateModel]
     records: list
-    null_model: object
+    null_model: NullModel
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -182,6 +185,7 @@ def run_null(prepared, options, base: np.ndarray, seed, n_sets: int = NULL_SETS,
     with the run's workers, groups and cache); ``fit`` replaces ``engine.fit`` (tests).
     """
     import time
+
     from .distinguish import NullModel, split_log_ratio
     from .tasks import compact, run_tasks
     if fit is None:
@@ -225,8 +229,9 @@ def run_null(prepared, options, base: np.ndarray, seed, n_sets: int = NULL_SETS,
                         "log_ratio": _round(split_log_ratio(res, prepared.solvent_mask)),
                         "class_fractions": [_round(f, 3) for f in
                                             np.bincount(labels, minlength=2) / max(labels.size, 1)]})
-    null_model = NullModel([r["particles"] for r in records],
-                           [np.nan if r["log_ratio"] is None else r["log_ratio"] for r in records])
+    null_model = NullModel(np.asarray([r["particles"] for r in records]),
+                           np.asarray([np.nan if r["log_ratio"] is None else r["log_ratio"]
+                                       for r in records]))
     return NullRun(model, records, null_model, time.perf_counter() - t0)
 
 

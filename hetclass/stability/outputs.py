@@ -29,10 +29,10 @@ from typing import Dict, Optional
 import numpy as np
 
 from .. import __version__
-from ..outputs import to_original_box
 from ..io.atomic import atomic_path, atomic_write_json
 from ..io.mrc import write_map
 from ..io.star import write_particles_star
+from ..outputs import to_original_box
 from .report import format_key_tables, write_exhaustive_report, write_stability_report
 
 SCHEMA = "hetclass.stability/1"
@@ -76,7 +76,7 @@ def _options_dict(options) -> dict:
 def _write_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
+            np.savez_compressed(f, **arrays)  # type: ignore[arg-type]   # numpy stubs: **arrays
 
 
 def _write_maps(out_dir: str, rec, columns, names, big_box: int, big_psize: float):
@@ -93,19 +93,17 @@ def _write_maps(out_dir: str, rec, columns, names, big_box: int, big_psize: floa
     return files
 
 
-def write_stability_outputs(out_dir: str, particles, prepared, result, options,
-                            particles_path: Optional[str] = None, reconstruct=None,
-                            report: bool = True) -> dict:
+def write_stability_outputs(out_dir: str, particles, prepared, result, options, cores,
+                            particles_path: Optional[str] = None, report: bool = True) -> dict:
     """Write every stability output into ``out_dir`` (created if needed); returns the summary.
 
     ``particles`` the full :class:`ParticleSet` the prepared data came from; ``result`` a
-    :class:`hetclass.stability.analysis.StabilityResult` over ``result.rows`` of it.
+    :class:`hetclass.stability.analysis.StabilityResult` over ``result.rows`` of it;
+    ``cores`` its :class:`hetclass.stability.analysis.StableCores` (the stable-core maps,
+    reconstructed beforehand by :func:`hetclass.stability.analysis.stable_cores`).
     """
-    if reconstruct is None:
-        from ..engine import reconstruct
     os.makedirs(out_dir, exist_ok=True)
     rows = result.rows
-    n_all = len(particles)
     k = result.chosen_k
     scores = result.per_k[k]
     verdict = result.verdict
@@ -113,35 +111,77 @@ def write_stability_outputs(out_dir: str, particles, prepared, result, options,
     big_box = int(particles.box_px[0])
     big_psize = float(particles.pixel_size_A[0])
 
-    # per-particle columns over the whole input (rows outside result.rows: class 0)
+    columns = _consensus_columns(len(particles), rows, scores)
+    path = os.path.join(out_dir, CONSENSUS_STAR)
+    write_particles_star(path, particles, columns)
+    files[CONSENSUS_STAR] = path
+    class_info, class_fsc, class_maps = _write_cores(out_dir, particles, rows, columns, cores,
+                                                     scores.to_dict()["classes"], k, big_box,
+                                                     big_psize, files)
+    cont = _write_continuous(out_dir, particles, rows, columns, verdict, files)
+
+    labels_path = os.path.join(out_dir, LABELS_NPZ)
+    _write_npz(labels_path, {f"k{kk}": s.aligned for kk, s in result.per_k.items() if kk >= 2}
+               or {"k1": np.zeros((1, rows.size), np.int64)})
+    files[LABELS_NPZ] = labels_path
+
+    tests = getattr(result, "tests", None) or {}
+    summary = {
+        "schema": SCHEMA, "hetclass_version": __version__, "command": "stability",
+        "input": {"particles": particles_path, "n_particles": int(rows.size)},
+        "parameters": {"k_values": result.k_values, "replicates": result.n_replicates,
+                       "subsample": result.subsample, "seed": result.seed,
+                       "core_min_stability": scores.core_min_stability,
+                       "classify_options": _options_dict(options)},
+        "recommended_classes": int(verdict.recommended_k),
+        "heterogeneity": verdict.heterogeneity,
+        "reasons": list(verdict.reasons),
+        "consensus_k": int(k),
+        "classes": class_info,
+        "per_k": _per_k_summary(result, tests),
+        "p_values": p_value_table(tests),
+        "suggestions": verdict.evidence.get("suggestions") or [],
+        "scan": tests.get("scan"),
+        "evidence": verdict.evidence,
+        "continuous_particles": cont,
+        "map_pixel_size_A": big_psize, "map_box_px": big_box,
+        "timings_s": {key: _r(v, 2) for key, v in result.seconds.items()},
+        "files": {name: os.path.relpath(p, out_dir) for name, p in files.items()},
+    }
+    if report:
+        summary["files"][REPORT_HTML] = REPORT_HTML
+        crop_box = int(class_maps[0].shape[0]) if class_maps else big_box
+        write_stability_report(os.path.join(out_dir, REPORT_HTML), summary, result, class_maps,
+                               class_fsc, crop_box, float(prepared.pixel_size_A))
+    summary["files"][SUMMARY_JSON] = SUMMARY_JSON
+    atomic_write_json(os.path.join(out_dir, SUMMARY_JSON), summary)
+    return summary
+
+
+def _consensus_columns(n_all: int, rows: np.ndarray, scores) -> Dict[str, np.ndarray]:
+    """The per-particle STAR columns over the whole input (n_all,): consensus class (1-based;
+    0 for rows outside ``rows``), stability and mean max posterior."""
     class_number = np.zeros(n_all, dtype=np.int64)
     stability = np.zeros(n_all)
     max_post = np.zeros(n_all)
     class_number[rows] = scores.consensus + 1
     stability[rows] = np.nan_to_num(scores.particle_stability, nan=0.0)
     max_post[rows] = np.nan_to_num(scores.max_posterior, nan=0.0)
-    columns = {"rlnClassNumber": class_number, STABILITY_COLUMN: np.round(stability, 4),
-               "rlnMaxValueProbDistribution": np.round(max_post, 6)}
-    path = os.path.join(out_dir, CONSENSUS_STAR)
-    write_particles_star(path, particles, columns)
-    files[CONSENSUS_STAR] = path
+    return {"rlnClassNumber": class_number, STABILITY_COLUMN: np.round(stability, 4),
+            "rlnMaxValueProbDistribution": np.round(max_post, 6)}
 
-    # stable cores and their maps
-    core = scores.consensus[None, :] == np.arange(k)[:, None]
-    core &= (scores.particle_stability >= scores.core_min_stability)[None, :]
-    weights = core.T.astype(np.float64)                          # (n_rows, K)
-    have = [c for c in range(k) if core[c].any()]
-    class_info = []
-    rec = None
+
+def _write_cores(out_dir: str, particles, rows: np.ndarray, columns: Dict[str, np.ndarray], cores,
+                 class_dicts: list, k: int, big_box: int, big_psize: float, files: Dict[str, str]):
+    """Write the stable-core maps and STAR files (added to ``files``); returns the summary's
+    per-class entries and, for the report, the core FSC curves and maps."""
+    rec, have = cores.recon, cores.have
     if have:
-        rec = reconstruct(prepared, weights[:, have], rows=rows)
         files.update(_write_maps(out_dir, rec, range(len(have)), have, big_box, big_psize))
-    class_fsc = {}
-    class_maps = []
-    class_dicts = scores.to_dict()["classes"]
+    class_info, class_fsc, class_maps = [], {}, []
     for c in range(k):
         info = class_dicts[c]
-        members = rows[core[c]]
+        members = rows[cores.core[c]]
         if members.size:
             p = os.path.join(out_dir, core_star_name(c))
             sub = particles.take(members)
@@ -160,24 +200,27 @@ def write_stability_outputs(out_dir: str, particles, prepared, result, options,
             info.update({"core_resolution_A": None, "core_star": None, "map": None,
                          "half_maps": None})
         class_info.append(info)
+    return class_info, class_fsc, class_maps
 
-    # continuous part
-    cont = None
-    if verdict.heterogeneity in ("continuous", "mixed") and verdict.affected.any():
-        members = rows[verdict.affected]
-        p = os.path.join(out_dir, CONTINUOUS_STAR)
-        write_particles_star(p, particles.take(members), {key: v[members] for key, v in columns.items()})
-        files[CONTINUOUS_STAR] = p
-        cont = {"star": CONTINUOUS_STAR, "n_particles": int(members.size),
-                "note": "particles of the continuous part, with their poses and CTF, ready "
-                        "for cryoDRGN or cryoSPARC 3D variability analysis"}
 
-    labels_path = os.path.join(out_dir, LABELS_NPZ)
-    _write_npz(labels_path, {f"k{kk}": s.aligned for kk, s in result.per_k.items() if kk >= 2}
-               or {"k1": np.zeros((1, rows.size), np.int64)})
-    files[LABELS_NPZ] = labels_path
+def _write_continuous(out_dir: str, particles, rows: np.ndarray, columns: Dict[str, np.ndarray],
+                      verdict, files: Dict[str, str]) -> Optional[dict]:
+    """For a continuous or mixed verdict, the particles of the continuous part as their own STAR
+    file (added to ``files``); its summary entry, None otherwise."""
+    if not (verdict.heterogeneity in ("continuous", "mixed") and verdict.affected.any()):
+        return None
+    members = rows[verdict.affected]
+    p = os.path.join(out_dir, CONTINUOUS_STAR)
+    write_particles_star(p, particles.take(members), {key: v[members] for key, v in columns.items()})
+    files[CONTINUOUS_STAR] = p
+    return {"star": CONTINUOUS_STAR, "n_particles": int(members.size),
+            "note": "particles of the continuous part, with their poses and CTF, ready "
+                    "for cryoDRGN or cryoSPARC 3D variability analysis"}
 
-    tests = getattr(result, "tests", None) or {}
+
+def _per_k_summary(result, tests: dict) -> Dict[str, dict]:
+    """The summary's ``per_k`` entries: scores, timing, distinguishability and replicate
+    resolutions per K."""
     per_k = {}
     for kk, s in sorted(result.per_k.items()):
         d = s.to_dict()
@@ -191,36 +234,7 @@ def write_stability_outputs(out_dir: str, particles, prepared, result, options,
             d["replicate_resolution_A"] = np.round(result.runs[kk].resolution_A, 2).tolist()
             d["replicate_iterations"] = [len(h) for h in result.runs[kk].histories]
         per_k[str(kk)] = d
-    summary = {
-        "schema": SCHEMA, "hetclass_version": __version__, "command": "stability",
-        "input": {"particles": particles_path, "n_particles": int(rows.size)},
-        "parameters": {"k_values": result.k_values, "replicates": result.n_replicates,
-                       "subsample": result.subsample, "seed": result.seed,
-                       "core_min_stability": scores.core_min_stability,
-                       "classify_options": _options_dict(options)},
-        "recommended_classes": int(verdict.recommended_k),
-        "heterogeneity": verdict.heterogeneity,
-        "reasons": list(verdict.reasons),
-        "consensus_k": int(k),
-        "classes": class_info,
-        "per_k": per_k,
-        "p_values": p_value_table(tests),
-        "suggestions": verdict.evidence.get("suggestions") or [],
-        "scan": tests.get("scan"),
-        "evidence": verdict.evidence,
-        "continuous_particles": cont,
-        "map_pixel_size_A": big_psize, "map_box_px": big_box,
-        "timings_s": {key: _r(v, 2) for key, v in result.seconds.items()},
-        "files": {name: os.path.relpath(p, out_dir) for name, p in files.items()},
-    }
-    if report:
-        summary["files"][REPORT_HTML] = REPORT_HTML
-        crop_box = int(class_maps[0].shape[0]) if class_maps else big_box
-        write_stability_report(os.path.join(out_dir, REPORT_HTML), summary, result, class_maps,
-                               class_fsc, crop_box, float(prepared.pixel_size_A))
-    summary["files"][SUMMARY_JSON] = SUMMARY_JSON
-    atomic_write_json(os.path.join(out_dir, SUMMARY_JSON), summary)
-    return summary
+    return per_k
 
 
 def p_value_table(tests: dict) -> Optional[dict]:

@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, replace
-from types import SimpleNamespace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .. import seeds
+from ..comm import SerialComm
 from ..errors import InputError
-from .tasks import compact, default_workers, run_tasks
+from .tasks import TaskResult, compact, run_tasks
 
 SeedLike = seeds.SeedLike
 
@@ -49,8 +49,8 @@ class ReplicateRun:
     per-particle array below is indexed like ``rows``. ``labels`` (R, n) int 0-based, -1
     where a particle was not in the replicate's subsample; ``posteriors`` (R, n, K) float32,
     0 where absent; ``maps`` (R, K, b, b, b) float32 class maps at the engine's cropped
-    box and ``pixel_size_A``; ``half_maps`` (R, 2, K, b, b, b) float32; ``fsc`` (R, K, n_shells); ``resolution_A`` (R, K);
-    ``histories`` per replicate the engine's per-iteration statistics (class fractions,
+    box and ``pixel_size_A``; ``half_maps`` (R, 2, K, b, b, b) float32; ``fsc`` (R, K, n_shells);
+    ``resolution_A`` (R, K); ``histories`` per replicate the engine's per-iteration statistics (class fractions,
     changed %, ...); ``seconds`` (R,) wall time of each fit.
     """
 
@@ -112,8 +112,8 @@ class RankGroups:
     thread pool); ``index`` this rank's group (0..count-1; world rank 0 is in group 0).
     """
 
-    world: object
-    group: object
+    world: SerialComm
+    group: SerialComm
     index: int
     count: int
 
@@ -125,7 +125,6 @@ class RankGroups:
 def split_groups(world, n_tasks: int) -> RankGroups:
     """Split ``world`` (collective) into G = min(P, ``n_tasks``) groups of contiguous ranks
     whose sizes differ by at most one."""
-    from ..comm import SerialComm
     count = int(max(1, min(world.size, n_tasks)))
     index = world.rank * count // world.size
     group = world.split(index) if count > 1 else world
@@ -144,7 +143,7 @@ def run_replicate_tasks(prepared, options, tasks: Sequence[Tuple[int, int]], row
                         progress: Optional[Callable] = None,
                         abort_check: Optional[Callable] = None, fit: Optional[Callable] = None,
                         groups: Optional[RankGroups] = None, cache=None
-                        ) -> Dict[Tuple[int, int], Tuple[SimpleNamespace, float]]:
+                        ) -> Dict[Tuple[int, int], TaskResult]:
     """Fit every ``(k, r)`` task on ``rows[keep[r]]`` with seed ``children[r]``.
 
     Returns ``{(k, r): (result, seconds)}`` for every task, on every rank
@@ -187,7 +186,7 @@ def run_replicate_tasks(prepared, options, tasks: Sequence[Tuple[int, int]], row
 
 
 def assemble_run(k: int, rows: np.ndarray, keep: Sequence[np.ndarray],
-                 results: Sequence[Tuple[SimpleNamespace, float]],
+                 results: Sequence[TaskResult],
                  subsample: Optional[float]) -> ReplicateRun:
     """One :class:`ReplicateRun` from the R replicate results of one K (in replicate order)."""
     n_replicates, n = len(results), rows.size

@@ -22,8 +22,18 @@ from matplotlib.figure import Figure
 from ..errors import HetclassWarning
 from ..reports.figures import fig_fsc, fig_map_views
 from ..reports.labels import resolution_text
-from ..reports.page import (Page, describe, failure_line, figure_to_data_uri,  # noqa: F401
-                            fmt_value, html_table, humanise, new_figure, text_table, value_html)
+from ..reports.page import (  # noqa: F401
+    Page,
+    describe,
+    failure_line,
+    figure_to_data_uri,
+    fmt_value,
+    html_table,
+    humanise,
+    new_figure,
+    text_table,
+    value_html,
+)
 from .scores import BANDS
 
 _BAND_COLOURS = {"highly stable": "#1a9850", "stable": "#91cf60", "doubtful": "#fee08b",
@@ -457,24 +467,7 @@ def write_stability_report(path, summary: dict, result, class_maps: Sequence[np.
     """
     page = Page("hetclass stability report")
     params = summary["parameters"]
-    page.raw(f"<p class=\"verdict\">Recommended classes: <b>{summary['recommended_classes']}"
-             f"</b> &mdash; heterogeneity: <b>{html.escape(summary['heterogeneity'])}</b></p>")
-    page.raw("<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in summary["reasons"]) + "</ul>")
-    for sug in summary.get("suggestions") or []:
-        page.paragraph(f"Suggestion ({sug['action']}): {sug['why']}", "note")
-    cont = summary.get("continuous_particles")
-    if cont:
-        page.paragraph(f"Continuous heterogeneity: {cont['n_particles']} particles written to "
-                       f"{cont['star']}, ready for cryoDRGN or cryoSPARC 3D variability "
-                       "analysis; discrete classes of this part only bin a continuum.", "note")
-    facts = {"input": (summary.get("input") or {}).get("particles"),
-             "particles": (summary.get("input") or {}).get("n_particles"),
-             "K values": ", ".join(str(k) for k in params["k_values"]),
-             "replicates per K": params.get("replicates"),
-             "subsample": params.get("subsample") or 1.0, "seed": params.get("seed"),
-             "stable core: agreement needed": params.get("core_min_stability"),
-             "time (s)": sum((summary.get("timings_s") or {}).values()) or None}
-    page.values({k: v for k, v in facts.items() if v is not None})
+    _verdict_section(page, summary)
 
     page.heading("Stability per K")
     per_k = [summary["per_k"][k] for k in sorted(summary["per_k"], key=int)]
@@ -509,16 +502,7 @@ def write_stability_report(path, summary: dict, result, class_maps: Sequence[np.
         page.figure(lambda: fig_map_views(class_maps, [f"class {i + 1}"
                                                        for i in range(len(class_maps))]),
                     "slices and projections of the class maps")
-    for kk in sorted(result.runs):
-        if kk == k:
-            continue
-        s = result.per_k[kk]
-        page.heading(f"K = {kk}", 3)
-        page.figure(lambda: fig_class_sizes(result.runs[kk].histories, s.perms, kk),
-                    f"class sizes K={kk}")
-        page.figure(lambda: fig_matrix(mean_pair_jaccard_matrix(s.aligned, kk),
-                                       f"K = {kk}: class Jaccard between replicates"),
-                    f"Jaccard K={kk}")
+    _other_k_section(page, result, k)
     evidence = summary.get("evidence") or {}
     if evidence.get("null"):
         page.heading("Calibrated null")
@@ -532,6 +516,64 @@ def write_stability_report(path, summary: dict, result, class_maps: Sequence[np.
     files_section(page, summary.get("files", {}))
     page.write(path)
     _warn_failures("report.html", page)
+
+
+def _verdict_section(page: Page, summary: dict) -> None:
+    """The report's head: the verdict, its reasons and suggestions, and the run's facts."""
+    params = summary["parameters"]
+    page.raw(f"<p class=\"verdict\">Recommended classes: <b>{summary['recommended_classes']}"
+             f"</b> &mdash; heterogeneity: <b>{html.escape(summary['heterogeneity'])}</b></p>")
+    page.raw("<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in summary["reasons"]) + "</ul>")
+    for sug in summary.get("suggestions") or []:
+        page.paragraph(f"Suggestion ({sug['action']}): {sug['why']}", "note")
+    cont = summary.get("continuous_particles")
+    if cont:
+        page.paragraph(f"Continuous heterogeneity: {cont['n_particles']} particles written to "
+                       f"{cont['star']}, ready for cryoDRGN or cryoSPARC 3D variability "
+                       "analysis; discrete classes of this part only bin a continuum.", "note")
+    facts = {"input": (summary.get("input") or {}).get("particles"),
+             "particles": (summary.get("input") or {}).get("n_particles"),
+             "K values": ", ".join(str(k) for k in params["k_values"]),
+             "replicates per K": params.get("replicates"),
+             "subsample": params.get("subsample") or 1.0, "seed": params.get("seed"),
+             "stable core: agreement needed": params.get("core_min_stability"),
+             "time (s)": sum((summary.get("timings_s") or {}).values()) or None}
+    page.values({k: v for k, v in facts.items() if v is not None})
+
+
+def _other_k_section(page: Page, result, k: int) -> None:
+    """Class sizes and Jaccard figures of every K scanned other than ``k``."""
+    for kk in sorted(result.runs):
+        if kk == k:
+            continue
+        _k_figures(page, result, kk)
+
+
+def _k_figures(page: Page, result, kk: int) -> None:
+    """Class sizes and Jaccard matrix of the replicates at K = ``kk``."""
+    s = result.per_k[kk]
+    page.heading(f"K = {kk}", 3)
+    page.figure(lambda: fig_class_sizes(result.runs[kk].histories, s.perms, kk),
+                f"class sizes K={kk}")
+    page.figure(lambda: fig_matrix(mean_pair_jaccard_matrix(s.aligned, kk),
+                                   f"K = {kk}: class Jaccard between replicates"),
+                f"Jaccard K={kk}")
+
+
+def _map_test_figure(page: Page, node_id, test: dict) -> None:
+    """The FSC between the child maps of one exhaustive node (and of its random splits)."""
+    pairs = [p for p in test.get("pairs", []) if "fsc_children" in p]
+    if not pairs:
+        return
+    curves = {}
+    for pair in pairs:
+        a, b = pair["children"]
+        curves[f"child {a} vs {b}"] = np.asarray(pair["fsc_children"])
+        if "fsc_null_mean" in pair:
+            curves[f"random splits of {a}+{b} (mean)"] = np.asarray(pair["fsc_null_mean"])
+    page.figure(lambda: fig_fsc(curves, test["box_px"], test["pixel_size_A"],
+                                f"node {node_id}: child maps", threshold=None),
+                f"map test {node_id}")
 
 
 def _node_rows(tree: dict) -> List[dict]:
@@ -591,18 +633,7 @@ def write_exhaustive_report(path, tree_summary: dict, leaf_maps: Sequence[np.nda
         page.figure(lambda: fig_null(null, points, "node splits against the null"),
                     "null figure")
     for node_id, test in map_tests.items():
-        pairs = [p for p in test.get("pairs", []) if "fsc_children" in p]
-        if not pairs:
-            continue
-        curves = {}
-        for pair in pairs:
-            a, b = pair["children"]
-            curves[f"child {a} vs {b}"] = np.asarray(pair["fsc_children"])
-            if "fsc_null_mean" in pair:
-                curves[f"random splits of {a}+{b} (mean)"] = np.asarray(pair["fsc_null_mean"])
-        page.figure(lambda: fig_fsc(curves, test["box_px"], test["pixel_size_A"],
-                                    f"node {node_id}: child maps", threshold=None),
-                    f"map test {node_id}")
+        _map_test_figure(page, node_id, test)
     if len(leaf_maps):
         page.figure(lambda: fig_map_views(leaf_maps, leaf_names),
                     "slices and projections of the leaf maps")

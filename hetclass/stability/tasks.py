@@ -24,7 +24,7 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -37,12 +37,36 @@ MANIFEST = "manifest.json"
 _ARRAYS = ("labels", "posteriors", "maps", "half_maps", "fsc", "resolution_A", "sigma2",
            "position", "separation")
 
-TaskResult = Tuple[SimpleNamespace, float]
+@dataclass
+class FitSummary:
+    """What the analysis keeps of one engine ``EMResult`` (picklable, global arrays; what a
+    :class:`WorkCache` saves). Shapes as in :class:`hetclass.engine.EMResult`: ``labels``
+    (n,) int64, ``posteriors`` (n, K) float32, ``maps`` (K, b, b, b) and ``half_maps``
+    (2, K, b, b, b) float32, ``fsc`` (K, S), ``resolution_A`` (K,) float64, ``stats`` the
+    per-iteration statistics, ``pixel_size_A`` of the maps. Set by some stages only:
+    ``sigma2`` (G, S) the fitted noise (null), ``position`` / ``separation`` the split
+    positions of a within-class fit (:func:`hetclass.stability.distinguish.split_positions`).
+    """
+
+    labels: np.ndarray
+    posteriors: np.ndarray
+    maps: np.ndarray
+    half_maps: np.ndarray
+    fsc: np.ndarray
+    resolution_A: np.ndarray
+    stats: list
+    pixel_size_A: float
+    sigma2: Optional[np.ndarray] = None
+    position: Optional[np.ndarray] = None
+    separation: Optional[np.ndarray] = None
 
 
-def compact(res) -> SimpleNamespace:
+TaskResult = Tuple[FitSummary, float]
+
+
+def compact(res) -> FitSummary:
     """What the analysis needs of one engine ``EMResult`` (picklable, global arrays)."""
-    return SimpleNamespace(
+    return FitSummary(
         labels=np.asarray(res.labels, dtype=np.int64),
         posteriors=np.asarray(res.posteriors, dtype=np.float32),
         maps=np.asarray(res.maps, dtype=np.float32),
@@ -100,7 +124,7 @@ class WorkCache:
             meta = json.loads(bytes(arrays.pop("_meta")).decode())
         except Exception:     # a damaged file (disk full at the time): run the task again
             return None
-        res = SimpleNamespace(**arrays, stats=meta["stats"], pixel_size_A=meta["pixel_size_A"])
+        res = FitSummary(**arrays, stats=meta["stats"], pixel_size_A=meta["pixel_size_A"])
         return res, float(meta["seconds"])
 
     def put(self, key: str, result: TaskResult) -> None:
@@ -139,25 +163,13 @@ def run_tasks(keys: Sequence[str], one: Callable[[str, Callable], TaskResult],
     """
     keys = list(keys)
     mpi = groups is not None and groups.is_mpi
-    found = {}
-    if cache is not None:
-        found = {k: r for k in keys for r in [cache.get(k)] if r is not None}
-        if mpi:
-            found = groups.world.bcast_obj(found)
+    found = _from_cache(keys, cache, groups if mpi else None)
     todo = [k for k in keys if k not in found]
     mine = [k for i, k in enumerate(todo) if not mpi or i % groups.count == groups.index]
     lock, stop = threading.Lock(), threading.Event()
     root = not mpi or groups.world.is_root
 
-    def check():
-        if stop.is_set():
-            raise AbortRequested("another classification was stopped")
-        if abort_check is not None:
-            try:
-                abort_check()
-            except AbortRequested:
-                stop.set()
-                raise
+    check = _shared_check(stop, abort_check)
 
     def done(key, result, loaded):
         if cache is not None and root and not loaded:
@@ -179,23 +191,61 @@ def run_tasks(keys: Sequence[str], one: Callable[[str, Callable], TaskResult],
         return result
 
     local, error = {}, None
-    serial_group = not mpi or not getattr(groups.group, "is_mpi", False)
-    n_workers = default_workers(len(mine), workers) if serial_group and mine else 1
     try:
-        local = _run_local(mine, task, n_workers, stop)
+        local = _run_local(mine, task, _local_workers(mine, workers, groups if mpi else None), stop)
     except Exception as exc:
         if not mpi:
             raise
         error = exc
     if not mpi:
         return {**found, **local}
+    results = _gather(groups, found, local, error)
+    for key in todo:
+        done(key, results[key], False)
+    return results
+
+
+def _shared_check(stop: threading.Event, abort_check: Optional[Callable]) -> Callable[[], None]:
+    """The abort check of every task: raises once ``stop`` is set, and sets it when
+    ``abort_check`` raises :class:`~hetclass.errors.AbortRequested`."""
+    def check() -> None:
+        if stop.is_set():
+            raise AbortRequested("another classification was stopped")
+        if abort_check is not None:
+            try:
+                abort_check()
+            except AbortRequested:
+                stop.set()
+                raise
+    return check
+
+
+def _local_workers(mine: List[str], workers: Optional[int], groups=None) -> int:
+    """Threads for this rank's tasks ``mine``: one when its group (``groups`` under MPI) is
+    itself an MPI communicator, else :func:`default_workers`."""
+    serial_group = groups is None or not getattr(groups.group, "is_mpi", False)
+    return default_workers(len(mine), workers) if serial_group and mine else 1
+
+
+def _from_cache(keys: List[str], cache: Optional[WorkCache], groups=None) -> Dict[str, TaskResult]:
+    """The tasks of ``keys`` already in ``cache``; under MPI (``groups``) world rank 0's view."""
+    if cache is None:
+        return {}
+    found = {k: r for k in keys for r in [cache.get(k)] if r is not None}
+    if groups is not None:
+        found = groups.world.bcast_obj(found)
+    return found
+
+
+def _gather(groups, found: Dict[str, TaskResult], local: Dict[str, TaskResult],
+            error: Optional[BaseException]) -> Dict[str, TaskResult]:
+    """Every rank's results (each group's root sends its own) merged into ``found``; an error on
+    any rank is raised on every rank."""
     groups.world.check(error)
     send = local if groups.group.is_root else {}
     results = dict(found)
     for part in groups.world.allgather_obj(send):
         results.update(part)
-    for key in todo:
-        done(key, results[key], False)
     return results
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 
 def _finish(prepared, data, workspace, device: str):
-    from ..engine import _data_power
+    from ..prepare import _data_power
     if prepared.workspace.device_pass is not None and device != "cpu":
         from ..gpu import attach
         workspace.device_pass = attach(workspace, device)

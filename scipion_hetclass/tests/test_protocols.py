@@ -117,7 +117,7 @@ class TestHetClassProtocols(BaseTest):
         try:
             import mpi4py  # noqa: F401
         except ImportError:
-            raise unittest.SkipTest("mpi4py not installed (pip install 'hetclass[mpi]')")
+            raise unittest.SkipTest("mpi4py not installed (pip install 'hetclass[mpi]')") from None
         if shutil.which("mpirun") is None:
             raise unittest.SkipTest("mpirun not installed (apt-get install openmpi-bin)")
         if hasattr(os, "geteuid") and os.geteuid() == 0:   # OpenMPI refuses root otherwise
