@@ -9,7 +9,8 @@ RELION launches, from the project directory::
 Each "Param label / value" pair of the job becomes ``--label value``; an empty value gives a
 bare ``--label`` (= yes for switches, the default for other parameters). Nothing is
 quoted, so a value with spaces arrives as several words. Unknown options (and the unused
-inputs ``--in_movies``, ``--in_mics``, ``--in_coords``) are ignored with a warning, never an error: RELION may add its own.
+inputs ``--in_movies``, ``--in_mics``, ``--in_coords``) are ignored with a warning, never an
+error: RELION may add its own.
 
 Example::
 

@@ -3,8 +3,9 @@
 Data: the procedural phantom (hetclass.phantoms) projected with CTF and noise by
 hetclass.simulate, 32 px boxes at 5.2 A/px (classification at about 21 A). At SNR 0.1, 1500
 particles separate the open and closed states (30 deg hinge) reproducibly; a uniform hinge
-continuum 0-40 deg splits in two reproducibly, but finer classes (K = 4) reach beyond the
-two halves; one state never splits reproducibly.
+continuum 0-40 deg bins into reproducible classes whose neighbours, classified again
+together, are one spread of particles (continuous); the same path beside a discrete variant
+is mixed; one state never splits reproducibly.
 """
 
 import json
@@ -121,12 +122,6 @@ def test_one_state_is_homogeneous(data_root):
     assert summary["consensus_k"] == 1 and summary["classes"][0]["size"] == N
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known limitation (issue 12, open): the 0-40 deg hinge continuum (1500 particles, box 32) "
-    "bins into K=3 reproducible, distinguishable classes; of the two neighbour pairs classified "
-    "again together, 1-3 is one spread (BIC margin 15) but 2-3 is undetermined (margin 6 < 10: "
-    "~900 particles are too few), so the verdict is 'mixed' (right on 4000 particles at box 48: "
-    "benchmarks/bench_stability.py, case continuous)"))
 def test_hinge_continuum_is_continuous(data_root):
     ds = continuous_dataset(data_root / "cont", n_particles=N, hinge_range_deg=(0.0, 40.0), **SIM)
     particles = load_particles(ds.star_path, project_dir=ds.out_dir)
@@ -146,11 +141,6 @@ def test_hinge_continuum_is_continuous(data_root):
         assert max(means) - min(means) > 10.0
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known limitation (issue 12, open): K=4 here (the variant and three bins of the path); "
-    "the two neighbour pairs inside the path (770-870 particles) lean to one spread by BIC "
-    "3.9 and 5.3 and the variant's pair to two groups by 4.6, all below the margin of 10 that "
-    "decides, so the verdict is 'discrete' (too few particles for the continuity test)"))
 def test_hinge_continuum_plus_discrete_variant_is_mixed(data_root):
     # 60 % on a 0-40 deg hinge path (11 conformations), 40 % a variant without subunit D
     angles = np.linspace(0.0, 40.0, 11)

@@ -428,8 +428,8 @@ def explore(prepared, options, rows: Optional[Sequence[int]] = None,
     if reconstruct is None:
         from ..engine import reconstruct
     k_scan = _validate_tree_args(min_class_size, max_depth, k_scan)
-    rows = (np.arange(prepared.data.n_total) if rows is None
-            else np.asarray(rows, dtype=np.int64))
+    all_rows: np.ndarray = (np.arange(prepared.data.n_total) if rows is None
+                            else np.asarray(rows, dtype=np.int64))
     null = null_run
     if null is None and null_sets > 0:
         from .tasks import run_tasks
@@ -438,13 +438,14 @@ def explore(prepared, options, rows: Optional[Sequence[int]] = None,
             return run_tasks(keys, one, workers, groups, cache, None, abort_check)
         if progress is not None and (groups is None or not groups.is_mpi or groups.world.is_root):
             progress("message", text=f"null: {null_sets} simulated one-state data sets")
-        null = run_null(prepared, options, rows, seed, null_sets, subsample, run=run, fit=fit,
-                        fractions=NULL_FRACTIONS)
+        null = run_null(prepared, options, all_rows, seed, null_sets, subsample, run=run,
+                        fit=fit, fractions=NULL_FRACTIONS)
     tree = _Tree(prepared, options, min_class_size, max_depth, n_replicates, seed, subsample,
                  k_scan, workers, thresholds, progress, abort_check, reconstruct, fit, groups,
                  cache, null)
-    root = Node("1", 0, rows)
-    level, minimum = [root], {}
+    root = Node("1", 0, all_rows)
+    level: List[Node] = [root]
+    minimum: Dict[str, int] = {}
     while level:
         level = tree.level(level, minimum)
     root.null = null

@@ -339,8 +339,9 @@ def heterogeneity_verdict(per_k: Mapping[int, KScores], maps_by_k: Mapping[int, 
     """Recommended K and the heterogeneity verdict with its evidence (module docstring).
 
     ``tests``: the null-calibrated tests of :func:`hetclass.stability.analysis.run_stability`
-    (recommended K, heterogeneity test, distinguishability, within-class tests, scan); with
-    them the verdict is :func:`calibrated_decision`'s, the other evidence is reported beside.
+    (recommended K, heterogeneity test, distinguishability, within-class and continuity
+    tests, scan); with them the verdict is :func:`calibrated_decision`'s, the other evidence
+    is reported beside.
 
     ``per_k`` scores per K (K = 1 may be included); ``maps_by_k[k]`` (k, b, b, b)
     consensus class maps, in consensus class numbering, for the K >= 3 used by (b)/(c);
@@ -348,10 +349,42 @@ def heterogeneity_verdict(per_k: Mapping[int, KScores], maps_by_k: Mapping[int, 
     (b, b, b) region compared (default a sphere).
     """
     k_rec = recommended_k(per_k) if tests is None else int(tests["recommended_k"])
-    n = len(next(iter(per_k.values())).consensus)
+    ev = _map_evidence(per_k, maps_by_k, half_maps_by_k, mask, th, k_rec)
+    if tests is not None:
+        for key in ("scan", "null", "heterogeneity_test", "distinguishability", "within_class",
+                    "continuity"):
+            ev.evidence[key] = tests.get(key)
+        verdict, reasons, affected, suggestions = calibrated_decision(
+            k_rec, per_k, tests, ev.extrapolates, ev.extra, th)
+        ev.evidence["suggestions"] = suggestions
+    else:
+        verdict, reasons, affected = _uncalibrated_decision(k_rec, per_k, ev, th)
+    return Verdict(recommended_k=k_rec, heterogeneity=verdict, evidence=ev.evidence,
+                   reasons=reasons, affected=affected)
+
+
+@dataclass
+class _MapEvidence:
+    """Evidence (a)-(f) of one stability run (module docstring) and its flags."""
+
+    evidence: Dict[str, object]
+    k_max: int
+    curve: dict
+    split: Optional[dict]
+    extra: Optional[dict]
+    mixed_parents: List[int]
+    is_path: bool
+    is_band: bool
+    differs: bool
+    drop: bool
+    extrapolates: bool
+
+
+def _map_evidence(per_k, maps_by_k, half_maps_by_k, mask, th: Thresholds,
+                  k_rec: int) -> _MapEvidence:
+    """Evidence (a)-(f) from the scores and consensus maps."""
     curve = stability_curve(per_k, th)
     evidence: Dict[str, object] = {"stability_vs_k": curve}
-    reasons = []
     k_max = max(per_k)
     path: Optional[dict] = None
     band: Optional[dict] = None
@@ -362,26 +395,10 @@ def heterogeneity_verdict(per_k: Mapping[int, KScores], maps_by_k: Mapping[int, 
     evidence["map_path"] = path
     evidence["neighbour_disagreement"] = band
     evidence["posterior_spread"] = posterior_spread(per_k[k_max], th)
-    is_path = bool(path and path["is_path"])
-    is_band = bool(band and band["concentrated"])
-    affected = np.zeros(n, dtype=bool)
-
-    mixed_parents = []
+    mixed_parents: List[int] = []
     if k_rec >= 2 and k_max > k_rec and k_max in maps_by_k:
-        parent = parent_of_classes(per_k[k_max].consensus, k_max, per_k[k_rec].consensus, k_rec)
-        sub = {}
-        for p in range(k_rec):
-            children = np.flatnonzero(parent == p)
-            if children.size >= 3:
-                hv = None if half_maps_by_k is None or k_max not in half_maps_by_k \
-                    else half_maps_by_k[k_max][:, children]
-                ev = map_path(maps_by_k[k_max][children], hv, mask, th)
-                ev["children"] = (children + 1).tolist()
-                sub[str(p + 1)] = ev
-                if ev["is_path"]:
-                    mixed_parents.append(p)
-        evidence["within_class_paths"] = sub
-
+        evidence["within_class_paths"], mixed_parents = _within_class_paths(
+            per_k, maps_by_k, half_maps_by_k, mask, th, k_rec, k_max)
     split = None
     ks_maps = sorted(k for k in maps_by_k if k >= 2)
     if ks_maps and half_maps_by_k is not None and ks_maps[0] in half_maps_by_k:
@@ -389,79 +406,98 @@ def heterogeneity_verdict(per_k: Mapping[int, KScores], maps_by_k: Mapping[int, 
         split = map_signal(maps_by_k[k0], half_maps_by_k[k0], mask,
                            per_k[k0].min_class_jaccard if k0 in per_k else None, th)
     evidence["split_map_signal"] = split
-    differs = bool(split and split["beyond_noise"])
-    drop = curve["shape"] == "plateau_then_drop"
     extra = None
     if (k_rec >= 2 and k_rec in maps_by_k and half_maps_by_k is not None
             and k_max > k_rec and k_max in half_maps_by_k):
         extra = map_extrapolation(maps_by_k[k_rec], maps_by_k[k_max], half_maps_by_k[k_max],
                                   mask, th)
     evidence["map_extrapolation"] = extra
-    extrapolates = bool(extra and extra["significant"])
-    if tests is not None:
-        for key in ("scan", "null", "heterogeneity_test", "distinguishability", "within_class",
-                    "continuity"):
-            evidence[key] = tests.get(key)
-        verdict, reasons, affected, suggestions = calibrated_decision(
-            k_rec, per_k, tests, extrapolates, extra, th)
-        evidence["suggestions"] = suggestions
-        return Verdict(recommended_k=k_rec, heterogeneity=verdict, evidence=evidence,
-                       reasons=reasons, affected=affected)
+    return _MapEvidence(
+        evidence=evidence, k_max=k_max, curve=curve, split=split, extra=extra,
+        mixed_parents=mixed_parents, is_path=bool(path and path["is_path"]),
+        is_band=bool(band and band["concentrated"]), differs=bool(split and split["beyond_noise"]),
+        drop=curve["shape"] == "plateau_then_drop", extrapolates=bool(extra and extra["significant"]))
 
+
+def _within_class_paths(per_k, maps_by_k, half_maps_by_k, mask, th: Thresholds, k_rec: int,
+                        k_max: int):
+    """Do the K = ``k_max`` children (>= 3) of a K = ``k_rec`` class lie on a path?
+    ``({parent: path evidence}, [parents on a path])``."""
+    parent = parent_of_classes(per_k[k_max].consensus, k_max, per_k[k_rec].consensus, k_rec)
+    sub = {}
+    on_path = []
+    for p in range(k_rec):
+        children = np.flatnonzero(parent == p)
+        if children.size >= 3:
+            hv = None if half_maps_by_k is None or k_max not in half_maps_by_k \
+                else half_maps_by_k[k_max][:, children]
+            ev = map_path(maps_by_k[k_max][children], hv, mask, th)
+            ev["children"] = (children + 1).tolist()
+            sub[str(p + 1)] = ev
+            if ev["is_path"]:
+                on_path.append(p)
+    return sub, on_path
+
+
+def _uncalibrated_decision(k_rec: int, per_k, ev: _MapEvidence, th: Thresholds):
+    """The verdict from evidence (a)-(f) alone (no null): ``(verdict, reasons, affected)``."""
+    n = len(next(iter(per_k.values())).consensus)
+    affected = np.zeros(n, dtype=bool)
     if k_rec == 1:
-        if is_path or differs or (curve["shape"] == "smooth_decay" and is_band):
-            verdict = "continuous"
-            if is_path:
-                reasons.append(f"no reproducible discrete split, but the K={k_max} class maps "
-                               "lie on a one-dimensional path")
-            elif differs:
-                reasons.append(f"no reproducible discrete split, yet the K={split['k']} class "
-                               f"maps differ beyond noise (signal/noise "
-                               f"{split['max_signal_to_noise']}): real structural variability "
-                               "that no K separates reproducibly")
-            else:
-                reasons.append("stability decays smoothly and replicates disagree between "
-                               "neighbouring classes")
-            affected[:] = True
-        else:
-            verdict = "homogeneous"
-            reasons.append("no split into 2 or more classes is reproducible and the class maps "
-                           "differ by noise only")
-    elif extrapolates:
-        verdict = "continuous"
-        reasons.append(f"K={k_rec} is reproducible, but K={k_max} classes reach beyond the "
-                       f"K={k_rec} maps (extrapolation {extra['max_extrapolation']}): finer "
-                       "classes are more extreme, as when binning a continuum")
+        return _uncalibrated_k1(ev, affected)
+    k_max = ev.k_max
+    if ev.extrapolates:
         affected[:] = True
-    elif is_path and not drop and (k_max > k_rec or per_k[k_max].min_class_jaccard
-                                   < th.highly_stable_jaccard):
-        verdict = "continuous"
-        reasons.append(f"K={k_rec} is reproducible, but stability shows no sharp drop beyond "
-                       f"it and the K={k_max} class maps lie on one path with even steps: the "
-                       "classes bin a continuum")
+        return "continuous", [
+            f"K={k_rec} is reproducible, but K={k_max} classes reach beyond the K={k_rec} maps "
+            f"(extrapolation {_get(ev.extra, 'max_extrapolation')}): finer classes are more "
+            "extreme, as when binning a continuum"], affected
+    if ev.is_path and not ev.drop and (k_max > k_rec or per_k[k_max].min_class_jaccard
+                                       < th.highly_stable_jaccard):
         affected[:] = True
-    elif mixed_parents:
-        verdict = "mixed"
-        names = ", ".join(str(p + 1) for p in mixed_parents)
-        reasons.append(f"K={k_rec} classes are stable; at K={k_max} the sub-classes of class(es) "
-                       f"{names} lie on a path (continuous within)")
-        affected = np.isin(per_k[k_rec].consensus, mixed_parents)
-    else:
-        verdict = "discrete"
-        reasons.append(f"K={k_rec} classes are stable and pass the random-overlap test"
-                       + (f"; stability drops beyond (curve: {curve['shape']})"
-                          if k_max > k_rec else ""))
-    if is_path and verdict == "discrete":
+        return "continuous", [
+            f"K={k_rec} is reproducible, but stability shows no sharp drop beyond it and the "
+            f"K={k_max} class maps lie on one path with even steps: the classes bin a "
+            "continuum"], affected
+    if ev.mixed_parents:
+        names = ", ".join(str(p + 1) for p in ev.mixed_parents)
+        return "mixed", [
+            f"K={k_rec} classes are stable; at K={k_max} the sub-classes of class(es) {names} "
+            "lie on a path (continuous within)"], np.isin(per_k[k_rec].consensus, ev.mixed_parents)
+    reasons = [f"K={k_rec} classes are stable and pass the random-overlap test"
+               + (f"; stability drops beyond (curve: {ev.curve['shape']})" if k_max > k_rec else "")]
+    if ev.is_path:
         reasons.append(f"the K={k_max} maps lie on a path, but "
                        + ("stability drops sharply past K=%d (over-split states give "
-                          "mixture maps on the line between states)" % k_rec if drop else
+                          "mixture maps on the line between states)" % k_rec if ev.drop else
                           "every class is highly stable: scan a larger K to tell discrete "
                           "states on a line from a continuum"))
-    if is_band and verdict == "discrete":
+    if ev.is_band:
         reasons.append("replicate disagreement at the largest K is between neighbouring "
                        "classes (over-split states)")
-    return Verdict(recommended_k=k_rec, heterogeneity=verdict, evidence=evidence,
-                   reasons=reasons, affected=affected)
+    return "discrete", reasons, affected
+
+
+def _uncalibrated_k1(ev: _MapEvidence, affected: np.ndarray):
+    """K_rec = 1 without a null: continuous when the maps show structure, else homogeneous."""
+    if not (ev.is_path or ev.differs or (ev.curve["shape"] == "smooth_decay" and ev.is_band)):
+        return "homogeneous", ["no split into 2 or more classes is reproducible and the class "
+                               "maps differ by noise only"], affected
+    affected[:] = True
+    if ev.is_path:
+        why = (f"no reproducible discrete split, but the K={ev.k_max} class maps lie on a "
+               "one-dimensional path")
+    elif ev.differs:
+        why = (f"no reproducible discrete split, yet the K={_get(ev.split, 'k')} class maps "
+               f"differ beyond noise (signal/noise {_get(ev.split, 'max_signal_to_noise')}): "
+               "real structural variability that no K separates reproducibly")
+    else:
+        why = "stability decays smoothly and replicates disagree between neighbouring classes"
+    return "continuous", [why], affected
+
+
+def _get(record: Optional[dict], key: str):
+    return None if record is None else record.get(key)
 
 
 def _p(x) -> str:
@@ -480,8 +516,8 @@ def calibrated_decision(k_rec: int, per_k: Mapping[int, KScores], tests: dict,
       scan reach beyond the K_rec maps), and so are two neighbouring classes whose particles,
       classified again together, form one spread (no gap between them); some continuous and
       some not -> "mixed" (the continuous classes' particles form the continuous part); all
-      continuous -> "continuous"; none -> "discrete". Without within-class tests: "continuous" when the finer classes
-      extrapolate, else "discrete".
+      continuous -> "continuous"; none -> "discrete". Without within-class or continuity
+      evidence: "continuous" when the finer classes extrapolate, else "discrete".
 
     Suggestions: merge indistinguishable classes of a stable K; classify a class holding two
     states again (under-split).
@@ -489,81 +525,110 @@ def calibrated_decision(k_rec: int, per_k: Mapping[int, KScores], tests: dict,
     n = len(next(iter(per_k.values())).consensus)
     affected = np.zeros(n, dtype=bool)
     reasons: List[str] = []
-    suggestions: List[dict] = []
-    het = tests.get("heterogeneity_test") or {}
     scan = tests.get("scan") or {}
     if scan.get("added"):
         reasons.append(f"the scan was extended to K={max(scan['added'])} (typed "
                        f"{_k_range(scan.get('typed'))}) to look past the recommended K")
+    suggestions = _merge_suggestions(per_k, tests)
+    het = tests.get("heterogeneity_test") or {}
+    if k_rec == 1:
+        verdict, why = _calibrated_k1(het)
+        affected[:] = verdict == "continuous"
+        return verdict, reasons + [why], affected, suggestions
+    within = tests.get("within_class") or {}
+    outcome = {int(c) - 1: rec["outcome"] for c, rec in within.items()}
+    suggestions += _split_suggestions(within, k_rec)
+    continuous, why_pairs = _continuous_classes(outcome, tests.get("continuity") or {},
+                                                extrapolates)
+    reasons += why_pairs
+    verdict, why, parts = _calibrated_kn(k_rec, outcome, continuous, bool(within), het,
+                                         extrapolates, extra)
+    reasons.append(why)
+    if verdict in ("continuous", "mixed"):
+        affected = np.isin(per_k[k_rec].consensus, parts)
+    return verdict, reasons, affected, suggestions
+
+
+def _merge_suggestions(per_k: Mapping[int, KScores], tests: dict) -> List[dict]:
+    """Merge the reproducible but indistinguishable class pairs of every stable K."""
+    out = []
     for k_text, pw in sorted((tests.get("distinguishability") or {}).items(), key=lambda x: int(x[0])):
         k = int(k_text)
-        if k in per_k and per_k[k].all_stable and pw.get("merge"):
-            for a, b in pw["merge"]:
-                pair = next(p for p in pw["pairs"] if p["classes"] == [a, b])
-                suggestions.append({"action": "merge", "k": k, "classes": [a, b],
-                                    "p_value": pair["p_value"],
-                                    "why": f"at K={k} classes {a} and {b} are reproducible but "
-                                           f"their maps differ no more than in the null "
-                                           f"(p = {_p(pair['p_value'])})"})
-    if k_rec == 1:
-        if het.get("beyond_null"):
-            affected[:] = True
-            reasons.append(f"no K splits the data into reproducible, distinguishable classes, "
-                           f"yet the K=2 class maps differ beyond the null (p = "
-                           f"{_p(het.get('p_value'))}): structural variability, continuous")
-            return "continuous", reasons, affected, suggestions
-        reasons.append(f"the K=2 class maps differ no more than classes of simulated one-state "
-                       f"data (p = {_p(het.get('p_value'))}) and no split is both reproducible "
-                       "and distinguishable")
-        return "homogeneous", reasons, affected, suggestions
-    within = tests.get("within_class") or {}
-    consensus = per_k[k_rec].consensus
-    outcome = {int(c) - 1: rec["outcome"] for c, rec in within.items()}
-    continuous = [c for c, o in outcome.items()
-                  if o == "continuous" or (o == "heterogeneous" and extrapolates)]
-    continuity = tests.get("continuity") or {}
-    spread_pairs = [rec["classes"] for rec in continuity.values()
-                    if rec["outcome"] == "continuous"]
-    continuous = sorted(set(continuous) | {c - 1 for pair in spread_pairs for c in pair})
+        if not (k in per_k and per_k[k].all_stable and pw.get("merge")):
+            continue
+        for a, b in pw["merge"]:
+            pair = next(p for p in pw["pairs"] if p["classes"] == [a, b])
+            out.append({"action": "merge", "k": k, "classes": [a, b], "p_value": pair["p_value"],
+                        "why": f"at K={k} classes {a} and {b} are reproducible but their maps "
+                               f"differ no more than in the null (p = {_p(pair['p_value'])})"})
+    return out
+
+
+def _split_suggestions(within: dict, k_rec: int) -> List[dict]:
+    """Classify again the classes whose within-class test found two states."""
+    out = []
+    for c_text, rec in sorted(within.items(), key=lambda x: int(x[0])):
+        if rec["outcome"] == "two states":
+            out.append({"action": "split", "k": k_rec, "classes": [int(c_text)],
+                        "p_value": rec["p_value"],
+                        "why": f"class {c_text} splits in two beyond the null (p = "
+                               f"{_p(rec['p_value'])}) in a direction no other class takes: it "
+                               "holds two states (classify its particles with K=2, or try a "
+                               "larger K)"})
+    return out
+
+
+def _calibrated_k1(het: dict):
+    """K_rec = 1: ``(verdict, reason)`` from the heterogeneity test."""
+    p_text = _p(het.get("p_value"))
+    if het.get("beyond_null"):
+        return "continuous", (f"no K splits the data into reproducible, distinguishable "
+                              f"classes, yet the K=2 class maps differ beyond the null (p = "
+                              f"{p_text}): structural variability, continuous")
+    return "homogeneous", (f"the K=2 class maps differ no more than classes of simulated "
+                           f"one-state data (p = {p_text}) and no split is both reproducible "
+                           "and distinguishable")
+
+
+def _continuous_classes(outcome: Dict[int, str], continuity: dict, extrapolates: bool):
+    """0-based classes found continuous (within-class spread, or part of a neighbour pair
+    that is one spread) and the reasons from the continuity tests."""
+    continuous = {c for c, o in outcome.items()
+                  if o == "continuous" or (o == "heterogeneous" and extrapolates)}
+    spread_pairs = [rec["classes"] for rec in continuity.values() if rec["outcome"] == "continuous"]
+    continuous |= {c - 1 for pair in spread_pairs for c in pair}
+    reasons = []
     if spread_pairs:
         names = "; ".join(f"{a} and {b}" for a, b in spread_pairs)
         reasons.append(f"classified again together, the particles of classes {names} form "
                        "one spread along their difference, with no gap between the classes")
-    for c, o in sorted(outcome.items()):
-        rec = within[str(c + 1)]
-        if o == "two states":
-            suggestions.append({"action": "split", "k": k_rec, "classes": [c + 1],
-                                "p_value": rec["p_value"],
-                                "why": f"class {c + 1} splits in two beyond the null (p = "
-                                       f"{_p(rec['p_value'])}) in a direction no other class "
-                                       "takes: it holds two states (classify its particles "
-                                       "with K=2, or try a larger K)"})
+    return sorted(continuous), reasons
+
+
+def _calibrated_kn(k_rec: int, outcome: Dict[int, str], continuous: List[int], tested: bool,
+                   het: dict, extrapolates: bool, extra: Optional[dict]):
+    """K_rec >= 2: ``(verdict, reason, continuous classes)``."""
     p_text = f"p = {_p(het.get('p_value'))}"
-    if not within and not continuous:
+    if not tested and not continuous:
         if extrapolates:
-            affected[:] = True
-            reasons.append(f"K={k_rec} is reproducible and distinguishable, but finer classes "
-                           f"reach beyond its maps (extrapolation {extra['max_extrapolation']})")
-            return "continuous", reasons, affected, suggestions
-        reasons.append(f"K={k_rec} classes are reproducible and differ beyond the null "
-                       f"({p_text} at K=2)")
-        return "discrete", reasons, affected, suggestions
+            return "continuous", (f"K={k_rec} is reproducible and distinguishable, but finer "
+                                  f"classes reach beyond its maps (extrapolation "
+                                  f"{_get(extra, 'max_extrapolation')})"), list(range(k_rec))
+        return "discrete", (f"K={k_rec} classes are reproducible and differ beyond the null "
+                            f"({p_text} at K=2)"), []
     if len(continuous) == k_rec:
-        affected[:] = True
-        reasons.append(f"K={k_rec} classes are reproducible, but every class is part of a "
-                       "spread of particles, not of separate groups: the classes bin a continuum")
-        return "continuous", reasons, affected, suggestions
+        return "continuous", (f"K={k_rec} classes are reproducible, but every class is part of "
+                              "a spread of particles, not of separate groups: the classes bin "
+                              "a continuum"), continuous
     if continuous:
-        affected = np.isin(consensus, continuous)
-        names = ", ".join(str(c + 1) for c in sorted(continuous))
-        reasons.append(f"K={k_rec} classes are reproducible and distinguishable; class(es) "
-                       f"{names} hold a continuum (a spread of particles along their split), "
-                       "the others do not")
-        return "mixed", reasons, affected, suggestions
+        names = ", ".join(str(c + 1) for c in continuous)
+        return "mixed", (f"K={k_rec} classes are reproducible and distinguishable; class(es) "
+                         f"{names} hold a continuum (a spread of particles along their split), "
+                         "the others do not"), continuous
     kinds = sorted(set(outcome.values()))
-    reasons.append(f"K={k_rec} classes are reproducible and differ beyond the null ({p_text} at "
-                   f"K=2); within the classes: {', '.join(kinds) if kinds else 'not tested'}")
-    return "discrete", reasons, affected, suggestions
+    return "discrete", (f"K={k_rec} classes are reproducible and differ beyond the null "
+                        f"({p_text} at K=2); within the classes: "
+                        f"{', '.join(kinds) if kinds else 'not tested'}"), []
 
 
 def _k_range(values) -> str:
