@@ -104,3 +104,12 @@ def test_spread_pair_makes_mixed_and_all_pairs_continuous():
     verdict, reasons, _, _ = calibrated_decision(2, per_k2, _tests(discrete, 2), False, None,
                                                  Thresholds())
     assert verdict == "discrete", reasons
+
+
+def test_a_spread_inside_a_class_is_continuous_only_when_its_split_reproduces():
+    from hetclass.stability.class_tests import _outcome
+    # beyond the null, positions spread: a continuum bins the same way in both fits ...
+    assert _outcome(1e-4, 0.01, "spread", 0.1, 0.9, 0.75) == "continuous"
+    # ... a class of junk of many shapes spreads too, but its split does not reproduce
+    assert _outcome(3e-4, 0.01, "spread", float("nan"), 0.50, 0.75) == "heterogeneous"
+    assert _outcome(0.5, 0.01, "spread", 0.1, 0.9, 0.75) == "homogeneous"

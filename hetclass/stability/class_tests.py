@@ -13,7 +13,9 @@
   - ``"homogeneous"``: no structure beyond the null;
   - ``"mixes with other classes"``: two groups along the differences to other classes;
   - ``"two states"``: two groups in a new direction -- the class is under-split;
-  - ``"continuous"``: a spread of positions (a continuum inside the class);
+  - ``"continuous"``: a spread of positions along a split that reproduces (a continuum
+    inside the class; a spread whose split does not reproduce, as in a class of junk of many
+    shapes, is "heterogeneous");
   - ``"heterogeneous"``: structure beyond the null whose shape the data cannot tell.
 * :func:`continuity_tests` -- each consensus class and its nearest neighbour (noise-corrected
   map distance) classified again together at K = 2 (one fit, seed ``("pair", a, b)``): are
@@ -220,7 +222,10 @@ def _outcome(p: float, alpha: float, shape: str, explained: float, jaccard: floa
     if not np.isfinite(p) or p >= alpha:
         return "homogeneous"
     if shape == "spread":
-        return "continuous"
+        # a continuum inside a class bins the same way in both fits; a class of mixed
+        # shapes (junk) also spreads, but its split does not reproduce
+        reproducible = np.isfinite(jaccard) and jaccard >= stable_jaccard
+        return "continuous" if reproducible else "heterogeneous"
     along = np.isfinite(explained) and explained >= EXPLAINED_FRACTION
     if shape == "two groups":
         return "mixes with other classes" if along else "two states"
