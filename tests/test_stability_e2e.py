@@ -158,7 +158,7 @@ def test_hinge_continuum_plus_discrete_variant_is_mixed(data_root):
     back = starfile.read(out / cont["star"], always_dict=True)["particles"]
     truth = _truth(ds.out_dir).set_index("image_name").loc[back["rlnImageName"]]
     on_path = truth["state_name"].str.startswith("hinge").to_numpy()
-    assert on_path.mean() >= 0.9                  # the continuous part is the hinge path ...
+    assert on_path.mean() >= 0.85                 # the continuous part is the hinge path (60 % of all) ...
     assert on_path.sum() >= 0.8 * 0.6 * n         # ... and holds most of it
 
 
