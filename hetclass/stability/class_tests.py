@@ -80,26 +80,32 @@ def within_class_fits(prepared, options, members: Dict[int, np.ndarray], seed,
     """Classify the particles of each class (``members``: class -> global rows) at K = 2,
     :data:`WITHIN_FITS` times; ``{class: [compact results]}`` (with positions along the
     split). ``run(keys, one)`` runs the tasks."""
-    from .tasks import compact
     if fit is None:
         from ..engine import fit
     plan = {key: (c, f) for c in members for key, f in
             zip(within_keys([c])[:WITHIN_FITS], range(WITHIN_FITS))}
 
     def one(key, check):
-        from .views import subset_view
         c, f = plan[key]
-        view = subset_view(prepared, members[c], device=options.device)
-        res = fit(view, replace(options, classes=2), seed=seeds.stream(seed, "within", c, f),
-                  abort_check=check)
-        out = compact(res)
-        state = getattr(res, "state", None)
-        if state is not None and getattr(state, "refs", None) is not None:
-            out.position, out.separation = split_positions(view, state)
-        return out
+        return _split_fit(prepared, options, members[c], seeds.stream(seed, "within", c, f),
+                          check, fit)
 
     results = run(list(plan), one)
     return {c: [results[k][0] for k in within_keys([c])] for c in members}
+
+
+def _split_fit(prepared, options, rows: np.ndarray, seed, check, fit):
+    """The particles ``rows`` classified at K = 2: the compact result, with each particle's
+    position along the split and its effective separation when the fit has a state."""
+    from .tasks import compact
+    from .views import subset_view
+    view = subset_view(prepared, rows, device=options.device)
+    res = fit(view, replace(options, classes=2), seed=seed, abort_check=check)
+    out = compact(res)
+    state = getattr(res, "state", None)
+    if state is not None and getattr(state, "refs", None) is not None:
+        out.position, out.separation = split_positions(view, state)
+    return out
 
 
 def neighbour_pairs(maps: np.ndarray, half_maps: np.ndarray, sizes: Dict[int, int],
@@ -126,22 +132,14 @@ def pair_fits(prepared, options, members: Dict[tuple, np.ndarray], seed, run: Ca
               fit=None) -> Dict[tuple, Any]:
     """Classify the particles of each class pair (``members``: pair -> global rows) at
     K = 2 once; ``{pair: compact result}`` with positions along the split."""
-    from .tasks import compact
-    from .views import subset_view
     if fit is None:
         from ..engine import fit
     plan = {pair_key(pair): pair for pair in members}
 
     def one(key, check):
         pair = plan[key]
-        view = subset_view(prepared, members[pair], device=options.device)
-        res = fit(view, replace(options, classes=2), seed=seeds.stream(seed, "pair", *pair),
-                  abort_check=check)
-        out = compact(res)
-        state = getattr(res, "state", None)
-        if state is not None and getattr(state, "refs", None) is not None:
-            out.position, out.separation = split_positions(view, state)
-        return out
+        return _split_fit(prepared, options, members[pair], seeds.stream(seed, "pair", *pair),
+                          check, fit)
 
     results = run(list(plan), one)
     return {pair: results[key][0] for key, pair in plan.items()}
