@@ -133,14 +133,26 @@ class NullModel:
 
 
 # ----- position along a split ----------------------------------------------------------------
-def _cross_half_references(state, solvent_mask) -> np.ndarray:
-    """(2, K, b, b, b) references for half set h: the other half's class maps (masked); the
-    state's scoring references when it has no half maps."""
+def _half_map_references(state, solvent_mask):
+    """``(refs (2, K, b, b, b), noise (K, b, b, b) or None)``, masked. ``refs[h]`` scores
+    half set h: the other half's class maps (the state's scoring references when it has no
+    half maps). ``noise``: one realisation of a half map's noise per class,
+    ``(h1 - h2) / sqrt 2``; projected with a particle's pose and CTF, its power over the
+    noise is the variance the references' own noise adds to the log-likelihood ratio."""
     halves = getattr(state, "half_maps", None)
     if halves is None:
-        return np.asarray(state.refs)
+        return np.asarray(state.refs), None
     mask = 1.0 if solvent_mask is None else solvent_mask
-    return (np.stack([halves[1], halves[0]]) * mask).astype(np.float32)
+    refs = (np.stack([halves[1], halves[0]]) * mask).astype(np.float32)
+    noise = (np.asarray(halves[0], np.float64) - halves[1]) / np.sqrt(2.0) * mask
+    return refs, noise.astype(np.float32)
+
+
+def _grid(volumes, pad):
+    """Projection grid of a stack of (b, b, b) volumes (:func:`hetclass.projector.stack_grids`)."""
+    from ..projector import stack_grids
+    from ..reconstruct import volume_to_grid
+    return stack_grids(np.stack([volume_to_grid(np.asarray(m, np.float32), pad) for m in volumes]))
 
 
 def split_positions(prepared, state, rows=None):
@@ -149,8 +161,7 @@ def split_positions(prepared, state, rows=None):
     docstring): ``D_eff = D^2 / (D + R)`` so that ``sqrt(2 / D_eff)`` is the position's error
     including the references' noise ``R`` (the error of ``u`` is ``sqrt(2 (D + R)) / D``)."""
     from ..em_step import class_log_likelihoods, shell_onehot
-    from ..projector import project, stack_grids
-    from ..reconstruct import volume_to_grid
+    from ..projector import project
     data, ws = prepared.data, prepared.workspace
     n_total = data.n_total
     rows = np.arange(n_total) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -161,12 +172,10 @@ def split_positions(prepared, state, rows=None):
     onehot = shell_onehot(data.coeffs.shell, ws.n_shells)
     sigma2 = np.asarray(state.sigma2)
     shell = np.minimum(data.coeffs.shell, sigma2.shape[1] - 1)
-    refs = _cross_half_references(state, prepared.solvent_mask)
-    grids = [stack_grids(np.stack([volume_to_grid(np.asarray(m, np.float32), ws.pad)
-                                   for m in refs[h]])) for h in range(2)]
-    noise = _reference_noise(state, prepared.solvent_mask)
-    noise_grid = None if noise is None else stack_grids(
-        np.stack([volume_to_grid(np.asarray(m, np.float32), ws.pad) for m in noise]))
+    refs, noise = _half_map_references(state, prepared.solvent_mask)
+    grids = [_grid(refs[h], ws.pad) for h in range(2)]
+    noise_grid = None if noise is None else _grid(noise, ws.pad)
+    counts = np.maximum(onehot[:, :like].sum(0), 1.0)      # coefficients per shell
     llr, sep, ref = np.zeros(len(data)), np.zeros(len(data)), np.zeros(len(data))
     for bi, (batch, half) in enumerate(ws.batches):
         use = active[batch]
@@ -180,7 +189,6 @@ def split_positions(prepared, state, rows=None):
         llr[batch[use]] = loglik[:, 0] - loglik[:, 1]
         diff = c * (slices[:, :, 0] - slices[:, :, 1])
         power = (diff.real ** 2 + diff.imag ** 2) @ onehot[:, :like]
-        counts = np.maximum(onehot[:, :like].sum(0), 1.0)
         sig_shell = (sig @ onehot[:, :like]) / counts
         sep[batch[use]] = np.sum(power / sig_shell, axis=1)
         if noise_grid is not None:
@@ -196,17 +204,6 @@ def split_positions(prepared, state, rows=None):
         u = np.where(sep > 0, llr / np.where(sep > 0, sep, 1.0), 0.0)
         effective = np.where(sep > 0, sep ** 2 / np.where(sep > 0, sep + ref, 1.0), 0.0)
     return u.astype(np.float64), effective.astype(np.float64)
-
-
-def _reference_noise(state, solvent_mask) -> Optional[np.ndarray]:
-    """(K, b, b, b) one realisation of a half map's noise per class, ``(h1 - h2) / sqrt 2``
-    (masked): projected with a particle's pose and CTF, its power over the noise is the
-    variance the references' own noise adds to the particle's log-likelihood ratio."""
-    halves = getattr(state, "half_maps", None)
-    if halves is None:
-        return None
-    mask = 1.0 if solvent_mask is None else solvent_mask
-    return ((np.asarray(halves[0], np.float64) - halves[1]) / np.sqrt(2.0) * mask).astype(np.float32)
 
 
 def _error_scale(log_kappa: float) -> float:
