@@ -125,25 +125,13 @@ def run_ideal(case: Case, info: dict, work: str) -> Optional[dict]:
     cached = _read_json(path)
     if cached is not None and cached.get("key") == case.key():
         return cached
-    from hetclass.ideal_observer import ideal_labels, ideal_log_likelihoods
-    from hetclass.io.images import ImageSource
-    from hetclass.io.loader import load_particles
-    particles = load_particles(info["star"], project_dir=info["project_dir"])
-    truth = pd.read_csv(info["truth"]).set_index("image_name")
-    truth = truth.reindex(particles.image_names.astype(str))
-    states = list(case.states().values())
-    ll = np.empty((len(particles), len(states)))
-    with ImageSource(particles) as src:
-        for start in range(0, len(particles), 1000):
-            rows = np.arange(start, min(len(particles), start + 1000))
-            sub = particles.take(rows)
-            ll[rows] = ideal_log_likelihoods(
-                sub, src.read(rows), states, info["noise_sigma"],
-                truth["norm_offset"].values[rows], truth["norm_scale"].values[rows], threads=2)
-    pred = ideal_labels(ll, case.populations)
-    groups = (np.arange(len(states)) if case.truth_groups is None
+    from ideal_bench import ideal_state_labels
+    _, true_state, pred, _ = ideal_state_labels(
+        info["star"], info["project_dir"], info["truth"], list(case.states().values()),
+        case.populations, noise_sigma=info["noise_sigma"])
+    groups = (np.arange(len(case.populations)) if case.truth_groups is None
               else np.asarray(case.truth_groups))
-    result = {"key": case.key(), **scores(truth["class_index"].values, groups[pred])}
+    result = {"key": case.key(), **scores(groups[true_state], groups[pred])}
     _write_json(path, result)
     return result
 

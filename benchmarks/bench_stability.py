@@ -179,6 +179,29 @@ def truth_of(case: Case, info: dict, image_names) -> pd.DataFrame:
     return pd.DataFrame({"state": state, "class": groups[state]})
 
 
+def run_ideal(case: Case, info: dict, work: str) -> Optional[float]:
+    """The ideal observer's ARI against the true classes (cached in ``work/ideal.json``);
+    None where the truth is not a set of discrete classes."""
+    if case.truth not in ("discrete", "leaves"):
+        return None
+    path = os.path.join(work, "ideal.json")
+    if os.path.exists(path):
+        with open(path) as fh:
+            cached = json.load(fh)
+        if cached.get("key") == case.key():
+            return cached["ari"]
+    from ideal_bench import ideal_state_labels
+    _, true_state, pred, sigma = ideal_state_labels(
+        info["star"], info["project_dir"], info["truth"], list(case.states().values()),
+        case.populations)
+    groups = (np.arange(len(case.populations)) if case.truth_groups is None
+              else np.asarray(case.truth_groups))
+    value = round(ari(groups[true_state], groups[pred]), 3)
+    with open(path, "w") as fh:
+        json.dump({"key": case.key(), "ari": value, "noise_sigma_measured": sigma}, fh)
+    return value
+
+
 def ari(a, b) -> float:
     from hetclass.stability.scores import adjusted_rand_index
     return float(adjusted_rand_index(np.asarray(a), np.asarray(b)))
@@ -274,7 +297,7 @@ def _p(x) -> str:
 
 def print_table(rows: List[dict]) -> None:
     head = (f"{'case':20s} {'truth':12s} {'typed':5s} {'verdict':12s} {'K':>2s} {'ARI':>5s} "
-            f"{'p(het)':>7s} {'scan':>6s} {'wall s':>7s} {'cpu s':>7s}  right")
+            f"{'ideal':>5s} {'p(het)':>7s} {'scan':>6s} {'wall s':>7s} {'cpu s':>7s}  right")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -282,8 +305,9 @@ def print_table(rows: List[dict]) -> None:
         ext = f"->{scan['extended_to']}" if scan.get("extended_to") else ""
         truth = r["truth"] + (f" {r['true_k']}" if r["truth"] in ("discrete", "leaves") else "")
         a = "-" if r.get("consensus_ari") is None else f"{r['consensus_ari']:.3f}"
+        ideal = "-" if r.get("ideal_ari") is None else f"{r['ideal_ari']:.3f}"
         print(f"{r['case']:20s} {truth:12s} {r['typed']:5s} {r['verdict']:12s} {r['k']:>2} "
-              f"{a:>5s} {_p(r.get('p_heterogeneity')):>7s} {ext:>6s} {r['wall_s']:>7.0f} "
+              f"{a:>5s} {ideal:>5s} {_p(r.get('p_heterogeneity')):>7s} {ext:>6s} {r['wall_s']:>7.0f} "
               f"{r['cpu_s']:>7.0f}  {'yes' if r['right'] else 'NO'}")
 
 
@@ -310,6 +334,8 @@ def main(argv=None) -> int:
                     help="independent one-state sets for the false-split rate (default 10)")
     ap.add_argument("--false-snr", type=float, default=0.1)
     ap.add_argument("--ratio", action="store_true", help="measure the 8x cost bar")
+    ap.add_argument("--ideal-only", action="store_true",
+                    help="only simulate the cases and score the ideal observer")
     ap.add_argument("--arg", action="append", default=[], help="extra argument for hetclass")
     args = ap.parse_args(argv)
     cases = {c.name: c for c in all_cases()}
@@ -331,7 +357,11 @@ def main(argv=None) -> int:
         work = os.path.join(args.workdir, name)
         os.makedirs(work, exist_ok=True)
         info = make_data(case, work)
+        if args.ideal_only:
+            print(f"{name:20s} ideal ARI {run_ideal(case, info, work)}")
+            continue
         row = run_case(case, info, work, args.replicates, args.jobs, args.arg)
+        row["ideal_ari"] = run_ideal(case, info, work)
         result["cases"].append(row)
         print_table([row])
         save()

@@ -21,7 +21,8 @@ the first iterations pushed it. Two things were measured to matter on close stat
 
 :func:`explore` runs ``n_init`` starts (random-subset references from the named seed stream
 ``("init", start)``), each for at most ``EXPLORE_ITER`` hard-assignment iterations at the
-resolution the class differences support, scores them and returns the best start's state.
+resolution the class differences support, scores them, tries the best start's merge-and-split
+moves (:mod:`hetclass.split_merge`, K >= 3) and returns the best state.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 
 from . import seeds
 from .em import EMState, iterate, run_pass
+from .split_merge import split_merge
 
 EXPLORE_ITER = 12           # hard-assignment iterations of one start at most
 EXPLORE_CHANGED_PCT = 1.0   # a start has found its basin when fewer labels change
@@ -50,6 +52,7 @@ class StartRecord:
     score: float            # mean held-out log-evidence per particle (nats); NaN if not scored
     class_fractions: List[float]
     selected: bool = False
+    moves: List[dict] = dataclasses.field(default_factory=list)   # split-merge moves tried
 
 
 def explore_subset(active_rows: np.ndarray, n_total: int, seed) -> np.ndarray:
@@ -103,7 +106,11 @@ def explore(ws, options, seed, active: np.ndarray, make_start: Callable[[int], E
         if progress is not None:
             progress("explore_done", selected=best, scores=[r.score for r in records])
     records[best].selected = True
-    chosen = dataclasses.replace(states[best], converged=False, polishing=False,
+    moved, moves = split_merge(ws, hard, seed, states[best], active, solvent_mask, focus_mask,
+                               lambda st, s2: heldout_score(ws, st, s2, active),
+                               abort_check=abort_check, progress=_tagged(progress, best, n_init))
+    records[best].moves = [dataclasses.asdict(m) for m in moves]
+    chosen = dataclasses.replace(moved, converged=False, polishing=False,
                                  history=[], iteration=0, start=best)
     return chosen, records
 

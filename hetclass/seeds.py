@@ -35,6 +35,7 @@ STREAMS = {
     "explore_subset": 10,  # the particles exploration starts use when there are many
     "within": 11,        # stability: sub-classifications inside a class (index: class, fit)
     "pair": 12,          # stability: a pair of neighbouring classes classified again (a, b)
+    "split_merge": 13,   # the split halves of an exploration's merge-and-split move (index: move)
 }
 
 

@@ -80,6 +80,8 @@ def _event_line(event: str, info: dict) -> str:
         return f"node {info.get('id')} ({info.get('n_particles')} particles): {what}"
     if event == "node_start":
         return f"node {info.get('id')} ({info.get('n_particles')} particles): replicates"
+    if event == "message":
+        return str(info.get("text", "")).strip()
     if event == "explore_start":
         return (f"exploring: start {int(info.get('start', 0)) + 1}/{info.get('n_starts')} "
                 "from random references, hard assignments")

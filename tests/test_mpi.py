@@ -122,6 +122,21 @@ def test_classify_ranks_give_single_process_result(ds, serial_classify, tmp_path
     assert info.get("mpi_ranks", 1) == ranks
 
 
+def test_classify_with_split_merge_move_ranks_give_single_process_result(ds, tmp_path):
+    """K = 3: the best start's merge-and-split move (hetclass.split_merge) runs sharded too."""
+    outs = []
+    for ranks in (None, 2):
+        out = tmp_path / f"run{ranks}"
+        _ok(_run(_hetclass("classify", ds.star_path, ds.out_dir, out, "--classes", "3"), ranks))
+        outs.append(out)
+    np.testing.assert_array_equal(_labels(outs[1] / "run_data.star"),
+                                  _labels(outs[0] / "run_data.star"))
+    starts = [json.loads((o / "run.json").read_text())["starts"] for o in outs]
+    _assert_same_json(starts[0], starts[1], "starts")
+    moves = [m for s in starts[0] for m in s.get("moves", [])]
+    assert len(moves) == 1 and np.isfinite(moves[0]["score"]), starts[0]
+
+
 @pytest.mark.parametrize("ranks,classes,replicates", [(2, "1-3", 3), (3, "2", 2)])
 def test_stability_ranks_give_single_process_result(ds, tmp_path, ranks, classes, replicates):
     """(2, 1-3, 3): 6 (K, replicate) tasks on 2 one-rank groups; (3, 2, 2): groups of 2 ranks

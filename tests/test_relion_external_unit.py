@@ -535,7 +535,9 @@ def test_progress_lines():
     progress("iteration", it=2, max_iter=25, changed_pct=1.234, class_fractions=[0.25, 0.75],
              resolution_A=[12.0, 14.5])
     progress("replicate", r=3, of=5)
+    progress("message", text="  reusing the preprocessed data in /cache")
     lines = out.getvalue().splitlines()
+    assert lines[3].endswith("] reusing the preprocessed data in /cache")   # the text alone
     assert lines[0].endswith("preprocess: 5/10")
     assert lines[1].endswith("iteration 2/25; 1.23% changed class; class fractions 0.250 0.750; "
                              "resolution 12.0 14.5 A")

@@ -164,3 +164,6 @@ def test_demo_report_shows_the_truth_and_the_ari(tmp_path, capsys):
         assert f"<td>{state}</td>" in text
     assert {"confusion matrix", "FSC curves"} <= set(_pngs(text))
     assert not [p for p in os.listdir(report.parent) if p.startswith(".tmp")]
+    # K = 3: the kept start's merge-and-split move is reported with its score and outcome
+    assert re.search(r"Merge-and-split move on start \d: classes \d and \d merged, class \d "
+                     r"split in two; held-out log-evidence [+-][0-9.]+ per particle", text)

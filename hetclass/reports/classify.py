@@ -118,6 +118,14 @@ def _summary_section(page: Page, run: dict, k: int, counts: np.ndarray) -> None:
                        f"assignments and kept start {int(kept['start']) + 1}, the one with the "
                        f"highest held-out log-evidence per particle ({scores}); the iterations "
                        "shown are its soft refinement.", "note")
+    for s in starts:
+        for m in s.get("moves") or []:
+            a, b = (int(x) + 1 for x in m["merged"])
+            verdict = "kept" if m.get("accepted") else "not kept: the start was better"
+            page.paragraph(f"Merge-and-split move on start {int(s['start']) + 1}: classes {a} "
+                           f"and {b} merged, class {int(m['split']) + 1} split in two; held-out "
+                           f"log-evidence {float(m['score']):+.2f} per particle ({verdict}).",
+                           "note")
 
 
 def _angstrom(value) -> Optional[str]:

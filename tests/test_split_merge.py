@@ -1,0 +1,91 @@
+"""The merge-and-split move leaves the wrong optimum that EM cannot (hetclass.split_merge).
+
+Three states (rest 50 %, domain closed by 20 deg 25 %, without subunit B 25 %), 1600
+particles of box 48 at 3.3 A, SNR 0.1. The wrong optimum is built by hand, as EM finds it on
+close states: the large state cut in two classes, the two smaller ones sharing the third.
+Refined by hard-assignment EM it stays there; one move (merge the two closest classes, split
+the largest other one) must reach the true partition and be accepted by the held-out score.
+A right partition must be left alone (every move scores lower).
+"""
+
+import dataclasses
+import os
+import sys
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def three_states(tmp_path_factory):
+    from accuracy_cases import Y_AXIS, _dm
+
+    from hetclass import engine
+    from hetclass.pipeline import ClassifyOptions, load_particles
+    from hetclass.simulate import simulate_dataset
+    out = str(tmp_path_factory.mktemp("split_merge"))
+    states = {"rest": _dm(), "closed": _dm([(Y_AXIS, 20.0)]), "noB": _dm((), ("B",))}
+    ds = simulate_dataset(out, states, [0.5, 0.25, 0.25], n_particles=1600, box_px=48,
+                          pixel_size_A=3.3, snr=0.1, seed=3, min_sigma_px=1.5 / 3.3)
+    particles = load_particles(ds.star_path, project_dir=ds.out_dir)
+    options = ClassifyOptions(classes=3, particle_diameter_A=150.0, seed=5, threads=1)
+    prepared = engine.prepare(particles, options)
+    import pandas as pd
+    truth = pd.read_csv(ds.truth_path).set_index("image_name").reindex(
+        particles.image_names.astype(str))["state_index"].values.astype(np.int64)
+    return prepared, options, truth
+
+
+def _ari(a, b):
+    from hetclass.stability.scores import adjusted_rand_index
+    return adjusted_rand_index(np.asarray(a), np.asarray(b))
+
+
+def _refined(prepared, options, labels):
+    """Hard-assignment EM (as exploration runs it) from references made from ``labels``."""
+    from hetclass import engine
+    from hetclass.em import iterate
+    from hetclass.explore import EXPLORE_CHANGED_PCT, EXPLORE_ITER
+    from hetclass.split_merge import _state_from_labels
+    hard = dataclasses.replace(options, hard=True, max_iter=EXPLORE_ITER,
+                               convergence_pct=EXPLORE_CHANGED_PCT)
+    active = np.ones(labels.size, bool)
+    start = engine.initial_state(prepared, options, 0)
+    state = _state_from_labels(prepared.workspace, hard, start, labels, active,
+                               prepared.solvent_mask, None)
+    state = iterate(prepared.workspace, state, hard, active, prepared.solvent_mask, None,
+                    reseed=(0, 0), warn_empty=False)
+    return hard, active, state
+
+
+def _move(prepared, hard, active, state):
+    from hetclass.explore import heldout_score
+    from hetclass.split_merge import split_merge
+    ws = prepared.workspace
+    return split_merge(ws, hard, 7, state, active, prepared.solvent_mask, None,
+                       lambda st, s2: heldout_score(ws, st, s2, active))
+
+
+def test_move_leaves_the_split_and_merged_optimum(three_states):
+    prepared, options, truth = three_states
+    rng = np.random.default_rng(0)
+    wrong = np.where(truth == 0, rng.integers(0, 2, truth.size), 2)   # rest cut in two
+    hard, active, stuck = _refined(prepared, options, wrong)
+    before = _ari(truth, stuck.labels)
+    assert before < 0.6, before                      # EM alone stays in the wrong optimum
+    moved, records = _move(prepared, hard, active, stuck)
+    after = _ari(truth, moved.labels)
+    assert len(records) == 1 and records[0].accepted and records[0].score > 0, records
+    assert sorted(records[0].merged) == [0, 1] and records[0].split == 2, records
+    assert after >= 0.75 and after > before + 0.2, (before, after)
+
+
+def test_right_partition_is_kept(three_states):
+    prepared, options, truth = three_states
+    hard, active, right = _refined(prepared, options, truth)
+    moved, records = _move(prepared, hard, active, right)
+    assert records and not any(r.accepted for r in records), records
+    assert moved is right
