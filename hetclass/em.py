@@ -266,7 +266,8 @@ def scoring_references(ms, fractions, iteration: int, polishing: bool, focus_mas
 def iterate(ws: Workspace, state: EMState, options: ClassifyOptions, active: np.ndarray,
             solvent_mask: np.ndarray, focus_mask: Optional[np.ndarray],
             checkpoint: Optional[Callable[[EMState], None]] = None,
-            abort_check=None, progress=None, reseed=None, warn_empty: bool = True) -> EMState:
+            abort_check=None, progress=None, reseed=None, warn_empty: bool = True,
+            polish: bool = True) -> EMState:
     """Run EM iterations from ``state`` until convergence or ``options.max_iter``.
 
     ``warn_empty``: an :class:`EmptyClassWarning` when classes end empty (exploration starts,
@@ -274,6 +275,10 @@ def iterate(ws: Workspace, state: EMState, options: ClassifyOptions, active: np.
 
     ``reseed`` ``(seed, start)``: empty classes are re-seeded from the named stream
     ``("reseed", start, iteration)`` of ``seed`` (default ``(options.seed, state.start)``).
+
+    ``polish`` False: stop when the gold-standard phase converges, without the full-map
+    polishing (exploration: its states are compared by a held-out score, which needs
+    gold-standard references).
     """
     reseed = reseed if reseed is not None else (options.seed, state.start)
     k = state.refs.shape[1]
@@ -281,7 +286,7 @@ def iterate(ws: Workspace, state: EMState, options: ClassifyOptions, active: np.
     n_active = max(int(comm.allreduce_scalar(float(active.sum()))), 1)
     while not state.converged and state.iteration < options.max_iter:
         state = _iteration(ws, state, options, active, solvent_mask, focus_mask, n_active,
-                           reseed, abort_check, progress)
+                           reseed, abort_check, progress, polish)
         if checkpoint is not None:
             checkpoint(state)
     empty = int(np.sum(state.class_fractions < 0.5 / n_active))
@@ -294,7 +299,7 @@ def iterate(ws: Workspace, state: EMState, options: ClassifyOptions, active: np.
 
 def _iteration(ws: Workspace, state: EMState, options, active: np.ndarray,
                solvent_mask: np.ndarray, focus_mask: Optional[np.ndarray], n_active: int,
-               reseed: tuple, abort_check, progress) -> EMState:
+               reseed: tuple, abort_check, progress, polish: bool = True) -> EMState:
     """One EM iteration from ``state`` (E-step pass, M-step, half-set linking, re-seeding of
     empty classes); the new state, its statistics appended to ``history``. Reports the
     ``iteration`` event to ``progress``."""
@@ -342,7 +347,7 @@ def _iteration(ws: Workspace, state: EMState, options, active: np.ndarray,
     converged = (it >= 3 and changed < options.convergence_pct and d_frac < 0.01
                  and next_like == like)
     polishing = state.polishing
-    if converged and not polishing:
+    if converged and not polishing and polish:
         # the partition is settled without self-bias; refine it against full-data maps,
         # which are less noisy than half maps
         polishing, converged = True, False

@@ -93,7 +93,8 @@ def explore(ws, options, seed, active: np.ndarray, make_start: Callable[[int], E
             progress("explore_start", start=j, n_starts=n_init)
         st = make_start(j)
         st = iterate(ws, st, hard, active, solvent_mask, focus_mask, abort_check=abort_check,
-                     progress=_tagged(progress, j, n_init), reseed=(seed, j), warn_empty=False)
+                     progress=_tagged(progress, j, n_init), reseed=(seed, j), warn_empty=False,
+                     polish=False)
         states.append(st)
         records.append(StartRecord(j, st.iteration, float("nan"),
                                    [float(f) for f in st.class_fractions]))

@@ -14,7 +14,7 @@ classes, one process with ``threads`` E-step threads)::
                   + (starts + moves) * (explore_iterations + 2) * iteration(min(n, explore_max))
                                        (exploration: hard starts on a subset, each with its
                                         initial reconstruction and held-out score; with
-                                        K >= 3 the merge-and-split move counts as one more)
+                                        K >= 3 each merge-and-split move counts as one more)
     classify    = startup + preprocess + fit(K) + n * output_s_per_particle
     stability   = preprocess + sum over K >= 2 of R * fit(K) / replicate_parallelism
     exhaustive  = preprocess + per tree level R * (fit(2) [+ fit(3)]) / replicate_parallelism
@@ -246,9 +246,9 @@ def fit_seconds(rates: Rates, wl: Workload, k: int, shape: RunShape, max_iter: i
         it_explore = it if n_explore == n_all else (
             iteration_seconds(rates, wl, k, n_explore, plan.data_in_memory, cached, shape.ranks,
                               shape.threads) if not shape.gpu else it * n_explore / n_all)
-        from .split_merge import MIN_CLASSES, MOVES
+        from .split_merge import n_moves
         # a merge-and-split move refines like one more start (its split is on one class)
-        runs = starts + (MOVES if k >= MIN_CLASSES else 0)
+        runs = starts + n_moves(k)
         explore = runs * (min(EXPLORE_ITER, ref.EXPLORE_ITERATIONS) + 2) * it_explore
         explore_worst = runs * (EXPLORE_ITER + 2) * it_explore
     return ((iterations(k, max_iter) + 1) * it + explore, (max_iter + 1) * it + explore_worst,

@@ -134,7 +134,7 @@ def test_classify_with_split_merge_move_ranks_give_single_process_result(ds, tmp
     starts = [json.loads((o / "run.json").read_text())["starts"] for o in outs]
     _assert_same_json(starts[0], starts[1], "starts")
     moves = [m for s in starts[0] for m in s.get("moves", [])]
-    assert len(moves) == 1 and np.isfinite(moves[0]["score"]), starts[0]
+    assert len(moves) == 2 and all(np.isfinite(m["score"]) for m in moves), starts[0]
 
 
 @pytest.mark.parametrize("ranks,classes,replicates", [(2, "1-3", 3), (3, "2", 2)])

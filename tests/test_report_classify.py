@@ -167,3 +167,5 @@ def test_demo_report_shows_the_truth_and_the_ari(tmp_path, capsys):
     # K = 3: the kept start's merge-and-split move is reported with its score and outcome
     assert re.search(r"Merge-and-split move on start \d: classes \d and \d merged, class \d "
                      r"split in two; held-out log-evidence [+-][0-9.]+ per particle", text)
+    assert re.search(r"Merge-and-split move on start \d: the particles of classes \d and \d "
+                     r"split anew; held-out log-evidence [+-][0-9.]+ per particle", text)

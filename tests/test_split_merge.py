@@ -3,9 +3,9 @@
 Three states (rest 50 %, domain closed by 20 deg 25 %, without subunit B 25 %), 1600
 particles of box 48 at 3.3 A, SNR 0.1. The wrong optimum is built by hand, as EM finds it on
 close states: the large state cut in two classes, the two smaller ones sharing the third.
-Refined by hard-assignment EM it stays there; one move (merge the two closest classes, split
-the largest other one) must reach the true partition and be accepted by the held-out score.
-A right partition must be left alone (every move scores lower).
+Refined by hard-assignment EM it stays there; one of the moves (merge the two closest classes
+and split the largest other one, or share the closest pair's particles out anew) must reach
+the true partition and be accepted by the held-out score. A right partition must survive.
 """
 
 import dataclasses
@@ -57,7 +57,7 @@ def _refined(prepared, options, labels):
     state = _state_from_labels(prepared.workspace, hard, start, labels, active,
                                prepared.solvent_mask, None)
     state = iterate(prepared.workspace, state, hard, active, prepared.solvent_mask, None,
-                    reseed=(0, 0), warn_empty=False)
+                    reseed=(0, 0), warn_empty=False, polish=False)
     return hard, active, state
 
 
@@ -78,14 +78,20 @@ def test_move_leaves_the_split_and_merged_optimum(three_states):
     assert before < 0.6, before                      # EM alone stays in the wrong optimum
     moved, records = _move(prepared, hard, active, stuck)
     after = _ari(truth, moved.labels)
-    assert len(records) == 1 and records[0].accepted and records[0].score > 0, records
-    assert sorted(records[0].merged) == [0, 1] and records[0].split == 2, records
+    accepted = [r for r in records if r.accepted]
+    assert accepted and all(r.score > 0 for r in accepted), records
+    assert sorted(records[0].merged) == [0, 1], records     # the two halves of the rest state
+    assert len({r.round for r in accepted}) == len(accepted), records    # one per round
     assert after >= 0.75 and after > before + 0.2, (before, after)
 
 
 def test_right_partition_is_kept(three_states):
+    """No move may lose the right partition: the merge move scores lower; the re-split of
+    the closest pair may only move the boundary between two right classes."""
     prepared, options, truth = three_states
     hard, active, right = _refined(prepared, options, truth)
     moved, records = _move(prepared, hard, active, right)
-    assert records and not any(r.accepted for r in records), records
-    assert moved is right
+    merge = [r for r in records if r.split is not None]
+    assert merge and merge[0].score < 0 and not merge[0].accepted, records
+    assert _ari(truth, moved.labels) >= _ari(truth, right.labels) - 0.02, records
+    assert (moved is right) != any(r.accepted for r in records)

@@ -122,10 +122,11 @@ def _summary_section(page: Page, run: dict, k: int, counts: np.ndarray) -> None:
         for m in s.get("moves") or []:
             a, b = (int(x) + 1 for x in m["merged"])
             verdict = "kept" if m.get("accepted") else "not kept: the start was better"
-            page.paragraph(f"Merge-and-split move on start {int(s['start']) + 1}: classes {a} "
-                           f"and {b} merged, class {int(m['split']) + 1} split in two; held-out "
-                           f"log-evidence {float(m['score']):+.2f} per particle ({verdict}).",
-                           "note")
+            what = (f"the particles of classes {a} and {b} split anew" if m["split"] is None
+                    else f"classes {a} and {b} merged, class {int(m['split']) + 1} split in two")
+            page.paragraph(f"Merge-and-split move on start {int(s['start']) + 1}: {what}; "
+                           f"held-out log-evidence {float(m['score']):+.2f} per particle "
+                           f"({verdict}).", "note")
 
 
 def _angstrom(value) -> Optional[str]:
