@@ -1,0 +1,180 @@
+"""Where the gap between hetclass and the ideal observer comes from, on one simulated case.
+
+The ideal observer knows the true maps, the noise and the populations and uses every pixel.
+A classifier that estimates its maps from the same particles cannot reach it. This script
+separates the losses on a data set simulated by ``bench_stability.py`` or
+``bench_accuracy.py`` (a ``data/`` folder with ``particles.star``, ``truth.csv`` and
+``true_<state>.mrc``; the true states are rebuilt from the named case):
+
+1. **resolution**: the ideal observer with the images' Fourier coefficients limited to
+   ``--limits`` (A; the exact generative model otherwise);
+2. **hetclass's likelihood with the true maps**: the engine's own E-step at
+   ``--target-res`` against the true maps (scaled onto the data by least squares), with
+   the noise spectrum measured against them and the true populations;
+3. **maps estimated from the truth** ("oracle labels"): class maps reconstructed by the
+   engine from the true labels of all particles but a held-out fold, each fold scored
+   against maps that never saw it (``--folds``; 2 folds = half the particles per map, as
+   in a gold-standard phase).
+
+Each line prints an ARI against the truth. Example::
+
+    python benchmarks/gap_to_ideal.py --workdir /work/bench_stab --case two_far --target-res 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def _case(name: str):
+    from accuracy_cases import all_cases as accuracy_cases
+    from bench_stability import all_cases as stability_cases
+    cases = {c.name: c for c in stability_cases()}
+    cases.update({c.name: c for c in accuracy_cases()})
+    if name not in cases:
+        raise SystemExit(f"unknown case {name!r}; choose from {sorted(cases)}")
+    return cases[name]
+
+
+def _ari(a, b) -> float:
+    from hetclass.stability.scores import adjusted_rand_index
+    return float(adjusted_rand_index(np.asarray(a), np.asarray(b)))
+
+
+def ideal_by_resolution(info: dict, states, populations, sigma: float, limits_A, threads=2):
+    """{limit_A: ideal-observer ARI} with the images' coefficients limited to each limit
+    (0 = every coefficient)."""
+    from hetclass.io.images import ImageSource
+    from hetclass.io.loader import load_particles
+    from hetclass.simulate import simulate_images
+    p = load_particles(info["star"], project_dir=info["project_dir"])
+    t = pd.read_csv(info["truth"]).set_index("image_name").reindex(p.image_names.astype(str))
+    box, psize = int(p.box_px[0]), float(p.pixel_size_A[0])
+    f = np.fft.fftfreq(box) / psize
+    radius = np.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
+    masks = [radius <= (1.0 / lim if lim > 0 else np.inf) for lim in limits_A]
+    ll = np.zeros((len(limits_A), len(p), len(states)))
+    o, g = p.optics, p.optics_group
+    with ImageSource(p) as src:
+        for start in range(0, len(p), 1000):
+            rows = np.arange(start, min(len(p), start + 1000))
+            sub = p.take(rows)
+            raw = (src.read(rows).astype(np.float64) / t["norm_scale"].values[rows, None, None]
+                   + t["norm_offset"].values[rows, None, None])
+            fr = np.fft.fft2(raw)
+            for s, gauss in enumerate(states):
+                clean = simulate_images(gauss, sub.rotations, sub.shifts_A, sub.defocus_u_A,
+                                        sub.defocus_v_A, sub.defocus_angle_deg, box, psize,
+                                        o.voltage_kV[g[rows]], o.cs_mm[g[rows]],
+                                        o.amplitude_contrast[g[rows]], sub.phase_shift(),
+                                        threads=threads)
+                d2 = np.abs(fr - np.fft.fft2(clean)) ** 2
+                for i, m in enumerate(masks):
+                    ll[i, rows, s] = -d2[:, m].sum(1) / (2 * sigma ** 2 * box * box)
+    prior = np.log(np.asarray(populations))
+    truth = t["state_index"].values
+    return {lim: _ari(truth, np.argmax(ll[i] + prior, 1)) for i, lim in enumerate(limits_A)}
+
+
+def _prepared(info: dict, k: int, target_res_A: float, references=None):
+    from hetclass.io.loader import load_particles
+    from hetclass.options import ClassifyOptions
+    from hetclass.prepare import prepare
+    p = load_particles(info["star"], project_dir=info["project_dir"])
+    options = ClassifyOptions(classes=k, particle_diameter_A=150.0, target_res_A=target_res_A,
+                              threads=2, references=references or ())
+    truth = pd.read_csv(info["truth"]).set_index("image_name").reindex(
+        p.image_names.astype(str))["state_index"].values.astype(np.int64)
+    return prepare(p, options), truth
+
+
+def _noise(acc, fallback):
+    return np.where(acc.noise_count > 0, acc.noise / np.maximum(acc.noise_count, 1), fallback)
+
+
+def true_map_estep(info: dict, state_names, target_res_A: float) -> float:
+    """ARI of the engine's E-step against the true maps (noise measured against them)."""
+    from hetclass.em import run_pass
+    from hetclass.engine import _scale_references
+    from hetclass.mstep import initial_prior
+    data = os.path.dirname(info["star"])
+    refs_paths = [os.path.join(data, f"true_{s}.mrc") for s in state_names]
+    pr, truth = _prepared(info, len(state_names), target_res_A, refs_paths)
+    ws, active = pr.workspace, np.ones(len(truth), bool)
+    log_prior = np.log(np.bincount(truth) / truth.size)
+    tau2 = initial_prior(pr.data_power.mean(0) / pr.ctf_power)
+    refs = _scale_references(pr, pr.references, active, pr.data_power, tau2) * pr.solvent_mask
+    pair = np.stack([refs, refs]).astype(np.float32)
+    acc, _, _ = run_pass(ws, pair, pr.data_power, log_prior, active, False)
+    _, post, _ = run_pass(ws, pair, _noise(acc, pr.data_power), log_prior, active, False)
+    return _ari(truth, post.argmax(1))
+
+
+def oracle_label_maps(info: dict, k: int, target_res_A: float, folds: int,
+                      tau2_fudge: float = 4.0) -> float:
+    """ARI when each fold is scored against maps reconstructed from the true labels of the
+    other folds."""
+    from hetclass.em import run_pass
+    from hetclass.mstep import initial_prior, m_step
+    pr, truth = _prepared(info, k, target_res_A)
+    ws, active = pr.workspace, np.ones(len(truth), bool)
+    log_prior = np.log(np.bincount(truth, minlength=k) / truth.size)
+    onehot = np.eye(k)[truth]
+    acc, _, _ = run_pass(ws, None, pr.data_power, log_prior, active, False, fixed_weights=onehot)
+    ms = m_step(ws, acc, initial_prior(pr.data_power.mean(0) / pr.ctf_power), tau2_fudge,
+                pr.solvent_mask, None)
+    tau2 = np.maximum(ms.tau2, 0.0)
+    full = (np.stack([ms.maps, ms.maps]) * pr.solvent_mask).astype(np.float32)
+    acc, _, _ = run_pass(ws, full, pr.data_power, log_prior, active, False)
+    sigma2 = _noise(acc, pr.data_power)
+    fold = np.random.default_rng(0).integers(0, folds, truth.size)
+    labels = np.zeros(truth.size, np.int64)
+    for f in range(folds):
+        acc, _, _ = run_pass(ws, None, sigma2, log_prior, active, False,
+                             fixed_weights=onehot * (fold != f)[:, None])
+        ms = m_step(ws, acc, tau2, tau2_fudge, pr.solvent_mask, None)
+        refs = (np.stack([ms.maps, ms.maps]) * pr.solvent_mask).astype(np.float32)
+        _, post, _ = run_pass(ws, refs, sigma2, log_prior, fold == f, False)
+        labels[fold == f] = post[fold == f].argmax(1)
+    return _ari(truth, labels)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", required=True, help="the benchmark's work folder")
+    ap.add_argument("--case", required=True)
+    ap.add_argument("--target-res", type=float, default=8.0, help="A, for steps 2 and 3")
+    ap.add_argument("--limits", default="13.2,8,6.6,0", help="A, for step 1 (0: all)")
+    ap.add_argument("--folds", default="2,10", help="comma list, for step 3")
+    args = ap.parse_args(argv)
+    case = _case(args.case)
+    with open(os.path.join(args.workdir, args.case, "data", "case.json")) as fh:
+        info = json.load(fh)
+    states = case.states()
+    from ideal_bench import ideal_state_labels
+    *_, sigma = ideal_state_labels(info["star"], info["project_dir"], info["truth"],
+                                   list(states.values()), case.populations,
+                                   noise_sigma=info.get("noise_sigma"))
+    limits = [float(x) for x in args.limits.split(",")]
+    for lim, value in ideal_by_resolution(info, list(states.values()), case.populations,
+                                          sigma, limits).items():
+        print(f"{args.case}: ideal observer, coefficients to {lim or 'the corner'} A: "
+              f"ARI {value:.3f}")
+    print(f"{args.case}: hetclass E-step with the true maps at {args.target_res} A: "
+          f"ARI {true_map_estep(info, list(states), args.target_res):.3f}")
+    for folds in (int(x) for x in args.folds.split(",")):
+        print(f"{args.case}: maps from the true labels of the other folds ({folds} folds) at "
+              f"{args.target_res} A: ARI {oracle_label_maps(info, len(states), args.target_res, folds):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
