@@ -52,9 +52,9 @@ def _ari(a, b) -> float:
 def ideal_by_resolution(info: dict, states, populations, sigma: float, limits_A, threads=2):
     """{limit_A: ideal-observer ARI} with the images' coefficients limited to each limit
     (0 = every coefficient)."""
+    from hetclass.ideal_observer import true_projections
     from hetclass.io.images import ImageSource
     from hetclass.io.loader import load_particles
-    from hetclass.simulate import simulate_images
     p = load_particles(info["star"], project_dir=info["project_dir"])
     t = pd.read_csv(info["truth"]).set_index("image_name").reindex(p.image_names.astype(str))
     box, psize = int(p.box_px[0]), float(p.pixel_size_A[0])
@@ -62,7 +62,6 @@ def ideal_by_resolution(info: dict, states, populations, sigma: float, limits_A,
     radius = np.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
     masks = [radius <= (1.0 / lim if lim > 0 else np.inf) for lim in limits_A]
     ll = np.zeros((len(limits_A), len(p), len(states)))
-    o, g = p.optics, p.optics_group
     with ImageSource(p) as src:
         for start in range(0, len(p), 1000):
             rows = np.arange(start, min(len(p), start + 1000))
@@ -71,11 +70,7 @@ def ideal_by_resolution(info: dict, states, populations, sigma: float, limits_A,
                    + t["norm_offset"].values[rows, None, None])
             fr = np.fft.fft2(raw)
             for s, gauss in enumerate(states):
-                clean = simulate_images(gauss, sub.rotations, sub.shifts_A, sub.defocus_u_A,
-                                        sub.defocus_v_A, sub.defocus_angle_deg, box, psize,
-                                        o.voltage_kV[g[rows]], o.cs_mm[g[rows]],
-                                        o.amplitude_contrast[g[rows]], sub.phase_shift(),
-                                        threads=threads)
+                clean = true_projections(sub, gauss, threads)
                 d2 = np.abs(fr - np.fft.fft2(clean)) ** 2
                 for i, m in enumerate(masks):
                     ll[i, rows, s] = -d2[:, m].sum(1) / (2 * sigma ** 2 * box * box)

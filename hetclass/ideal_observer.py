@@ -36,22 +36,25 @@ def ideal_log_likelihoods(particles: ParticleSet, images: np.ndarray,
     (``(xyz_A, amplitude, sigma_A)``, as given to :func:`hetclass.simulate.simulate_dataset`);
     ``noise_sigma`` in raw image units (``SimulatedDataset.noise_sigma``).
     """
-    n = len(particles)
-    box = int(particles.box_px[0])
-    psize = float(particles.pixel_size_A[0])
-    g = particles.optics_group
-    o = particles.optics
     raw = (np.asarray(images, dtype=np.float64) / np.asarray(norm_scale)[:, None, None]
            + np.asarray(norm_offset)[:, None, None])
-    out = np.empty((n, len(states)))
+    out = np.empty((len(particles), len(states)))
     for s, gauss in enumerate(states):
-        clean = simulate_images(gauss, particles.rotations, particles.shifts_A,
-                                particles.defocus_u_A, particles.defocus_v_A,
-                                particles.defocus_angle_deg, box, psize, o.voltage_kV[g],
-                                o.cs_mm[g], o.amplitude_contrast[g], particles.phase_shift(),
-                                threads=threads)
+        clean = true_projections(particles, gauss, threads)
         out[:, s] = -((raw - clean) ** 2).sum(axis=(1, 2)) / (2.0 * noise_sigma ** 2)
     return out
+
+
+def true_projections(particles: ParticleSet, state: Gaussians, threads: int = 1) -> np.ndarray:
+    """(n, B, B) the clean raw images of one true state at every particle's STAR pose, shift
+    and CTF (the simulator's own projector)."""
+    g = particles.optics_group
+    o = particles.optics
+    return simulate_images(state, particles.rotations, particles.shifts_A,
+                           particles.defocus_u_A, particles.defocus_v_A,
+                           particles.defocus_angle_deg, int(particles.box_px[0]),
+                           float(particles.pixel_size_A[0]), o.voltage_kV[g], o.cs_mm[g],
+                           o.amplitude_contrast[g], particles.phase_shift(), threads=threads)
 
 
 def ideal_labels(log_likelihoods: np.ndarray, populations: np.ndarray) -> np.ndarray:

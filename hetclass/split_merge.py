@@ -22,7 +22,8 @@ there, up to :data:`MAX_ROUNDS` rounds. On the six-state stability case
 and merges two small ones 0.39 nats per particle below the right one.
 
 Randomness: the split's initial halves come from the named stream ``("split_merge", move)``
-(``move`` = 16 x round + candidate) of the run's seed, drawn over all particles (the same whatever the MPI sharding).
+(``move`` = 16 x round + candidate) of the run's seed, drawn over all particles (the same
+whatever the MPI sharding).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def n_moves(k: int) -> int:
 
 @dataclasses.dataclass
 class MoveRecord:
-    """One tried move (reported in run.json under ``starts``' neighbour ``moves``)."""
+    """One tried move (reported in run.json as ``starts[i].moves`` of the kept start)."""
 
     merged: Tuple[int, int]
     split: Optional[int]    # None: the merged pair itself was split anew
