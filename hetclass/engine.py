@@ -24,8 +24,8 @@ from .prepare import PreparedData, prepare, validate_options
 from .preprocess import FourierData
 from .progress import AbortCheck, Progress
 
-__all__ = ["EMResult", "PreparedData", "ReconResult", "fit", "initial_state", "prepare", "reconstruct",
-           "validate_options"]
+__all__ = ["EMResult", "PreparedData", "ReconResult", "fit", "initial_state", "labelled_state", "prepare",
+           "reconstruct", "validate_options"]
 
 SeedLike = seeds.SeedLike
 Rows = Union[Sequence[int], np.ndarray]   # particle indices (into the prepared data)
@@ -101,6 +101,37 @@ def initial_state(prepared: PreparedData, options: ClassifyOptions, seed: SeedLi
                              abort_check=abort_check, progress=progress)
     return EMState(iteration=0, maps=half_refs.mean(0), refs=half_refs, sigma2=sigma2, tau2=tau2,
                    class_fractions=np.full(k, 1.0 / k), labels=np.full(n, -1, np.int64))
+
+
+def labelled_state(prepared: PreparedData, options: ClassifyOptions, labels: np.ndarray,
+                   rows: Optional[Rows] = None) -> EMState:
+    """A start for :func:`fit` (``state=``) whose ``options.classes`` references are
+    reconstructed from a given hard partition instead of random subsets.
+
+    ``labels`` (len(rows), int in [0, K)): the class of each particle of ``rows`` (default
+    all), in ascending particle order. Noise and prior are the data's, as in
+    :func:`initial_state`.
+    """
+    from .split_merge import state_from_labels
+    data = prepared.data
+    idx = (np.arange(data.n_total) if rows is None
+           else np.unique(np.asarray(rows, dtype=np.int64)))
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.shape != idx.shape or labels.min(initial=0) < 0 or labels.max(initial=0) >= options.classes:
+        raise ValueError(f"labels: {labels.shape[0]} values in [0, {options.classes}) expected "
+                         f"for {idx.size} particles")
+    full = np.full(data.n_total, -1, np.int64)
+    full[idx] = labels
+    local = full[data.rows]
+    active = _active(data, rows)
+    tau2 = initial_prior(prepared.data_power.mean(0) / prepared.ctf_power)
+    k = int(options.classes)
+    empty = np.zeros((2, k, 0, 0, 0), np.float32)      # replaced by state_from_labels
+    base = EMState(iteration=0, maps=empty[0], refs=empty, sigma2=prepared.data_power.copy(),
+                   tau2=tau2, class_fractions=np.full(k, 1.0 / k),
+                   labels=local)
+    return state_from_labels(prepared.workspace, options, base, local, active,
+                             prepared.solvent_mask, prepared.focus_mask)
 
 
 def fit(prepared: PreparedData, options: ClassifyOptions, seed: Optional[SeedLike] = None,

@@ -22,8 +22,7 @@ the first iterations pushed it. Two things were measured to matter on close stat
 :func:`explore` runs ``n_init`` starts (random-subset references from the named seed stream
 ``("init", start)``), each for at most ``EXPLORE_ITER`` hard-assignment iterations at the
 resolution the class differences support, scores them, tries the best start's merge-and-split
-moves (:mod:`hetclass.split_merge`, K >= 3, ``n_init`` >= :data:`MOVES_MIN_STARTS`) and
-returns the best state.
+moves (:mod:`hetclass.split_merge`, K >= 3) and returns the best state.
 """
 
 from __future__ import annotations
@@ -42,13 +41,6 @@ EXPLORE_CHANGED_PCT = 1.0   # a start has found its basin when fewer labels chan
 # exploration runs on at most this many particles (a random subset, the same for every
 # start); the chosen start then refines on all of them
 EXPLORE_MAX_PARTICLES = 40000
-# The merge-and-split moves (hetclass.split_merge) run only when at least this many starts
-# are explored (classify's default 3). Stability replicates explore one start each; with the
-# moves there the six-state bench case was called right (6, was 4) but the small mixed CI
-# case (a 0-40 deg path + a variant) became "continuous": its variant class split
-# reproducibly in two. Until that is understood, replicates measure the single-start
-# landscape as before.
-MOVES_MIN_STARTS = 2
 
 
 @dataclasses.dataclass
@@ -115,12 +107,9 @@ def explore(ws, options, seed, active: np.ndarray, make_start: Callable[[int], E
         if progress is not None:
             progress("explore_done", selected=best, scores=[r.score for r in records])
     records[best].selected = True
-    moved, moves = states[best], []   # type: EMState, list
-    if n_init >= MOVES_MIN_STARTS:
-        moved, moves = split_merge(ws, hard, seed, states[best], active, solvent_mask, focus_mask,
-                                   lambda st, s2: heldout_score(ws, st, s2, active),
-                                   abort_check=abort_check,
-                                   progress=_tagged(progress, best, n_init))
+    moved, moves = split_merge(ws, hard, seed, states[best], active, solvent_mask, focus_mask,
+                               lambda st, s2: heldout_score(ws, st, s2, active),
+                               abort_check=abort_check, progress=_tagged(progress, best, n_init))
     records[best].moves = [dataclasses.asdict(m) for m in moves]
     chosen = dataclasses.replace(moved, converged=False, polishing=False,
                                  history=[], iteration=0, start=best)

@@ -14,7 +14,7 @@ classes, one process with ``threads`` E-step threads)::
                   + (starts + moves) * (explore_iterations + 2) * iteration(min(n, explore_max))
                                        (exploration: hard starts on a subset, each with its
                                         initial reconstruction and held-out score; with
-                                        K >= 3 and starts > 1 each merge-and-split move counts as one more)
+                                        K >= 3 each merge-and-split move counts as one more)
     classify    = startup + preprocess + fit(K) + n * output_s_per_particle
     stability   = preprocess + sum over K >= 2 of R * fit(K) / replicate_parallelism
     exhaustive  = preprocess + per tree level R * (fit(2) [+ fit(3)]) / replicate_parallelism
@@ -240,7 +240,7 @@ def fit_seconds(rates: Rates, wl: Workload, k: int, shape: RunShape, max_iter: i
     explore = 0.0
     explore_worst = 0.0
     if starts > 0 and k > 1:
-        from .explore import EXPLORE_ITER, EXPLORE_MAX_PARTICLES, MOVES_MIN_STARTS
+        from .explore import EXPLORE_ITER, EXPLORE_MAX_PARTICLES
         n_all = wl.n_particles if n is None else int(n)
         n_explore = min(n_all, EXPLORE_MAX_PARTICLES)
         it_explore = it if n_explore == n_all else (
@@ -248,7 +248,7 @@ def fit_seconds(rates: Rates, wl: Workload, k: int, shape: RunShape, max_iter: i
                               shape.threads) if not shape.gpu else it * n_explore / n_all)
         from .split_merge import n_moves
         # a merge-and-split move refines like one more start (its split is on one class)
-        runs = starts + (n_moves(k) if starts >= MOVES_MIN_STARTS else 0)
+        runs = starts + n_moves(k)
         explore = runs * (min(EXPLORE_ITER, ref.EXPLORE_ITERATIONS) + 2) * it_explore
         explore_worst = runs * (EXPLORE_ITER + 2) * it_explore
     return ((iterations(k, max_iter) + 1) * it + explore, (max_iter + 1) * it + explore_worst,

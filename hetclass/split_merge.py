@@ -94,9 +94,10 @@ def _split(ws, options, state: EMState, members: np.ndarray, solvent_mask, focus
     return np.where(members, sub.labels, -1)
 
 
-def _state_from_labels(ws, options, state: EMState, labels: np.ndarray, active: np.ndarray,
+def state_from_labels(ws, options, state: EMState, labels: np.ndarray, active: np.ndarray,
                        solvent_mask, focus_mask) -> EMState:
-    """A fresh K-class state whose references are reconstructed from hard ``labels``."""
+    """A fresh K-class state whose references are reconstructed from hard ``labels``
+    (this rank's particles; -1 or inactive: no class)."""
     k = state.refs.shape[1]
     n = labels.size
     weights = np.zeros((n, k))
@@ -145,7 +146,7 @@ def _one_round(ws, options, seed, state: EMState, active: np.ndarray, solvent_ma
             continue
         split = _split(ws, options, state, members, solvent_mask, focus_mask, seed, move,
                        abort_check, progress)
-        start = _state_from_labels(ws, options, state, _moved_labels(state.labels, pair, c, split),
+        start = state_from_labels(ws, options, state, _moved_labels(state.labels, pair, c, split),
                                    active, solvent_mask, focus_mask)
         moved = iterate(ws, start, options, active, solvent_mask, focus_mask,
                         abort_check=abort_check, progress=progress, reseed=(seed, 2000 + move),

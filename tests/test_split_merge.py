@@ -49,12 +49,12 @@ def _refined(prepared, options, labels):
     from hetclass import engine
     from hetclass.em import iterate
     from hetclass.explore import EXPLORE_CHANGED_PCT, EXPLORE_ITER
-    from hetclass.split_merge import _state_from_labels
+    from hetclass.split_merge import state_from_labels
     hard = dataclasses.replace(options, hard=True, max_iter=EXPLORE_ITER,
                                convergence_pct=EXPLORE_CHANGED_PCT)
     active = np.ones(labels.size, bool)
     start = engine.initial_state(prepared, options, 0)
-    state = _state_from_labels(prepared.workspace, hard, start, labels, active,
+    state = state_from_labels(prepared.workspace, hard, start, labels, active,
                                prepared.solvent_mask, None)
     state = iterate(prepared.workspace, state, hard, active, prepared.solvent_mask, None,
                     reseed=(0, 0), warn_empty=False, polish=False)
@@ -95,3 +95,29 @@ def test_right_partition_is_kept(three_states):
     assert merge and merge[0].score < 0 and not merge[0].accepted, records
     assert _ari(truth, moved.labels) >= _ari(truth, right.labels) - 0.02, records
     assert (moved is right) != any(r.accepted for r in records)
+
+
+def test_fit_from_a_given_partition_keeps_its_boundary_and_numbering(three_states):
+    """``engine.labelled_state``: EM on a pair of classes (rest + no subunit B) started from
+    their own partition refines it (>= 95 % of the particles keep their start class: the
+    partition is the truth), the class numbers follow
+    the start, and the continuity test's positions along that split are two groups."""
+    from hetclass import engine
+    from hetclass.stability.class_tests import _split_fit
+    from hetclass.stability.distinguish import shape_test
+    prepared, options, truth = three_states
+    rows = np.flatnonzero(truth != 1)                 # rest (0) and no subunit B (2)
+    pair = (truth[rows] == 2).astype(np.int64)
+    two = dataclasses.replace(options, classes=2, max_iter=10)
+    for start in (pair, 1 - pair):
+        state = engine.labelled_state(prepared, two, start, rows=rows)
+        res = engine.fit(prepared, two, seed=1, rows=rows, state=state)
+        assert np.mean(res.labels == start) >= 0.95, np.mean(res.labels == start)
+    with pytest.raises(ValueError, match="labels"):
+        engine.labelled_state(prepared, two, pair[:-1], rows=rows)
+    with pytest.raises(ValueError, match="labels"):
+        engine.labelled_state(prepared, two, pair + 1, rows=rows)
+    fitted = _split_fit(prepared, two, rows, 1, None, engine.fit, start_labels=pair)
+    assert np.mean(fitted.labels == pair) >= 0.95, np.mean(fitted.labels == pair)
+    shape = shape_test(fitted.position, fitted.separation)
+    assert shape["shape"] == "two groups", shape

@@ -113,3 +113,31 @@ def test_a_spread_inside_a_class_is_continuous_only_when_its_split_reproduces():
     # ... a class of junk of many shapes spreads too, but its split does not reproduce
     assert _outcome(3e-4, 0.01, "spread", float("nan"), 0.50, 0.75) == "heterogeneous"
     assert _outcome(0.5, 0.01, "spread", 0.1, 0.9, 0.75) == "homogeneous"
+
+
+def test_extrapolation_makes_only_the_class_it_extends_continuous():
+    """A junk-like class (structure inside, split not reproducible: "heterogeneous") is a
+    continuum only when a finer class that is mostly *it* reaches beyond the coarse maps; a
+    finer class of another class reaching away from it (a homogeneous state cut by noise)
+    says nothing about it."""
+    from hetclass.stability.verdict import map_extrapolation
+    rng = np.random.default_rng(3)
+    coarse = rng.normal(size=(3, 16, 16, 16))
+
+    def fine_of(mix):
+        fine = np.tensordot(np.asarray(mix, float), coarse, axes=1)
+        halves = fine[None] + 0.002 * rng.normal(size=(2,) + fine.shape)
+        return map_extrapolation(coarse, fine, halves, np.ones((16, 16, 16)))
+
+    per_k = _per_k(3, 3000)
+    tests = dict(_tests({}, 3), within_class={"3": {"outcome": "heterogeneous", "p_value": 1e-4}})
+    # a finer class of class 1 beyond class 3, the others plain re-mixes
+    away = fine_of([[1.1, 0.0, -0.1], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.5, 0.5, 0.0]])
+    assert away["significant"]
+    verdict, reasons, _, _ = calibrated_decision(3, per_k, tests, True, away, Thresholds())
+    assert verdict == "discrete", reasons
+    # a finer class of class 3 beyond class 1: class 3 holds a continuum
+    beyond = fine_of([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-0.1, 0.0, 1.1], [0.5, 0.5, 0.0]])
+    verdict, reasons, affected, _ = calibrated_decision(3, per_k, tests, True, beyond, Thresholds())
+    assert verdict == "mixed", reasons
+    np.testing.assert_array_equal(affected, per_k[3].consensus == 2)

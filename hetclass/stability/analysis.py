@@ -200,9 +200,14 @@ def _continuity(prepared, options, res, k_rec: int, base: np.ndarray, seed, stag
     consensus = res.per_k[k_rec].consensus
     sizes = {c: int(np.sum(consensus == c)) for c in range(k_rec)}
     pairs = neighbour_pairs(res.maps[k_rec], res.half_maps[k_rec], sizes, mask)
-    members = {pair: base[np.isin(consensus, pair)] for pair in pairs}
+    order = np.argsort(base)                  # pair fits take sorted rows
+    rows, labels = base[order], consensus[order]
+    inside = {pair: np.isin(labels, pair) for pair in pairs}
+    members = {pair: rows[inside[pair]] for pair in pairs}
+    starts = {pair: (labels[inside[pair]] == pair[1]).astype(np.int64) for pair in pairs}
     fits = pair_fits(prepared, options, members, seed,
-                     run=lambda keys, one: stage(keys, one, "continuity"), fit=fit)
+                     run=lambda keys, one: stage(keys, one, "continuity"), fit=fit,
+                     start_labels=starts)
     return continuity_tests(fits)
 
 

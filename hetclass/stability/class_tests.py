@@ -94,13 +94,22 @@ def within_class_fits(prepared, options, members: Dict[int, np.ndarray], seed,
     return {c: [results[k][0] for k in within_keys([c])] for c in members}
 
 
-def _split_fit(prepared, options, rows: np.ndarray, seed, check, fit):
-    """The particles ``rows`` classified at K = 2: the compact result, with each particle's
-    position along the split and its effective separation when the fit has a state."""
+def _split_fit(prepared, options, rows: np.ndarray, seed, check, fit,
+               start_labels: Optional[np.ndarray] = None):
+    """The particles ``rows`` (sorted) classified at K = 2: the compact result, with each
+    particle's position along the split and its effective separation when the fit has a
+    state. ``start_labels`` (0/1 per row): EM starts from that partition (its references
+    reconstructed from it) instead of exploring random starts."""
+    from ..engine import labelled_state
     from .tasks import compact
     from .views import subset_view
     view = subset_view(prepared, rows, device=options.device)
-    res = fit(view, replace(options, classes=2), seed=seed, abort_check=check)
+    two = replace(options, classes=2)
+    if start_labels is None:
+        res = fit(view, two, seed=seed, abort_check=check)
+    else:
+        res = fit(view, two, seed=seed, abort_check=check,
+                  state=labelled_state(view, two, start_labels))
     out = compact(res)
     state = getattr(res, "state", None)
     if state is not None and getattr(state, "refs", None) is not None:
@@ -129,17 +138,21 @@ def pair_key(pair: tuple) -> str:
 
 
 def pair_fits(prepared, options, members: Dict[tuple, np.ndarray], seed, run: Callable,
-              fit=None) -> Dict[tuple, Any]:
-    """Classify the particles of each class pair (``members``: pair -> global rows) at
-    K = 2 once; ``{pair: compact result}`` with positions along the split."""
+              fit=None, start_labels: Optional[Dict[tuple, np.ndarray]] = None
+              ) -> Dict[tuple, Any]:
+    """Classify the particles of each class pair (``members``: pair -> sorted global rows)
+    at K = 2 once; ``{pair: compact result}`` with positions along the split.
+    ``start_labels`` (pair -> 0/1 per row): each fit starts from the pair's own partition
+    (the consensus boundary) and EM moves it from there."""
     if fit is None:
         from ..engine import fit
     plan = {pair_key(pair): pair for pair in members}
+    starts = start_labels or {}
 
     def one(key, check):
         pair = plan[key]
         return _split_fit(prepared, options, members[pair], seeds.stream(seed, "pair", *pair),
-                          check, fit)
+                          check, fit, starts.get(pair))
 
     results = run(list(plan), one)
     return {pair: results[key][0] for key, pair in plan.items()}

@@ -271,15 +271,22 @@ def map_extrapolation(coarse_maps: np.ndarray, fine_maps: np.ndarray, fine_half_
         j = int(np.argmin(coef))
         rows.append({"class": c + 1, "coefficients": [_r(v) for v in coef],
                      "extrapolation": _r(-coef[j]), "noise": _r(noise[j]),
-                     "beyond_coarse_class": j + 1})
+                     "beyond_coarse_class": j + 1, "mostly_coarse_class": int(np.argmax(coef)) + 1,
+                     "significant": _beyond(-coef[j], noise[j], th)})
     best = max(rows, key=lambda r: r["extrapolation"] or -np.inf) if rows else None
     significant = bool(best is not None and best["extrapolation"] is not None
-                       and best["extrapolation"] >= th.extrapolation_min
-                       and best["extrapolation"] >= th.extrapolation_z * (best["noise"] or 0.0))
+                       and _beyond(best["extrapolation"], best["noise"] or 0.0, th))
     return {"coarse_k": coarse.shape[0], "fine_k": fine.shape[0], "classes": rows,
             "max_extrapolation": None if best is None else best["extrapolation"],
             "thresholds": {"min": th.extrapolation_min, "z": th.extrapolation_z},
             "significant": significant}
+
+
+def _beyond(extrapolation: float, noise: float, th: Thresholds) -> bool:
+    """An extrapolation that counts: at least ``extrapolation_min`` and ``extrapolation_z``
+    times its noise."""
+    return bool(extrapolation >= th.extrapolation_min
+                and extrapolation >= th.extrapolation_z * noise)
 
 
 def neighbour_disagreement(aligned: np.ndarray, k: int, order, th: Thresholds = Thresholds()) -> dict:
@@ -512,11 +519,11 @@ def calibrated_decision(k_rec: int, per_k: Mapping[int, KScores], tests: dict,
     * K_rec = 1: "continuous" when the K = 2 classes differ beyond the null (structure no
       K separates reproducibly and distinguishably), else "homogeneous".
     * K_rec >= 2, from the within-class and continuity tests: classes with a spread inside
-      are continuous (so are classes with unresolved structure when the finer classes of the
-      scan reach beyond the K_rec maps), and so are two neighbouring classes whose particles,
-      classified again together, form one spread (no gap between them); some continuous and
-      some not -> "mixed" (the continuous classes' particles form the continuous part); all
-      continuous -> "continuous"; none -> "discrete". Without within-class or continuity
+      are continuous (so is a class with unresolved structure when a finer class of the scan
+      that is mostly this class reaches beyond the K_rec maps), and so are two neighbouring
+      classes whose particles, classified again together, form one spread (no gap between
+      them); some continuous and some not -> "mixed" (the continuous classes' particles form
+      the continuous part); all continuous -> "continuous"; none -> "discrete". Without within-class or continuity
       evidence: "continuous" when the finer classes extrapolate, else "discrete".
 
     Suggestions: merge indistinguishable classes of a stable K; classify a class holding two
@@ -539,7 +546,7 @@ def calibrated_decision(k_rec: int, per_k: Mapping[int, KScores], tests: dict,
     outcome = {int(c) - 1: rec["outcome"] for c, rec in within.items()}
     suggestions += _split_suggestions(within, k_rec)
     continuous, why_pairs = _continuous_classes(outcome, tests.get("continuity") or {},
-                                                extrapolates)
+                                                _extending_classes(extra) if extrapolates else set())
     reasons += why_pairs
     verdict, why, parts = _calibrated_kn(k_rec, outcome, continuous, bool(within), het,
                                          extrapolates, extra)
@@ -590,11 +597,20 @@ def _calibrated_k1(het: dict):
                            "and distinguishable")
 
 
-def _continuous_classes(outcome: Dict[int, str], continuity: dict, extrapolates: bool):
-    """0-based classes found continuous (within-class spread, or part of a neighbour pair
-    that is one spread) and the reasons from the continuity tests."""
+def _extending_classes(extra: Optional[dict]) -> set:
+    """0-based coarse classes that a finer class of the scan extends beyond the coarse maps
+    (evidence (f), per fine class: the coarse class it mostly is)."""
+    rows = (extra or {}).get("classes") or []
+    return {int(r["mostly_coarse_class"]) - 1 for r in rows
+            if r.get("significant") and r.get("mostly_coarse_class")}
+
+
+def _continuous_classes(outcome: Dict[int, str], continuity: dict, extending: set):
+    """0-based classes found continuous (within-class spread; unresolved structure inside a
+    class that a finer class of the scan extends beyond the coarse maps; or part of a
+    neighbour pair that is one spread) and the reasons from the continuity tests."""
     continuous = {c for c, o in outcome.items()
-                  if o == "continuous" or (o == "heterogeneous" and extrapolates)}
+                  if o == "continuous" or (o == "heterogeneous" and c in extending)}
     spread_pairs = [rec["classes"] for rec in continuity.values() if rec["outcome"] == "continuous"]
     continuous |= {c - 1 for pair in spread_pairs for c in pair}
     reasons = []
