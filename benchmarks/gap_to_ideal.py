@@ -14,7 +14,13 @@ separates the losses on a data set simulated by ``bench_stability.py`` or
 3. **maps estimated from the truth** ("oracle labels"): class maps reconstructed by the
    engine from the true labels of all particles but a held-out fold, each fold scored
    against maps that never saw it (``--folds``; 2 folds = half the particles per map, as
-   in a gold-standard phase).
+   in a gold-standard phase);
+4. **search or objective** (``--from-truth``): the engine started from the *true* partition
+   (its exploration's hard iterations, then the usual soft refinement), and hetclass's
+   default fit on the same prepared data (``--seed``). If the run from the truth ends with
+   a higher log-likelihood than the default fit, the default missed a better optimum (a
+   search problem); if it drifts far from the truth, the objective itself prefers a wrong
+   partition (a model problem: more starts cannot help).
 
 Each line prints an ARI against the truth. Example::
 
@@ -79,13 +85,17 @@ def ideal_by_resolution(info: dict, states, populations, sigma: float, limits_A,
     return {lim: _ari(truth, np.argmax(ll[i] + prior, 1)) for i, lim in enumerate(limits_A)}
 
 
+def _options(k: int, target_res_A: float, references=None, seed: int = 0):
+    from hetclass.options import ClassifyOptions
+    return ClassifyOptions(classes=k, particle_diameter_A=150.0, target_res_A=target_res_A,
+                           threads=2, references=references or (), seed=seed)
+
+
 def _prepared(info: dict, k: int, target_res_A: float, references=None):
     from hetclass.io.loader import load_particles
-    from hetclass.options import ClassifyOptions
     from hetclass.prepare import prepare
     p = load_particles(info["star"], project_dir=info["project_dir"])
-    options = ClassifyOptions(classes=k, particle_diameter_A=150.0, target_res_A=target_res_A,
-                              threads=2, references=references or ())
+    options = _options(k, target_res_A, references)
     truth = pd.read_csv(info["truth"]).set_index("image_name").reindex(
         p.image_names.astype(str))["state_index"].values.astype(np.int64)
     return prepare(p, options), truth
@@ -142,6 +152,31 @@ def oracle_label_maps(info: dict, k: int, target_res_A: float, folds: int,
     return _ari(truth, labels)
 
 
+def from_truth(info: dict, k: int, target_res_A: float, seed: int) -> dict:
+    """ARIs and mean log-likelihoods of the engine started from the true labels and of its
+    default fit (step 4)."""
+    import dataclasses
+
+    from hetclass import engine
+    from hetclass.em import iterate
+    from hetclass.explore import EXPLORE_CHANGED_PCT, EXPLORE_ITER
+    pr, truth = _prepared(info, k, target_res_A)
+    options = _options(k, target_res_A, seed=seed)
+    active = np.ones(len(truth), bool)
+    hard = dataclasses.replace(options, hard=True, max_iter=EXPLORE_ITER,
+                               convergence_pct=EXPLORE_CHANGED_PCT)
+    start = iterate(pr.workspace, engine.labelled_state(pr, options, truth), hard, active,
+                    pr.solvent_mask, pr.focus_mask, warn_empty=False, polish=False)
+    start = dataclasses.replace(start, converged=False, polishing=False, history=[],
+                                iteration=0)
+    refined = engine.fit(pr, options, state=start)
+    default = engine.fit(pr, options)
+    return {"truth_hard": _ari(truth, start.labels), "truth_refined": _ari(truth, refined.labels),
+            "truth_loglik": float(refined.log_likelihood.mean()),
+            "default": _ari(truth, default.labels),
+            "default_loglik": float(default.log_likelihood.mean())}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", required=True, help="the benchmark's work folder")
@@ -149,6 +184,8 @@ def main(argv=None) -> int:
     ap.add_argument("--target-res", type=float, default=8.0, help="A, for steps 2 and 3")
     ap.add_argument("--limits", default="13.2,8,6.6,0", help="A, for step 1 (0: all)")
     ap.add_argument("--folds", default="2,10", help="comma list, for step 3")
+    ap.add_argument("--from-truth", action="store_true", help="step 4 (two classifications)")
+    ap.add_argument("--seed", type=int, default=1, help="of the default fit in step 4")
     args = ap.parse_args(argv)
     case = _case(args.case)
     with open(os.path.join(args.workdir, args.case, "data", "case.json")) as fh:
@@ -168,6 +205,12 @@ def main(argv=None) -> int:
     for folds in (int(x) for x in args.folds.split(",")):
         print(f"{args.case}: maps from the true labels of the other folds ({folds} folds) at "
               f"{args.target_res} A: ARI {oracle_label_maps(info, len(states), args.target_res, folds):.3f}")
+    if args.from_truth:
+        r = from_truth(info, len(states), args.target_res, args.seed)
+        print(f"{args.case}: the engine from the true labels: ARI {r['truth_hard']:.3f} after "
+              f"the hard phase, {r['truth_refined']:.3f} refined (mean log-likelihood "
+              f"{r['truth_loglik']:.3f}); default fit, seed {args.seed}: ARI {r['default']:.3f} "
+              f"(mean log-likelihood {r['default_loglik']:.3f})")
     return 0
 
 
