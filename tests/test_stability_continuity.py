@@ -141,3 +141,26 @@ def test_extrapolation_makes_only_the_class_it_extends_continuous():
     verdict, reasons, affected, _ = calibrated_decision(3, per_k, tests, True, beyond, Thresholds())
     assert verdict == "mixed", reasons
     np.testing.assert_array_equal(affected, per_k[3].consensus == 2)
+
+
+def test_null_model_scatter_follows_the_size():
+    """Null statistics scatter more at small sizes; the prediction at the full size must use
+    the full size's scatter, so p-values there are uniform under the null, not squeezed
+    towards 0.5 by the small sets' scatter (as with one pooled scatter)."""
+    from scipy import stats as sstats
+
+    from hetclass.stability.distinguish import NullModel
+    rng = np.random.default_rng(5)
+    sd = {2000: 0.1, 500: 0.8}
+    p_full, sd_full = [], []
+    for _ in range(400):
+        sizes = [2000, 500] * 4
+        values = [rng.normal(0.0 if n == 2000 else -1.2, sd[n]) for n in sizes]
+        model = NullModel(sizes, values)
+        p_full.append(model.p_value(float(rng.normal(0.0, sd[2000])), 2000))
+        sd_full.append(model.predict(2000)[1])
+    assert 0.08 < np.median(sd_full) < 0.2             # the full size's scatter (0.1)...
+    assert np.median([NullModel([2000, 500] * 4, [0.0, -1.2] * 4).predict(500)[0]]) < -1.0
+    # ... so p-values at that size are close to uniform (KS), and small ones do occur
+    assert sstats.kstest(p_full, "uniform").pvalue > 0.01
+    assert np.mean(np.asarray(p_full) < 0.1) > 0.05

@@ -7,8 +7,9 @@ estimated from the half maps (:func:`hetclass.stability.verdict.map_distances`).
 selection two maps of the same state give ``T`` about 1; classes carved by EM out of one
 state give more, by an amount that depends on the number of particles. :class:`NullModel`
 holds ``log T`` of K = 2 classifications of null data sets (:mod:`.null`) at several sizes
-and predicts its distribution at any size: a straight line in ``log n`` with Student-t
-prediction intervals; a statistic's p-value is the chance that the null gives a value at
+and predicts its distribution at any size: a straight line in ``log n`` whose scatter also
+changes with ``log n`` (weighted least squares), with Student-t prediction intervals; a
+statistic's p-value is the chance that the null gives a value at
 least as large.
 
 **Position along a split.** For a K = 2 classification, each particle's log-likelihood ratio
@@ -95,23 +96,36 @@ class NullModel:
         return self.values.size >= 3
 
     def predict(self, n: float):
-        """``(mean, prediction sd, degrees of freedom)`` of ``log T`` at ``n`` particles."""
+        """``(mean, prediction sd, degrees of freedom)`` of ``log T`` at ``n`` particles.
+
+        The mean is a straight line in ``log n``. The scatter is not the same at every size
+        (null classifications of a quarter of the particles scatter several times more than
+        those of all of them), so with two or more sizes its variance is log-linear in
+        ``log n`` too, fitted to the squared residuals (:func:`_variance_line`), and the line
+        is fitted by weighted least squares; the variance line is not extrapolated beyond
+        the sizes the null ran at. Degrees of freedom: values less the four parameters.
+        Fewer than six values: one scatter for all sizes (:func:`_line_prediction`).
+        """
         x, y = np.log(self.sizes), self.values
         m = y.size
-        xbar = x.mean()
-        sxx = float(np.sum((x - xbar) ** 2))
-        slope_ok = m >= 4 and sxx > 1e-6
-        if slope_ok:
-            slope = float(np.sum((x - xbar) * (y - y.mean())) / sxx)
-            df = m - 2
-        else:
-            slope, df = 0.0, m - 1
-        resid = y - (y.mean() + slope * (x - xbar))
-        s = float(np.sqrt(np.sum(resid ** 2) / max(df, 1)))
         x0 = np.log(max(float(n), 1.0))
-        lever = (x0 - xbar) ** 2 / sxx if slope_ok else 0.0
-        sd = s * np.sqrt(1.0 + 1.0 / m + lever)
-        return float(y.mean() + slope * (x0 - xbar)), float(max(sd, 1e-6)), int(max(df, 1))
+        if m < 6 or float(np.ptp(x)) < 1e-3:
+            return _line_prediction(x, y, x0)
+        design = np.stack([np.ones(m), x], axis=1)
+        gamma = _variance_line(design, y - design @ _wls(design, y, np.ones(m)))
+        for _ in range(3):
+            beta = _wls(design, y, np.exp(-(design @ gamma)))
+            gamma = _variance_line(design, y - design @ beta)
+        weight = np.exp(-(design @ gamma))
+        beta = _wls(design, y, weight)
+        resid = y - design @ beta
+        df = m - 4
+        scale = float(np.sum(weight * resid ** 2) / max(m - 2, 1))
+        cov = np.linalg.inv(design.T @ (design * weight[:, None]))
+        at = np.array([1.0, x0])
+        at_var = np.array([1.0, float(np.clip(x0, x.min(), x.max()))])
+        var = scale * (float(np.exp(at_var @ gamma)) + float(at @ cov @ at))
+        return float(at @ beta), float(max(np.sqrt(var), 1e-6)), int(max(df, 1))
 
     def p_value(self, observed: float, n: float) -> float:
         """Chance that a null classification of ``n`` particles gives ``log T`` at least
@@ -130,6 +144,43 @@ class NullModel:
             out.update({"at_n": int(n_all), "mean": _r(mean), "prediction_sd": _r(sd),
                         "df": df})
         return out
+
+
+def _line_prediction(x: np.ndarray, y: np.ndarray, x0: float):
+    """``(mean, prediction sd, df)`` at ``x0`` of an ordinary least-squares line in ``x``
+    (the mean of ``y`` when there are fewer than four values or one ``x``), one scatter."""
+    m = y.size
+    xbar = x.mean()
+    sxx = float(np.sum((x - xbar) ** 2))
+    slope_ok = m >= 4 and sxx > 1e-6
+    if slope_ok:
+        slope = float(np.sum((x - xbar) * (y - y.mean())) / sxx)
+        df = m - 2
+    else:
+        slope, df = 0.0, m - 1
+    resid = y - (y.mean() + slope * (x - xbar))
+    s = float(np.sqrt(np.sum(resid ** 2) / max(df, 1)))
+    lever = (x0 - xbar) ** 2 / sxx if slope_ok else 0.0
+    sd = s * np.sqrt(1.0 + 1.0 / m + lever)
+    return float(y.mean() + slope * (x0 - xbar)), float(max(sd, 1e-6)), int(max(df, 1))
+
+
+def _wls(design: np.ndarray, y: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Weighted least-squares coefficients of ``y`` on ``design``."""
+    root = np.sqrt(weight)
+    return np.linalg.lstsq(design * root[:, None], y * root, rcond=None)[0]
+
+
+# E[log chi2_1]: log r^2 of a Gaussian residual lies this far below log of its variance
+_LOG_CHI2_1_MEAN = -1.2704
+
+
+def _variance_line(design: np.ndarray, resid: np.ndarray) -> np.ndarray:
+    """Coefficients of ``log variance`` linear in the design (log n), from the squared
+    residuals (bias of the log of a one-degree chi-square removed)."""
+    floor = 1e-12 + 1e-6 * float(np.mean(resid ** 2))
+    return np.linalg.lstsq(design, np.log(resid ** 2 + floor) - _LOG_CHI2_1_MEAN,
+                           rcond=None)[0]
 
 
 # ----- position along a split ----------------------------------------------------------------
