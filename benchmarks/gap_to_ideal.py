@@ -108,14 +108,13 @@ def _noise(acc, fallback):
 def true_map_estep(info: dict, state_names, target_res_A: float) -> float:
     """ARI of the engine's E-step against the true maps (noise measured against them)."""
     from hetclass.em import run_pass
-    from hetclass.engine import _scale_references
-    from hetclass.mstep import initial_prior
+    from hetclass.engine import _scale_references, initial_tau2
     data = os.path.dirname(info["star"])
     refs_paths = [os.path.join(data, f"true_{s}.mrc") for s in state_names]
     pr, truth = _prepared(info, len(state_names), target_res_A, refs_paths)
     ws, active = pr.workspace, np.ones(len(truth), bool)
     log_prior = np.log(np.bincount(truth) / truth.size)
-    tau2 = initial_prior(pr.data_power.mean(0) / pr.ctf_power)
+    tau2 = initial_tau2(pr)
     refs = _scale_references(pr, pr.references, active, pr.data_power, tau2) * pr.solvent_mask
     pair = np.stack([refs, refs]).astype(np.float32)
     acc, _, _ = run_pass(ws, pair, pr.data_power, log_prior, active, False)
@@ -128,13 +127,14 @@ def oracle_label_maps(info: dict, k: int, target_res_A: float, folds: int,
     """ARI when each fold is scored against maps reconstructed from the true labels of the
     other folds."""
     from hetclass.em import run_pass
-    from hetclass.mstep import initial_prior, m_step
+    from hetclass.engine import initial_tau2
+    from hetclass.mstep import m_step
     pr, truth = _prepared(info, k, target_res_A)
     ws, active = pr.workspace, np.ones(len(truth), bool)
     log_prior = np.log(np.bincount(truth, minlength=k) / truth.size)
     onehot = np.eye(k)[truth]
     acc, _, _ = run_pass(ws, None, pr.data_power, log_prior, active, False, fixed_weights=onehot)
-    ms = m_step(ws, acc, initial_prior(pr.data_power.mean(0) / pr.ctf_power), tau2_fudge,
+    ms = m_step(ws, acc, initial_tau2(pr), tau2_fudge,
                 pr.solvent_mask, None)
     tau2 = np.maximum(ms.tau2, 0.0)
     full = (np.stack([ms.maps, ms.maps]) * pr.solvent_mask).astype(np.float32)
@@ -159,13 +159,12 @@ def from_truth(info: dict, k: int, target_res_A: float, seed: int) -> dict:
 
     from hetclass import engine
     from hetclass.em import iterate
-    from hetclass.explore import EXPLORE_CHANGED_PCT, EXPLORE_ITER
+    from hetclass.explore import exploration_options
     pr, truth = _prepared(info, k, target_res_A)
     options = _options(k, target_res_A, seed=seed)
     active = np.ones(len(truth), bool)
-    hard = dataclasses.replace(options, hard=True, max_iter=EXPLORE_ITER,
-                               convergence_pct=EXPLORE_CHANGED_PCT)
-    start = iterate(pr.workspace, engine.labelled_state(pr, options, truth), hard, active,
+    start = iterate(pr.workspace, engine.labelled_state(pr, options, truth),
+                    exploration_options(options), active,
                     pr.solvent_mask, pr.focus_mask, warn_empty=False, polish=False)
     start = dataclasses.replace(start, converged=False, polishing=False, history=[],
                                 iteration=0)

@@ -83,6 +83,11 @@ def _scale_references(prepared: PreparedData, refs: np.ndarray, active: np.ndarr
     return np.stack(out).astype(np.float32)
 
 
+def initial_tau2(prepared: PreparedData) -> np.ndarray:
+    """The prior spectra every fit starts from: the data's mean power over the CTF power."""
+    return initial_prior(prepared.data_power.mean(0) / prepared.ctf_power)
+
+
 def initial_state(prepared: PreparedData, options: ClassifyOptions, seed: SeedLike,
                   rows: Optional[Rows] = None, progress: Optional[Progress] = None,
                   abort_check: Optional[AbortCheck] = None) -> EMState:
@@ -92,7 +97,7 @@ def initial_state(prepared: PreparedData, options: ClassifyOptions, seed: SeedLi
     active = _active(prepared.data, rows)
     rng = np.random.default_rng(seeds.root(seed))
     sigma2 = prepared.data_power.copy()
-    tau2 = initial_prior(prepared.data_power.mean(0) / prepared.ctf_power)
+    tau2 = initial_tau2(prepared)
     refs = prepared.references
     if refs is not None:
         refs = _scale_references(prepared, refs, active, sigma2, tau2)
@@ -124,7 +129,7 @@ def labelled_state(prepared: PreparedData, options: ClassifyOptions, labels: np.
     full[idx] = labels
     local = full[data.rows]
     active = _active(data, rows)
-    tau2 = initial_prior(prepared.data_power.mean(0) / prepared.ctf_power)
+    tau2 = initial_tau2(prepared)
     k = int(options.classes)
     empty = np.zeros((2, k, 0, 0, 0), np.float32)      # replaced by state_from_labels
     base = EMState(iteration=0, maps=empty[0], refs=empty, sigma2=prepared.data_power.copy(),
@@ -216,7 +221,7 @@ def reconstruct(prepared: PreparedData, weights: np.ndarray, rows: Optional[Rows
     k = weights.shape[1]
     active = _active(data, rows)
     sig = prepared.data_power if sigma2 is None else sigma2
-    tau2 = initial_prior(prepared.data_power.mean(0) / prepared.ctf_power)
+    tau2 = initial_tau2(prepared)
     ws = prepared.workspace
     acc, _, _ = run_pass(ws, None, sig, np.zeros(k), active, False, fixed_weights=weights)
     first = m_step(ws, acc, tau2, tau2_fudge, prepared.solvent_mask, None)

@@ -78,6 +78,13 @@ def heldout_score(ws, state: EMState, sigma2: np.ndarray, active: np.ndarray) ->
     return float(acc.log_likelihood / n)
 
 
+def exploration_options(options):
+    """``options`` as an exploration start runs them: hard assignment, at most
+    :data:`EXPLORE_ITER` iterations, basin found below :data:`EXPLORE_CHANGED_PCT`."""
+    return dataclasses.replace(options, hard=True, max_iter=EXPLORE_ITER,
+                               convergence_pct=EXPLORE_CHANGED_PCT)
+
+
 def explore(ws, options, seed, active: np.ndarray, make_start: Callable[[int], EMState],
             solvent_mask, focus_mask, n_init: int, progress=None, abort_check=None):
     """The best of ``n_init`` hard-assignment starts: ``(state, [StartRecord])``.
@@ -85,8 +92,7 @@ def explore(ws, options, seed, active: np.ndarray, make_start: Callable[[int], E
     ``make_start(j)`` builds start ``j``'s initial state. The returned state is ready for
     soft refinement (iteration counter reset, not converged).
     """
-    hard = dataclasses.replace(options, hard=True, max_iter=EXPLORE_ITER,
-                               convergence_pct=EXPLORE_CHANGED_PCT)
+    hard = exploration_options(options)
     states, records = [], []
     for j in range(n_init):
         if progress is not None:
