@@ -241,7 +241,7 @@ def format_table(rows: List[dict]) -> str:
             f"{r['relion_time_s']:.0f}" if "relion_time_s" in r else "-",
             f"{r['hetclass_time_s']:.1f}",
             f"{r['speedup']:.1f}x" if "speedup" in r else "-"])
-    widths = [max(len(h), *(len(x[i]) for x in lines)) for i, h in enumerate(head)]
+    widths = [max([len(h), *(len(x[i]) for x in lines)]) for i, h in enumerate(head)]
     out = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
     out += ["  ".join(c.ljust(w) for c, w in zip(x, widths)) for x in lines]
     return "\n".join(out)

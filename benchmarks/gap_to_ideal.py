@@ -108,14 +108,13 @@ def _noise(acc, fallback):
 def true_map_estep(info: dict, state_names, target_res_A: float) -> float:
     """ARI of the engine's E-step against the true maps (noise measured against them)."""
     from hetclass.em import run_pass
-    from hetclass.engine import _scale_references, initial_tau2
+    from hetclass.engine import scale_references
     data = os.path.dirname(info["star"])
     refs_paths = [os.path.join(data, f"true_{s}.mrc") for s in state_names]
     pr, truth = _prepared(info, len(state_names), target_res_A, refs_paths)
     ws, active = pr.workspace, np.ones(len(truth), bool)
     log_prior = np.log(np.bincount(truth) / truth.size)
-    tau2 = initial_tau2(pr)
-    refs = _scale_references(pr, pr.references, active, pr.data_power, tau2) * pr.solvent_mask
+    refs = scale_references(pr, pr.references, active, pr.data_power) * pr.solvent_mask
     pair = np.stack([refs, refs]).astype(np.float32)
     acc, _, _ = run_pass(ws, pair, pr.data_power, log_prior, active, False)
     _, post, _ = run_pass(ws, pair, _noise(acc, pr.data_power), log_prior, active, False)

@@ -21,7 +21,7 @@ from .fourier import lowpass_volume
 from .mstep import m_step
 from .options import ClassifyOptions
 from .preprocess import ordered_map
-from .projector import stack_grids
+from .projector import particle_rows, stack_grids
 from .reconstruct import volume_to_grid
 from .variability import local_weight, weighted_references
 from .workspace import Workspace
@@ -111,7 +111,15 @@ def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, activ
         x, c, g = ws.batch_arrays(bi)
         if m_use < x.shape[1]:
             x, c = x[:, :m_use], c[:, :m_use]
-        return process_batch(rows, half, ws.operator(bi, m_use), grids[half], x, c, g,
+        op = ws.operator(bi, m_use)
+        if not use.all():
+            # only the active particles are projected (exploration subsets, split fits on
+            # one class, subsampled replicates); inactive ones keep zero posteriors
+            keep = np.flatnonzero(use)
+            rows, x, c, g, use = rows[keep], x[keep], c[keep], g[keep], use[keep]
+            op = particle_rows(op, keep, m_use)
+            weights = None if weights is None else weights[keep]
+        return process_batch(rows, half, op, grids[half], x, c, g,
                              sigma2, log_prior, onehot, shell, like, hard,
                              with_estep=fixed_weights is None, fixed_weights=weights, active=use,
                              backproject_data=not estep_only)

@@ -63,6 +63,21 @@ def slice_operator(rotations: np.ndarray, coeffs: CoefficientSet, pad: int) -> s
                          shape=(rows, side ** 3))
 
 
+def particle_rows(operator: sp.csr_matrix, keep: np.ndarray, m: int) -> sp.csr_matrix:
+    """The operator of the particles ``keep`` (sorted indices into its particles) only.
+
+    ``operator`` is a :func:`slice_operator` of ``M = m`` coefficients per particle (8
+    entries per row, particle-major), so its rows are cut out without a general sparse
+    indexing: the same numbers, in the same order.
+    """
+    n = operator.shape[0] // m
+    data = operator.data.reshape(n, 8 * m)[keep].reshape(-1)
+    indices = operator.indices.reshape(n, 8 * m)[keep].reshape(-1)
+    rows = keep.size * m
+    indptr = np.arange(0, 8 * rows + 1, 8, dtype=np.int64 if 8 * rows >= 2 ** 31 else np.int32)
+    return sp.csr_matrix((data, indices, indptr), shape=(rows, operator.shape[1]))
+
+
 def project(operator: sp.csr_matrix, grids_stacked: np.ndarray, n: int, m: int) -> np.ndarray:
     """Slices of K volumes: ``grids_stacked`` is (N**3, K) complex64 -> (n, M, K) complex64."""
     k = grids_stacked.shape[1]
