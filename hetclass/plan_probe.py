@@ -41,8 +41,10 @@ def probe_rows(n_total: int, n_probe: int = 256, runs: int = 4) -> np.ndarray:
 
 
 def _iteration_seconds(prepared, options, k: int, threads: int) -> float:
-    """Shortest wall time of EM iterations 2..PROBE_ITERATIONS of one fit."""
-    from .engine import fit
+    """Shortest wall time of EM iterations 2..PROBE_ITERATIONS of one fit's refinement
+    (from a random start: exploration would add its subset and split iterations, whose
+    spacing is not one iteration over all the particles, and minutes)."""
+    from .engine import fit, initial_state
     stamps = []
 
     def progress(event, **info):
@@ -52,8 +54,23 @@ def _iteration_seconds(prepared, options, k: int, threads: int) -> float:
                    threads=threads, seed=0)
     with warnings.catch_warnings():     # repeated probe images may empty a class: harmless
         warnings.simplefilter("ignore")
-        fit(prepared, opts, progress=progress)
+        fit(prepared, opts, progress=progress, state=initial_state(prepared, opts, 0))
     return float(np.min(np.diff(stamps))) if len(stamps) > 1 else float("nan")
+
+
+def _build_seconds(rotations: np.ndarray, coeffs, batch: int = 1024, repeats: int = 3) -> float:
+    """Seconds per particle-coefficient to build a slice operator of one ``batch`` (the
+    probe's rotations repeated), the fastest of ``repeats`` builds after a warm-up: the first
+    build of a process pays for fresh memory (6x the rate of later ones on a 2-core VM)."""
+    from .projector import slice_operator
+    rot = rotations[np.resize(np.arange(len(rotations)), batch)]
+    slice_operator(rot, coeffs, 2)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        slice_operator(rot, coeffs, 2)
+        times.append(time.perf_counter() - t0)
+    return float(min(times)) / (batch * coeffs.size)
 
 
 def _thread_efficiency(points, single, coef, m: int, threads: int) -> float:
@@ -116,17 +133,13 @@ def probe_rates(particles, options, threads: int = 1, n_probe: int = 256,
     this machine; the EM runs with ``threads`` threads. ``read_images(rows)`` replaces the
     image reader (tests)."""
     from .engine import prepare
-    from .projector import slice_operator
 
     rows = probe_rows(len(particles), n_probe)
     sub = particles.take(rows)
     read, crop, prep_efficiency, setup, images = _preprocess_rates(sub, rows, options,
                                                                    read_images)
     m = setup.coeffs.size
-    big = sub.take(np.resize(np.arange(len(rows)), PROBE_SIZES[-1]))
-    t0 = time.perf_counter()
-    slice_operator(np.asarray(big.rotations), setup.coeffs, 2)
-    build = (time.perf_counter() - t0) / (len(big) * m)
+    build = _build_seconds(np.asarray(sub.rotations), setup.coeffs)
     ks = sorted(set(int(k) for k in classes)) or [2]
     if len(ks) == 1:
         ks = [ks[0], ks[0] + 2]
