@@ -183,9 +183,11 @@ RATES = {{
 {rates_text}}}
 # typical EM iterations to convergence by K (simulated benchmark data; --max-iter caps them)
 ITERATIONS = {its!r}
+EXPLORE_ITERATIONS = {g("EXPLORE_ITERATIONS")!r}                   # hand-set: hard iterations of one start
 RANK_EFFICIENCY_PER_DOUBLING = {g("RANK_EFFICIENCY_PER_DOUBLING")!r}    # hand-set: bench_mpi.py, 2 ranks 1.75x
 PREP_EFFICIENCY_PER_DOUBLING = {round(g("PREP_EFFICIENCY_PER_DOUBLING"), 3)!r}
 REPLICATE_EFFICIENCY = {round(g("REPLICATE_EFFICIENCY"), 3)!r}
+REPLICATE_COST_FACTOR = {g("REPLICATE_COST_FACTOR")!r}            # hand-set: bench_stability.py --ratio
 STREAM_GB_PER_S = {g("STREAM_GB_PER_S")!r}                  # hand-set
 OUTPUT_S_PER_PARTICLE = {g("OUTPUT_S_PER_PARTICLE"):.3g}
 STARTUP_S = {round(g("STARTUP_S"), 2)!r}                           # imports, reading the STAR file

@@ -26,6 +26,12 @@ EXPLORE_ITERATIONS = 9
 RANK_EFFICIENCY_PER_DOUBLING = 0.88    # bench_mpi.py: 2 ranks, 1.75x (hand-set from README)
 PREP_EFFICIENCY_PER_DOUBLING = 0.9     # cropping threads
 REPLICATE_EFFICIENCY = 0.8             # concurrent replicates (threads) vs ideal
+# one-start stability / exhaustive replicates cost this much more than the model's fit
+# (hand-set, 2026-12-05: bench_stability.py --ratio, case "four", 5000 particles, K 2-6:
+# measured / modelled CPU seconds per K 2.5, 2.7, 2.5, 3.1, 2.7 -- their merge-and-split moves
+# and refinement run to the iteration caps on data without that many states, and two
+# replicates share the memory bandwidth of the cores)
+REPLICATE_COST_FACTOR = 2.7
 STREAM_GB_PER_S = 1.0                  # reading a cache on disk per EM pass (hand-set)
 OUTPUT_S_PER_PARTICLE = 4e-05          # writing the STAR files and maps, per particle
 STARTUP_S = 2.0                        # imports, reading the STAR file (hand-set)

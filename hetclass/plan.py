@@ -16,8 +16,12 @@ classes, one process with ``threads`` E-step threads)::
                                         initial reconstruction and held-out score; with
                                         K >= 3 each merge-and-split move counts as one more)
     classify    = startup + preprocess + fit(K) + n * output_s_per_particle
-    stability   = preprocess + sum over K >= 2 of R * fit(K) / replicate_parallelism
-    exhaustive  = preprocess + per tree level R * (fit(2) [+ fit(3)]) / replicate_parallelism
+    stability   = preprocess + sum over K >= 2 of R * fit(K) * replicate_factor
+                               / replicate_parallelism
+    exhaustive  = preprocess + per tree level R * (fit(2) [+ fit(3)]) * replicate_factor
+                               / replicate_parallelism
+                  (replicate_factor: one-start replicates measured against this model,
+                   :data:`hetclass.cost_reference.REPLICATE_COST_FACTOR`)
 
 The per-unit rates (:class:`Rates`) come from a probe on the user's own data
 (:func:`hetclass.plan_probe.probe_rates`: a few hundred images preprocessed, a few EM
@@ -291,8 +295,8 @@ def stability_estimate(rates: Rates, wl: Workload, k_values: Sequence[int], repl
     for k in ks:
         t, w, plan, p = fit_seconds(rates, wl, k, shape, max_iter, concurrent, n,
                                      starts=_replicate_starts())
-        typical += replicates * t / par
-        worst += replicates * w / par
+        typical += replicates * t * ref.REPLICATE_COST_FACTOR / par
+        worst += replicates * w * ref.REPLICATE_COST_FACTOR / par
         peak = max(peak, p)
     prep = preprocess_seconds(rates, wl, machine.cores)
     out = ref.STARTUP_S + wl.n_particles * ref.OUTPUT_S_PER_PARTICLE * 2
@@ -316,8 +320,9 @@ def exhaustive_estimate(rates: Rates, wl: Workload, replicates: int, max_depth: 
     _, w3, _, peak3 = fit_seconds(rates, wl, 3, shape, max_iter, concurrent,
                                   starts=_replicate_starts())
     prep = preprocess_seconds(rates, wl, machine.cores)
-    typical = prep + max_depth * replicates * t2 / par
-    worst = prep + max_depth * replicates * (w2 + w3) / par
+    factor = ref.REPLICATE_COST_FACTOR
+    typical = prep + max_depth * replicates * t2 * factor / par
+    worst = prep + max_depth * replicates * (w2 + w3) * factor / par
     peak = max(peak, peak3) * max(shape.ranks, 1)
     return Estimate(f"exhaustive depth<={max_depth} R={replicates}", shape.options(), typical,
                     worst, peak / GB, peak <= machine.memory_GB * GB,

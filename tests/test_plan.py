@@ -161,3 +161,22 @@ def test_front_end_estimate_line(ds):
     bad = []
     log_estimate(object(), ClassifyOptions(), PlanRequest("classify", [3]), bad.append)
     assert len(bad) == 1 and bad[0].startswith("estimate: not available")
+
+
+def test_written_reference_defines_every_constant_the_model_reads(ds):
+    """``bench_scale.py --fit-model --write`` rewrites hetclass/cost_reference.py: the text it
+    writes must define every constant of the module it replaces (a missing one would break
+    ``hetclass plan`` only after the next refit)."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    from scale_model import reference_source
+    particles = load_particles(ds.star_path, project_dir=ds.out_dir)
+    constants = {"ITERATIONS": {2: 7.5, 4: 14.0}}
+    text = reference_source(constants, {"w": (particles, RATES)})
+    written: dict = {}
+    exec(compile(text, "cost_reference.py", "exec"), written)
+    expected = {k for k in vars(ref) if k.isupper()}
+    assert expected <= set(written), sorted(expected - set(written))
+    assert written["ITERATIONS"] == {2: 7.5, 4: 14.0}
+    assert written["REPLICATE_COST_FACTOR"] == ref.REPLICATE_COST_FACTOR
