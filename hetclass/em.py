@@ -21,8 +21,8 @@ from .fourier import lowpass_volume
 from .mstep import m_step
 from .options import ClassifyOptions
 from .preprocess import ordered_map
-from .projector import particle_rows, stack_grids
-from .reconstruct import volume_to_grid
+from .projector import particle_rows
+from .reconstruct import volume_grids
 from .variability import local_weight, weighted_references
 from .workspace import Workspace
 
@@ -85,10 +85,9 @@ def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, activ
     acc = empty_accumulators(ws.n_voxels, k, ws.data.n_groups, ws.n_shells)
     post = np.zeros((n, k), np.float32)
     loglik = np.zeros(n)
-    grids = [None, None]
+    grids: list = [None, None]
     if refs is not None:
-        grids = [stack_grids(np.stack([volume_to_grid(m, ws.pad) for m in refs[h]]))
-                 for h in range(2)]
+        grids = [volume_grids(refs[h], ws.pad) for h in range(2)]
     like = like_shells or ws.like_shells
     coeffs = ws.data.coeffs
     # the E-step and its back-projection use the coefficients of the shells in the

@@ -76,11 +76,11 @@ def scale_references(prepared: PreparedData, refs: np.ndarray, active: np.ndarra
     Fitting onto a reconstruction instead (as before) inherited the reconstruction's Wiener
     shrinkage: true maps came out ~12 % too weak at low resolution.
     """
-    from .projector import project, stack_grids
-    from .reconstruct import volume_to_grid
+    from .projector import project
+    from .reconstruct import volume_grids
     ws = prepared.workspace
     masked = np.asarray(refs, np.float32) * prepared.solvent_mask
-    grids = stack_grids(np.stack([volume_to_grid(r, ws.pad) for r in masked]))
+    grids = volume_grids(masked, ws.pad)
     coeffs = prepared.data.coeffs
     shell = np.minimum(coeffs.shell, sigma2.shape[1] - 1)
     k = masked.shape[0]

@@ -57,10 +57,13 @@ def slice_operator(rotations: np.ndarray, coeffs: CoefficientSet, pad: int) -> s
     for corner in range(8):
         dz, dy, dx = corner >> 2, (corner >> 1) & 1, corner & 1
         np.multiply(wzy[dz, dy], w[0, dx], out=weights[:, :, corner])
-    rows = n * m
-    indptr = np.arange(0, 8 * rows + 1, 8, dtype=np.int64 if 8 * rows >= 2 ** 31 else np.int32)
-    return sp.csr_matrix((weights.reshape(-1), indices.reshape(-1), indptr),
-                         shape=(rows, side ** 3))
+    return sp.csr_matrix((weights.reshape(-1), indices.reshape(-1), _indptr(n * m)),
+                         shape=(n * m, side ** 3))
+
+
+def _indptr(rows: int) -> np.ndarray:
+    """Row pointers of a CSR operator with 8 entries per row (int64 past 2**31 entries)."""
+    return np.arange(0, 8 * rows + 1, 8, dtype=np.int64 if 8 * rows >= 2 ** 31 else np.int32)
 
 
 def particle_rows(operator: sp.csr_matrix, keep: np.ndarray, m: int) -> sp.csr_matrix:
@@ -74,8 +77,7 @@ def particle_rows(operator: sp.csr_matrix, keep: np.ndarray, m: int) -> sp.csr_m
     data = operator.data.reshape(n, 8 * m)[keep].reshape(-1)
     indices = operator.indices.reshape(n, 8 * m)[keep].reshape(-1)
     rows = keep.size * m
-    indptr = np.arange(0, 8 * rows + 1, 8, dtype=np.int64 if 8 * rows >= 2 ** 31 else np.int32)
-    return sp.csr_matrix((data, indices, indptr), shape=(rows, operator.shape[1]))
+    return sp.csr_matrix((data, indices, _indptr(rows)), shape=(rows, operator.shape[1]))
 
 
 def project(operator: sp.csr_matrix, grids_stacked: np.ndarray, n: int, m: int) -> np.ndarray:

@@ -40,6 +40,13 @@ def volume_to_grid(volume: Array, pad: int) -> Array:
     return f.astype(np.complex64)
 
 
+def volume_grids(volumes, pad: int) -> np.ndarray:
+    """(N**3, K) complex64 projection grid of a stack of K (b, b, b) maps, classes as
+    columns (:func:`volume_to_grid` of each, :func:`hetclass.projector.stack_grids`)."""
+    from .projector import stack_grids
+    return stack_grids(np.stack([volume_to_grid(np.asarray(m, np.float32), pad) for m in volumes]))
+
+
 def grid_to_volume(grid: Array, box_px: int, correct: bool = True) -> Array:
     """Centred (N, N, N) transform -> centred (b, b, b) float32 map (central window)."""
     xp = array_module(grid)

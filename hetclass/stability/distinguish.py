@@ -199,11 +199,6 @@ def _half_map_references(state, solvent_mask):
     return refs, noise.astype(np.float32)
 
 
-def _grid(volumes, pad):
-    """Projection grid of a stack of (b, b, b) volumes (:func:`hetclass.projector.stack_grids`)."""
-    from ..projector import stack_grids
-    from ..reconstruct import volume_to_grid
-    return stack_grids(np.stack([volume_to_grid(np.asarray(m, np.float32), pad) for m in volumes]))
 
 
 def split_positions(prepared, state, rows=None):
@@ -213,6 +208,7 @@ def split_positions(prepared, state, rows=None):
     including the references' noise ``R`` (the error of ``u`` is ``sqrt(2 (D + R)) / D``)."""
     from ..em_step import class_log_likelihoods, shell_onehot
     from ..projector import project
+    from ..reconstruct import volume_grids
     data, ws = prepared.data, prepared.workspace
     n_total = data.n_total
     rows = np.arange(n_total) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -224,8 +220,8 @@ def split_positions(prepared, state, rows=None):
     sigma2 = np.asarray(state.sigma2)
     shell = np.minimum(data.coeffs.shell, sigma2.shape[1] - 1)
     refs, noise = _half_map_references(state, prepared.solvent_mask)
-    grids = [_grid(refs[h], ws.pad) for h in range(2)]
-    noise_grid = None if noise is None else _grid(noise, ws.pad)
+    grids = [volume_grids(refs[h], ws.pad) for h in range(2)]
+    noise_grid = None if noise is None else volume_grids(noise, ws.pad)
     counts = np.maximum(onehot[:, :like].sum(0), 1.0)      # coefficients per shell
     llr, sep, ref = np.zeros(len(data)), np.zeros(len(data)), np.zeros(len(data))
     for bi, (batch, half) in enumerate(ws.batches):
