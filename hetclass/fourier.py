@@ -166,3 +166,9 @@ def fftn(a: Array, axes: Optional[Sequence[int]] = None) -> Array:
 def ifftn(a: Array, axes: Optional[Sequence[int]] = None) -> Array:
     """Inverse of :func:`fftn` (same normalisation as ``numpy.fft.ifftn``)."""
     return _fft("ifftn", a, axes=axes)
+
+
+def irfftn(a: Array, shape: Sequence[int]) -> Array:
+    """Real inverse of a Hermitian transform given by its half ``a[..., :n // 2 + 1]`` (last
+    axis), output ``shape`` (same normalisation as ``numpy.fft.irfftn``)."""
+    return _fft("irfftn", a, s=tuple(int(n) for n in shape))

@@ -17,9 +17,11 @@ def fsc(map1: np.ndarray, map2: np.ndarray) -> np.ndarray:
     """
     xp = array_module(map1, map2)
     b = map1.shape[0]
-    f1 = xp.fft.fftshift(fftn(xp.fft.ifftshift(map1)))
-    f2 = xp.fft.fftshift(fftn(xp.fft.ifftshift(map2)))
-    shells = xp.asarray(radial_index_3d(b).ravel())
+    # plain transforms: centring only multiplies both by the same unit phase, which cancels
+    # in f1 f2* and |f|^2; the shells are laid out as the unshifted transform is
+    f1 = fftn(map1)
+    f2 = fftn(map2)
+    shells = xp.asarray(np.fft.ifftshift(radial_index_3d(b)).ravel())
     n = b // 2 + 1
     ok = shells < n
     s = shells[ok]

@@ -65,14 +65,22 @@ def initial_prior(tau2_consensus: np.ndarray) -> np.ndarray:
 
 
 def _accumulated(acc: Accumulators, k: int, shape):
-    """Symmetrised (num, den) grids: ``[h][j]`` per half set h and class j."""
-    from .reconstruct import symmetrise as sym
+    """Symmetrised (num, den) grids: ``[h][j]`` per half set h and class j (complex64 and
+    float32)."""
+    xp = array_module(acc.grid)
     out = []
     for h in range(2):
         g = acc.grid[h]
-        cplx = g[:, :2 * k].reshape(-1, k, 2)
-        out.append([sym((cplx[:, j, 0] + 1j * cplx[:, j, 1]).reshape(shape),
-                        g[:, 2 * k + j].astype(np.float64).reshape(shape)) for j in range(k)])
+        pairs = []
+        for j in range(k):
+            if xp is np and g.dtype == np.float32:
+                # class j's (re, im) columns read as one complex column: one strided pass
+                num = np.ascontiguousarray(g[:, 2 * j:2 * j + 2].view(np.complex64)[:, 0])
+            else:
+                num = (g[:, 2 * j] + 1j * g[:, 2 * j + 1]).astype(np.complex64)
+            den = xp.ascontiguousarray(g[:, 2 * k + j], dtype=np.float32)
+            pairs.append(symmetrise(num.reshape(shape), den.reshape(shape)))
+        out.append(pairs)
     return out
 
 

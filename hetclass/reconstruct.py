@@ -15,8 +15,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .fourier import fftn, ifftn, radial_mean
-from .gpu.xp import Array, array_module
+from .fourier import fftn, irfftn, radial_mean
+from .gpu.xp import Array, array_module, to_host
 from .projector import hermitian_flip
 
 
@@ -48,10 +48,17 @@ def volume_grids(volumes, pad: int) -> np.ndarray:
 
 
 def grid_to_volume(grid: Array, box_px: int, correct: bool = True) -> Array:
-    """Centred (N, N, N) transform -> centred (b, b, b) float32 map (central window)."""
+    """Centred (N, N, N) transform of a real map -> centred (b, b, b) float32 map (central
+    window).
+
+    ``grid`` must be Hermitian (``grid[p] == conj(grid[-p])``, as every solved grid is: the
+    accumulators are symmetrised and the prior is radial): only its half ``kx >= 0`` is
+    read, by a real inverse FFT (half the work of the complex one, the same map).
+    """
     xp = array_module(grid)
     side = grid.shape[0]
-    full = xp.fft.fftshift(ifftn(xp.fft.ifftshift(grid))).real
+    half = xp.fft.ifftshift(grid)[..., :side // 2 + 1]
+    full = xp.fft.fftshift(irfftn(half, shape=grid.shape))
     lo = side // 2 - box_px // 2
     vol = full[lo:lo + box_px, lo:lo + box_px, lo:lo + box_px].astype(np.float32)
     if correct:
@@ -80,31 +87,27 @@ def solve_grid(num: Array, den: Array, tau2_shell: Array, shells: Array, pad: in
     ``shells`` (N**3,) from :func:`grid_shells`. ``prior_mean`` (N,N,N) complex, optional:
     the prior is centred there instead of at zero, ``V = (num + lam * prior_mean) / (den +
     lam)`` with ``lam = 1 / (pad**3 tau2)`` (``tau2 = 0`` then gives ``prior_mean``).
+
+    Written with the prior's variance ``v = pad**3 tau2`` instead of its precision ``lam``,
+    ``V = (v num + prior_mean) / (1 + v den)``: finite for every ``tau2 >= 0`` and
+    ``den >= 0``, so the whole grid is one single-precision expression.
     """
     xp = array_module(num)
-    shape = num.shape
-    shells = xp.asarray(shells)
-    tau2 = xp.asarray(tau2_shell, dtype=np.float64)
-    # only voxels inside r_max can be non-zero: solve there (about a third of the grid)
-    inside = xp.flatnonzero(shells <= r_max_px)
-    t = tau2[xp.minimum(shells[inside], len(tau2) - 1)]
-    with np.errstate(divide="ignore"):
-        inv_prior = xp.where(t > 0, 1.0 / (pad ** 3 * xp.maximum(t, 1e-30)), np.inf)
-    if prior_mean is None:
-        d = den.ravel()[inside].astype(np.float64) + inv_prior
-        ok = xp.isfinite(d) & (d > 0)
-        out = xp.zeros(num.size, dtype=np.complex64)
-        out[inside] = xp.where(ok, num.ravel()[inside] / xp.where(ok, d, 1.0), 0)
-        return out.reshape(shape)
-    mean = prior_mean.ravel()[inside]
-    d = den.ravel()[inside].astype(np.float64)
-    lam = xp.where(xp.isfinite(inv_prior), inv_prior, 0.0)
-    tight = ~xp.isfinite(inv_prior)              # tau2 = 0: the prior mean itself
-    est = (num.ravel()[inside] + lam * mean) / xp.maximum(d + lam, 1e-30)
-    est = xp.where(tight | (d + lam <= 0), mean, est)
-    out = xp.zeros(num.size, dtype=np.complex64)
-    out[inside] = est
-    return out.reshape(shape)
+    shells = xp.asarray(shells).reshape(num.shape)
+    tau2 = np.maximum(np.nan_to_num(np.asarray(to_host(tau2_shell), dtype=np.float64)), 0.0)
+    # per-shell prior variance, 0 beyond r_max; indexed by the voxel's (clipped) shell
+    top = int(max(r_max_px, len(tau2) - 1)) + 1
+    table = np.zeros(top + 1, np.float32)
+    table[:top] = pad ** 3 * tau2[np.minimum(np.arange(top), len(tau2) - 1)]
+    table[r_max_px + 1:] = 0.0
+    variance = xp.asarray(table)[xp.minimum(shells, top)]
+    out = variance * num
+    if prior_mean is not None:
+        out += prior_mean
+    out /= 1.0 + variance * den.astype(np.float32, copy=False)
+    if prior_mean is not None:      # without a prior mean the zero variance did it
+        out[shells > r_max_px] = 0
+    return out.astype(np.complex64, copy=False)
 
 
 def shell_power(grid: Array, shells: Array, n_shells: int) -> Array:

@@ -25,7 +25,7 @@ from .reconstruct import grid_shells
 
 DEFAULT_CACHE_BYTES = 3 * 2 ** 30
 MIN_BATCH = 64
-MAX_BATCH = 1024     # several batches per half set keep --threads busy (same sums any count)
+MAX_BATCH = 2048     # several batches per half set keep --threads busy (same sums any count)
 PREPROCESS_BATCH = 512
 MB = 2 ** 20
 
@@ -49,7 +49,7 @@ MARGIN_BYTES = 96 * MB                # modules imported later, allocator slack,
 
 
 def default_batch_size(m: int, k: int) -> int:
-    """~64 MB of (batch, M, K) complex work arrays, between 64 and 1024 particles."""
+    """~64 MB of (batch, M, K) complex work arrays, between 64 and 2048 particles."""
     return int(np.clip(8e6 / max(m * max(k, 1), 1), MIN_BATCH, MAX_BATCH))
 
 
