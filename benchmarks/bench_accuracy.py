@@ -21,6 +21,7 @@ Examples::
     python benchmarks/bench_accuracy.py --workdir /work/bench_acc --json acc.json
     python benchmarks/bench_accuracy.py --cases 4close,6states --seeds 1 --no-relion
     python benchmarks/bench_accuracy.py --cases 4close --hetclass-arg=--target-res --hetclass-arg=8
+    python benchmarks/bench_accuracy.py --cases 4close --ranks 2     # mpirun -n 2, --threads 1
 """
 
 from __future__ import annotations
@@ -175,17 +176,26 @@ def run_relion(case: Case, info: dict, work: str, seed: int, threads: int,
 
 
 def run_hetclass(case: Case, info: dict, work: str, seed: int, threads: int, tag: str,
-                 extra: List[str], reuse: bool) -> dict:
+                 extra: List[str], reuse: bool, ranks: int = 1) -> dict:
+    """hetclass's scores for one seed; ``ranks`` > 1 runs it under ``mpirun -n ranks`` with
+    ``--threads`` divided between the ranks (the same cores; the labels are the same as one
+    process's whatever the rank count)."""
+    if ranks > 1:
+        tag = f"{tag}_mpi{ranks}"
     out = os.path.join(work, f"hetclass_{tag}_s{seed}")
     if reuse:
         cached = _read_json(os.path.join(out, "result.json"))
         if cached is not None and cached.get("key") == case.key():
             return cached
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "hetclass_standalone.main", "classify",
-           "--particles", info["star"], "--classes", str(case.classes), "--out", out,
-           "--particle-diameter", f"{case.diameter_A:g}", "--seed", str(seed),
-           "--threads", str(threads), "--quiet"]
+    launcher: List[str] = []
+    if ranks > 1:
+        launcher = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", str(ranks)]
+        threads = max(1, threads // ranks)
+    cmd = launcher + [sys.executable, "-m", "hetclass_standalone.main", "classify",
+                      "--particles", info["star"], "--classes", str(case.classes), "--out", out,
+                      "--particle-diameter", f"{case.diameter_A:g}", "--seed", str(seed),
+                      "--threads", str(threads), "--quiet"]
     if info.get("focus_mask"):
         cmd += ["--focus-mask", info["focus_mask"]]
     cmd += list(extra)
@@ -258,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hetclass-arg", action="append", default=[],
                    help="extra argument for hetclass classify (repeat)")
     p.add_argument("--tag", default="default", help="names the hetclass run folders")
+    p.add_argument("--ranks", type=int, default=1,
+                   help="run hetclass under mpirun -n RANKS with --threads divided between "
+                        "the ranks (same cores as RELION's --j THREADS; same labels)")
     p.add_argument("--reuse", action="store_true", help="reuse earlier hetclass runs of this tag")
     p.add_argument("--ideal-only", action="store_true",
                    help="only simulate the data and score the ideal observer")
@@ -282,7 +295,7 @@ def main(argv=None) -> int:
             r for r in (run_relion(case, info, work, s, args.threads, args.relion_iter)
                         for s in seeds) if r is not None]
         het = [run_hetclass(case, info, work, s, args.threads, args.tag, args.hetclass_arg,
-                            args.reuse) for s in seeds]
+                            args.reuse, args.ranks) for s in seeds]
         rows.append(summarise(case, ideal, relion, het))
         print(format_table(rows[-1:]).splitlines()[-1], flush=True)
     print()
