@@ -42,7 +42,7 @@ import starfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from accuracy_cases import Case, get_cases  # noqa: E402
-from bench_classify import code_version, run_child  # noqa: E402
+from bench_classify import code_version, mpi_launcher, run_child  # noqa: E402
 
 
 # ----- data ------------------------------------------------------------------------------------
@@ -188,10 +188,7 @@ def run_hetclass(case: Case, info: dict, work: str, seed: int, threads: int, tag
         if cached is not None and cached.get("key") == case.key():
             return cached
     shutil.rmtree(out, ignore_errors=True)
-    launcher: List[str] = []
-    if ranks > 1:
-        launcher = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", str(ranks)]
-        threads = max(1, threads // ranks)
+    launcher, threads = mpi_launcher(ranks, threads)
     cmd = launcher + [sys.executable, "-m", "hetclass_standalone.main", "classify",
                       "--particles", info["star"], "--classes", str(case.classes), "--out", out,
                       "--particle-diameter", f"{case.diameter_A:g}", "--seed", str(seed),

@@ -177,17 +177,22 @@ def n_coefficients(run_info: dict, box_px: int, pixel_size_A: float) -> int:
     return coefficient_set(crop, shell).size
 
 
+def mpi_launcher(ranks: int, threads: int):
+    """``(launcher, threads per rank)``: ``mpirun -n ranks`` with ``threads`` divided between
+    the ranks (the same number of cores in all), or no launcher for one rank."""
+    if ranks <= 1:
+        return [], threads
+    return (["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", str(ranks)],
+            max(1, threads // ranks))
+
+
 def run_hetclass(ds: dict, k: int, args, work: str, ranks: int = 1) -> dict:
     """One ``hetclass classify`` run; ``ranks`` > 1 runs it under ``mpirun -n ranks`` with
     ``--threads`` divided between the ranks (the same number of cores in all)."""
     tag = f"K{k}" if ranks == 1 else f"K{k}_mpi{ranks}"
     out = os.path.join(work, f"hetclass_{tag}")
     shutil.rmtree(out, ignore_errors=True)
-    launcher = []
-    threads = args.threads
-    if ranks > 1:
-        launcher = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", str(ranks)]
-        threads = max(1, args.threads // ranks)
+    launcher, threads = mpi_launcher(ranks, args.threads)
     cmd = launcher + [sys.executable, "-m", "hetclass_standalone.main", "classify",
            "--particles", ds["star"], "--classes", str(k), "--out", out, "--tau2-fudge", "4",
            "--threads", str(threads), "--particle-diameter", f"{ds['diameter_A']:g}",
