@@ -209,7 +209,10 @@ def memory_plan(wl: Workload, k: int, shape: RunShape, concurrent_fits: int = 1)
     ops = n_local * wl.n_coefficients * OPERATOR_BYTES_PER_COEF
     if shape.max_memory_GB is None:
         plan.operator_cache_bytes = DEFAULT_CACHE_BYTES
-        peak = plan.fixed_bytes + plan.data_bytes + plan.batch_bytes + min(ops, DEFAULT_CACHE_BYTES)
+        # + one more batch working set: without a bound the allocator keeps freed work
+        # arrays for reuse (hetclass.allocator)
+        peak = (plan.fixed_bytes + plan.data_bytes + 2 * plan.batch_bytes
+                + min(ops, DEFAULT_CACHE_BYTES))
     else:
         assert plan.budget_bytes is not None       # a budget was given
         peak = min(plan.budget_bytes, plan.fixed_bytes + plan.batch_bytes

@@ -80,6 +80,20 @@ def particle_rows(operator: sp.csr_matrix, keep: np.ndarray, m: int) -> sp.csr_m
     return sp.csr_matrix((data, indices, _indptr(rows)), shape=(rows, operator.shape[1]))
 
 
+def coefficient_prefix(operator: sp.csr_matrix, m: int, m_use: int) -> sp.csr_matrix:
+    """The operator of each particle's first ``m_use`` coefficients only.
+
+    ``operator`` is a :func:`slice_operator` of ``M = m`` coefficients per particle; the
+    result has the same numbers as ``slice_operator`` of ``coeffs.prefix(m_use)`` (every row
+    is computed from its own coefficient alone), cut out instead of recomputed.
+    """
+    n = operator.shape[0] // m
+    data = operator.data.reshape(n, 8 * m)[:, :8 * m_use].reshape(-1)
+    indices = operator.indices.reshape(n, 8 * m)[:, :8 * m_use].reshape(-1)
+    rows = n * m_use
+    return sp.csr_matrix((data, indices, _indptr(rows)), shape=(rows, operator.shape[1]))
+
+
 def project(operator: sp.csr_matrix, grids_stacked: np.ndarray, n: int, m: int) -> np.ndarray:
     """Slices of K volumes: ``grids_stacked`` is (N**3, K) complex64 -> (n, M, K) complex64."""
     k = grids_stacked.shape[1]

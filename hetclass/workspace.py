@@ -20,7 +20,7 @@ from .comm import SerialComm
 from .errors import InputError
 from .fourier_store import BYTES_PER_COEFFICIENT
 from .preprocess import FourierData
-from .projector import grid_side, slice_operator
+from .projector import coefficient_prefix, grid_side, slice_operator
 from .reconstruct import grid_shells
 
 DEFAULT_CACHE_BYTES = 3 * 2 ** 30
@@ -185,7 +185,7 @@ class Workspace:
                 self.batches.append((rows[start:start + self.batch_size], half - 1))
         self.cache_limit_bytes = int(DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes)
         self.cached_bytes = 0
-        self._ops: Dict[int, Any] = {}
+        self._ops: Dict[int, Dict[int, Any]] = {}   # batch -> {m_use: (operator, bytes)}
         self._lock = threading.Lock()
 
     def batch_arrays(self, index: int):
@@ -198,22 +198,40 @@ class Workspace:
     def operator(self, index: int, m_use: Optional[int] = None):
         """Sparse slice operator of batch ``index`` for its first ``m_use`` coefficients
         (default all; the coefficients are ordered by shell, so this is the data up to a
-        resolution). Built once and kept while the cache has room (``cache_limit_bytes``; the
-        first batches when not all fit), one ``m_use`` per batch at a time, else rebuilt. Kept
-        and rebuilt operators are the same numbers, so results do not depend on the cache;
-        the cache is shared by every iteration and every replicate of the data set."""
-        coeffs = self.data.coeffs
-        m_use = coeffs.size if m_use is None else int(m_use)
-        cached = self._ops.get(index)
-        if cached is not None and cached[0] == m_use:
-            return cached[1]
-        rows = self.batches[index][0]
-        op = slice_operator(self.data.rotations[rows], coeffs.prefix(m_use), self.pad)
+        resolution). Kept while the cache has room (``cache_limit_bytes``; the first batches
+        when not all fit): per batch the operator of all coefficients and the latest prefix.
+        A prefix is cut out of a kept full operator (:func:`coefficient_prefix`) instead of
+        rebuilt: exploration switches between reconstructions (all coefficients) and
+        E-steps (the likelihood's prefix) many times. Kept, cut and rebuilt operators are
+        the same numbers, so results do not depend on the cache; the cache is shared by
+        every iteration and every replicate of the data set."""
+        m_full = self.data.coeffs.size
+        m_use = m_full if m_use is None else int(m_use)
+        kept = self._ops.get(index, {})
+        if m_use in kept:
+            return kept[m_use][0]
+        if m_full in kept:
+            op = coefficient_prefix(kept[m_full][0], m_full, m_use)
+        else:
+            rows = self.batches[index][0]
+            op = slice_operator(self.data.rotations[rows], self.data.coeffs.prefix(m_use),
+                                self.pad)
+        self._keep(index, m_use, op)
+        return op
+
+    def _keep(self, index: int, m_use: int, op) -> None:
+        """Cache ``op`` as batch ``index``'s operator of ``m_use`` coefficients: beside the
+        batch's full operator if there is room (replacing its previous prefix), else in
+        place of everything the batch had (the latest use wins, as with one operator per
+        batch), else not at all."""
+        m_full = self.data.coeffs.size
         size = op.data.nbytes + op.indices.nbytes + op.indptr.nbytes
         with self._lock:
-            old = self._ops.get(index)
-            freed = 0 if old is None else old[2]
-            if self.cached_bytes - freed + size <= self.cache_limit_bytes:
-                self._ops[index] = (m_use, op, size)
-                self.cached_bytes += size - freed
-        return op
+            kept = self._ops.get(index, {})
+            for keep in ((m_full,), ()):
+                stay = {m: v for m, v in kept.items() if m in keep and m != m_use}
+                freed = sum(v[1] for m, v in kept.items() if m not in stay)
+                if self.cached_bytes - freed + size <= self.cache_limit_bytes:
+                    self._ops[index] = {**stay, m_use: (op, size)}
+                    self.cached_bytes += size - freed
+                    return

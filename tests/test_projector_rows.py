@@ -10,7 +10,7 @@ from scipy.spatial.transform import Rotation
 
 from hetclass.em_step import process_batch, shell_onehot
 from hetclass.fourier import coefficient_set
-from hetclass.projector import grid_side, particle_rows, slice_operator
+from hetclass.projector import coefficient_prefix, grid_side, particle_rows, slice_operator
 
 
 def _setup(n=12, box=16, r_max=6, k=3, seed=0):
@@ -59,3 +59,77 @@ def test_active_rows_only_gives_the_same_sums():
         np.testing.assert_allclose(cut.acc.log_likelihood, full.acc.log_likelihood, rtol=1e-10)
         np.testing.assert_allclose(cut.posteriors, full.posteriors[keep], rtol=1e-6)
         assert np.abs(full.grid).max() > 0
+
+
+def test_coefficient_prefix_is_the_operator_built_for_fewer_coefficients():
+    """The cut is bit for bit the operator of the shorter coefficient list (odd box too)."""
+    for box, r_max in ((16, 6), (17, 7)):
+        coeffs = coefficient_set(box, r_max)
+        rot = Rotation.random(9, random_state=box).as_matrix()
+        full = slice_operator(rot, coeffs, 2)
+        for shells in (1, 3, r_max, r_max + 1):
+            m_use = coeffs.count_below(shells)
+            built = slice_operator(rot, coeffs.prefix(m_use), 2)
+            cut = coefficient_prefix(full, coeffs.size, m_use)
+            assert cut.shape == built.shape
+            np.testing.assert_array_equal(cut.data, built.data)
+            np.testing.assert_array_equal(cut.indices, built.indices)
+            np.testing.assert_array_equal(cut.indptr, built.indptr)
+
+
+def test_workspace_cuts_prefixes_from_its_full_operator_and_keeps_both():
+    from types import SimpleNamespace
+
+    import hetclass.workspace as W
+    coeffs = coefficient_set(16, 6)
+    n = 40
+    plan = SimpleNamespace(crop_box_px=16, data_shell=6, target_shell=6)
+    data = SimpleNamespace(plan=plan, coeffs=coeffs, subset=np.repeat([1, 2], n // 2),
+                           rotations=Rotation.random(n, random_state=3).as_matrix())
+    built = []
+    original = W.slice_operator
+
+    def counting(rot, co, pad):
+        built.append(co.size)
+        return original(rot, co, pad)
+
+    W.slice_operator = counting
+    try:
+        ws = W.Workspace(data, k=2, batch_size=10)
+        short = coeffs.count_below(4)
+        for m_use in (None, short, None, short, coeffs.count_below(5)):
+            op = ws.operator(0, m_use)
+            expect = original(data.rotations[ws.batches[0][0]],
+                              coeffs.prefix(coeffs.size if m_use is None else m_use), 2)
+            assert (op != expect).nnz == 0
+        # one build of the full operator; every prefix cut out of it
+        assert built == [coeffs.size]
+        assert sorted(ws._ops[0]) == [coeffs.count_below(5), coeffs.size]
+        # no room: nothing kept, every call builds (the same numbers)
+        ws2 = W.Workspace(data, k=2, batch_size=10, cache_bytes=0)
+        ws2.operator(0, short)
+        ws2.operator(0, short)
+        assert built[1:] == [short, short] and not ws2._ops
+    finally:
+        W.slice_operator = original
+
+
+def test_workspace_without_room_for_both_keeps_the_latest_operator():
+    from types import SimpleNamespace
+
+    from hetclass.workspace import Workspace
+    coeffs = coefficient_set(16, 6)
+    n = 20
+    plan = SimpleNamespace(crop_box_px=16, data_shell=6, target_shell=6)
+    data = SimpleNamespace(plan=plan, coeffs=coeffs, subset=np.repeat([1, 2], n // 2),
+                           rotations=Rotation.random(n, random_state=4).as_matrix())
+    probe = Workspace(data, k=2, batch_size=10)
+    probe.operator(0)
+    full_bytes = probe.cached_bytes
+    # room for one full operator only: a prefix replaces it (the latest use wins)
+    ws = Workspace(data, k=2, batch_size=10, cache_bytes=full_bytes)
+    short = coeffs.count_below(4)
+    ws.operator(0)
+    ws.operator(0, short)
+    assert list(ws._ops[0]) == [short]
+    assert ws.cached_bytes == ws._ops[0][short][1] <= full_bytes
