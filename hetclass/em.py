@@ -20,7 +20,7 @@ from .errors import EmptyClassWarning
 from .fourier import lowpass_volume
 from .mstep import m_step
 from .options import ClassifyOptions
-from .preprocess import ordered_map
+from .parallel import ordered_map
 from .projector import particle_rows
 from .reconstruct import volume_grids
 from .variability import local_weight, weighted_references
@@ -87,7 +87,7 @@ def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, activ
     loglik = np.zeros(n)
     grids: list = [None, None]
     if refs is not None:
-        grids = [volume_grids(refs[h], ws.pad) for h in range(2)]
+        grids = [volume_grids(refs[h], ws.pad, ws.threads) for h in range(2)]
     like = like_shells or ws.like_shells
     coeffs = ws.data.coeffs
     # the E-step and its back-projection use the coefficients of the shells in the
@@ -138,7 +138,7 @@ def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, activ
 
 def _in_order(fn, n: int, threads: int):
     """``fn(0), ..., fn(n - 1)`` in order, computed by ``threads`` threads with at most
-    ``threads + 1`` results waiting (:func:`hetclass.preprocess.ordered_map`)."""
+    ``threads + 1`` results waiting (:func:`hetclass.parallel.ordered_map`)."""
     return ordered_map(fn, ((i,) for i in range(n)), threads)
 
 

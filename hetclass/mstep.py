@@ -30,7 +30,8 @@ from .em_step import Accumulators
 from .fourier import radial_mean
 from .fsc import fsc, fsc_resolution
 from .gpu.xp import array_module, to_host
-from .reconstruct import grid_to_volume, shell_power, solve_grid, symmetrise
+from .parallel import ordered_map
+from .reconstruct import grid_to_volume, prior_variance, shell_power, solve_grid, symmetrise
 from .workspace import Workspace
 
 
@@ -64,24 +65,24 @@ def initial_prior(tau2_consensus: np.ndarray) -> np.ndarray:
     return np.stack([t, t])
 
 
-def _accumulated(acc: Accumulators, k: int, shape):
+def _accumulated(acc: Accumulators, k: int, shape, threads: int = 1):
     """Symmetrised (num, den) grids: ``[h][j]`` per half set h and class j (complex64 and
-    float32)."""
+    float32); ``threads`` share the (half, class) pairs."""
     xp = array_module(acc.grid)
-    out = []
-    for h in range(2):
+
+    def one(hj):
+        h, j = divmod(hj, k)
         g = acc.grid[h]
-        pairs = []
-        for j in range(k):
-            if xp is np and g.dtype == np.float32:
-                # class j's (re, im) columns read as one complex column: one strided pass
-                num = np.ascontiguousarray(g[:, 2 * j:2 * j + 2].view(np.complex64)[:, 0])
-            else:
-                num = (g[:, 2 * j] + 1j * g[:, 2 * j + 1]).astype(np.complex64)
-            den = xp.ascontiguousarray(g[:, 2 * k + j], dtype=np.float32)
-            pairs.append(symmetrise(num.reshape(shape), den.reshape(shape)))
-        out.append(pairs)
-    return out
+        if xp is np and g.dtype == np.float32:
+            # class j's (re, im) columns read as one complex column: one strided pass
+            num = np.ascontiguousarray(g[:, 2 * j:2 * j + 2].view(np.complex64)[:, 0])
+        else:
+            num = (g[:, 2 * j] + 1j * g[:, 2 * j + 1]).astype(np.complex64)
+        den = xp.ascontiguousarray(g[:, 2 * k + j], dtype=np.float32)
+        return symmetrise(num.reshape(shape), den.reshape(shape))
+
+    pairs = list(_map(one, range(2 * k), threads if xp is np else 1))
+    return [pairs[:k], pairs[k:]]
 
 
 def m_step(ws: Workspace, acc: Accumulators, prior: np.ndarray, tau2_fudge: float,
@@ -99,26 +100,32 @@ def m_step(ws: Workspace, acc: Accumulators, prior: np.ndarray, tau2_fudge: floa
     r_max = ws.data.plan.data_shell
     shells = _grid_shells(ws, xp)
     n_shells = prior.shape[1]
-    sym = _accumulated(acc, k, (side, side, side))
+    threads = ws.threads if xp is np else 1     # independent solves: the same numbers
+    sym = _accumulated(acc, k, (side, side, side), threads)
     t_mean = tau2_fudge * np.asarray(prior[0])
     t_diff = np.asarray(prior[1])      # estimated without bias (below): no fudge factor
 
+    # one prior variance grid per prior, shared by every solve with it
+    variances = {id(t): prior_variance(t, shells, pad, r_max, xp) for t in (t_mean, t_diff)}
+
     def solve(num, den, t, mean=None):
-        return solve_grid(num, den, t, shells, pad, r_max, prior_mean=mean)
+        return solve_grid(num, den, t, shells, pad, r_max, prior_mean=mean,
+                          variance=variances[id(t)])
 
     def consensus(hs):
         num = sum(sym[h][j][0] for h in hs for j in range(k))
         den = sum(sym[h][j][1] for h in hs for j in range(k))
         return solve(num, den, t_mean)
 
-    mu_half = [consensus((h,)) for h in range(2)]
+    mu_half = list(_map(lambda h: consensus((h,)), range(2), threads))
     mu = consensus((0, 1)) if full_maps else (mu_half[0] + mu_half[1]) / 2
     maps = xp.zeros((k, b, b, b), np.float32)
     halves = xp.zeros((2, k, b, b, b), np.float32)
     weight = np.asarray(to_host(acc.class_weight), dtype=np.float64)
     weight = weight / max(float(weight.sum()), 1e-30)
     mean_den = np.zeros((k, n_shells))
-    for j in range(k):
+
+    def one_class(j):
         den = sym[0][j][1] + sym[1][j][1]
         mean_den[j] = np.asarray(to_host(radial_mean(den.ravel(), shells, n_shells)))
         if full_maps:
@@ -126,6 +133,9 @@ def m_step(ws: Workspace, acc: Accumulators, prior: np.ndarray, tau2_fudge: floa
         for h in range(2):
             halves[h, j] = grid_to_volume(solve(sym[h][j][0], sym[h][j][1], t_diff,
                                                 mu_half[h]), b)
+
+    for _ in _map(one_class, range(k), threads):
+        pass
     half_cons = xp.stack([grid_to_volume(mu_half[h], b) for h in range(2)])
     if full_maps:
         cons = grid_to_volume(mu, b)
@@ -148,6 +158,12 @@ def m_step(ws: Workspace, acc: Accumulators, prior: np.ndarray, tau2_fudge: floa
                        status, halves if xp is not np else host_halves,
                        consensus=to_host(cons), half_consensus=to_host(half_cons),
                        deviation_resolution_A=d_res)
+
+
+def _map(fn, items, threads: int):
+    """``fn(item)`` for each item, in order, by ``threads`` threads (each item's work is
+    independent of the others', so the results do not depend on the thread count)."""
+    return ordered_map(fn, ((i,) for i in items), threads)
 
 
 def _deviation_power(d_fsc: np.ndarray, mean_den: np.ndarray, fractions: np.ndarray,
@@ -177,8 +193,9 @@ def _class_fsc(ws: Workspace, halves, solvent_mask, n_shells: int):
     fscs = np.zeros((k, n_shells))
     res = np.zeros(k)
     status: List[str] = []
-    for j in range(k):
-        curve = to_host(fsc(halves[0, j] * mask, halves[1, j] * mask))
+    curves = _map(lambda j: to_host(fsc(halves[0, j] * mask, halves[1, j] * mask)), range(k),
+                  ws.threads if xp is np else 1)
+    for j, curve in enumerate(curves):
         fscs[j, :min(len(curve), n_shells)] = curve[:n_shells]
         res[j], st = fsc_resolution(curve, b, psize, max_shell=ws.like_shells - 1)
         status.append(st)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from .errors import InputError
 from .fourier import CoefficientSet, coefficient_set, cpu_workers
 from .fourier_store import MemoryStore
 from .masks import default_diameter_A, soft_disk
+from .parallel import ordered_map
 from .particles import ParticleSet
 from .validate import check_image_batch
 
@@ -249,30 +250,6 @@ def single_threaded_blas():
     """Context: BLAS on one thread (the caller's threads run one BLAS call each)."""
     from threadpoolctl import threadpool_limits
     return threadpool_limits(limits=1, user_api="blas")
-
-
-def ordered_map(fn: Callable, items, threads: int):
-    """``fn(*item)`` for each item of the iterable ``items``, yielded in order; computed by
-    ``threads`` threads with at most ``threads + 1`` items taken from ``items`` and not yet
-    yielded (``items`` is consumed in the calling thread)."""
-    if threads <= 1:
-        for item in items:
-            yield fn(*item)
-        return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        pending: Deque = deque()
-        try:
-            for item in items:
-                pending.append(pool.submit(fn, *item))
-                if len(pending) > threads:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for f in pending:
-                f.cancel()
 
 
 def fourier_data(setup: PreprocessSetup, particles: ParticleSet, store,

@@ -17,6 +17,7 @@ import numpy as np
 
 from .fourier import fftn, irfftn, radial_mean
 from .gpu.xp import Array, array_module, to_host
+from .parallel import ordered_map
 from .projector import hermitian_flip
 
 
@@ -40,11 +41,14 @@ def volume_to_grid(volume: Array, pad: int) -> Array:
     return f.astype(np.complex64)
 
 
-def volume_grids(volumes, pad: int) -> np.ndarray:
+def volume_grids(volumes, pad: int, threads: int = 1) -> np.ndarray:
     """(N**3, K) complex64 projection grid of a stack of K (b, b, b) maps, classes as
-    columns (:func:`volume_to_grid` of each, :func:`hetclass.projector.stack_grids`)."""
+    columns (:func:`volume_to_grid` of each, by ``threads`` threads;
+    :func:`hetclass.projector.stack_grids`)."""
     from .projector import stack_grids
-    return stack_grids(np.stack([volume_to_grid(np.asarray(m, np.float32), pad) for m in volumes]))
+    grids = ordered_map(lambda m: volume_to_grid(np.asarray(m, np.float32), pad),
+                        ((m,) for m in volumes), threads)
+    return stack_grids(np.stack(list(grids)))
 
 
 def grid_to_volume(grid: Array, box_px: int, correct: bool = True) -> Array:
@@ -78,8 +82,19 @@ def symmetrise(num: Array, den: Array) -> Tuple[Array, Array]:
     return num + hermitian_flip(num).conj(), den + hermitian_flip(den)
 
 
+def prior_variance(tau2_shell: Array, shells: Array, pad: int, r_max_px: int, xp=np) -> Array:
+    """(N**3,) float32 prior variance ``pad**3 tau2`` of every padded-grid voxel (by its
+    clipped shell), 0 beyond ``r_max_px`` and where ``tau2`` is not positive or not finite."""
+    tau2 = np.maximum(np.nan_to_num(np.asarray(to_host(tau2_shell), dtype=np.float64)), 0.0)
+    top = int(max(r_max_px, len(tau2) - 1)) + 1
+    table = np.zeros(top + 1, np.float32)
+    table[:top] = pad ** 3 * tau2[np.minimum(np.arange(top), len(tau2) - 1)]
+    table[r_max_px + 1:] = 0.0
+    return xp.asarray(table)[xp.minimum(xp.asarray(shells), top)]
+
+
 def solve_grid(num: Array, den: Array, tau2_shell: Array, shells: Array, pad: int, r_max_px: int,
-               prior_mean: Optional[Array] = None) -> Array:
+               prior_mean: Optional[Array] = None, variance: Optional[Array] = None) -> Array:
     """Regularised estimate on the padded grid; voxels beyond ``r_max_px`` are zero.
 
     ``num`` (N,N,N) complex, ``den`` (N,N,N) float (already symmetrised), ``tau2_shell``
@@ -87,26 +102,23 @@ def solve_grid(num: Array, den: Array, tau2_shell: Array, shells: Array, pad: in
     ``shells`` (N**3,) from :func:`grid_shells`. ``prior_mean`` (N,N,N) complex, optional:
     the prior is centred there instead of at zero, ``V = (num + lam * prior_mean) / (den +
     lam)`` with ``lam = 1 / (pad**3 tau2)`` (``tau2 = 0`` then gives ``prior_mean``).
+    ``variance``: :func:`prior_variance` of these arguments, when the caller solves many
+    grids with one prior (then ``tau2_shell`` is not read).
 
     Written with the prior's variance ``v = pad**3 tau2`` instead of its precision ``lam``,
     ``V = (v num + prior_mean) / (1 + v den)``: finite for every ``tau2 >= 0`` and
     ``den >= 0``, so the whole grid is one single-precision expression.
     """
     xp = array_module(num)
-    shells = xp.asarray(shells).reshape(num.shape)
-    tau2 = np.maximum(np.nan_to_num(np.asarray(to_host(tau2_shell), dtype=np.float64)), 0.0)
-    # per-shell prior variance, 0 beyond r_max; indexed by the voxel's (clipped) shell
-    top = int(max(r_max_px, len(tau2) - 1)) + 1
-    table = np.zeros(top + 1, np.float32)
-    table[:top] = pad ** 3 * tau2[np.minimum(np.arange(top), len(tau2) - 1)]
-    table[r_max_px + 1:] = 0.0
-    variance = xp.asarray(table)[xp.minimum(shells, top)]
+    if variance is None:
+        variance = prior_variance(tau2_shell, shells, pad, r_max_px, xp)
+    variance = variance.reshape(num.shape)
     out = variance * num
     if prior_mean is not None:
         out += prior_mean
     out /= 1.0 + variance * den.astype(np.float32, copy=False)
     if prior_mean is not None:      # without a prior mean the zero variance did it
-        out[shells > r_max_px] = 0
+        out[xp.asarray(shells).reshape(num.shape) > r_max_px] = 0
     return out.astype(np.complex64, copy=False)
 
 
