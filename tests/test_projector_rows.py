@@ -77,15 +77,19 @@ def test_coefficient_prefix_is_the_operator_built_for_fewer_coefficients():
             np.testing.assert_array_equal(cut.indptr, built.indptr)
 
 
-def test_workspace_cuts_prefixes_from_its_full_operator_and_keeps_both():
+def _fake_data(n, seed, box=16, r_max=6):
+    """The attributes of a FourierData that a Workspace's operators need."""
     from types import SimpleNamespace
+    plan = SimpleNamespace(crop_box_px=box, data_shell=r_max, target_shell=r_max)
+    return SimpleNamespace(plan=plan, coeffs=coefficient_set(box, r_max),
+                           subset=np.repeat([1, 2], n // 2),
+                           rotations=Rotation.random(n, random_state=seed).as_matrix())
 
+
+def test_workspace_cuts_prefixes_from_its_full_operator_and_keeps_both(monkeypatch):
     import hetclass.workspace as W
-    coeffs = coefficient_set(16, 6)
-    n = 40
-    plan = SimpleNamespace(crop_box_px=16, data_shell=6, target_shell=6)
-    data = SimpleNamespace(plan=plan, coeffs=coeffs, subset=np.repeat([1, 2], n // 2),
-                           rotations=Rotation.random(n, random_state=3).as_matrix())
+    data = _fake_data(40, 3)
+    coeffs = data.coeffs
     built = []
     original = W.slice_operator
 
@@ -93,42 +97,33 @@ def test_workspace_cuts_prefixes_from_its_full_operator_and_keeps_both():
         built.append(co.size)
         return original(rot, co, pad)
 
-    W.slice_operator = counting
-    try:
-        ws = W.Workspace(data, k=2, batch_size=10)
-        short = coeffs.count_below(4)
-        for m_use in (None, short, None, short, coeffs.count_below(5)):
-            op = ws.operator(0, m_use)
-            expect = original(data.rotations[ws.batches[0][0]],
-                              coeffs.prefix(coeffs.size if m_use is None else m_use), 2)
-            assert (op != expect).nnz == 0
-        # one build of the full operator; every prefix cut out of it
-        assert built == [coeffs.size]
-        assert sorted(ws._ops[0]) == [coeffs.count_below(5), coeffs.size]
-        # no room: nothing kept, every call builds (the same numbers)
-        ws2 = W.Workspace(data, k=2, batch_size=10, cache_bytes=0)
-        ws2.operator(0, short)
-        ws2.operator(0, short)
-        assert built[1:] == [short, short] and not ws2._ops
-    finally:
-        W.slice_operator = original
+    monkeypatch.setattr(W, "slice_operator", counting)
+    ws = W.Workspace(data, k=2, batch_size=10)
+    short = coeffs.count_below(4)
+    for m_use in (None, short, None, short, coeffs.count_below(5)):
+        op = ws.operator(0, m_use)
+        expect = original(data.rotations[ws.batches[0][0]],
+                          coeffs.prefix(coeffs.size if m_use is None else m_use), 2)
+        assert (op != expect).nnz == 0
+    # one build of the full operator; every prefix cut out of it
+    assert built == [coeffs.size]
+    assert sorted(ws._ops[0]) == [coeffs.count_below(5), coeffs.size]
+    # no room: nothing kept, every call builds (the same numbers)
+    ws2 = W.Workspace(data, k=2, batch_size=10, cache_bytes=0)
+    ws2.operator(0, short)
+    ws2.operator(0, short)
+    assert built[1:] == [short, short] and not ws2._ops
 
 
 def test_workspace_without_room_for_both_keeps_the_latest_operator():
-    from types import SimpleNamespace
-
     from hetclass.workspace import Workspace
-    coeffs = coefficient_set(16, 6)
-    n = 20
-    plan = SimpleNamespace(crop_box_px=16, data_shell=6, target_shell=6)
-    data = SimpleNamespace(plan=plan, coeffs=coeffs, subset=np.repeat([1, 2], n // 2),
-                           rotations=Rotation.random(n, random_state=4).as_matrix())
+    data = _fake_data(20, 4)
     probe = Workspace(data, k=2, batch_size=10)
     probe.operator(0)
     full_bytes = probe.cached_bytes
     # room for one full operator only: a prefix replaces it (the latest use wins)
     ws = Workspace(data, k=2, batch_size=10, cache_bytes=full_bytes)
-    short = coeffs.count_below(4)
+    short = data.coeffs.count_below(4)
     ws.operator(0)
     ws.operator(0, short)
     assert list(ws._ops[0]) == [short]
