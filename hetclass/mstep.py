@@ -106,16 +106,17 @@ def m_step(ws: Workspace, acc: Accumulators, prior: np.ndarray, tau2_fudge: floa
     t_diff = np.asarray(prior[1])      # estimated without bias (below): no fudge factor
 
     # one prior variance grid per prior, shared by every solve with it
-    variances = {id(t): prior_variance(t, shells, pad, r_max, xp) for t in (t_mean, t_diff)}
+    v_mean = prior_variance(t_mean, shells, pad, r_max, xp)
+    v_diff = prior_variance(t_diff, shells, pad, r_max, xp)
 
-    def solve(num, den, t, mean=None):
-        return solve_grid(num, den, t, shells, pad, r_max, prior_mean=mean,
-                          variance=variances[id(t)])
+    def solve(num, den, variance, mean=None):
+        return solve_grid(num, den, None, shells, pad, r_max, prior_mean=mean,
+                          variance=variance)
 
     def consensus(hs):
         num = sum(sym[h][j][0] for h in hs for j in range(k))
         den = sum(sym[h][j][1] for h in hs for j in range(k))
-        return solve(num, den, t_mean)
+        return solve(num, den, v_mean)
 
     mu_half = list(_map(lambda h: consensus((h,)), range(2), threads))
     mu = consensus((0, 1)) if full_maps else (mu_half[0] + mu_half[1]) / 2
@@ -129,9 +130,9 @@ def m_step(ws: Workspace, acc: Accumulators, prior: np.ndarray, tau2_fudge: floa
         den = sym[0][j][1] + sym[1][j][1]
         mean_den[j] = np.asarray(to_host(radial_mean(den.ravel(), shells, n_shells)))
         if full_maps:
-            maps[j] = grid_to_volume(solve(sym[0][j][0] + sym[1][j][0], den, t_diff, mu), b)
+            maps[j] = grid_to_volume(solve(sym[0][j][0] + sym[1][j][0], den, v_diff, mu), b)
         for h in range(2):
-            halves[h, j] = grid_to_volume(solve(sym[h][j][0], sym[h][j][1], t_diff,
+            halves[h, j] = grid_to_volume(solve(sym[h][j][0], sym[h][j][1], v_diff,
                                                 mu_half[h]), b)
 
     for _ in _map(one_class, range(k), threads):

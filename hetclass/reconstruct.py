@@ -93,8 +93,9 @@ def prior_variance(tau2_shell: Array, shells: Array, pad: int, r_max_px: int, xp
     return xp.asarray(table)[xp.minimum(xp.asarray(shells), top)]
 
 
-def solve_grid(num: Array, den: Array, tau2_shell: Array, shells: Array, pad: int, r_max_px: int,
-               prior_mean: Optional[Array] = None, variance: Optional[Array] = None) -> Array:
+def solve_grid(num: Array, den: Array, tau2_shell: Optional[Array], shells: Array, pad: int,
+               r_max_px: int, prior_mean: Optional[Array] = None,
+               variance: Optional[Array] = None) -> Array:
     """Regularised estimate on the padded grid; voxels beyond ``r_max_px`` are zero.
 
     ``num`` (N,N,N) complex, ``den`` (N,N,N) float (already symmetrised), ``tau2_shell``
@@ -103,7 +104,7 @@ def solve_grid(num: Array, den: Array, tau2_shell: Array, shells: Array, pad: in
     the prior is centred there instead of at zero, ``V = (num + lam * prior_mean) / (den +
     lam)`` with ``lam = 1 / (pad**3 tau2)`` (``tau2 = 0`` then gives ``prior_mean``).
     ``variance``: :func:`prior_variance` of these arguments, when the caller solves many
-    grids with one prior (then ``tau2_shell`` is not read).
+    grids with one prior (then ``tau2_shell`` is not read and may be None).
 
     Written with the prior's variance ``v = pad**3 tau2`` instead of its precision ``lam``,
     ``V = (v num + prior_mean) / (1 + v den)``: finite for every ``tau2 >= 0`` and
@@ -111,6 +112,8 @@ def solve_grid(num: Array, den: Array, tau2_shell: Array, shells: Array, pad: in
     """
     xp = array_module(num)
     if variance is None:
+        if tau2_shell is None:
+            raise ValueError("solve_grid needs tau2_shell or variance")
         variance = prior_variance(tau2_shell, shells, pad, r_max_px, xp)
     variance = variance.reshape(num.shape)
     out = variance * num

@@ -90,3 +90,22 @@ def test_fsc_without_centring_shifts(box):
                      / np.sqrt(np.sum(abs(f1[r == s]) ** 2) * np.sum(abs(f2[r == s]) ** 2))
                      for s in range(n)])
     assert np.allclose(fsc(a, b), want, atol=1e-10)
+
+
+def test_solve_grid_with_a_precomputed_variance_is_the_same_grid():
+    """The M-step computes each prior's variance grid once and passes it to every solve."""
+    from hetclass.reconstruct import prior_variance
+    side, r_max = 2 * 12, 5
+    shells = grid_shells(side, PAD)
+    num, den = _hermitian_pair(side, 3)
+    mean, _ = _hermitian_pair(side, 4)
+    tau2 = np.linspace(2.0, 0.0, 9)
+    tau2[3] = np.nan
+    variance = prior_variance(tau2, shells, PAD, r_max)
+    for prior_mean in (None, mean):
+        direct = solve_grid(num, den, tau2, shells, PAD, r_max, prior_mean=prior_mean)
+        shared = solve_grid(num, den, None, shells, PAD, r_max, prior_mean=prior_mean,
+                            variance=variance)
+        np.testing.assert_array_equal(direct, shared)
+    with pytest.raises(ValueError):
+        solve_grid(num, den, None, shells, PAD, r_max)
