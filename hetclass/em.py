@@ -20,7 +20,7 @@ from .errors import EmptyClassWarning
 from .fourier import lowpass_volume
 from .mstep import m_step
 from .options import ClassifyOptions
-from .parallel import ordered_map
+from .parallel import thread_map
 from .projector import particle_rows
 from .reconstruct import volume_grids
 from .variability import local_weight, weighted_references
@@ -124,7 +124,7 @@ def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, activ
                              backproject_data=not estep_only)
 
     # results are added in batch order whatever the thread count: identical sums
-    for bi, res in enumerate(_in_order(one, len(ws.batches), ws.threads)):
+    for bi, res in enumerate(thread_map(one, range(len(ws.batches)), ws.threads)):
         if res is not None:
             acc.add(res.acc)
             if res.grid is not None:
@@ -134,12 +134,6 @@ def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, activ
         if progress is not None:
             progress("batch", stage=stage, done=bi + 1, total=len(ws.batches))
     return reduce_accumulators(ws.comm, acc), post, loglik
-
-
-def _in_order(fn, n: int, threads: int):
-    """``fn(0), ..., fn(n - 1)`` in order, computed by ``threads`` threads with at most
-    ``threads + 1`` results waiting (:func:`hetclass.parallel.ordered_map`)."""
-    return ordered_map(fn, ((i,) for i in range(n)), threads)
 
 
 def reduce_accumulators(comm, acc: Accumulators) -> Accumulators:

@@ -30,7 +30,7 @@ from .em_step import Accumulators
 from .fourier import radial_mean
 from .fsc import fsc, fsc_resolution
 from .gpu.xp import array_module, to_host
-from .parallel import ordered_map
+from .parallel import thread_map
 from .reconstruct import grid_to_volume, prior_variance, shell_power, solve_grid, symmetrise
 from .workspace import Workspace
 
@@ -81,7 +81,7 @@ def _accumulated(acc: Accumulators, k: int, shape, threads: int = 1):
         den = xp.ascontiguousarray(g[:, 2 * k + j], dtype=np.float32)
         return symmetrise(num.reshape(shape), den.reshape(shape))
 
-    pairs = list(_map(one, range(2 * k), threads if xp is np else 1))
+    pairs = list(thread_map(one, range(2 * k), threads if xp is np else 1))
     return [pairs[:k], pairs[k:]]
 
 
@@ -118,7 +118,7 @@ def m_step(ws: Workspace, acc: Accumulators, prior: np.ndarray, tau2_fudge: floa
         den = sum(sym[h][j][1] for h in hs for j in range(k))
         return solve(num, den, v_mean)
 
-    mu_half = list(_map(lambda h: consensus((h,)), range(2), threads))
+    mu_half = list(thread_map(lambda h: consensus((h,)), range(2), threads))
     mu = consensus((0, 1)) if full_maps else (mu_half[0] + mu_half[1]) / 2
     maps = xp.zeros((k, b, b, b), np.float32)
     halves = xp.zeros((2, k, b, b, b), np.float32)
@@ -135,7 +135,7 @@ def m_step(ws: Workspace, acc: Accumulators, prior: np.ndarray, tau2_fudge: floa
             halves[h, j] = grid_to_volume(solve(sym[h][j][0], sym[h][j][1], v_diff,
                                                 mu_half[h]), b)
 
-    for _ in _map(one_class, range(k), threads):
+    for _ in thread_map(one_class, range(k), threads):
         pass
     half_cons = xp.stack([grid_to_volume(mu_half[h], b) for h in range(2)])
     if full_maps:
@@ -159,12 +159,6 @@ def m_step(ws: Workspace, acc: Accumulators, prior: np.ndarray, tau2_fudge: floa
                        status, halves if xp is not np else host_halves,
                        consensus=to_host(cons), half_consensus=to_host(half_cons),
                        deviation_resolution_A=d_res)
-
-
-def _map(fn, items, threads: int):
-    """``fn(item)`` for each item, in order, by ``threads`` threads (each item's work is
-    independent of the others', so the results do not depend on the thread count)."""
-    return ordered_map(fn, ((i,) for i in items), threads)
 
 
 def _deviation_power(d_fsc: np.ndarray, mean_den: np.ndarray, fractions: np.ndarray,
@@ -194,7 +188,7 @@ def _class_fsc(ws: Workspace, halves, solvent_mask, n_shells: int):
     fscs = np.zeros((k, n_shells))
     res = np.zeros(k)
     status: List[str] = []
-    curves = _map(lambda j: to_host(fsc(halves[0, j] * mask, halves[1, j] * mask)), range(k),
+    curves = thread_map(lambda j: to_host(fsc(halves[0, j] * mask, halves[1, j] * mask)), range(k),
                   ws.threads if xp is np else 1)
     for j, curve in enumerate(curves):
         fscs[j, :min(len(curve), n_shells)] = curve[:n_shells]

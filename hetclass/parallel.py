@@ -28,3 +28,9 @@ def ordered_map(fn: Callable, items, threads: int):
         finally:
             for f in pending:
                 f.cancel()
+
+
+def thread_map(fn: Callable, items, threads: int):
+    """``fn(item)`` for each item, yielded in order (:func:`ordered_map` of one-argument
+    calls): independent work, so the results do not depend on the thread count."""
+    return ordered_map(fn, ((item,) for item in items), threads)

@@ -73,11 +73,7 @@ def particle_rows(operator: sp.csr_matrix, keep: np.ndarray, m: int) -> sp.csr_m
     entries per row, particle-major), so its rows are cut out without a general sparse
     indexing: the same numbers, in the same order.
     """
-    n = operator.shape[0] // m
-    data = operator.data.reshape(n, 8 * m)[keep].reshape(-1)
-    indices = operator.indices.reshape(n, 8 * m)[keep].reshape(-1)
-    rows = keep.size * m
-    return sp.csr_matrix((data, indices, _indptr(rows)), shape=(rows, operator.shape[1]))
+    return _cut(operator, m, keep, m)
 
 
 def coefficient_prefix(operator: sp.csr_matrix, m: int, m_use: int) -> sp.csr_matrix:
@@ -87,11 +83,19 @@ def coefficient_prefix(operator: sp.csr_matrix, m: int, m_use: int) -> sp.csr_ma
     result has the same numbers as ``slice_operator`` of ``coeffs.prefix(m_use)`` (every row
     is computed from its own coefficient alone), cut out instead of recomputed.
     """
+    return _cut(operator, m, slice(None), m_use)
+
+
+def _cut(operator: sp.csr_matrix, m: int, particles, m_use: int) -> sp.csr_matrix:
+    """The rows of ``particles`` (an index array or slice) and of their first ``m_use``
+    coefficients, from a :func:`slice_operator` of ``m`` coefficients per particle (8
+    entries per row, particle-major): the same numbers in the same order."""
     n = operator.shape[0] // m
-    data = operator.data.reshape(n, 8 * m)[:, :8 * m_use].reshape(-1)
-    indices = operator.indices.reshape(n, 8 * m)[:, :8 * m_use].reshape(-1)
-    rows = n * m_use
-    return sp.csr_matrix((data, indices, _indptr(rows)), shape=(rows, operator.shape[1]))
+    data = operator.data.reshape(n, 8 * m)[particles, :8 * m_use]
+    indices = operator.indices.reshape(n, 8 * m)[particles, :8 * m_use]
+    rows = data.shape[0] * m_use
+    return sp.csr_matrix((data.reshape(-1), indices.reshape(-1), _indptr(rows)),
+                         shape=(rows, operator.shape[1]))
 
 
 def project(operator: sp.csr_matrix, grids_stacked: np.ndarray, n: int, m: int) -> np.ndarray:

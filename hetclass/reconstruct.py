@@ -17,7 +17,7 @@ import numpy as np
 
 from .fourier import fftn, irfftn, radial_mean
 from .gpu.xp import Array, array_module, to_host
-from .parallel import ordered_map
+from .parallel import thread_map
 from .projector import hermitian_flip
 
 
@@ -46,8 +46,8 @@ def volume_grids(volumes, pad: int, threads: int = 1) -> np.ndarray:
     columns (:func:`volume_to_grid` of each, by ``threads`` threads;
     :func:`hetclass.projector.stack_grids`)."""
     from .projector import stack_grids
-    grids = ordered_map(lambda m: volume_to_grid(np.asarray(m, np.float32), pad),
-                        ((m,) for m in volumes), threads)
+    grids = thread_map(lambda m: volume_to_grid(np.asarray(m, np.float32), pad), volumes,
+                       threads)
     return stack_grids(np.stack(list(grids)))
 
 
