@@ -160,6 +160,9 @@ def all_cases() -> List[Case]:
              classes=3),
         Case("4close_box128", "4close at box 128 (1.25 A/px), 4000 particles", four_close,
              pops4, classes=4, n_particles=4000, box_px=128, pixel_size_A=1.25),
+        Case("4close_loose", "4close in a box 1.6x the particle (108 px, as extraction boxes "
+             "are; the other cases' 72 px box is about the particle's 150 A)", four_close, pops4,
+             classes=4, box_px=108),
     ]
 
 
