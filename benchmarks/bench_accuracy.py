@@ -1,7 +1,8 @@
 """Accuracy on hard simulated data: hetclass vs RELION vs the ideal observer, same data, same run.
 
 For every case of :mod:`accuracy_cases` (close domain motions, low SNR, pose errors, six
-states, junk, a small ligand with a focus mask, a 5 % state, box 128) and every seed:
+states, junk, a small ligand with a focus mask, a 5 % state, box 128, a box 1.6x the
+particle) and every seed:
 
 * the **ideal observer** (:mod:`hetclass.ideal_observer`): each particle classified by its exact
   likelihood under the true states projected at its STAR pose with its CTF, the known noise
