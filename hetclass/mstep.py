@@ -188,8 +188,8 @@ def _class_fsc(ws: Workspace, halves, solvent_mask, n_shells: int):
     fscs = np.zeros((k, n_shells))
     res = np.zeros(k)
     status: List[str] = []
-    curves = thread_map(lambda j: to_host(fsc(halves[0, j] * mask, halves[1, j] * mask)), range(k),
-                  ws.threads if xp is np else 1)
+    curves = thread_map(lambda j: to_host(fsc(halves[0, j] * mask, halves[1, j] * mask)),
+                        range(k), ws.threads if xp is np else 1)
     for j, curve in enumerate(curves):
         fscs[j, :min(len(curve), n_shells)] = curve[:n_shells]
         res[j], st = fsc_resolution(curve, b, psize, max_shell=ws.like_shells - 1)
