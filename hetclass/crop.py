@@ -13,7 +13,8 @@ For every image of side ``B`` (centred at ``B // 2``, see :mod:`hetclass.fourier
 3. the phase shift that translates the image by ``+shifts_px`` (centres the particle), applied
    to the cropped coefficients only, as the outer product of one phase vector per axis;
 4. the scale ``(b/B)**2`` that keeps real-space pixel values;
-5. back to a ``b`` x ``b`` image, times the soft circular particle mask, and forward again;
+5. back to a ``b`` x ``b`` image, times the soft circular image window
+   (:func:`hetclass.preprocess.image_window`), and forward again;
 6. the ``M`` half-plane coefficients of ``coeffs`` kept.
 
 This is the same arithmetic as shifting the full transform, cropping it and masking the

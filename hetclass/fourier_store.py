@@ -317,13 +317,13 @@ def _stack_stats(particles) -> str:
     return h.hexdigest()
 
 
-def cache_fingerprint(particles, plan, coeffs, diameter_A: float, mask_edge_px: float,
+def cache_fingerprint(particles, plan, coeffs, window_radius_px: float, mask_edge_px: float,
                       subset: np.ndarray) -> Dict:
     """Everything the cropped data and the cache's layout depend on (JSON-able dict).
 
     Particle metadata (image names, shifts, CTF parameters, optics), the image stacks' paths,
     sizes and modification times, the crop plan (box, pixel size, cropped box, shells), the
-    mask (diameter, edge), the half sets (they fix the layout) and the format version.
+    image window (radius, edge), the half sets (they fix the layout) and the format version.
     """
     o = particles.optics
     from . import __version__
@@ -334,7 +334,7 @@ def cache_fingerprint(particles, plan, coeffs, diameter_A: float, mask_edge_px: 
         "box_px": int(plan.box_px), "pixel_size_A": float(plan.pixel_size_A),
         "crop_box_px": int(plan.crop_box_px), "data_shell": int(plan.data_shell),
         "target_shell": int(plan.target_shell),
-        "diameter_A": float(diameter_A), "mask_edge_px": float(mask_edge_px),
+        "window_radius_px": float(window_radius_px), "mask_edge_px": float(mask_edge_px),
         "metadata_sha256": _hash_arrays(
             particles.image_names, particles.shifts_A, particles.defocus_u_A,
             particles.defocus_v_A, particles.defocus_angle_deg, particles.phase_shift(),

@@ -284,7 +284,8 @@ _CLASSIFY_OPTIONS = (
            unit="A", low=0, low_open=True, flag="--init-lowpass", metavar="A"),
     Option("references", "paths", (), "reference map(s): one (K perturbed copies) or K maps; "
            "repeatable", flag="--ref", metavar="MAP"),
-    Option("particle_diameter_A", "float", None, "soft spherical mask diameter in A",
+    Option("particle_diameter_A", "float", None, "diameter in A of the maps' soft spherical "
+           "mask (the images are windowed at the box edge)",
            unit="A", low=0, low_open=True, flag="--particle-diameter", metavar="A",
            relion="particle_diameter", shown=_default_diameter_text),
     Option("solvent_mask", "path", None, "solvent mask for the maps", flag="--solvent-mask",

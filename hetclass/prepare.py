@@ -25,7 +25,15 @@ from .fourier import cpu_workers, resize_volume
 from .masks import soft_sphere
 from .options import ClassifyOptions
 from .particles import ParticleSet
-from .preprocess import MASK_EDGE_PX, FourierData, fill_store, fourier_data, mask_radius_px, setup_preprocess
+from .preprocess import (
+    MASK_EDGE_PX,
+    FourierData,
+    fill_store,
+    fourier_data,
+    image_window_radius_px,
+    mask_radius_px,
+    setup_preprocess,
+)
 from .progress import AbortCheck, Progress
 from .workspace import Workspace, plan_memory
 
@@ -255,7 +263,8 @@ def _cache_dir_store(setup, particles, options, memory, fill: Callable, progress
     def look():
         cache = fs.CacheDir(options.cache_dir)
         fingerprint = fs.cache_fingerprint(particles, setup.plan, setup.coeffs,
-                                           setup.diameter_A, MASK_EDGE_PX, setup.subset)
+                                           image_window_radius_px(setup.plan), MASK_EDGE_PX,
+                                           setup.subset)
         manifest = cache.find(fingerprint)
         return cache, fingerprint, manifest, None if manifest else cache.begin()
 

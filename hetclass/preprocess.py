@@ -48,9 +48,24 @@ MASK_EDGE_PX = 3.0
 
 
 def mask_radius_px(diameter_A: float, plan: CropPlan) -> float:
-    """Inner radius (cropped pixels) of the soft particle mask: the soft edge ends inside the
-    diameter and inside the box."""
+    """Inner radius (cropped pixels) of the soft particle (solvent) mask of the maps: the soft
+    edge ends inside the diameter and inside the box."""
     return min(diameter_A / 2 / plan.crop_pixel_size_A, plan.crop_box_px / 2 - 1) - MASK_EDGE_PX / 2
+
+
+def image_window_radius_px(plan: CropPlan) -> float:
+    """Inner radius (cropped pixels) of the soft window every particle image is multiplied by:
+    the whole box but its rim and corners (the soft edge is centred one pixel inside the box
+    edge), as CryoSPARC windows particle images, and not the particle diameter. The CTF moves a particle's signal
+    at resolution d by up to ``wavelength * defocus / d`` beyond its edge (56 A at 2.5 um
+    defocus and 8.8 A, 300 kV); a window at the particle's diameter discards that signal and
+    the classification loses accuracy (benchmarks/README.md, "Image window")."""
+    return plan.crop_box_px / 2 - 1 - MASK_EDGE_PX / 2
+
+
+def image_window(plan: CropPlan) -> np.ndarray:
+    """(b, b) float32 soft window of the cropped images (:func:`image_window_radius_px`)."""
+    return soft_disk(plan.crop_box_px, image_window_radius_px(plan), edge_px=MASK_EDGE_PX)
 
 
 def default_target_res_A(box_px: int, pixel_size_A: float) -> float:
@@ -167,7 +182,7 @@ class PreprocessSetup:
     plan: CropPlan
     coeffs: CoefficientSet
     diameter_A: float
-    disk: np.ndarray          # (b, b) float32 soft particle mask at the cropped box
+    disk: np.ndarray          # (b, b) float32 soft image window at the cropped box
     subset: np.ndarray        # (n_total,) int64 half sets of every particle (1 or 2)
     rows: np.ndarray          # (n,) int64 global indices of this rank's particles
     n_total: int
@@ -201,7 +216,7 @@ def setup_preprocess(particles: ParticleSet, target_res_A: Optional[float],
     if not diameter_A > 0:
         raise InputError("particle diameter must be positive", field="--particle-diameter",
                          value=diameter_A)
-    disk = soft_disk(plan.crop_box_px, mask_radius_px(diameter_A, plan), edge_px=MASK_EDGE_PX)
+    disk = image_window(plan)
     return PreprocessSetup(plan, coeffs, float(diameter_A), disk,
                            half_sets(particles, seed_seq), shard, n_total,
                            crop_operator(big, plan.crop_box_px, coeffs, disk))

@@ -133,3 +133,25 @@ def test_fill_store_same_bytes_whatever_threads_and_batches(box, target_A):
     shifts_px = particles.shifts_A / particles.pixel_size_A[:, None]
     want = reference_preprocess(images, shifts_px, setup.plan, setup.coeffs, setup.disk)
     assert np.abs(stores[0].data - want).max() <= 2e-6 * np.abs(want).max()
+
+
+def test_image_window_is_the_box_not_the_particle_diameter():
+    """The images are windowed at the box's rim whatever ``--particle-diameter`` says: the
+    CTF carries a particle's signal beyond its diameter (``wavelength * defocus / d``), and a
+    window at the diameter would discard it (the diameter masks the maps only)."""
+    rng = np.random.default_rng(5)
+    n, box = 40, 64
+    particles = _particles(n, box, 2.0, rng)
+    images = _particle_images(n, box, rng)
+    coeffs = []
+    for diameter_A in (40.0, 120.0):
+        setup = setup_preprocess(particles, 8.0, diameter_A, np.random.SeedSequence(0))
+        store = MemoryStore.empty(n, setup.coeffs.size)
+        fill_store(setup, particles, lambda rows: images[rows], store)
+        coeffs.append(store.data)
+        b = setup.plan.crop_box_px
+        c = np.arange(b) - b // 2
+        r = np.hypot(c[:, None], c[None, :])
+        assert np.all(setup.disk[r <= b / 2 - 1 - MASK_EDGE_PX / 2] == 1.0)   # all but the rim
+        assert np.all(setup.disk[r >= b / 2 - 1 + MASK_EDGE_PX / 2] == 0.0)   # and the corners
+    np.testing.assert_array_equal(coeffs[0], coeffs[1])

@@ -99,8 +99,7 @@ def masked_noise(seed, index: int, global_rows: np.ndarray, disk: np.ndarray,
 def null_dataset(prepared, model: OneStateModel, seed, index: int, device: str = "cpu"):
     """Null data set ``index``: a copy of ``prepared`` whose coefficients are simulated from
     ``model`` (same poses, CTFs, groups, half sets). Held in memory."""
-    from ..masks import soft_disk
-    from ..preprocess import MASK_EDGE_PX, mask_radius_px
+    from ..preprocess import image_window
     from ..projector import project, stack_grids
     from ..reconstruct import volume_to_grid
     from .views import with_coefficients
@@ -109,8 +108,7 @@ def null_dataset(prepared, model: OneStateModel, seed, index: int, device: str =
     ws = prepared.workspace
     n, m = len(data), data.coeffs.size
     shell = np.minimum(data.coeffs.shell, model.sigma2.shape[1] - 1)
-    disk = soft_disk(data.plan.crop_box_px, mask_radius_px(data.diameter_A, data.plan),
-                     edge_px=MASK_EDGE_PX).astype(np.float32)
+    disk = image_window(data.plan).astype(np.float32)
     ring = background_ring(data.plan.crop_box_px)
     unit = noise_power(disk, ring, data.coeffs.flat_index)[None, :]
     grids = stack_grids(volume_to_grid(np.asarray(model.map, dtype=np.float32), ws.pad)[None])
