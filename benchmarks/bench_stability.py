@@ -11,7 +11,9 @@ time.
 
 ``--false-splits N`` adds N independent one-state data sets (different simulation seeds,
 2000 particles; ``--false-snr``) and reports how many are not called homogeneous and
-whether their heterogeneity p-values look uniform (Kolmogorov-Smirnov).
+whether their heterogeneity p-values look uniform (Kolmogorov-Smirnov); ``--false-from I``
+starts at set I (simulation seed 100 + I), so a later run adds sets to an earlier one's
+(``--json`` of both runs; the summary covers the sets of the run).
 
 ``--ratio`` measures the cost bar: ``stability --classes 1-6`` (R = 5) against one default
 ``classify`` at K = 4, on the same data, one after the other.
@@ -332,6 +334,8 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=None)
     ap.add_argument("--false-splits", type=int, default=10, metavar="N",
                     help="independent one-state sets for the false-split rate (default 10)")
+    ap.add_argument("--false-from", type=int, default=0, metavar="I",
+                    help="index of the first one-state set (simulation seed 100 + I)")
     ap.add_argument("--false-snr", type=float, default=0.1)
     ap.add_argument("--ratio", action="store_true", help="measure the 8x cost bar")
     ap.add_argument("--ideal-only", action="store_true",
@@ -366,7 +370,7 @@ def main(argv=None) -> int:
         print_table([row])
         save()
     nulls = []
-    for i in range(args.false_splits):
+    for i in range(args.false_from, args.false_from + args.false_splits):
         case = homogeneous_set(i, args.false_snr)
         work = os.path.join(args.workdir, case.name)
         os.makedirs(work, exist_ok=True)
