@@ -56,10 +56,11 @@ def mask_radius_px(diameter_A: float, plan: CropPlan) -> float:
 def image_window_radius_px(plan: CropPlan) -> float:
     """Inner radius (cropped pixels) of the soft window every particle image is multiplied by:
     the whole box but its rim and corners (the soft edge is centred one pixel inside the box
-    edge), as CryoSPARC windows particle images, and not the particle diameter. The CTF moves a particle's signal
-    at resolution d by up to ``wavelength * defocus / d`` beyond its edge (56 A at 2.5 um
-    defocus and 8.8 A, 300 kV); a window at the particle's diameter discards that signal and
-    the classification loses accuracy (benchmarks/README.md, "Image window")."""
+    edge), as CryoSPARC windows particle images, and not the particle diameter. The CTF
+    moves a particle's signal at resolution d by up to ``wavelength * defocus / d`` beyond
+    its edge (56 A at 2.5 um defocus and 8.8 A, 300 kV); a window at the particle's diameter
+    discards that signal and the classification loses accuracy (benchmarks/README.md,
+    "Image window")."""
     return plan.crop_box_px / 2 - 1 - MASK_EDGE_PX / 2
 
 
