@@ -49,8 +49,9 @@ MASK_EDGE_PX = 3.0
 
 def mask_radius_px(diameter_A: float, plan: CropPlan) -> float:
     """Inner radius (cropped pixels) of the soft particle (solvent) mask of the maps: the soft
-    edge ends inside the diameter and inside the box."""
-    return min(diameter_A / 2 / plan.crop_pixel_size_A, plan.crop_box_px / 2 - 1) - MASK_EDGE_PX / 2
+    edge ends inside the diameter, and never beyond the image window's."""
+    return min(diameter_A / 2 / plan.crop_pixel_size_A - MASK_EDGE_PX / 2,
+               image_window_radius_px(plan))
 
 
 def image_window_radius_px(plan: CropPlan) -> float:

@@ -108,7 +108,7 @@ def null_dataset(prepared, model: OneStateModel, seed, index: int, device: str =
     ws = prepared.workspace
     n, m = len(data), data.coeffs.size
     shell = np.minimum(data.coeffs.shell, model.sigma2.shape[1] - 1)
-    disk = image_window(data.plan).astype(np.float32)
+    disk = image_window(data.plan)
     ring = background_ring(data.plan.crop_box_px)
     unit = noise_power(disk, ring, data.coeffs.flat_index)[None, :]
     grids = stack_grids(volume_to_grid(np.asarray(model.map, dtype=np.float32), ws.pad)[None])
