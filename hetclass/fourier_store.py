@@ -317,7 +317,8 @@ def _stack_stats(particles) -> str:
     return h.hexdigest()
 
 
-def cache_fingerprint(particles, plan, coeffs, subset: np.ndarray) -> Dict:
+def cache_fingerprint(particles, plan, coeffs, window_radius_px: float, mask_edge_px: float,
+                      subset: np.ndarray) -> Dict:
     """Everything the cropped data and the cache's layout depend on (JSON-able dict).
 
     Particle metadata (image names, shifts, CTF parameters, optics), the image stacks' paths,
@@ -326,7 +327,6 @@ def cache_fingerprint(particles, plan, coeffs, subset: np.ndarray) -> Dict:
     """
     o = particles.optics
     from . import __version__
-    from .preprocess import MASK_EDGE_PX, image_window_radius_px  # (imports this module)
     return {
         "format": FORMAT_VERSION, "hetclass": __version__,
         "dtype": [DATA_DTYPE.str, CTF_DTYPE.str],
@@ -334,8 +334,7 @@ def cache_fingerprint(particles, plan, coeffs, subset: np.ndarray) -> Dict:
         "box_px": int(plan.box_px), "pixel_size_A": float(plan.pixel_size_A),
         "crop_box_px": int(plan.crop_box_px), "data_shell": int(plan.data_shell),
         "target_shell": int(plan.target_shell),
-        "window_radius_px": float(image_window_radius_px(plan)),
-        "mask_edge_px": float(MASK_EDGE_PX),
+        "window_radius_px": float(window_radius_px), "mask_edge_px": float(mask_edge_px),
         "metadata_sha256": _hash_arrays(
             particles.image_names, particles.shifts_A, particles.defocus_u_A,
             particles.defocus_v_A, particles.defocus_angle_deg, particles.phase_shift(),

@@ -30,6 +30,7 @@ from .preprocess import (
     FourierData,
     fill_store,
     fourier_data,
+    image_window_radius_px,
     mask_radius_px,
     setup_preprocess,
 )
@@ -261,7 +262,9 @@ def _cache_dir_store(setup, particles, options, memory, fill: Callable, progress
 
     def look():
         cache = fs.CacheDir(options.cache_dir)
-        fingerprint = fs.cache_fingerprint(particles, setup.plan, setup.coeffs, setup.subset)
+        fingerprint = fs.cache_fingerprint(particles, setup.plan, setup.coeffs,
+                                           image_window_radius_px(setup.plan), MASK_EDGE_PX,
+                                           setup.subset)
         manifest = cache.find(fingerprint)
         return cache, fingerprint, manifest, None if manifest else cache.begin()
 
