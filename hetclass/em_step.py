@@ -65,6 +65,49 @@ def class_log_likelihoods(data, ctf, slices, sigma2_coeff, onehot, like_shells: 
     return loglik.astype(np.float64), per_shell
 
 
+def noise_weights(x, c, sigma2, g, shell):
+    """The per-coefficient quantities of the E-step and the back-projection, float32:
+    ``inv = 1 / sigma2`` (n, M), ``y = c x / sigma2`` (n, M) complex64 and
+    ``q = c^2 / sigma2`` (n, M). ``sigma2`` (G, S) per optics group ``g`` (n,) and shell;
+    coefficients past its last shell use the last one."""
+    table = (1.0 / sigma2[:, np.minimum(shell, sigma2.shape[1] - 1)]).astype(np.float32)
+    inv = table[g]
+    ci = c * inv
+    return inv, ci * x, ci * c
+
+
+def expanded_log_likelihoods(x, y, q, inv, slices):
+    """Per-class log-likelihoods (n, K) float64 and ``|slices|^2`` (n, M, K) float32.
+
+    The same numbers as :func:`class_log_likelihoods` (its twin, kept for the GPU kernels'
+    tests), written out as ``-sum inv |x|^2 + 2 Re(sum conj(y) s_k) - sum q |s_k|^2`` (``y``,
+    ``q``, ``inv`` from :func:`noise_weights`, every coefficient in the likelihood): the
+    class-dependent sums are two batched products over the coefficients instead of a
+    residual array per class, and the class-independent term cancels from the posteriors.
+    """
+    cross = np.matmul(y.conj()[:, None, :], slices)[:, 0, :].real        # (n, K)
+    abs2 = slices.real ** 2
+    abs2 += slices.imag ** 2                                             # (n, M, K)
+    quad = np.matmul(q[:, None, :], abs2)[:, 0, :]                       # (n, K)
+    own = np.einsum("nm,nm->n", x.real ** 2 + x.imag ** 2, inv)
+    loglik = (2.0 * cross.astype(np.float64) - quad) - own.astype(np.float64)[:, None]
+    return loglik, abs2
+
+
+def weighted_residual_power(x, c, slices, abs2, weights, onehot):
+    """(n, S) float64 ``sum_k w_k |x - c s_k|^2`` per shell, from ``|x|^2``, the weighted
+    mean slice and the weighted ``|s_k|^2`` (no residual array per class)."""
+    w = weights.astype(np.float32)
+    mean_slice = np.matmul(slices, w.astype(np.complex64)[:, :, None])[:, :, 0]   # (n, M)
+    mean_abs2 = np.matmul(abs2, w[:, :, None])[:, :, 0]                           # (n, M)
+    total = w.sum(1)[:, None]
+    power = (x.real ** 2 + x.imag ** 2) * total
+    power -= 2.0 * c * (x.real * mean_slice.real + x.imag * mean_slice.imag)
+    power += c * c * mean_abs2
+    # one product per particle: its sums do not depend on the other rows of the batch
+    return np.matmul(power[:, None, :], onehot)[:, 0, :].astype(np.float64)
+
+
 def posteriors_from_loglik(loglik: np.ndarray, log_prior: np.ndarray, hard: bool):
     """Stable posteriors (log-sum-exp) and each particle's log evidence."""
     z = loglik + log_prior[None, :]
@@ -90,6 +133,9 @@ class BatchResult:
     grid: np.ndarray         # (V, 3K) float32 back-projection of this batch
 
 
+BLOCK = 128   # particles whose E-step work arrays are made together (they stay in cache)
+
+
 def process_batch(rows, half, operator, grids_stacked, x, c, g, sigma2, log_prior,
                   onehot, shell, like_shells, hard, with_estep=True,
                   fixed_weights: Optional[np.ndarray] = None,
@@ -102,42 +148,73 @@ def process_batch(rows, half, operator, grids_stacked, x, c, g, sigma2, log_prio
     reconstructions); ``active`` (n,) bool excludes particles (e.g. a replicate's subsample)
     from every sum. ``backproject_data`` False skips the back-projection (an E-step only:
     ``grid`` is None).
+
+    The slices are projected and back-projected for the whole batch (one sparse product
+    each); everything between is computed :data:`BLOCK` particles at a time. Every number
+    of a particle depends on that particle alone, so the block size never changes a result.
     """
-    n = rows.size
-    m = shell.size
-    k = log_prior.size
+    n, m, k = rows.size, shell.size, log_prior.size
     n_groups, n_shells = sigma2.shape
-    sig = sigma2[g][:, np.minimum(shell, n_shells - 1)].astype(np.float32)  # (n, M)
     acc = empty_accumulators(0, k, n_groups, n_shells)
+    slices = project(operator, grids_stacked, n, m) if with_estep else None
+    # shells past the likelihood's: none when the caller cut the data at like_shells
+    keep = (shell < like_shells).astype(np.float32) if np.any(shell >= like_shells) else None
+    weights, post = np.empty((n, k)), np.empty((n, k))
+    evidence, contrib = np.zeros(n), np.zeros((n, n_shells))
+    values = np.empty((n, m, 3 * k), dtype=np.float32) if backproject_data else None
+    for lo in range(0, n, BLOCK):
+        b = slice(lo, min(lo + BLOCK, n))
+        inv, y, q = noise_weights(x[b], c[b], sigma2, g[b], shell)
+        if with_estep:
+            assert slices is not None
+            weights[b], post[b], evidence[b], contrib[b] = _estep_block(
+                x[b], c[b], y, q, inv, slices[b], keep, log_prior, hard, onehot,
+                None if active is None else active[b])
+        else:
+            assert fixed_weights is not None
+            weights[b] = post[b] = fixed_weights[b]
+        if values is not None:
+            backprojection_values(y, q, weights[b], values[b])
     if with_estep:
-        slices = project(operator, grids_stacked, n, m)
-        loglik, per_shell = class_log_likelihoods(x, c, slices, sig, onehot, like_shells)
-        weights, post, evidence = posteriors_from_loglik(loglik, log_prior, hard)
-        if active is not None:
-            weights = weights * active[:, None]
-            evidence = evidence * active
-        contrib = np.einsum("nk,nks->ns", weights, per_shell)
         for grp in np.unique(g):
             sel = (g == grp) if active is None else (g == grp) & active
             acc.noise[grp] += contrib[sel].sum(0)
             acc.noise_count[grp] += sel.sum() * onehot.sum(0)
         acc.log_likelihood = float(evidence.sum())
-    else:
-        weights = np.asarray(fixed_weights, dtype=np.float64)
-        post = weights
-        evidence = np.zeros(n)
     acc.class_weight = weights.sum(0)
     acc.grid = None  # type: ignore[assignment]   # the batch grid travels in BatchResult.grid
-    reported = weights if (hard and with_estep) else post
-    if not backproject_data:
-        return BatchResult(rows, reported.astype(np.float32), evidence, acc, int(half), None)  # type: ignore[arg-type]
-    w32 = weights.astype(np.float32)
-    # one (n*M, 3K) block of values, back-projected in one sparse product (one pass over
-    # the operator's indices instead of two): [re, im interleaved per class | den per class]
-    values = np.empty((n, m, 3 * k), dtype=np.float32)
-    np.multiply((c * x / sig)[:, :, None], w32[:, None, :],
-                out=values[:, :, :2 * k].view(np.complex64))
-    np.multiply((c * c / sig)[:, :, None], w32[:, None, :], out=values[:, :, 2 * k:])
+    reported = (weights if (hard and with_estep) else post).astype(np.float32)
+    if values is None:
+        return BatchResult(rows, reported, evidence, acc, int(half), None)  # type: ignore[arg-type]
     grid = backproject(operator, values.reshape(n * m, 3 * k))
-    return BatchResult(rows, reported.astype(np.float32), evidence, acc, int(half), grid)
+    return BatchResult(rows, reported, evidence, acc, int(half), grid)
 
+
+def _estep_block(x, c, y, q, inv, slices, keep, log_prior, hard, onehot, active):
+    """One block's E-step: ``(weights, posteriors, evidence, residual power per shell)``;
+    ``keep`` (M,) 0/1 masks the coefficients past the likelihood's shells (None: all in)."""
+    if keep is None:
+        loglik, abs2 = expanded_log_likelihoods(x, y, q, inv, slices)
+    else:
+        loglik, abs2 = expanded_log_likelihoods(x, y * keep, q * keep, inv * keep, slices)
+    weights, post, evidence = posteriors_from_loglik(loglik, log_prior, hard)
+    if active is not None:
+        weights = weights * active[:, None]
+        evidence = evidence * active
+    return weights, post, evidence, weighted_residual_power(x, c, slices, abs2, weights, onehot)
+
+
+def backprojection_values(y, q, weights, out):
+    """Fill ``out`` (n, M, 3K) float32 with the values back-projected in one sparse product
+    (one pass over the operator's indices instead of two): per coefficient ``[re(w_k y),
+    im(w_k y) for each class k | w_k q for each class k]`` (``y = c x / sigma2``,
+    ``q = c^2 / sigma2``), column by column (each write runs along the coefficients)."""
+    n, m = q.shape
+    k = weights.shape[1]
+    w = weights.astype(np.float32)
+    parts = y.view(np.float32).reshape(n, m, 2)
+    for j in range(k):
+        wj = w[:, j:j + 1]
+        np.multiply(parts[:, :, 0], wj, out=out[:, :, 2 * j])
+        np.multiply(parts[:, :, 1], wj, out=out[:, :, 2 * j + 1])
+        np.multiply(q, wj, out=out[:, :, 2 * k + j])

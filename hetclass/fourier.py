@@ -168,6 +168,22 @@ def ifftn(a: Array, axes: Optional[Sequence[int]] = None) -> Array:
     return _fft("ifftn", a, axes=axes)
 
 
+def fft_axis(a: Array, axis: int, inverse: bool = False, overwrite: bool = False) -> Array:
+    """Complex 1-D FFT (``inverse``: its inverse, normalised by ``1/n``) along ``axis``, in
+    the module of ``a``. ``overwrite``: ``a`` (complex) is scratch; on the CPU the result
+    may use its memory."""
+    name = "ifft" if inverse else "fft"
+    if overwrite and array_module(a) is np:
+        return _fft(name, a, axis=axis, overwrite_x=True)
+    return _fft(name, a, axis=axis)
+
+
+def irfft_axis(a: Array, n: int, axis: int) -> Array:
+    """Real 1-D inverse FFT of length ``n`` along ``axis`` from the half ``a`` (``n//2 + 1``
+    values), normalised by ``1/n``."""
+    return _fft("irfft", a, n=int(n), axis=axis)
+
+
 def irfftn(a: Array, shape: Sequence[int]) -> Array:
     """Real inverse of a Hermitian transform given by its half ``a[..., :n // 2 + 1]`` (last
     axis), output ``shape`` (same normalisation as ``numpy.fft.irfftn``)."""

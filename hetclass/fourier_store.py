@@ -204,7 +204,14 @@ class DiskStore:
         return self.n * self.m * BYTES_PER_COEFFICIENT
 
     def read(self, local_rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """The rows ``local_rows`` in that order (read as contiguous runs of file order)."""
         local_rows = np.asarray(local_rows, dtype=np.int64).reshape(-1)
+        order = np.argsort(local_rows, kind="stable")
+        if np.any(order != np.arange(order.size)):
+            data, ctf = self.read(local_rows[order])
+            back = np.empty_like(order)
+            back[order] = np.arange(order.size)
+            return data[back], ctf[back]
         n = local_rows.size
         data = np.empty((n, self.m), DATA_DTYPE)
         ctf = np.empty((n, self.m), CTF_DTYPE)

@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .fourier import fftn, irfftn, radial_mean
+from .fourier import fft_axis, fftn, irfft_axis, irfftn, radial_mean
 from .gpu.xp import Array, array_module, to_host
 from .parallel import thread_map
 from .projector import hermitian_flip
@@ -28,8 +28,45 @@ def _sinc2_profile(box_px: int, side: int, xp=np):
     return (s[:, None, None] * s[None, :, None] * s[None, None, :]).astype(np.float32)
 
 
+def _window_positions(box_px: int, side: int) -> np.ndarray:
+    """(b,) positions of a centred b-sample window in the un-centred (``ifftshift``) order of
+    a length-``side`` axis: ``(i - b//2) mod side``."""
+    return (np.arange(box_px) - box_px // 2) % side
+
+
+def _checker(positions: np.ndarray, xp=np):
+    """(b, b, b) ``(-1)^(z + y + x)`` over the 3-D grid of ``positions`` (one per axis)."""
+    c = np.where(positions % 2 == 0, 1.0, -1.0)
+    return xp.asarray((c[:, None, None] * c[None, :, None] * c[None, None, :]).astype(np.float32))
+
+
 def volume_to_grid(volume: Array, pad: int) -> Array:
-    """Centred (b, b, b) map -> centred (N, N, N) complex64 transform, N = pad * b."""
+    """Centred (b, b, b) map -> centred (N, N, N) complex64 transform, N = pad * b.
+
+    ``fftshift(fftn(ifftshift(zero-padded map)))`` (the map gridding-corrected) without the
+    shifts or the zeros' work (N even): the map is written straight to its ``ifftshift``
+    positions, the output ``fftshift`` is the factor ``(-1)^n`` on those samples, and the
+    transform runs axis by axis over the lines that hold data only (x: b^2 lines, y: b N,
+    z: N^2).
+    """
+    xp = array_module(volume)
+    b = volume.shape[0]
+    side = pad * b
+    if side % 2:
+        return _volume_to_grid_shifted(volume, pad)
+    at = xp.asarray(_window_positions(b, side))
+    corrected = volume * (_checker(_window_positions(b, side), xp) / _sinc2_profile(b, side, xp))
+    lines = xp.zeros((b, b, side), dtype=np.float32)
+    lines[:, :, at] = corrected
+    plane = xp.zeros((b, side, side), dtype=np.complex64)
+    plane[:, at, :] = fft_axis(lines, 2)
+    grid = xp.zeros((side, side, side), dtype=np.complex64)
+    grid[at] = fft_axis(plane, 1, overwrite=True)
+    return fft_axis(grid, 0, overwrite=True).astype(np.complex64, copy=False)
+
+
+def _volume_to_grid_shifted(volume: Array, pad: int) -> Array:
+    """:func:`volume_to_grid` with explicit shifts (any grid side)."""
     xp = array_module(volume)
     b = volume.shape[0]
     side = pad * b
@@ -43,12 +80,16 @@ def volume_to_grid(volume: Array, pad: int) -> Array:
 
 def volume_grids(volumes, pad: int, threads: int = 1) -> np.ndarray:
     """(N**3, K) complex64 projection grid of a stack of K (b, b, b) maps, classes as
-    columns (:func:`volume_to_grid` of each, by ``threads`` threads;
+    columns (:func:`volume_to_grid` of each, by ``threads`` threads; the layout of
     :func:`hetclass.projector.stack_grids`)."""
-    from .projector import stack_grids
+    k = len(volumes)
+    side = pad * int(volumes[0].shape[0])
+    out = np.empty((side ** 3, k), dtype=np.complex64)
     grids = thread_map(lambda m: volume_to_grid(np.asarray(m, np.float32), pad), volumes,
                        threads)
-    return stack_grids(np.stack(list(grids)))
+    for j, grid in enumerate(grids):
+        out[:, j] = grid.ravel()
+    return out
 
 
 def grid_to_volume(grid: Array, box_px: int, correct: bool = True) -> Array:
@@ -56,9 +97,29 @@ def grid_to_volume(grid: Array, box_px: int, correct: bool = True) -> Array:
     window).
 
     ``grid`` must be Hermitian (``grid[p] == conj(grid[-p])``, as every solved grid is: the
-    accumulators are symmetrised and the prior is radial): only its half ``kx >= 0`` is
-    read, by a real inverse FFT (half the work of the complex one, the same map).
+    accumulators are symmetrised and the prior is radial): only its half ``x < N/2 + 1`` is
+    read, by a real inverse FFT (half the work of the complex one, the same map). N even:
+    without the shifts (the input ``ifftshift`` is the factor ``(-1)^n`` on the output, the
+    output ``fftshift`` reads the window at its un-centred positions) and axis by axis over
+    the lines the window needs only (z: N (N/2+1), y: b (N/2+1), x: b^2).
     """
+    xp = array_module(grid)
+    side = grid.shape[0]
+    if side % 2:
+        return _grid_to_volume_shifted(grid, box_px, correct)
+    at = xp.asarray(_window_positions(box_px, side))
+    half = grid[:, :, :side // 2 + 1]
+    rows = fft_axis(half, 0, inverse=True)[at]
+    rows = fft_axis(rows, 1, inverse=True, overwrite=True)[:, at]
+    vol = irfft_axis(rows, side, 2)[:, :, at]
+    factor = _checker(_window_positions(box_px, side), xp)
+    if correct:
+        factor = factor / _sinc2_profile(box_px, side, xp)
+    return (vol * factor).astype(np.float32)
+
+
+def _grid_to_volume_shifted(grid: Array, box_px: int, correct: bool = True) -> Array:
+    """:func:`grid_to_volume` with explicit shifts (any grid side)."""
     xp = array_module(grid)
     side = grid.shape[0]
     half = xp.fft.ifftshift(grid)[..., :side // 2 + 1]

@@ -3,8 +3,10 @@ the host-memory plan (``--max-memory``).
 
 Built once per preprocessed dataset and shared by every replicate (the operators depend only
 on the poses). Batches never straddle half sets, so each batch's back-projection goes to one
-half-set accumulator; within a half set they follow the input order, which is also the order
-of a cache on disk (:mod:`hetclass.fourier_store`), so a batch is one contiguous read.
+half-set accumulator; within a half set they are consecutive runs of the input order, which
+is also the order of a cache on disk (:mod:`hetclass.fourier_store`), so a batch is one
+contiguous read. Inside a batch the particles are ordered by viewing direction
+(:func:`hetclass.projector.view_order`): the order of the batch's rows, data and operator.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from .comm import SerialComm
 from .errors import InputError
 from .fourier_store import BYTES_PER_COEFFICIENT
 from .preprocess import FourierData
-from .projector import coefficient_prefix, grid_side, slice_operator
+from .projector import coefficient_prefix, grid_side, slice_operator, view_order
 from .reconstruct import grid_shells
 
 DEFAULT_CACHE_BYTES = 3 * 2 ** 30
@@ -182,7 +184,8 @@ class Workspace:
         for half in (1, 2):
             rows = np.flatnonzero(data.subset == half)
             for start in range(0, rows.size, self.batch_size):
-                self.batches.append((rows[start:start + self.batch_size], half - 1))
+                batch = rows[start:start + self.batch_size]
+                self.batches.append((batch[view_order(data.rotations[batch])], half - 1))
         self.cache_limit_bytes = int(DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes)
         self.cached_bytes = 0
         self._ops: Dict[int, Dict[int, Any]] = {}   # batch -> {m_use: (operator, bytes)}
