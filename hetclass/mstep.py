@@ -74,11 +74,13 @@ def _accumulated(acc: Accumulators, k: int, shape, threads: int = 1):
         h, j = divmod(hj, k)
         g = acc.grid[h]
         if xp is np and g.dtype == np.float32:
-            # class j's (re, im) columns read as one complex column: one strided pass
-            num = np.ascontiguousarray(g[:, 2 * j:2 * j + 2].view(np.complex64)[:, 0])
+            # class j's (re, im) columns read as one complex column, and its den column,
+            # as strided views: the symmetrisation's mirror is their first copy
+            num = g[:, 2 * j:2 * j + 2].view(np.complex64)[:, 0]
+            den = g[:, 2 * k + j]
         else:
             num = (g[:, 2 * j] + 1j * g[:, 2 * j + 1]).astype(np.complex64)
-        den = xp.ascontiguousarray(g[:, 2 * k + j], dtype=np.float32)
+            den = xp.ascontiguousarray(g[:, 2 * k + j], dtype=np.float32)
         return symmetrise(num.reshape(shape), den.reshape(shape))
 
     pairs = list(thread_map(one, range(2 * k), threads if xp is np else 1))
