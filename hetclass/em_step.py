@@ -79,8 +79,8 @@ def noise_weights(x, c, sigma2, g, shell):
 def expanded_log_likelihoods(x, y, q, inv, slices):
     """Per-class log-likelihoods (n, K) float64 and ``|slices|^2`` (n, M, K) float32.
 
-    The same numbers as :func:`class_log_likelihoods` (its twin, kept for the GPU kernels'
-    tests), written out as ``-sum inv |x|^2 + 2 Re(sum conj(y) s_k) - sum q |s_k|^2`` (``y``,
+    The log-likelihoods of :func:`class_log_likelihoods` (the GPU kernels' NumPy twin), to
+    float32 rounding, written out as ``-sum inv |x|^2 + 2 Re(sum conj(y) s_k) - sum q |s_k|^2`` (``y``,
     ``q``, ``inv`` from :func:`noise_weights`, every coefficient in the likelihood): the
     class-dependent sums are two batched products over the coefficients instead of a
     residual array per class, and the class-independent term cancels from the posteriors.

@@ -128,3 +128,52 @@ def test_workspace_without_room_for_both_keeps_the_latest_operator():
     ws.operator(0, short)
     assert list(ws._ops[0]) == [short]
     assert ws.cached_bytes == ws._ops[0][short][1] <= full_bytes
+
+
+def test_block_size_never_changes_a_batch_result(monkeypatch):
+    """process_batch computes its E-step BLOCK particles at a time; every number of a
+    particle depends on that particle alone, so any block size gives the same arrays."""
+    from hetclass import em_step
+    op, m, grids, x, c, g, sigma2, shell, n_shells, k = _setup(n=23)
+    onehot = shell_onehot(shell, n_shells)
+    log_prior = np.log(np.array([0.5, 0.3, 0.2]))
+    rows = np.arange(x.shape[0])
+    active = np.ones(rows.size, bool)
+    active[[2, 7]] = False
+    for hard in (False, True):
+        results = []
+        for block in (em_step.BLOCK, 5, 1):
+            monkeypatch.setattr(em_step, "BLOCK", block)
+            results.append(process_batch(rows, 1, op, grids, x, c, g, sigma2, log_prior, onehot,
+                                         shell, n_shells, hard, active=active))
+        for res in results[1:]:
+            np.testing.assert_array_equal(res.grid, results[0].grid)
+            np.testing.assert_array_equal(res.posteriors, results[0].posteriors)
+            np.testing.assert_array_equal(res.acc.noise, results[0].acc.noise)
+            np.testing.assert_array_equal(res.loglik, results[0].loglik)
+
+
+def test_expanded_likelihood_is_the_residual_likelihood():
+    """The E-step's expanded form equals the residual form (the GPU kernels' twin) up to
+    float32 rounding, in the posteriors and in the noise spectrum's residual power."""
+    from hetclass.em_step import (
+        class_log_likelihoods,
+        expanded_log_likelihoods,
+        noise_weights,
+        posteriors_from_loglik,
+        weighted_residual_power,
+    )
+    from hetclass.projector import project
+    op, m, grids, x, c, g, sigma2, shell, n_shells, k = _setup(n=40, seed=3)
+    onehot = shell_onehot(shell, n_shells)
+    slices = project(op, grids, x.shape[0], m) * np.float32(0.3)
+    sig = sigma2[g][:, shell].astype(np.float32)
+    want, per_shell = class_log_likelihoods(x, c, slices, sig, onehot, n_shells)
+    inv, y, q = noise_weights(x, c, sigma2, g, shell)
+    got, abs2 = expanded_log_likelihoods(x, y, q, inv, slices)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    w, _, _ = posteriors_from_loglik(got, np.zeros(k), False)
+    w_ref, _, _ = posteriors_from_loglik(want, np.zeros(k), False)
+    np.testing.assert_allclose(w, w_ref, atol=1e-4)
+    power = weighted_residual_power(x, c, slices, abs2, w_ref, onehot)
+    np.testing.assert_allclose(power, np.einsum("nk,nks->ns", w_ref, per_shell), rtol=1e-4)
