@@ -30,8 +30,11 @@ REPLICATE_EFFICIENCY = 0.8             # concurrent replicates (threads) vs idea
 # (hand-set, 2026-12-05: bench_stability.py --ratio, case "four", 5000 particles, K 2-6:
 # measured / modelled CPU seconds per K 2.5, 2.7, 2.5, 3.1, 2.7 -- their merge-and-split moves
 # and refinement run to the iteration caps on data without that many states, and two
-# replicates share the memory bandwidth of the cores)
-REPLICATE_COST_FACTOR = 2.7
+# replicates share the memory bandwidth of the cores). Re-set 2026-12-06 for the engine of
+# 3ddcc8a (view-ordered batches, blocked E-step): the same run took 326.5 s where the plan
+# with 2.7 said 540-564 s (two probes), i.e. 1.56-1.63; the hard-assignment passes of the
+# moves gained more from that change than the refinement iterations the probe times.
+REPLICATE_COST_FACTOR = 1.6
 STREAM_GB_PER_S = 1.0                  # reading a cache on disk per EM pass (hand-set)
 OUTPUT_S_PER_PARTICLE = 4e-05          # writing the STAR files and maps, per particle
 STARTUP_S = 2.0                        # imports, reading the STAR file (hand-set)
