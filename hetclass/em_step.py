@@ -65,12 +65,17 @@ def class_log_likelihoods(data, ctf, slices, sigma2_coeff, onehot, like_shells: 
     return loglik.astype(np.float64), per_shell
 
 
-def noise_weights(x, c, sigma2, g, shell):
+def inverse_noise_table(sigma2, shell):
+    """(G, M) float32 ``1 / sigma2`` of every optics group and coefficient; ``sigma2`` (G, S)
+    per shell, coefficients past its last shell use the last one."""
+    return (1.0 / sigma2[:, np.minimum(shell, sigma2.shape[1] - 1)]).astype(np.float32)
+
+
+def noise_weights(x, c, table, g):
     """The per-coefficient quantities of the E-step and the back-projection, float32:
     ``inv = 1 / sigma2`` (n, M), ``y = c x / sigma2`` (n, M) complex64 and
-    ``q = c^2 / sigma2`` (n, M). ``sigma2`` (G, S) per optics group ``g`` (n,) and shell;
-    coefficients past its last shell use the last one."""
-    table = (1.0 / sigma2[:, np.minimum(shell, sigma2.shape[1] - 1)]).astype(np.float32)
+    ``q = c^2 / sigma2`` (n, M), from :func:`inverse_noise_table` and the optics groups
+    ``g`` (n,)."""
     inv = table[g]
     ci = c * inv
     return inv, ci * x, ci * c
@@ -162,9 +167,10 @@ def process_batch(rows, half, operator, grids_stacked, x, c, g, sigma2, log_prio
     weights, post = np.empty((n, k)), np.empty((n, k))
     evidence, contrib = np.zeros(n), np.zeros((n, n_shells))
     values = np.empty((n, m, 3 * k), dtype=np.float32) if backproject_data else None
+    table = inverse_noise_table(sigma2, shell)
     for lo in range(0, n, BLOCK):
         b = slice(lo, min(lo + BLOCK, n))
-        inv, y, q = noise_weights(x[b], c[b], sigma2, g[b], shell)
+        inv, y, q = noise_weights(x[b], c[b], table, g[b])
         if with_estep:
             assert slices is not None
             weights[b], post[b], evidence[b], contrib[b] = _estep_block(

@@ -206,11 +206,10 @@ class DiskStore:
     def read(self, local_rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """The rows ``local_rows`` in that order (read as contiguous runs of file order)."""
         local_rows = np.asarray(local_rows, dtype=np.int64).reshape(-1)
-        order = np.argsort(local_rows, kind="stable")
-        if np.any(order != np.arange(order.size)):
+        if np.any(np.diff(local_rows) < 0):     # read in file order, then reorder
+            order = np.argsort(local_rows, kind="stable")
             data, ctf = self.read(local_rows[order])
-            back = np.empty_like(order)
-            back[order] = np.arange(order.size)
+            back = np.argsort(order)
             return data[back], ctf[back]
         n = local_rows.size
         data = np.empty((n, self.m), DATA_DTYPE)

@@ -54,8 +54,9 @@ def volume_to_grid(volume: Array, pad: int) -> Array:
     side = pad * b
     if side % 2:
         return _volume_to_grid_shifted(volume, pad)
-    at = xp.asarray(_window_positions(b, side))
-    corrected = volume * (_checker(_window_positions(b, side), xp) / _sinc2_profile(b, side, xp))
+    positions = _window_positions(b, side)
+    at = xp.asarray(positions)
+    corrected = volume * (_checker(positions, xp) / _sinc2_profile(b, side, xp))
     lines = xp.zeros((b, b, side), dtype=np.float32)
     lines[:, :, at] = corrected
     plane = xp.zeros((b, side, side), dtype=np.complex64)
@@ -107,12 +108,13 @@ def grid_to_volume(grid: Array, box_px: int, correct: bool = True) -> Array:
     side = grid.shape[0]
     if side % 2:
         return _grid_to_volume_shifted(grid, box_px, correct)
-    at = xp.asarray(_window_positions(box_px, side))
+    positions = _window_positions(box_px, side)
+    at = xp.asarray(positions)
     half = grid[:, :, :side // 2 + 1]
     rows = fft_axis(half, 0, inverse=True)[at]
     rows = fft_axis(rows, 1, inverse=True, overwrite=True)[:, at]
     vol = irfft_axis(rows, side, 2)[:, :, at]
-    factor = _checker(_window_positions(box_px, side), xp)
+    factor = _checker(positions, xp)
     if correct:
         factor = factor / _sinc2_profile(box_px, side, xp)
     return (vol * factor).astype(np.float32)

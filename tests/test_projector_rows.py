@@ -159,6 +159,7 @@ def test_expanded_likelihood_is_the_residual_likelihood():
     from hetclass.em_step import (
         class_log_likelihoods,
         expanded_log_likelihoods,
+        inverse_noise_table,
         noise_weights,
         posteriors_from_loglik,
         weighted_residual_power,
@@ -169,7 +170,7 @@ def test_expanded_likelihood_is_the_residual_likelihood():
     slices = project(op, grids, x.shape[0], m) * np.float32(0.3)
     sig = sigma2[g][:, shell].astype(np.float32)
     want, per_shell = class_log_likelihoods(x, c, slices, sig, onehot, n_shells)
-    inv, y, q = noise_weights(x, c, sigma2, g, shell)
+    inv, y, q = noise_weights(x, c, inverse_noise_table(sigma2, shell), g)
     got, abs2 = expanded_log_likelihoods(x, y, q, inv, slices)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     w, _, _ = posteriors_from_loglik(got, np.zeros(k), False)
