@@ -19,7 +19,7 @@ RATES = {
     "thread_efficiency": 0.8,          # E-step speedup per doubling of threads / 2
 }
 # typical EM iterations to convergence by K (simulated benchmark data; --max-iter caps them)
-ITERATIONS = {2: 8, 3: 12, 4: 15, 6: 20, 8: 22, 10: 25}
+ITERATIONS = {2: 4, 3: 12, 4: 15, 6: 20, 8: 22, 10: 25}
 # typical hard-assignment iterations of one exploration start (hand-set: 8-10 measured on
 # the demo and the 4-state accuracy case; hetclass.explore caps them at EXPLORE_ITER)
 EXPLORE_ITERATIONS = 9

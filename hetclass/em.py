@@ -21,7 +21,6 @@ from .fourier import lowpass_volume
 from .mstep import m_step
 from .options import ClassifyOptions
 from .parallel import thread_map
-from .projector import particle_rows
 from .reconstruct import volume_grids
 from .variability import local_weight, weighted_references
 from .workspace import Workspace
@@ -110,13 +109,14 @@ def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, activ
         x, c, g = ws.batch_arrays(bi)
         if m_use < x.shape[1]:
             x, c = x[:, :m_use], c[:, :m_use]
-        op = ws.operator(bi, m_use)
-        if not use.all():
+        if use.all():
+            op = ws.operator(bi, m_use)
+        else:
             # only the active particles are projected (exploration subsets, split fits on
             # one class, subsampled replicates); inactive ones keep zero posteriors
             keep = np.flatnonzero(use)
             rows, x, c, g, use = rows[keep], x[keep], c[keep], g[keep], use[keep]
-            op = particle_rows(op, keep, m_use)
+            op = ws.operator(bi, m_use, keep)
             weights = None if weights is None else weights[keep]
         return process_batch(rows, half, op, grids[half], x, c, g,
                              sigma2, log_prior, onehot, shell, like, hard,

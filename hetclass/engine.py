@@ -209,14 +209,16 @@ def _explore(prepared: PreparedData, options: ClassifyOptions, root: np.random.S
     data = prepared.data
     everyone = (np.arange(data.n_total) if rows is None
                 else np.unique(np.asarray(rows, dtype=np.int64)))
-    keep = explore_subset(everyone, data.n_total, root)[data.rows]
+    subset = explore_subset(everyone, data.n_total, root, options.classes)
+    keep = subset[data.rows]
     # K maps given: every start would be the same
     n_init = 1 if (prepared.references is not None
                    and len(prepared.references) == options.classes) else options.n_init
 
     def make_start(j: int) -> EMState:
-        return initial_state(prepared, options, seeds.stream(root, "init", j), rows,
-                             progress, abort_check)
+        # the starts' random-subset maps are made from the particles exploration uses
+        return initial_state(prepared, options, seeds.stream(root, "init", j),
+                             np.flatnonzero(subset), progress, abort_check)
 
     state, records = explore(prepared.workspace, options, root, keep, make_start,
                              prepared.solvent_mask, prepared.focus_mask, n_init,

@@ -38,9 +38,19 @@ from .split_merge import split_merge
 
 EXPLORE_ITER = 12           # hard-assignment iterations of one start at most
 EXPLORE_CHANGED_PCT = 1.0   # a start has found its basin when fewer labels change
-# exploration runs on at most this many particles (a random subset, the same for every
-# start); the chosen start then refines on all of them
-EXPLORE_MAX_PARTICLES = 40000
+# exploration runs on a random subset of at most max(EXPLORE_MIN_PARTICLES,
+# EXPLORE_PARTICLES_PER_CLASS * K) particles (the same for every start); the chosen start then
+# refines on all of them. Exploration finds the basin; the refinement on every particle
+# finishes it (on 120000 particles of two states: 4 iterations). 5000 per class is more than
+# the hardest accuracy cases hold in all (four close states: 8000 particles, 800 in the
+# smallest class).
+EXPLORE_MIN_PARTICLES = 20000
+EXPLORE_PARTICLES_PER_CLASS = 5000
+
+
+def explore_size(k: int) -> int:
+    """How many particles exploration uses at most for ``k`` classes."""
+    return max(EXPLORE_MIN_PARTICLES, EXPLORE_PARTICLES_PER_CLASS * int(k))
 
 
 @dataclasses.dataclass
@@ -55,15 +65,16 @@ class StartRecord:
     moves: List[dict] = dataclasses.field(default_factory=list)   # split-merge moves tried
 
 
-def explore_subset(active_rows: np.ndarray, n_total: int, seed) -> np.ndarray:
+def explore_subset(active_rows: np.ndarray, n_total: int, seed, k: int) -> np.ndarray:
     """(n_total,) bool over all particles: those exploration uses -- every active one, or a
-    random ``EXPLORE_MAX_PARTICLES`` of them (drawn over the global indices ``active_rows``,
-    so every MPI rank makes the same choice)."""
+    random :func:`explore_size` ``(k)`` of them (drawn over the global indices
+    ``active_rows``, so every MPI rank makes the same choice)."""
     keep = np.zeros(n_total, bool)
     active_rows = np.asarray(active_rows, dtype=np.int64)
-    if active_rows.size > EXPLORE_MAX_PARTICLES:
+    size = explore_size(k)
+    if active_rows.size > size:
         pick = seeds.rng(seed, "explore_subset").permutation(active_rows.size)
-        active_rows = active_rows[np.sort(pick[:EXPLORE_MAX_PARTICLES])]
+        active_rows = active_rows[np.sort(pick[:size])]
     keep[active_rows] = True
     return keep
 

@@ -247,9 +247,9 @@ def fit_seconds(rates: Rates, wl: Workload, k: int, shape: RunShape, max_iter: i
     explore = 0.0
     explore_worst = 0.0
     if starts > 0 and k > 1:
-        from .explore import EXPLORE_ITER, EXPLORE_MAX_PARTICLES
+        from .explore import EXPLORE_ITER, explore_size
         n_all = wl.n_particles if n is None else int(n)
-        n_explore = min(n_all, EXPLORE_MAX_PARTICLES)
+        n_explore = min(n_all, explore_size(k))
         it_explore = it if n_explore == n_all else (
             iteration_seconds(rates, wl, k, n_explore, plan.data_in_memory, cached, shape.ranks,
                               shape.threads) if not shape.gpu else it * n_explore / n_all)

@@ -22,7 +22,7 @@ from .comm import SerialComm
 from .errors import InputError
 from .fourier_store import BYTES_PER_COEFFICIENT
 from .preprocess import FourierData
-from .projector import coefficient_prefix, grid_side, slice_operator, view_order
+from .projector import coefficient_prefix, grid_side, particle_rows, slice_operator, view_order
 from .reconstruct import grid_shells
 
 DEFAULT_CACHE_BYTES = 3 * 2 ** 30
@@ -198,7 +198,8 @@ class Workspace:
         x, c = self.data.store.read(rows)
         return x, c, self.data.group[rows]
 
-    def operator(self, index: int, m_use: Optional[int] = None):
+    def operator(self, index: int, m_use: Optional[int] = None,
+                 keep: Optional[np.ndarray] = None):
         """Sparse slice operator of batch ``index`` for its first ``m_use`` coefficients
         (default all; the coefficients are ordered by shell, so this is the data up to a
         resolution). Kept while the cache has room (``cache_limit_bytes``; the first batches
@@ -207,20 +208,29 @@ class Workspace:
         rebuilt: exploration switches between reconstructions (all coefficients) and
         E-steps (the likelihood's prefix) many times. Kept, cut and rebuilt operators are
         the same numbers, so results do not depend on the cache; the cache is shared by
-        every iteration and every replicate of the data set."""
+        every iteration and every replicate of the data set.
+
+        ``keep`` (sorted positions in the batch): the operator of these particles only (an
+        exploration subset, one class's particles). Cut from a kept operator, else built
+        for them alone and not kept: the same numbers as cut from the whole batch's (each
+        particle's rows come from its own rotation), without building the others'."""
         m_full = self.data.coeffs.size
         m_use = m_full if m_use is None else int(m_use)
         kept = self._ops.get(index, {})
         if m_use in kept:
-            return kept[m_use][0]
-        if m_full in kept:
+            op = kept[m_use][0]
+        elif m_full in kept:
             op = coefficient_prefix(kept[m_full][0], m_full, m_use)
+            self._keep(index, m_use, op)
         else:
             rows = self.batches[index][0]
+            if keep is not None:
+                return slice_operator(self.data.rotations[rows[keep]],
+                                      self.data.coeffs.prefix(m_use), self.pad)
             op = slice_operator(self.data.rotations[rows], self.data.coeffs.prefix(m_use),
                                 self.pad)
-        self._keep(index, m_use, op)
-        return op
+            self._keep(index, m_use, op)
+        return op if keep is None else particle_rows(op, keep, m_use)
 
     def _keep(self, index: int, m_use: int, op) -> None:
         """Cache ``op`` as batch ``index``'s operator of ``m_use`` coefficients: beside the

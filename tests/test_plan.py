@@ -6,6 +6,7 @@ import pytest
 
 from hetclass import cost_reference as ref
 from hetclass.errors import InputError
+from hetclass.explore import explore_size
 from hetclass.phantoms import phantom_model
 from hetclass.pipeline import ClassifyOptions, load_particles
 from hetclass.plan import (
@@ -73,15 +74,17 @@ def test_classify_time_follows_the_model():
     it = 800000 * m * (2e-8 + 4e-8 + 1e-7 * uncached) / 1.5 + 0.1 + 4 * 0.05   # 2 threads 1.5x
     prep = 800000 * 1e-4 / (2 * 0.9)         # cropping on 2 cores is slower than reading
     out = ref.STARTUP_S + 800000 * ref.OUTPUT_S_PER_PARTICLE
-    # exploration: 3 hard starts on 40000 particles (same cached fraction), each with its
-    # initial reconstruction and held-out score, and (K = 4 >= 3) two merge-and-split moves
-    it_x = 40000 * m * (2e-8 + 4e-8 + 1e-7 * uncached) / 1.5 + 0.1 + 4 * 0.05
+    # exploration: 3 hard starts on explore_size(4) = 20000 particles (same cached
+    # fraction), each with its initial reconstruction and held-out score, and (K = 4 >= 3)
+    # two merge-and-split moves
+    assert explore_size(4) == 20000
+    it_x = 20000 * m * (2e-8 + 4e-8 + 1e-7 * uncached) / 1.5 + 0.1 + 4 * 0.05
     explore = (3 + 2) * (ref.EXPLORE_ITERATIONS + 2) * it_x
     assert e4.seconds == pytest.approx(prep + (iterations(4, 25) + 1) * it + explore + out,
                                        rel=1e-9)
     assert e4.seconds_max == pytest.approx(prep + 26 * it + 5 * 14 * it_x + out, rel=1e-9)
     # twice the particles: about twice the time (a little more: the 3 GB operator cache
-    # covers a smaller share; a little less: exploration always uses 40000); a larger K: longer
+    # covers a smaller share; a little less: exploration always uses 20000); a larger K: longer
     e4_2n = classify_estimate(RATES, workload_for(1600000, 256, 1.0), 4, shape, BIG, 25)
     assert 1.85 < e4_2n.seconds / e4.seconds < 2.2
     assert classify_estimate(RATES, wl, 8, shape, BIG, 25).seconds > e4.seconds
@@ -180,3 +183,29 @@ def test_written_reference_defines_every_constant_the_model_reads(ds):
     assert expected <= set(written), sorted(expected - set(written))
     assert written["ITERATIONS"] == {2: 7.5, 4: 14.0}
     assert written["REPLICATE_COST_FACTOR"] == ref.REPLICATE_COST_FACTOR
+
+
+def test_thread_efficiency_is_measured_on_whole_passes(ds, monkeypatch):
+    """The probe's thread efficiency compares the same E-step passes on one thread and on
+    ``threads``, each with four batches per thread; it is a per-doubling efficiency."""
+    from hetclass import plan_probe
+    from hetclass.engine import prepare
+    particles = load_particles(ds.star_path, project_dir=ds.out_dir)
+    opts = ClassifyOptions(classes=2, threads=2)
+    prepared = prepare(particles, opts)
+    seen = []
+    import hetclass.em as em
+    real = em.run_pass
+
+    def spy(ws, *a, **kw):
+        if ws is not prepared.workspace:         # the probe's own batches
+            seen.append((ws.threads, len(ws.batches), ws.batch_size))
+        return real(ws, *a, **kw)
+
+    monkeypatch.setattr(em, "run_pass", spy)
+    eff = plan_probe._pass_efficiency(prepared, opts, 2, 2)
+    assert 0.3 <= eff <= 1.0
+    # a warm-up and 2 timed passes on each thread count
+    assert [t for t, _, _ in seen] == [1] * 3 + [2] * 3
+    # four batches per thread, or the smallest batches (64 particles) on tiny sets
+    assert all(b >= 4 * t or size == 64 for t, b, size in seen)

@@ -115,6 +115,51 @@ def test_workspace_cuts_prefixes_from_its_full_operator_and_keeps_both(monkeypat
     assert built[1:] == [short, short] and not ws2._ops
 
 
+def test_workspace_subset_operator_is_cut_or_built_for_the_subset_alone(monkeypatch):
+    """An exploration subset's operator: cut from a kept operator, else built for those
+    particles only and not kept -- the same numbers either way."""
+    import hetclass.workspace as W
+    data = _fake_data(40, 5)
+    coeffs = data.coeffs
+    built = []
+    original = W.slice_operator
+
+    def counting(rot, co, pad):
+        built.append(rot.shape[0])
+        return original(rot, co, pad)
+
+    monkeypatch.setattr(W, "slice_operator", counting)
+    keep = np.array([0, 3, 4, 9])
+    short = coeffs.count_below(4)
+    for cache_bytes in (None, 0):
+        ws = W.Workspace(data, k=2, batch_size=10, cache_bytes=cache_bytes)
+        whole = original(data.rotations[ws.batches[1][0]], coeffs.prefix(short), 2)
+        want = particle_rows(whole, keep, short)
+        built.clear()
+        if cache_bytes is None:
+            ws.operator(1)                     # kept: the subset is cut from it
+        got = ws.operator(1, short, keep)
+        assert (got != want).nnz == 0 and got.shape == want.shape
+        np.testing.assert_array_equal(got.data, want.data)
+        np.testing.assert_array_equal(got.indices, want.indices)
+        # built for the 4 particles only when nothing is kept, and then not kept
+        assert built == ([10] if cache_bytes is None else [keep.size])
+        assert (1 in ws._ops) == (cache_bytes is None)
+
+
+def test_exploration_subset_grows_with_the_classes():
+    from hetclass.explore import EXPLORE_MIN_PARTICLES, explore_size, explore_subset
+    assert explore_size(2) == EXPLORE_MIN_PARTICLES
+    assert explore_size(12) > explore_size(8) > EXPLORE_MIN_PARTICLES
+    rows = np.arange(3, 60003, 2)                      # 30000 active of 60006
+    seed = np.random.SeedSequence(7)
+    small = explore_subset(rows, 60006, seed, 2)
+    large = explore_subset(rows, 60006, seed, 8)
+    assert small.sum() == explore_size(2) and large.sum() == rows.size
+    assert not small[~np.isin(np.arange(60006), rows)].any()
+    np.testing.assert_array_equal(small, explore_subset(rows, 60006, seed, 2))
+
+
 def test_workspace_without_room_for_both_keeps_the_latest_operator():
     from hetclass.workspace import Workspace
     data = _fake_data(20, 4)
