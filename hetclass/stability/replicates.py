@@ -257,11 +257,13 @@ def run_replicate_scan(prepared, options, k_values: Sequence[int], n_replicates:
     """:func:`run_replicates` for every K of ``k_values`` at once: ``{k: ReplicateRun}``.
 
     All ``(k, replicate)`` fits are one task list (spread over the rank groups together
-    under MPI); replicate r of every K uses seed child r and the same particle subset.
+    under MPI); replicate r of every K uses seed child r and the same particle subset. The
+    largest K run first: they take longest, so the workers finish together instead of one
+    finishing the last large-K fits alone (results do not depend on the order).
     """
     ks = [int(k) for k in k_values]
     base, children, keep = replicate_plan(prepared, ks, n_replicates, seed, subsample, rows)
-    tasks = [(k, r) for k in ks for r in range(n_replicates)]
+    tasks = [(k, r) for k in sorted(ks, reverse=True) for r in range(n_replicates)]
     results = run_replicate_tasks(prepared, options, tasks, base, keep, children, workers,
                                   progress, abort_check, fit, groups, cache)
     return {k: assemble_run(k, base, keep, [results[(k, r)] for r in range(n_replicates)],
