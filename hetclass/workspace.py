@@ -211,9 +211,11 @@ class Workspace:
         every iteration and every replicate of the data set.
 
         ``keep`` (sorted positions in the batch): the operator of these particles only (an
-        exploration subset, one class's particles). Cut from a kept operator, else built
-        for them alone and not kept: the same numbers as cut from the whole batch's (each
-        particle's rows come from its own rotation), without building the others'."""
+        exploration subset, one class's particles). Cut from a kept operator, or from the
+        whole batch's built now when the cache has room to keep it (later passes cut again),
+        else built for them alone and not kept (a budget too small for the operators: each
+        pass builds only what it uses). The same numbers in every case: a particle's rows
+        come from its own rotation."""
         m_full = self.data.coeffs.size
         m_use = m_full if m_use is None else int(m_use)
         kept = self._ops.get(index, {})
@@ -224,7 +226,8 @@ class Workspace:
             self._keep(index, m_use, op)
         else:
             rows = self.batches[index][0]
-            if keep is not None:
+            whole_bytes = rows.size * m_use * OPERATOR_BYTES_PER_COEF
+            if keep is not None and self.cached_bytes + whole_bytes > self.cache_limit_bytes:
                 return slice_operator(self.data.rotations[rows[keep]],
                                       self.data.coeffs.prefix(m_use), self.pad)
             op = slice_operator(self.data.rotations[rows], self.data.coeffs.prefix(m_use),

@@ -116,8 +116,9 @@ def test_workspace_cuts_prefixes_from_its_full_operator_and_keeps_both(monkeypat
 
 
 def test_workspace_subset_operator_is_cut_or_built_for_the_subset_alone(monkeypatch):
-    """An exploration subset's operator: cut from a kept operator, else built for those
-    particles only and not kept -- the same numbers either way."""
+    """An exploration subset's operator: cut from a kept operator (or from the whole batch's,
+    built and kept when there is room), else built for those particles only and not kept --
+    the same numbers either way."""
     import hetclass.workspace as W
     data = _fake_data(40, 5)
     coeffs = data.coeffs
@@ -131,19 +132,21 @@ def test_workspace_subset_operator_is_cut_or_built_for_the_subset_alone(monkeypa
     monkeypatch.setattr(W, "slice_operator", counting)
     keep = np.array([0, 3, 4, 9])
     short = coeffs.count_below(4)
-    for cache_bytes in (None, 0):
+    for cache_bytes, first_whole in ((None, True), (None, False), (0, False)):
         ws = W.Workspace(data, k=2, batch_size=10, cache_bytes=cache_bytes)
         whole = original(data.rotations[ws.batches[1][0]], coeffs.prefix(short), 2)
         want = particle_rows(whole, keep, short)
         built.clear()
-        if cache_bytes is None:
+        if first_whole:
             ws.operator(1)                     # kept: the subset is cut from it
-        got = ws.operator(1, short, keep)
-        assert (got != want).nnz == 0 and got.shape == want.shape
-        np.testing.assert_array_equal(got.data, want.data)
-        np.testing.assert_array_equal(got.indices, want.indices)
-        # built for the 4 particles only when nothing is kept, and then not kept
-        assert built == ([10] if cache_bytes is None else [keep.size])
+        for _ in range(2):
+            got = ws.operator(1, short, keep)
+            assert (got != want).nnz == 0 and got.shape == want.shape
+            np.testing.assert_array_equal(got.data, want.data)
+            np.testing.assert_array_equal(got.indices, want.indices)
+        # with room: the whole batch's operator once (kept, then cut twice); without room:
+        # the 4 particles' rows on every call, nothing kept
+        assert built == ([10] if cache_bytes is None else [keep.size, keep.size])
         assert (1 in ws._ops) == (cache_bytes is None)
 
 
