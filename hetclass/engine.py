@@ -211,14 +211,15 @@ def _explore(prepared: PreparedData, options: ClassifyOptions, root: np.random.S
                 else np.unique(np.asarray(rows, dtype=np.int64)))
     subset = explore_subset(everyone, data.n_total, root, options.classes)
     keep = subset[data.rows]
+    subset_rows = np.flatnonzero(subset)
     # K maps given: every start would be the same
     n_init = 1 if (prepared.references is not None
                    and len(prepared.references) == options.classes) else options.n_init
 
     def make_start(j: int) -> EMState:
         # the starts' random-subset maps are made from the particles exploration uses
-        return initial_state(prepared, options, seeds.stream(root, "init", j),
-                             np.flatnonzero(subset), progress, abort_check)
+        return initial_state(prepared, options, seeds.stream(root, "init", j), subset_rows,
+                             progress, abort_check)
 
     state, records = explore(prepared.workspace, options, root, keep, make_start,
                              prepared.solvent_mask, prepared.focus_mask, n_init,

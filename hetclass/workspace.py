@@ -227,7 +227,7 @@ class Workspace:
         else:
             rows = self.batches[index][0]
             whole_bytes = rows.size * m_use * OPERATOR_BYTES_PER_COEF
-            if keep is not None and self.cached_bytes + whole_bytes > self.cache_limit_bytes:
+            if keep is not None and self._placement(index, m_use, whole_bytes) is None:
                 return slice_operator(self.data.rotations[rows[keep]],
                                       self.data.coeffs.prefix(m_use), self.pad)
             op = slice_operator(self.data.rotations[rows], self.data.coeffs.prefix(m_use),
@@ -240,14 +240,22 @@ class Workspace:
         batch's full operator if there is room (replacing its previous prefix), else in
         place of everything the batch had (the latest use wins, as with one operator per
         batch), else not at all."""
-        m_full = self.data.coeffs.size
         size = op.data.nbytes + op.indices.nbytes + op.indptr.nbytes
         with self._lock:
-            kept = self._ops.get(index, {})
-            for keep in ((m_full,), ()):
-                stay = {m: v for m, v in kept.items() if m in keep and m != m_use}
-                freed = sum(v[1] for m, v in kept.items() if m not in stay)
-                if self.cached_bytes - freed + size <= self.cache_limit_bytes:
-                    self._ops[index] = {**stay, m_use: (op, size)}
-                    self.cached_bytes += size - freed
-                    return
+            placed = self._placement(index, m_use, size)
+            if placed is not None:
+                stay, freed = placed
+                self._ops[index] = {**stay, m_use: (op, size)}
+                self.cached_bytes += size - freed
+
+    def _placement(self, index: int, m_use: int, size: int):
+        """Where :meth:`_keep` would put an operator of ``size`` bytes: ``(the batch's
+        entries that stay, bytes freed)``, or None when it would not be kept."""
+        m_full = self.data.coeffs.size
+        kept = self._ops.get(index, {})
+        for keep in ((m_full,), ()):
+            stay = {m: v for m, v in kept.items() if m in keep and m != m_use}
+            freed = sum(v[1] for m, v in kept.items() if m not in stay)
+            if self.cached_bytes - freed + size <= self.cache_limit_bytes:
+                return stay, freed
+        return None
