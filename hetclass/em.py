@@ -323,8 +323,7 @@ def _iteration(ws: Workspace, state: EMState, options, active: np.ndarray,
     fractions = _link_half_sets(ws, ms, post, fractions, active, solvent_mask, options.hard,
                                 max(2.0 * best_res, options.init_lowpass_A / 2), k)
     labels = np.where(active, post.argmax(1), -1)
-    n_changed = comm.allreduce_scalar(float(np.sum(labels[active] != state.labels[active])))
-    changed = n_changed / n_active * 100.0
+    changed, first = changed_percent(comm, state.labels[active], labels[active], n_active)
     sigma2 = np.where(acc.noise_count > 0, acc.noise / np.maximum(acc.noise_count, 1),
                       state.sigma2)
     sigma2 = np.maximum(sigma2, 1e-12 * max(float(sigma2.max()), 1e-30))
@@ -336,6 +335,8 @@ def _iteration(ws: Workspace, state: EMState, options, active: np.ndarray,
              "resolution_status": list(ms.resolution_status),
              "mean_max_posterior": comm.allreduce_scalar(
                  float(post[active].max(1).sum()) if active.any() else 0.0) / n_active}
+    if first:
+        stats["first_assigned"] = first
     # the likelihood uses the shells where the classes' *differences* are resolved (the
     # consensus detail beyond them is common to all classes and only adds noise), plus
     # a few, growing as the differences are resolved further (as RELION grows its limit)
@@ -365,6 +366,7 @@ def _iteration(ws: Workspace, state: EMState, options, active: np.ndarray,
             converged = False
     if progress is not None:
         progress("iteration", it=it, max_iter=options.max_iter, changed_pct=changed,
+                 first_assigned=first,
                  class_fractions=fractions.tolist(), resolution_A=ms.resolution_A.tolist())
     return EMState(iteration=it, maps=(ms.maps * solvent_mask).astype(np.float32),
                    refs=refs.astype(np.float32),
@@ -375,6 +377,19 @@ def _iteration(ws: Workspace, state: EMState, options, active: np.ndarray,
                    resolution_status=list(ms.resolution_status), loglik=loglik, unmasked_maps=ms.maps,
                    like_shells=next_like, start=state.start, starts=state.starts,
                    polishing=polishing)
+
+
+def changed_percent(comm, before: np.ndarray, after: np.ndarray, n_active: int):
+    """``(changed %, first assigned)``: the % of the particles that had a class before
+    (label >= 0) whose class changed, and how many had none (refinement on all particles
+    after exploration on a subset: these are first assignments, not changes). With no
+    particle assigned before (a fresh start) every particle counts as changed: 100 %."""
+    had = before >= 0
+    n_before = int(comm.allreduce_scalar(float(had.sum())))
+    if n_before == 0:
+        return 100.0, 0
+    n_changed = comm.allreduce_scalar(float(np.sum(after[had] != before[had])))
+    return n_changed / n_before * 100.0, n_active - n_before
 
 
 def _link_half_sets(ws: Workspace, ms, post: np.ndarray, fractions: np.ndarray,

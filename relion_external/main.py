@@ -59,6 +59,8 @@ def _event_line(event: str, info: dict) -> str:
             parts[0] = f"K={info.get('k')} replicate {info['replicate'] + 1}: " + parts[0]
         if info.get("changed_pct") is not None:
             parts.append(f"{float(info['changed_pct']):.2f}% changed class")
+        if info.get("first_assigned"):
+            parts.append(f"{int(info['first_assigned'])} assigned a class for the first time")
         if info.get("class_fractions") is not None:
             parts.append("class fractions " + " ".join(
                 f"{float(f):.3f}" for f in info["class_fractions"]))

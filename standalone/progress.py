@@ -123,8 +123,10 @@ class ClassifyProgress(_Output):
             per_it = (now - self._t_first) / max(it - 1, 1) if it > 1 else None
             if per_it:
                 left = f", at most {seconds_text(per_it * (self.max_iter - it))} left"
-        self.line(f"iteration {it:3d}/{self.max_iter}: {info['changed_pct']:6.2f} % changed | "
-                  f"fractions {fr} | {seconds_text(now - self.t0)}{left}")
+        first = (f" ({int(info['first_assigned'])} assigned for the first time)"
+                 if info.get("first_assigned") else "")
+        self.line(f"iteration {it:3d}/{self.max_iter}: {info['changed_pct']:6.2f} % changed"
+                  f"{first} | fractions {fr} | {seconds_text(now - self.t0)}{left}")
         bar = self._em_bar()
         if bar is not None:
             bar.n = it

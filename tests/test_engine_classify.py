@@ -247,3 +247,27 @@ def test_hard_mode_gives_one_hot_posteriors(two_states):
     np.testing.assert_array_equal(post.sum(1), 1.0)
     np.testing.assert_array_equal(post.argmax(1), result.labels)
     assert _ari(result.labels, ds.labels) >= ARI_MIN
+
+
+def test_first_assignments_after_a_subset_exploration_are_not_counted_as_changes(
+        two_states, monkeypatch):
+    """Exploration on a subset leaves the other particles without a class; the refinement's
+    first iteration assigns them. Its ``changed_pct`` is over the particles that had a class
+    (here the explored 600), ``first_assigned`` counts the others -- not "70 % changed"."""
+    from hetclass import em, explore
+    monkeypatch.setattr(explore, "EXPLORE_MIN_PARTICLES", 600)
+    monkeypatch.setattr(explore, "EXPLORE_PARTICLES_PER_CLASS", 300)
+    events = []
+    options = ClassifyOptions(classes=2, seed=3, target_res_A=20.0, n_init=1, max_iter=4)
+    prepared = engine.prepare(_particles(two_states), options)
+    result = engine.fit(prepared, options,
+                        progress=lambda event, **info: events.append((event, info)))
+    first = result.stats[0]
+    assert first["first_assigned"] == 2000 - 600
+    assert first["changed_pct"] < 10.0                   # the explored 600 barely move
+    assert all("first_assigned" not in s for s in result.stats[1:])
+    refine = [i for e, i in events if e == "iteration" and i.get("phase") != "explore"]
+    assert refine[0]["first_assigned"] == 1400 and not refine[1]["first_assigned"]
+    # a fresh start (nobody had a class) still counts every particle as changed
+    assert em.changed_percent(prepared.workspace.comm, np.full(5, -1), np.zeros(5, int), 5) \
+        == (100.0, 0)

@@ -199,8 +199,10 @@ def progress_logger(prot):
     def progress(event, **info):
         if event == "iteration":
             fractions = ", ".join(f"{f:.3f}" for f in info.get("class_fractions", []))
+            first = (f"{int(info['first_assigned'])} assigned for the first time; "
+                     if info.get("first_assigned") else "")
             prot.info(f"hetclass iteration {info.get('it')}/{info.get('max_iter')}: "
-                      f"{info.get('changed_pct', float('nan')):.2f} % changed; "
+                      f"{info.get('changed_pct', float('nan')):.2f} % changed; {first}"
                       f"class fractions [{fractions}]")
         elif event == "explore_done":
             scores = ", ".join(f"{s:.2f}" for s in info.get("scores", []))
