@@ -35,7 +35,7 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -337,6 +337,9 @@ def main(argv=None) -> int:
     ap.add_argument("--false-from", type=int, default=0, metavar="I",
                     help="index of the first one-state set (simulation seed 100 + I)")
     ap.add_argument("--false-snr", type=float, default=0.1)
+    ap.add_argument("--snr", type=float, default=None,
+                    help="simulate the --cases at this SNR instead of their own (the moonshot's "
+                         "0.01); their work folders get the suffix _snr<value>")
     ap.add_argument("--ratio", action="store_true", help="measure the 8x cost bar")
     ap.add_argument("--ideal-only", action="store_true",
                     help="only simulate the cases and score the ideal observer")
@@ -358,7 +361,9 @@ def main(argv=None) -> int:
 
     for name in names:
         case = cases[name]
-        work = os.path.join(args.workdir, name)
+        if args.snr is not None:
+            case = replace(case, name=f"{name}_snr{args.snr:g}", snr=args.snr)
+        work = os.path.join(args.workdir, case.name)
         os.makedirs(work, exist_ok=True)
         info = make_data(case, work)
         if args.ideal_only:
