@@ -45,6 +45,8 @@ def _case(name: str):
     from bench_stability import all_cases as stability_cases
     cases = {c.name: c for c in stability_cases()}
     cases.update({c.name: c for c in accuracy_cases()})
+    if name not in cases and name.rsplit("_snr", 1)[0] in cases:
+        name = name.rsplit("_snr", 1)[0]     # bench_stability.py --snr: the same states
     if name not in cases:
         raise SystemExit(f"unknown case {name!r}; choose from {sorted(cases)}")
     return cases[name]
