@@ -15,7 +15,14 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from . import seeds
-from .em_step import Accumulators, empty_accumulators, process_batch, shell_onehot
+from .em_step import (
+    Accumulators,
+    class_major_to_grid,
+    empty_accumulators,
+    process_batch,
+    shell_onehot,
+    use_by_class,
+)
 from .errors import EmptyClassWarning
 from .fourier import lowpass_volume
 from .mstep import m_step
@@ -81,7 +88,12 @@ def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, activ
         return reduce_accumulators(ws.comm, acc), post, loglik
     k = log_prior.size
     n = len(ws.data)
-    acc = empty_accumulators(ws.n_voxels, k, ws.data.n_groups, ws.n_shells)
+    # one-hot weights: each particle back-projects into its own class only (same numbers),
+    # summed in the class-major layout of backproject_by_class and converted at the end
+    by_class = not estep_only and use_by_class(k, ws.n_voxels, hard, fixed_weights)
+    acc = empty_accumulators(0 if by_class else ws.n_voxels, k, ws.data.n_groups, ws.n_shells)
+    class_grid = ([np.zeros((ws.n_voxels * k, 3), np.float32) for _ in range(2)]
+                  if by_class else None)
     post = np.zeros((n, k), np.float32)
     loglik = np.zeros(n)
     grids: list = [None, None]
@@ -121,18 +133,23 @@ def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, activ
         return process_batch(rows, half, op, grids[half], x, c, g,
                              sigma2, log_prior, onehot, shell, like, hard,
                              with_estep=fixed_weights is None, fixed_weights=weights, active=use,
-                             backproject_data=not estep_only)
+                             backproject_data=not estep_only, by_class=by_class)
 
     # results are added in batch order whatever the thread count: identical sums
     for bi, res in enumerate(thread_map(one, range(len(ws.batches)), ws.threads)):
         if res is not None:
             acc.add(res.acc)
             if res.grid is not None:
-                acc.grid[res.half] += res.grid
+                (acc.grid if class_grid is None else class_grid)[res.half] += res.grid
             post[res.rows] = res.posteriors
             loglik[res.rows] = res.loglik
         if progress is not None:
             progress("batch", stage=stage, done=bi + 1, total=len(ws.batches))
+    if class_grid is not None:   # one half at a time: at most 1.5 grids at once
+        acc.grid = np.empty((2, ws.n_voxels, 3 * k), np.float32)
+        for h in range(2):
+            class_major_to_grid(class_grid[h], k, out=acc.grid[h])
+            class_grid[h] = None     # type: ignore[call-overload]
     return reduce_accumulators(ws.comm, acc), post, loglik
 
 

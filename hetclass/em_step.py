@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+import scipy.sparse as sp
 
 from .projector import backproject, project
 
@@ -47,11 +48,29 @@ def shell_onehot(shell: np.ndarray, n_shells: int) -> np.ndarray:
     return out
 
 
+# The likelihood starts at this shell: the DC coefficient (shell 0, one per image) never
+# enters it. It is an image's integrated density, shifted by the per-image normalisation's
+# error (the background mean, estimated from noisy pixels) and in real data by ice and
+# carbon; at low SNR a class map with another DC explains that spread better than the real
+# differences do. On two states at SNR 0.01 (bench_stability two_far --snr 0.01) every start
+# split the particles by their mean density (ARI 0.00 against the truth, ideal observer
+# 0.387); without the DC term the same fits found the states (ARI 0.19, as maps reconstructed
+# from the true labels give). The DC is still reconstructed (the maps' mean density).
+FIRST_LIKELIHOOD_SHELL = 1
+
+
+def likelihood_shells(shell: np.ndarray, like_shells: int) -> np.ndarray:
+    """(M,) bool: the coefficients of ``shell`` that enter the likelihood (shells
+    ``FIRST_LIKELIHOOD_SHELL <= s < like_shells``)."""
+    return (shell >= FIRST_LIKELIHOOD_SHELL) & (shell < like_shells)
+
+
 def class_log_likelihoods(data, ctf, slices, sigma2_coeff, onehot, like_shells: int):
     """Per-class log-likelihoods (n, K) and per-shell residual powers (n, K, S).
 
     data (n, M) complex64, ctf (n, M) float32, slices (n, M, K) complex64, sigma2_coeff (n, M)
-    noise variance of each coefficient; only shells ``< like_shells`` enter the likelihood.
+    noise variance of each coefficient; only shells ``FIRST_LIKELIHOOD_SHELL <= s <
+    like_shells`` enter the likelihood.
     """
     resid = slices * (-ctf[:, :, None])
     resid += data[:, :, None]
@@ -59,9 +78,10 @@ def class_log_likelihoods(data, ctf, slices, sigma2_coeff, onehot, like_shells: 
     power += resid.imag ** 2
     per_shell = np.matmul(power.transpose(0, 2, 1), onehot)        # (n, K, S)
     # the noise variance is constant within a shell: divide the per-shell sums once
-    counts = np.maximum(onehot[:, :like_shells].sum(0), 1.0)
-    sigma2_shell = (sigma2_coeff @ onehot[:, :like_shells]) / counts  # (n, like_shells)
-    loglik = -(per_shell[:, :, :like_shells] / sigma2_shell[:, None, :]).sum(-1)
+    used = slice(FIRST_LIKELIHOOD_SHELL, like_shells)
+    counts = np.maximum(onehot[:, used].sum(0), 1.0)
+    sigma2_shell = (sigma2_coeff @ onehot[:, used]) / counts          # (n, shells used)
+    loglik = -(per_shell[:, :, used] / sigma2_shell[:, None, :]).sum(-1)
     return loglik.astype(np.float64), per_shell
 
 
@@ -135,7 +155,7 @@ class BatchResult:
     loglik: np.ndarray       # (n,) log evidence contribution of each particle
     acc: Accumulators        # ``acc.grid`` is None: the back-projection is in ``grid``
     half: int
-    grid: np.ndarray         # (V, 3K) float32 back-projection of this batch
+    grid: np.ndarray         # (V, 3K) float32 back-projection of this batch ((V * K, 3) by class)
 
 
 BLOCK = 128   # particles whose E-step work arrays are made together (they stay in cache)
@@ -144,15 +164,17 @@ BLOCK = 128   # particles whose E-step work arrays are made together (they stay 
 def process_batch(rows, half, operator, grids_stacked, x, c, g, sigma2, log_prior,
                   onehot, shell, like_shells, hard, with_estep=True,
                   fixed_weights: Optional[np.ndarray] = None,
-                  active: Optional[np.ndarray] = None, backproject_data: bool = True
-                  ) -> BatchResult:
+                  active: Optional[np.ndarray] = None, backproject_data: bool = True,
+                  by_class: bool = False) -> BatchResult:
     """E-step for ``rows`` (all in half set ``half`` = 0/1) and their M-step contributions.
 
     ``x`` (n, M) complex64 data, ``c`` (n, M) float32 CTF and ``g`` (n,) optics groups of the
     batch's particles. ``fixed_weights`` (n, K) replaces the E-step (used for initial/explicit
     reconstructions); ``active`` (n,) bool excludes particles (e.g. a replicate's subsample)
     from every sum. ``backproject_data`` False skips the back-projection (an E-step only:
-    ``grid`` is None).
+    ``grid`` is None). ``by_class`` (the weights are one-hot: a hard E-step or one-hot
+    ``fixed_weights``; :func:`use_by_class`): ``grid`` is (V * K, 3) from
+    :func:`backproject_by_class` instead of (V, 3K), the same numbers.
 
     The slices are projected and back-projected for the whole batch (one sparse product
     each); everything between is computed :data:`BLOCK` particles at a time. Every number
@@ -162,11 +184,15 @@ def process_batch(rows, half, operator, grids_stacked, x, c, g, sigma2, log_prio
     n_groups, n_shells = sigma2.shape
     acc = empty_accumulators(0, k, n_groups, n_shells)
     slices = project(operator, grids_stacked, n, m) if with_estep else None
-    # shells past the likelihood's: none when the caller cut the data at like_shells
-    keep = (shell < like_shells).astype(np.float32) if np.any(shell >= like_shells) else None
+    # the coefficients outside the likelihood's shells (the DC; those past like_shells when
+    # the caller did not cut the data there) are masked out of the E-step
+    in_like = likelihood_shells(shell, like_shells)
+    keep = None if in_like.all() else in_like.astype(np.float32)
     weights, post = np.empty((n, k)), np.empty((n, k))
     evidence, contrib = np.zeros(n), np.zeros((n, n_shells))
-    values = np.empty((n, m, 3 * k), dtype=np.float32) if backproject_data else None
+    values = None
+    if backproject_data:
+        values = np.empty((n, m, 3 if by_class else 3 * k), dtype=np.float32)
     table = inverse_noise_table(sigma2, shell)
     for lo in range(0, n, BLOCK):
         b = slice(lo, min(lo + BLOCK, n))
@@ -179,7 +205,9 @@ def process_batch(rows, half, operator, grids_stacked, x, c, g, sigma2, log_prio
         else:
             assert fixed_weights is not None
             weights[b] = post[b] = fixed_weights[b]
-        if values is not None:
+        if by_class and values is not None:
+            own_class_values(y, q, values[b])
+        elif values is not None:
             backprojection_values(y, q, weights[b], values[b])
     if with_estep:
         for grp in np.unique(g):
@@ -192,8 +220,76 @@ def process_batch(rows, half, operator, grids_stacked, x, c, g, sigma2, log_prio
     reported = (weights if (hard and with_estep) else post).astype(np.float32)
     if values is None:
         return BatchResult(rows, reported, evidence, acc, int(half), None)  # type: ignore[arg-type]
-    grid = backproject(operator, values.reshape(n * m, 3 * k))
+    if by_class:
+        grid = backproject_by_class(operator, values, weights)
+    else:
+        grid = backproject(operator, values.reshape(n * m, 3 * k))
     return BatchResult(rows, reported, evidence, acc, int(half), grid)
+
+
+# one-hot back-projection pays off from this many classes (on 2 classes the index arithmetic
+# costs more than the 6 -> 3 columns save: measured on M = 307 and 1061)
+BY_CLASS_MIN_CLASSES = 3
+
+
+def use_by_class(k: int, n_voxels: int, hard: bool, fixed_weights) -> bool:
+    """Whether a pass back-projects class by class (:func:`backproject_by_class`): one-hot
+    weights (a hard E-step, or one-hot ``fixed_weights``), at least
+    :data:`BY_CLASS_MIN_CLASSES` classes, and ``n_voxels * k`` within int32 indices."""
+    if k < BY_CLASS_MIN_CLASSES or n_voxels * k >= 2 ** 31:
+        return False
+    return (hard and fixed_weights is None) or is_one_hot(fixed_weights)
+
+
+def is_one_hot(weights: Optional[np.ndarray]) -> bool:
+    """Whether every row of ``weights`` (n, K) is zero or has a single 1 (the rest 0)."""
+    if weights is None:
+        return False
+    ones = weights == 1.0
+    return bool(np.all(ones | (weights == 0.0)) and np.all(ones.sum(1) <= 1))
+
+
+def own_class_values(y, q, out):
+    """Fill ``out`` (n, M, 3) float32 with ``[re(y), im(y), q]`` of every coefficient: what a
+    particle back-projects into its own class under a one-hot weight (``y``, ``q`` from
+    :func:`noise_weights`)."""
+    n, m = q.shape
+    parts = y.view(np.float32).reshape(n, m, 2)
+    out[:, :, :2] = parts
+    out[:, :, 2] = q
+
+
+def backproject_by_class(operator, values, weights) -> np.ndarray:
+    """(V * K, 3) float32 back-projection of one-hot ``weights`` (n, K): row ``v * K + j``
+    holds ``[re, im, den]`` of class j at voxel v (:func:`class_major_to_grid` turns it into
+    the ``(V, 3K)`` layout), from ``values`` (n, M, 3) of :func:`own_class_values`.
+
+    One sparse product of 3 columns instead of 3K: each particle's operator entries point
+    at its own class's voxels (the operator's indices times K plus the class). The same
+    numbers as :func:`backproject` of :func:`backprojection_values`: every voxel's sum has
+    the same nonzero terms in the same order (the ones left out were exact zeros). Particles
+    with an all-zero row (inactive) add exact zeros.
+    """
+    n, k = weights.shape
+    m = values.shape[1]
+    ok = weights.sum(1) > 0
+    cls = np.where(ok, weights.argmax(1), 0).astype(operator.indices.dtype)
+    if not ok.all():
+        values[~ok] = 0.0
+    indices = operator.indices.reshape(n, 8 * m) * operator.indices.dtype.type(k)
+    indices += cls[:, None]
+    shifted = sp.csr_matrix((operator.data, indices.reshape(-1), operator.indptr),
+                            shape=(operator.shape[0], operator.shape[1] * k))
+    return backproject(shifted, values.reshape(n * m, 3))
+
+
+def class_major_to_grid(grid: np.ndarray, k: int, out: Optional[np.ndarray] = None
+                        ) -> np.ndarray:
+    """(V * K, 3) from :func:`backproject_by_class` -> (V, 3K) in the accumulators' layout
+    ``[re_0, im_0, ..., re_{K-1}, im_{K-1} | den_0, ..., den_{K-1}]`` (into ``out``)."""
+    order = np.concatenate([np.stack([3 * np.arange(k), 3 * np.arange(k) + 1], 1).ravel(),
+                            3 * np.arange(k) + 2])
+    return np.take(grid.reshape(grid.shape[0] // k, 3 * k), order, axis=1, out=out)
 
 
 def _estep_block(x, c, y, q, inv, slices, keep, log_prior, hard, onehot, active):

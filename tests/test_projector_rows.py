@@ -208,6 +208,7 @@ def test_expanded_likelihood_is_the_residual_likelihood():
         class_log_likelihoods,
         expanded_log_likelihoods,
         inverse_noise_table,
+        likelihood_shells,
         noise_weights,
         posteriors_from_loglik,
         weighted_residual_power,
@@ -219,10 +220,83 @@ def test_expanded_likelihood_is_the_residual_likelihood():
     sig = sigma2[g][:, shell].astype(np.float32)
     want, per_shell = class_log_likelihoods(x, c, slices, sig, onehot, n_shells)
     inv, y, q = noise_weights(x, c, inverse_noise_table(sigma2, shell), g)
-    got, abs2 = expanded_log_likelihoods(x, y, q, inv, slices)
+    # the E-step masks the coefficients outside the likelihood's shells (the DC) as here
+    keep = likelihood_shells(shell, n_shells).astype(np.float32)
+    assert keep[shell == 0].sum() == 0 and keep[shell > 0].all()
+    got, abs2 = expanded_log_likelihoods(x, y * keep, q * keep, inv * keep, slices)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     w, _, _ = posteriors_from_loglik(got, np.zeros(k), False)
     w_ref, _, _ = posteriors_from_loglik(want, np.zeros(k), False)
     np.testing.assert_allclose(w, w_ref, atol=1e-4)
     power = weighted_residual_power(x, c, slices, abs2, w_ref, onehot)
     np.testing.assert_allclose(power, np.einsum("nk,nks->ns", w_ref, per_shell), rtol=1e-4)
+
+
+def test_one_hot_weights_backproject_by_class_bit_for_bit():
+    """With one-hot weights (hard assignment, reconstructions from labels) each particle is
+    back-projected into its own class only, in one 3-column product; converted to the
+    accumulators' layout it is bit for bit the dense 3K-column product (the terms left out
+    are exact zeros), with an inactive particle and an empty class."""
+    from hetclass.em_step import (
+        backproject_by_class,
+        class_major_to_grid,
+        is_one_hot,
+        use_by_class,
+    )
+    op, m, grids, x, c, g, sigma2, shell, n_shells, k = _setup(n=17, k=4)
+    n = x.shape[0]
+    labels = np.random.default_rng(5).integers(0, 3, n)      # class 3 stays empty
+    weights = np.zeros((n, k))
+    weights[np.arange(n), labels] = 1.0
+    active = np.ones(n, bool)
+    active[6] = False
+    weights[6] = 0.0
+    assert is_one_hot(weights) and not is_one_hot(weights * 0.5)
+    assert use_by_class(k, op.shape[1], True, None) and not use_by_class(2, op.shape[1], True, None)
+    assert not use_by_class(k, op.shape[1], False, None)
+    assert not use_by_class(k, 2 ** 30, True, None)             # int32 indices would overflow
+    onehot = shell_onehot(shell, n_shells)
+    log_prior = np.log(np.array([0.4, 0.3, 0.2, 0.1]))
+    rows = np.arange(n)
+    for fixed in (weights, None):        # a reconstruction from labels, a hard E-step
+        dense, grouped = (process_batch(rows, 0, op, grids, x, c, g, sigma2, log_prior, onehot,
+                                        shell, n_shells, True, with_estep=fixed is None,
+                                        fixed_weights=fixed, active=active, by_class=by)
+                          for by in (False, True))
+        assert grouped.grid.shape == (op.shape[1] * k, 3)
+        np.testing.assert_array_equal(class_major_to_grid(grouped.grid, k), dense.grid)
+        np.testing.assert_array_equal(grouped.posteriors, dense.posteriors)
+        assert np.abs(dense.grid).max() > 0
+    # converted into a given array
+    own = np.zeros((n, m, 3), np.float32)
+    own[..., 0] = 1.0
+    part = backproject_by_class(op, own, weights)
+    out = np.empty((op.shape[1], 3 * k), np.float32)
+    assert class_major_to_grid(part, k, out=out) is out
+    np.testing.assert_array_equal(out[:, 2 * k:], 0.0)
+    assert out[:, 2 * 3:2 * 3 + 2].max() == 0 and out[:, :6].max() > 0     # class 3 empty
+
+
+def test_the_dc_coefficient_never_enters_the_likelihood():
+    """An image's DC coefficient (its integrated density, shifted by normalisation errors)
+    changes no posterior and no log-evidence, on the CPU E-step and in the residual form
+    (the GPU kernels' twin); it is still back-projected (the maps' mean density)."""
+    from hetclass.em_step import FIRST_LIKELIHOOD_SHELL, class_log_likelihoods
+    from hetclass.projector import project
+    assert FIRST_LIKELIHOOD_SHELL == 1
+    op, m, grids, x, c, g, sigma2, shell, n_shells, k = _setup(n=20, seed=4)
+    onehot = shell_onehot(shell, n_shells)
+    log_prior = np.log(np.full(k, 1.0 / k))
+    rows = np.arange(x.shape[0])
+    shifted = x.copy()
+    shifted[:, shell == 0] += np.linspace(-50, 50, x.shape[0]).astype(np.float32)[:, None]
+    a, b = (process_batch(rows, 0, op, grids, d, c, g, sigma2, log_prior, onehot, shell,
+                          n_shells, False) for d in (x, shifted))
+    np.testing.assert_array_equal(a.posteriors, b.posteriors)
+    np.testing.assert_array_equal(a.loglik, b.loglik)
+    assert not np.array_equal(a.grid, b.grid)            # the DC is still reconstructed
+    slices = project(op, grids, x.shape[0], m)
+    sig = sigma2[g][:, shell].astype(np.float32)
+    la, _ = class_log_likelihoods(x, c, slices, sig, onehot, n_shells)
+    lb, _ = class_log_likelihoods(shifted, c, slices, sig, onehot, n_shells)
+    np.testing.assert_allclose(la, lb, rtol=1e-6)

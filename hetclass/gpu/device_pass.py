@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..em_step import Accumulators
+from ..em_step import FIRST_LIKELIHOOD_SHELL, Accumulators
 from ..errors import InputError
 from ..projector import stack_grids
 from ..reconstruct import volume_to_grid
@@ -313,8 +313,10 @@ def _batch_weights(xp, power, sigma2_batch, log_prior, like: int, act, hard: boo
     """E-step of one batch on the device: the class weights (nb, K) (posteriors, or one-hot
     with ``hard``) and log evidence (nb,) float64 of the particles, both zero where ``act``
     (nb,) is 0. ``power`` (nb, K, S) float32 squared residuals per shell, ``sigma2_batch``
-    (nb, S) float32 noise of each particle's optics group; shells below ``like`` count."""
-    ratio = power[:, :, :like] / sigma2_batch[:, None, :like]
+    (nb, S) float32 noise of each particle's optics group; shells
+    ``FIRST_LIKELIHOOD_SHELL <= s < like`` count (as on the CPU)."""
+    used = slice(FIRST_LIKELIHOOD_SHELL, like)
+    ratio = power[:, :, used] / sigma2_batch[:, None, used]
     z = log_prior[None, :] - ratio.sum(axis=2, dtype=np.float64)
     zmax = z.max(axis=1, keepdims=True)
     e = xp.exp(z - zmax)

@@ -206,7 +206,7 @@ def split_positions(prepared, state, rows=None):
     for a K = 2 EM ``state``: position along the split and effective separation (module
     docstring): ``D_eff = D^2 / (D + R)`` so that ``sqrt(2 / D_eff)`` is the position's error
     including the references' noise ``R`` (the error of ``u`` is ``sqrt(2 (D + R)) / D``)."""
-    from ..em_step import class_log_likelihoods, shell_onehot
+    from ..em_step import FIRST_LIKELIHOOD_SHELL, class_log_likelihoods, shell_onehot
     from ..projector import project
     from ..reconstruct import volume_grids
     data, ws = prepared.data, prepared.workspace
@@ -222,7 +222,8 @@ def split_positions(prepared, state, rows=None):
     refs, noise = _half_map_references(state, prepared.solvent_mask)
     grids = [volume_grids(refs[h], ws.pad) for h in range(2)]
     noise_grid = None if noise is None else volume_grids(noise, ws.pad)
-    counts = np.maximum(onehot[:, :like].sum(0), 1.0)      # coefficients per shell
+    used = slice(FIRST_LIKELIHOOD_SHELL, like)                # the likelihood's shells
+    counts = np.maximum(onehot[:, used].sum(0), 1.0)      # coefficients per shell
     llr, sep, ref = np.zeros(len(data)), np.zeros(len(data)), np.zeros(len(data))
     for bi, (batch, half) in enumerate(ws.batches):
         use = active[batch]
@@ -235,13 +236,13 @@ def split_positions(prepared, state, rows=None):
         loglik, _ = class_log_likelihoods(x, c, slices, sig, onehot, like)
         llr[batch[use]] = loglik[:, 0] - loglik[:, 1]
         diff = c * (slices[:, :, 0] - slices[:, :, 1])
-        power = (diff.real ** 2 + diff.imag ** 2) @ onehot[:, :like]
-        sig_shell = (sig @ onehot[:, :like]) / counts
+        power = (diff.real ** 2 + diff.imag ** 2) @ onehot[:, used]
+        sig_shell = (sig @ onehot[:, used]) / counts
         sep[batch[use]] = np.sum(power / sig_shell, axis=1)
         if noise_grid is not None:
             ns = c[:, :, None] * project(ws.operator(bi), noise_grid, batch.size,
                                          data.coeffs.size)[use]
-            npow = (ns.real ** 2 + ns.imag ** 2).sum(-1) @ onehot[:, :like]
+            npow = (ns.real ** 2 + ns.imag ** 2).sum(-1) @ onehot[:, used]
             ref[batch[use]] = np.sum(npow / sig_shell, axis=1)
     comm = ws.comm
     llr = comm.gather_rows(llr, data.rows, n_total)[rows]
