@@ -59,10 +59,17 @@ def shell_onehot(shell: np.ndarray, n_shells: int) -> np.ndarray:
 FIRST_LIKELIHOOD_SHELL = 1
 
 
+def likelihood_shell_range(like_shells: int) -> slice:
+    """The shells in the likelihood, ``FIRST_LIKELIHOOD_SHELL <= s < like_shells``, as a
+    slice of a per-shell axis (the one place that says which shells count)."""
+    return slice(FIRST_LIKELIHOOD_SHELL, int(like_shells))
+
+
 def likelihood_shells(shell: np.ndarray, like_shells: int) -> np.ndarray:
-    """(M,) bool: the coefficients of ``shell`` that enter the likelihood (shells
-    ``FIRST_LIKELIHOOD_SHELL <= s < like_shells``)."""
-    return (shell >= FIRST_LIKELIHOOD_SHELL) & (shell < like_shells)
+    """(M,) bool: the coefficients of ``shell`` that enter the likelihood
+    (:func:`likelihood_shell_range`)."""
+    used = likelihood_shell_range(like_shells)
+    return (shell >= used.start) & (shell < used.stop)
 
 
 def class_log_likelihoods(data, ctf, slices, sigma2_coeff, onehot, like_shells: int):
@@ -78,7 +85,7 @@ def class_log_likelihoods(data, ctf, slices, sigma2_coeff, onehot, like_shells: 
     power += resid.imag ** 2
     per_shell = np.matmul(power.transpose(0, 2, 1), onehot)        # (n, K, S)
     # the noise variance is constant within a shell: divide the per-shell sums once
-    used = slice(FIRST_LIKELIHOOD_SHELL, like_shells)
+    used = likelihood_shell_range(like_shells)
     counts = np.maximum(onehot[:, used].sum(0), 1.0)
     sigma2_shell = (sigma2_coeff @ onehot[:, used]) / counts          # (n, shells used)
     loglik = -(per_shell[:, :, used] / sigma2_shell[:, None, :]).sum(-1)
@@ -268,7 +275,8 @@ def backproject_by_class(operator, values, weights) -> np.ndarray:
     at its own class's voxels (the operator's indices times K plus the class). The same
     numbers as :func:`backproject` of :func:`backprojection_values`: every voxel's sum has
     the same nonzero terms in the same order (the ones left out were exact zeros). Particles
-    with an all-zero row (inactive) add exact zeros.
+    with an all-zero row (inactive) add exact zeros (their rows of ``values`` are zeroed in
+    place).
     """
     n, k = weights.shape
     m = values.shape[1]
@@ -294,7 +302,8 @@ def class_major_to_grid(grid: np.ndarray, k: int, out: Optional[np.ndarray] = No
 
 def _estep_block(x, c, y, q, inv, slices, keep, log_prior, hard, onehot, active):
     """One block's E-step: ``(weights, posteriors, evidence, residual power per shell)``;
-    ``keep`` (M,) 0/1 masks the coefficients past the likelihood's shells (None: all in)."""
+    ``keep`` (M,) 0/1 masks the coefficients outside the likelihood's shells
+    (:func:`likelihood_shells`: the DC, and those past ``like_shells``; None: all in)."""
     if keep is None:
         loglik, abs2 = expanded_log_likelihoods(x, y, q, inv, slices)
     else:

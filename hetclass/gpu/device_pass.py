@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..em_step import FIRST_LIKELIHOOD_SHELL, Accumulators
+from ..em_step import Accumulators, likelihood_shell_range
 from ..errors import InputError
 from ..projector import stack_grids
 from ..reconstruct import volume_to_grid
@@ -315,7 +315,7 @@ def _batch_weights(xp, power, sigma2_batch, log_prior, like: int, act, hard: boo
     (nb,) is 0. ``power`` (nb, K, S) float32 squared residuals per shell, ``sigma2_batch``
     (nb, S) float32 noise of each particle's optics group; shells
     ``FIRST_LIKELIHOOD_SHELL <= s < like`` count (as on the CPU)."""
-    used = slice(FIRST_LIKELIHOOD_SHELL, like)
+    used = likelihood_shell_range(like)
     ratio = power[:, :, used] / sigma2_batch[:, None, used]
     z = log_prior[None, :] - ratio.sum(axis=2, dtype=np.float64)
     zmax = z.max(axis=1, keepdims=True)

@@ -206,7 +206,7 @@ def split_positions(prepared, state, rows=None):
     for a K = 2 EM ``state``: position along the split and effective separation (module
     docstring): ``D_eff = D^2 / (D + R)`` so that ``sqrt(2 / D_eff)`` is the position's error
     including the references' noise ``R`` (the error of ``u`` is ``sqrt(2 (D + R)) / D``)."""
-    from ..em_step import FIRST_LIKELIHOOD_SHELL, class_log_likelihoods, shell_onehot
+    from ..em_step import class_log_likelihoods, likelihood_shell_range, shell_onehot
     from ..projector import project
     from ..reconstruct import volume_grids
     data, ws = prepared.data, prepared.workspace
@@ -222,7 +222,7 @@ def split_positions(prepared, state, rows=None):
     refs, noise = _half_map_references(state, prepared.solvent_mask)
     grids = [volume_grids(refs[h], ws.pad) for h in range(2)]
     noise_grid = None if noise is None else volume_grids(noise, ws.pad)
-    used = slice(FIRST_LIKELIHOOD_SHELL, like)                # the likelihood's shells
+    used = likelihood_shell_range(like)                      # the likelihood's shells
     counts = np.maximum(onehot[:, used].sum(0), 1.0)      # coefficients per shell
     llr, sep, ref = np.zeros(len(data)), np.zeros(len(data)), np.zeros(len(data))
     for bi, (batch, half) in enumerate(ws.batches):
