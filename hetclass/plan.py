@@ -215,7 +215,8 @@ def memory_plan(wl: Workload, k: int, shape: RunShape, concurrent_fits: int = 1)
                 + min(ops, DEFAULT_CACHE_BYTES))
     else:
         assert plan.budget_bytes is not None       # a budget was given
-        peak = min(plan.budget_bytes, plan.fixed_bytes + plan.batch_bytes
+        # two batch working sets, as the plan reserves: freed arrays are kept for reuse
+        peak = min(plan.budget_bytes, plan.fixed_bytes + 2 * plan.batch_bytes
                    + (plan.data_bytes if plan.data_in_memory else 0)
                    + (plan.operator_cache_bytes or 0))
     return plan, float(peak)

@@ -130,12 +130,11 @@ def prepare(particles: ParticleSet, options: ClassifyOptions, progress: Optional
     data stay in RAM or stream from the cache (a temporary one, removed at the end, when no
     ``cache_dir`` is given). ``concurrent_fits``: how many ``fit`` calls will run at once
     in threads (replicates), each with its own maps and batch arrays within the budget.
-    ``prepared.data.cache_info`` says what was done. Without a memory bound the process's
-    allocator keeps freed memory for reuse (:mod:`hetclass.allocator`).
+    ``prepared.data.cache_info`` says what was done. The process's allocator keeps freed
+    memory for reuse (:mod:`hetclass.allocator`; a memory bound's plan makes room for it).
     """
     comm = SerialComm() if comm is None else comm
-    if options.max_memory_GB is None:
-        reuse_freed_memory()       # faster batches; a memory bound keeps the default
+    reuse_freed_memory()       # faster batches; a memory bound plans room for it
     prepared = _prepare(particles, options, progress, abort_check, read_images, comm,
                         concurrent_fits)
     prepared.data_power, prepared.ctf_power = _data_power(prepared.workspace, comm)

@@ -45,18 +45,26 @@ def slice_operator(rotations: np.ndarray, coeffs: CoefficientSet, pad: int) -> s
     s2 = side * side
     # corner c = 4 dz + 2 dy + dx sits at the lower corner's voxel plus a fixed offset, with
     # weight w_z[dz] * w_y[dy] * w_x[dx] (w[0] = 1 - f, w[1] = f)
-    lower = base[:, 2] * s2 + base[:, 1] * side + base[:, 0]               # (n, M) int32
-    offsets = np.array([dz * s2 + dy * side + dx for dz in (0, 1) for dy in (0, 1)
-                        for dx in (0, 1)], dtype=np.int32)
-    indices = lower[:, :, None] + offsets                                  # (n, M, 8)
+    lower = (base[:, 2] * s2 + base[:, 1] * side + base[:, 0]).reshape(-1)  # (n M,) int32
+    offsets = [dz * s2 + dy * side + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)]
     w = np.empty((3, 2, n, m), dtype=np.float32)                           # axis, d, n, M
     np.subtract(np.float32(1.0), frac.transpose(1, 0, 2), out=w[:, 0])
     w[:, 1] = frac.transpose(1, 0, 2)
-    wzy = w[2][:, None] * w[1][None, :]                                    # (dz, dy, n, M)
-    weights = np.empty((n, m, 8), dtype=np.float32)
+    wzy = np.empty((2, 2, n, m), dtype=np.float32)
+    for dz in (0, 1):
+        for dy in (0, 1):
+            np.multiply(w[2, dz], w[1, dy], out=wzy[dz, dy])
+    # corner-major (8, n M) arrays are filled with contiguous writes, then transposed once
+    # into the row-major (n M, 8) layout of the CSR entries: 2x faster than writing every
+    # eighth element, the same numbers
+    by_corner = np.empty((8, n * m), dtype=np.float32)
+    corner_index = np.empty((8, n * m), dtype=np.int32)
     for corner in range(8):
         dz, dy, dx = corner >> 2, (corner >> 1) & 1, corner & 1
-        np.multiply(wzy[dz, dy], w[0, dx], out=weights[:, :, corner])
+        np.multiply(wzy[dz, dy], w[0, dx], out=by_corner[corner].reshape(n, m))
+        np.add(lower, np.int32(offsets[corner]), out=corner_index[corner])
+    weights = np.ascontiguousarray(by_corner.T)                            # (n M, 8)
+    indices = np.ascontiguousarray(corner_index.T)
     return sp.csr_matrix((weights.reshape(-1), indices.reshape(-1), _indptr(n * m)),
                          shape=(n * m, side ** 3))
 
@@ -107,6 +115,15 @@ def coefficient_prefix(operator: sp.csr_matrix, m: int, m_use: int) -> sp.csr_ma
     is computed from its own coefficient alone), cut out instead of recomputed.
     """
     return _cut(operator, m, slice(None), m_use)
+
+
+def stack_rows(operators) -> sp.csr_matrix:
+    """Operators of :func:`slice_operator` form (8 entries per row; whole, cut or prefixes
+    of the same ``M``) one above the other: the operator of all their particles, in order."""
+    rows = sum(op.shape[0] for op in operators)
+    return sp.csr_matrix((np.concatenate([op.data for op in operators]),
+                          np.concatenate([op.indices for op in operators]), _indptr(rows)),
+                         shape=(rows, operators[0].shape[1]))
 
 
 def _cut(operator: sp.csr_matrix, m: int, particles, m_use: int) -> sp.csr_matrix:

@@ -105,8 +105,8 @@ def plan_memory(max_memory_GB: Optional[float], n_local: int, n_total: int, m: i
 
     Without a budget: today's defaults (data in RAM, operators cached up to 3 GB). With
     ``max_memory_GB`` (per process): after the fixed costs (``base_bytes``, default this
-    process's resident memory now; maps; per-particle arrays) and ``concurrent`` batch working
-    sets, the data stay in RAM only if they fit, and the operators are cached in what is left
+    process's resident memory now; maps; per-particle arrays) and twice ``concurrent`` batch
+    working sets (the allocator keeps freed ones for reuse), the data stay in RAM only if they fit, and the operators are cached in what is left
     after the data (all of them, or those of the first batches). Preprocessing holds
     ``preprocess_threads + 1`` batches of images at once (one with a single thread).
     InputError (field ``--max-memory``) below the minimum.
@@ -143,7 +143,9 @@ def plan_memory(max_memory_GB: Optional[float], n_local: int, n_total: int, m: i
         # at most half of what the EM has left goes to the batch working set
         batch_size = int(min(default_batch_size(m, k), max(MIN_BATCH, free // 2 // per_row)))
     batch_bytes = int(batch_size) * per_row
-    left = min(free - batch_bytes, budget - out_fixed)
+    # twice the batch working set: the allocator keeps freed work arrays for reuse
+    # (hetclass.allocator), so the heap holds the last batches' arrays beside the current
+    left = min(free - 2 * batch_bytes, budget - out_fixed)
     data_bytes = n_local * m * BYTES_PER_COEFFICIENT
     in_memory = data_bytes <= left
     if in_memory:
@@ -191,10 +193,13 @@ class Workspace:
         self._ops: Dict[int, Dict[int, Any]] = {}   # batch -> {m_use: (operator, bytes)}
         self._lock = threading.Lock()
 
-    def batch_arrays(self, index: int):
-        """(data (n, M) complex64, ctf (n, M) float32, group (n,)) of batch ``index``
-        (read from disk when the data stream from a cache)."""
+    def batch_arrays(self, index: int, keep: Optional[np.ndarray] = None):
+        """(data (n, M) complex64, ctf (n, M) float32, group (n,)) of batch ``index``, or of
+        its particles at positions ``keep`` only (read from disk when the data stream from
+        a cache: a subset pass reads its particles alone)."""
         rows = self.batches[index][0]
+        if keep is not None:
+            rows = rows[keep]
         x, c = self.data.store.read(rows)
         return x, c, self.data.group[rows]
 

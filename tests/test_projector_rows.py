@@ -39,6 +39,34 @@ def test_particle_rows_are_the_operators_rows():
     assert (cut != op[rows]).nnz == 0
 
 
+def test_slice_operator_rows_are_the_trilinear_weights_of_each_sample():
+    """Each row holds the 8 corners of its sample point, corner c = 4 dz + 2 dy + dx in
+    order, weight ``(w_z[dz] * w_y[dy]) * w_x[dx]`` in float32 (``w[0] = 1 - f``,
+    ``w[1] = f``): bit for bit, whatever the layout the operator is assembled in."""
+    box, r_max, pad, n = 16, 6, 2, 7
+    coeffs = coefficient_set(box, r_max)
+    rot = Rotation.random(n, random_state=3).as_matrix()
+    op = slice_operator(rot, coeffs, pad)
+    side = grid_side(box, pad)
+    m = coeffs.size
+    assert op.shape == (n * m, side ** 3) and op.nnz == 8 * n * m
+    for i in range(n):
+        k = np.stack([coeffs.kx, coeffs.ky, np.zeros(m)]).astype(np.float64) * pad
+        q = (rot[i].T @ k + side // 2).astype(np.float32)          # (3, M): x, y, z
+        lo = np.floor(q)
+        f = q - lo
+        lo = lo.astype(np.int64)
+        for corner in range(8):
+            d = np.array([corner & 1, (corner >> 1) & 1, corner >> 2])     # dx, dy, dz
+            w = [np.where(d[a] == 1, f[a], np.float32(1) - f[a]).astype(np.float32)
+                 for a in range(3)]
+            weight = (w[2] * w[1]) * w[0]
+            voxel = (lo[2] + d[2]) * side * side + (lo[1] + d[1]) * side + lo[0] + d[0]
+            entries = slice(i * m * 8 + corner, (i + 1) * m * 8, 8)
+            np.testing.assert_array_equal(op.indices[entries], voxel)
+            np.testing.assert_array_equal(op.data[entries], weight)
+
+
 def test_active_rows_only_gives_the_same_sums():
     op, m, grids, x, c, g, sigma2, shell, n_shells, k = _setup()
     onehot = shell_onehot(shell, n_shells)
