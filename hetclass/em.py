@@ -109,40 +109,17 @@ def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, activ
     shell = coeffs.shell[:m_use]
     onehot = shell_onehot(shell, ws.n_shells)
 
-    def member(bi):
-        """Batch ``bi``'s active particles: (rows, x, c, g, operator, weights, use), or None."""
-        rows, _ = ws.batches[bi]
-        use = active[rows]
-        if not use.any():
-            return None
-        weights = None if fixed_weights is None else fixed_weights[rows] * use[:, None]
-        # only the active particles are read and projected (exploration subsets, split fits
-        # on one class, subsampled replicates); inactive ones keep zero posteriors
-        keep = None if use.all() else np.flatnonzero(use)
-        x, c, g = ws.batch_arrays(bi, keep)
-        if m_use < x.shape[1]:
-            x, c = x[:, :m_use], c[:, :m_use]
-        if keep is None:
-            return rows, x, c, g, ws.operator(bi, m_use), weights, use
-        return (rows[keep], x, c, g, ws.operator(bi, m_use, keep),
-                None if weights is None else weights[keep], use[keep])
-
     def one(group):
         if abort_check is not None:
             abort_check()
-        parts = [p for p in (member(bi) for bi in group) if p is not None]
-        if not parts:
+        batch = group_arrays(ws, group, active, fixed_weights, m_use)
+        if batch is None:
             return None
-        if len(parts) == 1:
-            rows, x, c, g, op, weights, use = parts[0]
-        else:
-            rows, x, c, g = (np.concatenate([p[i] for p in parts]) for i in range(4))
-            op = stack_rows([p[4] for p in parts])
-            weights = None if fixed_weights is None else np.concatenate([p[5] for p in parts])
-            use = np.concatenate([p[6] for p in parts])
-        return process_batch(rows, ws.batches[group[0]][1], op, grids[ws.batches[group[0]][1]],
-                             x, c, g, sigma2, log_prior, onehot, shell, like, hard,
-                             with_estep=fixed_weights is None, fixed_weights=weights, active=use,
+        rows, x, c, g, op, weights, use = batch
+        half = ws.batches[group[0]][1]
+        return process_batch(rows, half, op, grids[half], x, c, g, sigma2, log_prior, onehot,
+                             shell, like, hard, with_estep=fixed_weights is None,
+                             fixed_weights=weights, active=use,
                              backproject_data=not estep_only, by_class=by_class)
 
     # results are added in group order whatever the thread count: identical sums
@@ -162,6 +139,41 @@ def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, activ
             class_major_to_grid(class_grid[h], k, out=acc.grid[h])
             class_grid[h] = None     # type: ignore[call-overload]
     return reduce_accumulators(ws.comm, acc), post, loglik
+
+
+def _batch_part(ws: Workspace, bi: int, active, fixed_weights, m_use: int):
+    """Batch ``bi``'s active particles: ``(rows, x, c, g, operator, weights, use)`` (their
+    first ``m_use`` coefficients), or None when none is active. Only the active particles
+    are read and projected (exploration subsets, split fits on one class, subsampled
+    replicates); inactive ones keep zero posteriors."""
+    rows, _ = ws.batches[bi]
+    use = active[rows]
+    if not use.any():
+        return None
+    weights = None if fixed_weights is None else fixed_weights[rows] * use[:, None]
+    keep = None if use.all() else np.flatnonzero(use)
+    x, c, g = ws.batch_arrays(bi, keep)
+    if m_use < x.shape[1]:
+        x, c = x[:, :m_use], c[:, :m_use]
+    if keep is None:
+        return rows, x, c, g, ws.operator(bi, m_use), weights, use
+    return (rows[keep], x, c, g, ws.operator(bi, m_use, keep),
+            None if weights is None else weights[keep], use[keep])
+
+
+def group_arrays(ws: Workspace, group: List[int], active, fixed_weights, m_use: int):
+    """The active particles of the batches ``group`` (:func:`batch_groups`) as one batch:
+    ``(rows, x, c, g, operator, weights, use)`` in batch order, or None."""
+    parts = [p for p in (_batch_part(ws, bi, active, fixed_weights, m_use) for bi in group)
+             if p is not None]
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    rows, x, c, g = (np.concatenate([p[i] for p in parts]) for i in range(4))
+    weights = None if fixed_weights is None else np.concatenate([p[5] for p in parts])
+    return (rows, x, c, g, stack_rows([p[4] for p in parts]), weights,
+            np.concatenate([p[6] for p in parts]))
 
 
 def batch_groups(ws: Workspace, active: np.ndarray) -> List[List[int]]:

@@ -106,9 +106,10 @@ def plan_memory(max_memory_GB: Optional[float], n_local: int, n_total: int, m: i
     Without a budget: today's defaults (data in RAM, operators cached up to 3 GB). With
     ``max_memory_GB`` (per process): after the fixed costs (``base_bytes``, default this
     process's resident memory now; maps; per-particle arrays) and twice ``concurrent`` batch
-    working sets (the allocator keeps freed ones for reuse), the data stay in RAM only if they fit, and the operators are cached in what is left
-    after the data (all of them, or those of the first batches). Preprocessing holds
-    ``preprocess_threads + 1`` batches of images at once (one with a single thread).
+    working sets (the allocator keeps freed ones for reuse), the data stay in RAM only if
+    they fit, and the operators are cached in what is left after the data (all of them, or
+    those of the first batches). Preprocessing holds ``preprocess_threads + 1`` batches of
+    images at once (one with a single thread).
     InputError (field ``--max-memory``) below the minimum.
     """
     k = max(int(k), 2)
