@@ -10,10 +10,11 @@ classes, one process with ``threads`` E-step threads)::
                   + fixed_s + K * fixed_s_per_class           (M-step, link, ...: per grid)
                   + n * M * build_s_per_coef                   (only when operators are not cached)
                   + n * M * 12 B / stream_GB_per_s             (only when the data stream from disk)
-    fit(K)      = (iterations(K) + 1) * iteration              (+1: the initial reconstruction)
+    fit(K)      = iterations(K) * iteration                    (refinement on all particles)
                   + (starts + moves) * (explore_iterations + 2) * iteration(min(n, explore_max))
                                        (exploration: hard starts on a subset, each with its
-                                        initial reconstruction and held-out score; with
+                                        initial reconstruction -- made from the subset too --
+                                        and held-out score; with
                                         K >= 3 each merge-and-split move counts as one more)
     classify    = startup + preprocess + fit(K) + n * output_s_per_particle
     stability   = preprocess + sum over K >= 2 of R * fit(K) * replicate_factor
@@ -259,7 +260,7 @@ def fit_seconds(rates: Rates, wl: Workload, k: int, shape: RunShape, max_iter: i
         runs = starts + n_moves(k)
         explore = runs * (min(EXPLORE_ITER, ref.EXPLORE_ITERATIONS) + 2) * it_explore
         explore_worst = runs * (EXPLORE_ITER + 2) * it_explore
-    return ((iterations(k, max_iter) + 1) * it + explore, (max_iter + 1) * it + explore_worst,
+    return (iterations(k, max_iter) * it + explore, max_iter * it + explore_worst,
             plan, peak)
 
 
