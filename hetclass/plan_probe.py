@@ -7,10 +7,12 @@ own particles and machine.
 2. the slice operators of 4096 particles are built: seconds per particle-coefficient;
 3. four EM iterations of ``engine.fit`` run on 256 and on 4096 particles (the probe images
    repeated) at two class counts; the shortest time between iteration events is one
-   iteration (the least disturbed by other work on the machine), and the four (n, K)
-   points give the per-particle-coefficient(-class) rates and the per-iteration fixed costs
-   (M-step) by solving the model of :mod:`hetclass.plan`; with several threads the largest
-   point runs once more on one thread for the threads' speedup.
+   iteration (the least disturbed by other work on the machine); E-step passes alone (no
+   M-step) are timed at the same four (n, K) points. The passes' differences between the two
+   sizes give the per-particle-coefficient(-class) rates, the iterations minus that part the
+   per-iteration fixed costs (M-step) of the model of :mod:`hetclass.plan` (:func:`_solve`);
+   with several threads the largest point's passes run once more on one thread for the
+   threads' speedup.
 
 Nothing is written; the particles are not modified.
 """
@@ -107,12 +109,29 @@ def _pass_efficiency(prepared, options, k: int, threads: int) -> float:
 
 
 def _solve(points, m: int):
-    """Least squares of t = n*m*(a + b*k) + c + d*k over (n, k, t) points; negative
-    coefficients (noise) are clipped to zero."""
-    a = np.array([[n * m, n * m * k, 1.0, k] for n, k, _ in points])
-    t = np.array([p[2] for p in points])
-    coef, *_ = np.linalg.lstsq(a, t, rcond=None)
-    return np.maximum(coef, 0.0)
+    """``(a, b, c, d)`` of ``t = n*m*(a + b*k) + c + d*k`` from (n, k, iteration s, E-step
+    pass s) points at two sizes and two class counts.
+
+    The per-particle rates come from the E-step *passes* alone (the difference between the
+    two sizes at each K: the pass's own fixed part, the references' transforms, cancels),
+    the per-iteration fixed costs from the iterations minus that per-particle part. Solving
+    the four iteration times for all four unknowns at once (as before) amplified the
+    M-step's scatter into the per-particle rate: 31 to 192 ns per particle-coefficient in
+    five probes of one data set. Negative values (noise) are clipped to zero.
+    """
+    sizes = sorted({p[0] for p in points})
+    ks = sorted({p[1] for p in points})
+    t_it = {(n, k): t for n, k, t, _ in points}
+    t_pass = {(n, k): t for n, k, _, t in points}
+    small, big = sizes[0], sizes[-1]
+    rate = {k: (t_pass[big, k] - t_pass[small, k]) / max((big - small) * m, 1) for k in ks}
+    lo, hi = ks[0], ks[-1]
+    b = max((rate[hi] - rate[lo]) / (hi - lo), 0.0) if hi > lo else 0.0
+    a = max(float(np.mean([rate[k] - b * k for k in ks])), 0.0)
+    fixed = {k: float(np.mean([t_it[n, k] - n * m * (a + b * k) for n in sizes])) for k in ks}
+    d = max((fixed[hi] - fixed[lo]) / (hi - lo), 0.0) if hi > lo else 0.0
+    c = max(float(np.mean([fixed[k] - d * k for k in ks])), 0.0)
+    return np.array([a, b, c, d])
 
 
 def _preprocess_rates(sub, rows, options, read_images):
@@ -152,7 +171,7 @@ def probe_rates(particles, options, threads: int = 1, n_probe: int = 256,
     this machine; the EM runs with ``threads`` threads. ``read_images(rows)`` replaces the
     image reader (tests)."""
     from .allocator import reuse_freed_memory
-    from .engine import prepare
+    from .engine import initial_state, prepare
 
     # the allocator as every run sets it (hetclass.prepare): operator builds measured on
     # fresh memory ran 1.6x slower than the run's (120k set: 109 against ~65 ns per coefficient)
@@ -174,9 +193,12 @@ def probe_rates(particles, options, threads: int = 1, n_probe: int = 256,
         prepared = prepare(part, base,
                            read_images=lambda r: images[np.asarray(r) % len(rows)])
         for k in (ks[0], ks[-1]):
-            points.append((n, k, _iteration_seconds(prepared, base, k, threads)))
+            state = initial_state(prepared, replace(base, classes=k), 0)
+            points.append((n, k, _iteration_seconds(prepared, base, k, threads),
+                           _pass_seconds(prepared, state, threads)))
             if log is not None:
-                log(f"probe: {n} particles, K={k}: {points[-1][2]:.2f} s per iteration")
+                log(f"probe: {n} particles, K={k}: {points[-1][2]:.2f} s per iteration, "
+                    f"{points[-1][3]:.2f} s per E-step pass")
     coef = _solve(points, m)
     efficiency = 1.0
     if threads > 1:
