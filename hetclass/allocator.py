@@ -8,9 +8,8 @@ batch of every iteration pays the page faults of zeroed fresh memory again (4 cl
 allocator keep freed memory for reuse instead: the same arrays and the same numbers, ~3x
 less system time, and a higher resident peak (1.55 -> 1.84 GB there). Runs under a memory
 bound (``--max-memory``) use it too: their plan (:func:`hetclass.workspace.plan_memory`)
-reserves a second batch working set for the kept arrays (120000 particles, box 128, K = 2,
-``--max-memory 4``: time-to-result 167 -> 134 s, peak RSS 2.6 -> 1.7 GB, the data then
-streaming from the cache instead of being loaded into RAM).
+reserves a second batch working set for the kept arrays (measured in benchmarks/README.md,
+"Subset passes and the allocator under a bound").
 """
 
 from __future__ import annotations

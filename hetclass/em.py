@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable, List, NamedTuple, Optional
 
 import numpy as np
 
@@ -115,11 +115,11 @@ def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, activ
         batch = group_arrays(ws, group, active, fixed_weights, m_use)
         if batch is None:
             return None
-        rows, x, c, g, op, weights, use = batch
         half = ws.batches[group[0]][1]
-        return process_batch(rows, half, op, grids[half], x, c, g, sigma2, log_prior, onehot,
-                             shell, like, hard, with_estep=fixed_weights is None,
-                             fixed_weights=weights, active=use,
+        return process_batch(batch.rows, half, batch.operator, grids[half], batch.x, batch.c,
+                             batch.g, sigma2, log_prior, onehot, shell, like, hard,
+                             with_estep=fixed_weights is None, fixed_weights=batch.weights,
+                             active=batch.use,
                              backproject_data=not estep_only, by_class=by_class)
 
     # results are added in group order whatever the thread count: identical sums
@@ -141,11 +141,23 @@ def run_pass(ws: Workspace, refs: Optional[np.ndarray], sigma2, log_prior, activ
     return reduce_accumulators(ws.comm, acc), post, loglik
 
 
+class BatchArrays(NamedTuple):
+    """What :func:`hetclass.em_step.process_batch` takes for one batch (or group)."""
+
+    rows: np.ndarray                  # (n,) particle indices
+    x: np.ndarray                     # (n, M) data
+    c: np.ndarray                     # (n, M) CTF
+    g: np.ndarray                     # (n,) optics groups
+    operator: object                  # (n M, N**3) slice operator
+    weights: Optional[np.ndarray]     # (n, K) fixed weights, or None (an E-step)
+    use: np.ndarray                   # (n,) bool: active
+
+
 def _batch_part(ws: Workspace, bi: int, active, fixed_weights, m_use: int):
-    """Batch ``bi``'s active particles: ``(rows, x, c, g, operator, weights, use)`` (their
-    first ``m_use`` coefficients), or None when none is active. Only the active particles
-    are read and projected (exploration subsets, split fits on one class, subsampled
-    replicates); inactive ones keep zero posteriors."""
+    """Batch ``bi``'s active particles as :class:`BatchArrays` (their first ``m_use``
+    coefficients), or None when none is active. Only the active particles are read and
+    projected (exploration subsets, split fits on one class, subsampled replicates);
+    inactive ones keep zero posteriors."""
     rows, _ = ws.batches[bi]
     use = active[rows]
     if not use.any():
@@ -156,24 +168,23 @@ def _batch_part(ws: Workspace, bi: int, active, fixed_weights, m_use: int):
     if m_use < x.shape[1]:
         x, c = x[:, :m_use], c[:, :m_use]
     if keep is None:
-        return rows, x, c, g, ws.operator(bi, m_use), weights, use
-    return (rows[keep], x, c, g, ws.operator(bi, m_use, keep),
-            None if weights is None else weights[keep], use[keep])
+        return BatchArrays(rows, x, c, g, ws.operator(bi, m_use), weights, use)
+    return BatchArrays(rows[keep], x, c, g, ws.operator(bi, m_use, keep),
+                       None if weights is None else weights[keep], use[keep])
 
 
 def group_arrays(ws: Workspace, group: List[int], active, fixed_weights, m_use: int):
-    """The active particles of the batches ``group`` (:func:`batch_groups`) as one batch:
-    ``(rows, x, c, g, operator, weights, use)`` in batch order, or None."""
+    """The active particles of the batches ``group`` (:func:`batch_groups`) as one
+    :class:`BatchArrays`, in batch order, or None."""
     parts = [p for p in (_batch_part(ws, bi, active, fixed_weights, m_use) for bi in group)
              if p is not None]
-    if not parts:
-        return None
-    if len(parts) == 1:
-        return parts[0]
-    rows, x, c, g = (np.concatenate([p[i] for p in parts]) for i in range(4))
-    weights = None if fixed_weights is None else np.concatenate([p[5] for p in parts])
-    return (rows, x, c, g, stack_rows([p[4] for p in parts]), weights,
-            np.concatenate([p[6] for p in parts]))
+    if len(parts) <= 1:
+        return parts[0] if parts else None
+    def joined(field: str) -> np.ndarray:
+        return np.concatenate([getattr(p, field) for p in parts])
+    return BatchArrays(joined("rows"), joined("x"), joined("c"), joined("g"),
+                       stack_rows([p.operator for p in parts]),
+                       None if fixed_weights is None else joined("weights"), joined("use"))
 
 
 def batch_groups(ws: Workspace, active: np.ndarray) -> List[List[int]]:

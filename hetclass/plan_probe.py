@@ -42,10 +42,10 @@ def probe_rows(n_total: int, n_probe: int = 256, runs: int = 4) -> np.ndarray:
     return rows[:n_probe]
 
 
-def _iteration_seconds(prepared, options, k: int, threads: int) -> float:
+def _iteration_seconds(prepared, options, k: int, threads: int, state=None) -> float:
     """Shortest wall time of EM iterations 2..PROBE_ITERATIONS of one fit's refinement
-    (from a random start: exploration would add its subset and split iterations, whose
-    spacing is not one iteration over all the particles, and minutes)."""
+    (from a random start, ``state`` if given: exploration would add its subset and split
+    iterations, whose spacing is not one iteration over all the particles, and minutes)."""
     from .engine import fit, initial_state
     stamps = []
 
@@ -56,7 +56,8 @@ def _iteration_seconds(prepared, options, k: int, threads: int) -> float:
                    threads=threads, seed=0)
     with warnings.catch_warnings():     # repeated probe images may empty a class: harmless
         warnings.simplefilter("ignore")
-        fit(prepared, opts, progress=progress, state=initial_state(prepared, opts, 0))
+        fit(prepared, opts, progress=progress,
+            state=initial_state(prepared, opts, 0) if state is None else state)
     return float(np.min(np.diff(stamps))) if len(stamps) > 1 else float("nan")
 
 
@@ -96,14 +97,18 @@ def _pass_seconds(prepared, state, threads: int, repeats: int = 2) -> float:
     return float(min(times[1:]))
 
 
-def _pass_efficiency(prepared, options, k: int, threads: int) -> float:
+def _pass_efficiency(prepared, options, k: int, threads: int, state=None,
+                     many: Optional[float] = None) -> float:
     """Per-doubling efficiency of ``threads`` E-step threads: the same passes timed on one
-    thread and on ``threads`` (:func:`_pass_seconds`), ``(speedup / threads) ** (1 /
-    log2(threads))``, within [0.3, 1]."""
+    thread and on ``threads`` (:func:`_pass_seconds`; ``many``: those on ``threads``,
+    already timed against ``state``), ``(speedup / threads) ** (1 / log2(threads))``,
+    within [0.3, 1]."""
     from .engine import initial_state
-    state = initial_state(prepared, replace(options, classes=int(k)), 0)
+    if state is None:
+        state = initial_state(prepared, replace(options, classes=int(k)), 0)
     one = _pass_seconds(prepared, state, 1)
-    many = _pass_seconds(prepared, state, threads)
+    if many is None:
+        many = _pass_seconds(prepared, state, threads)
     speedup = one / max(many, 1e-9)
     return float(np.clip((speedup / threads) ** (1.0 / np.log2(threads)), 0.3, 1.0))
 
@@ -194,7 +199,7 @@ def probe_rates(particles, options, threads: int = 1, n_probe: int = 256,
                            read_images=lambda r: images[np.asarray(r) % len(rows)])
         for k in (ks[0], ks[-1]):
             state = initial_state(prepared, replace(base, classes=k), 0)
-            points.append((n, k, _iteration_seconds(prepared, base, k, threads),
+            points.append((n, k, _iteration_seconds(prepared, base, k, threads, state),
                            _pass_seconds(prepared, state, threads)))
             if log is not None:
                 log(f"probe: {n} particles, K={k}: {points[-1][2]:.2f} s per iteration, "
@@ -205,7 +210,8 @@ def probe_rates(particles, options, threads: int = 1, n_probe: int = 256,
         # the E-step passes of the largest point on one thread and on ``threads``: the
         # iterations' difference (fitted per-particle part against one more iteration on one
         # thread) read 0.6 per doubling on 2 cores where whole passes run 1.9x faster
-        efficiency = _pass_efficiency(prepared, base, ks[-1], threads)
+        efficiency = _pass_efficiency(prepared, base, ks[-1], threads, state,
+                                      many=points[-1][3])
     # one-thread per-particle rates: undo the measured speedup of ``threads``
     speedup = threads * efficiency ** np.log2(threads) if threads > 1 else 1.0
     a, b, c, d = coef

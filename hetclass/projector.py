@@ -63,10 +63,8 @@ def slice_operator(rotations: np.ndarray, coeffs: CoefficientSet, pad: int) -> s
         dz, dy, dx = corner >> 2, (corner >> 1) & 1, corner & 1
         np.multiply(wzy[dz, dy], w[0, dx], out=by_corner[corner].reshape(n, m))
         np.add(lower, np.int32(offsets[corner]), out=corner_index[corner])
-    weights = np.ascontiguousarray(by_corner.T)                            # (n M, 8)
-    indices = np.ascontiguousarray(corner_index.T)
-    return sp.csr_matrix((weights.reshape(-1), indices.reshape(-1), _indptr(n * m)),
-                         shape=(n * m, side ** 3))
+    return _eight_per_row(np.ascontiguousarray(by_corner.T),             # (n M, 8)
+                          np.ascontiguousarray(corner_index.T), side ** 3)
 
 
 VIEW_BAND_DEG = 6.0   # width of the bands of viewing directions in :func:`view_order`
@@ -90,6 +88,14 @@ def view_order(rotations: np.ndarray) -> np.ndarray:
     band = np.floor(tilt_deg / VIEW_BAND_DEG).astype(np.int64)
     along = np.where(band % 2 == 0, azimuth_deg, -azimuth_deg)
     return np.lexsort((along, band))
+
+
+def _eight_per_row(data: np.ndarray, indices: np.ndarray, n_cols: int) -> sp.csr_matrix:
+    """The CSR operator whose rows hold 8 consecutive entries each of ``data`` and
+    ``indices`` (any shape; read in C order)."""
+    rows = data.size // 8
+    return sp.csr_matrix((data.reshape(-1), indices.reshape(-1), _indptr(rows)),
+                         shape=(rows, n_cols))
 
 
 def _indptr(rows: int) -> np.ndarray:
@@ -120,10 +126,9 @@ def coefficient_prefix(operator: sp.csr_matrix, m: int, m_use: int) -> sp.csr_ma
 def stack_rows(operators) -> sp.csr_matrix:
     """Operators of :func:`slice_operator` form (8 entries per row; whole, cut or prefixes
     of the same ``M``) one above the other: the operator of all their particles, in order."""
-    rows = sum(op.shape[0] for op in operators)
-    return sp.csr_matrix((np.concatenate([op.data for op in operators]),
-                          np.concatenate([op.indices for op in operators]), _indptr(rows)),
-                         shape=(rows, operators[0].shape[1]))
+    return _eight_per_row(np.concatenate([op.data for op in operators]),
+                          np.concatenate([op.indices for op in operators]),
+                          operators[0].shape[1])
 
 
 def _cut(operator: sp.csr_matrix, m: int, particles, m_use: int) -> sp.csr_matrix:
@@ -133,9 +138,7 @@ def _cut(operator: sp.csr_matrix, m: int, particles, m_use: int) -> sp.csr_matri
     n = operator.shape[0] // m
     data = operator.data.reshape(n, 8 * m)[particles, :8 * m_use]
     indices = operator.indices.reshape(n, 8 * m)[particles, :8 * m_use]
-    rows = data.shape[0] * m_use
-    return sp.csr_matrix((data.reshape(-1), indices.reshape(-1), _indptr(rows)),
-                         shape=(rows, operator.shape[1]))
+    return _eight_per_row(data, indices, operator.shape[1])
 
 
 def project(operator: sp.csr_matrix, grids_stacked: np.ndarray, n: int, m: int) -> np.ndarray:
