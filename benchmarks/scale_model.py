@@ -84,7 +84,10 @@ def _measured(r: dict) -> float:
 def fit_constants(records: List[dict], probes: dict) -> dict:
     """The reference constants the records imply (see the module docstring)."""
     from hetclass import cost_reference as ref
-    found = {"ITERATIONS": _iterations(records) or dict(ref.ITERATIONS)}
+    # measured K replace the reference's; K not measured keep the reference's value (the plan
+    # interpolates between table entries, so dropping them would change every other K)
+    found = {"ITERATIONS": {**{int(k): float(v) for k, v in ref.ITERATIONS.items()},
+                            **_iterations(records)}}
     # start-up and outputs: what a classify run spends outside preprocessing and the EM
     pts = [(r["dataset"]["n"], max(0.0, r["wall_s"] - r["prep_s"] - r["em_s"]))
            for r in records if r["step"] == "classify" and r.get("em_s") is not None]

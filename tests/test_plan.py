@@ -84,14 +84,16 @@ def test_classify_time_follows_the_model():
     # exploration subset)
     assert e4.seconds == pytest.approx(prep + iterations(4, 25) * it + explore + out, rel=1e-9)
     assert e4.seconds_max == pytest.approx(prep + 25 * it + 5 * 14 * it_x + out, rel=1e-9)
-    # twice the particles: about twice the time (a little more: the 3 GB operator cache
-    # covers a smaller share; a little less: exploration always uses 20000); a larger K: longer
+    # twice the particles: twice the per-particle part (a little more: the 3 GB operator cache
+    # covers a smaller share) while exploration stays at 20000 particles; a larger K: longer
     e4_2n = classify_estimate(RATES, workload_for(1600000, 256, 1.0), 4, shape, BIG, 25)
-    assert 1.85 < e4_2n.seconds / e4.seconds < 2.2
+    per_particle = e4.seconds - explore
+    assert 2.0 <= (e4_2n.seconds - explore) / per_particle < 2.2
     assert classify_estimate(RATES, wl, 8, shape, BIG, 25).seconds > e4.seconds
     # ranks divide the per-particle work, not the M-step
     ranks = classify_estimate(RATES, wl, 4, RunShape(ranks=16, threads=1), BIG, 25)
-    assert ranks.seconds < e4.seconds / 4
+    assert ranks.seconds_max < e4.seconds_max / 4       # 25 iterations: the per-particle part
+    assert ranks.seconds < e4.seconds / 3
 
 
 def test_memory_bound_streams_and_is_respected():
@@ -221,3 +223,27 @@ def test_thread_efficiency_is_measured_on_whole_passes(ds, monkeypatch):
     assert [t for t, _, _ in seen] == [1] * 3 + [2] * 3
     # four batches per thread, or the smallest batches (64 particles) on tiny sets
     assert all(b >= 4 * t or size == 64 for t, b, size in seen)
+
+
+def test_fitted_iterations_keep_the_reference_for_classes_not_measured(monkeypatch):
+    """A fit from records at K = 2 and 4 replaces those two entries of the iteration table
+    and keeps the reference's for the other K (a table of only the measured K would make the
+    plan read K = 8 as K = 4)."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    from scale_model import fit_constants
+    monkeypatch.setattr(ref, "ITERATIONS", {2: 4, 4: 15, 8: 22})
+    records = [{"step": "classify", "K": 2, "iterations": 5, "em_iterations": 5,
+                "dataset": {"n": 1000}, "wall_s": 10.0, "prep_s": 1.0, "em_s": 8.0},
+               {"step": "classify", "K": 4, "iterations": 9, "em_iterations": 9,
+                "dataset": {"n": 1000}, "wall_s": 20.0, "prep_s": 1.0, "em_s": 18.0}]
+
+    class _Rates:
+        prep_efficiency = 0.9
+
+    class _Particles:
+        box_px = [64]
+
+    found = fit_constants(records, {"w": (_Particles(), _Rates())})
+    assert found["ITERATIONS"] == {2: 5.0, 4: 9.0, 8: 22.0}
