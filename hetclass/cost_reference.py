@@ -17,9 +17,10 @@ RATES = {
     "fixed_s_per_voxel": 0.0,           # per padded-grid voxel per iteration
     "fixed_s_per_voxel_class": 2.2e-07, # per voxel and class per iteration
     "build_s_per_coef": 6.4e-08,        # slice operator construction
-    # E-step speedup per doubling of threads / 2: the median of five probes on 2026-12-06
-    # (0.47-1.16; the fit's own probe read 0.47, whole 120k passes run 1.85x on 2 threads)
-    "thread_efficiency": 0.88,
+    # E-step speedup per doubling of threads / 2, as the probe reads it: the median of seven
+    # probes on 2026-12-06 (0.43-0.68; the probe's small batches read low -- whole 120k passes
+    # run 1.85x on 2 threads -- and the rates above are that probe's, so they go together)
+    "thread_efficiency": 0.47,
 }
 # typical refinement iterations by K (--max-iter caps them), current engine: K = 2 and 4 the
 # bench_scale runs (120k: 4; 200k box 256: 4 -- the accuracy suite's hard 4close takes 11),
