@@ -25,11 +25,13 @@ from hetclass.options import ClassifyOptions
 from hetclass.pipeline import load_particles
 
 
-def _kind(hard: bool, n: int, n_all: int, starts_done: bool) -> str:
-    """Which part of the fit an EM run is (from its assignment mode and particle count)."""
+def _kind(hard: bool, n: int, n_explored: int, starts_done: bool) -> str:
+    """Which part of the fit an EM run is (from its assignment mode and particle count:
+    starts and moved refinements run on the ``n_explored`` particles of exploration, split
+    fits on one class's)."""
     if not hard:
         return "soft refinement"
-    if n < n_all:
+    if n < n_explored:
         return "move: split fit"
     return "move: refinement" if starts_done else "start"
 
@@ -60,12 +62,12 @@ def profile(prepared, options: ClassifyOptions, seed: int):
             m.iterate = original
 
 
-def report(rows, seconds: float, n_all: int, n_starts: int) -> None:
+def report(rows, seconds: float, n_explored: int, n_starts: int) -> None:
     """Print one line per EM run and the seconds per kind."""
     per_kind: dict = defaultdict(float)
     starts = 0
     for hard, n, iterations, s, changed in rows:
-        kind = _kind(hard, n, n_all, starts >= n_starts)
+        kind = _kind(hard, n, n_explored, starts >= n_starts)
         starts += kind == "start"
         per_kind[kind] += s
         trace = " ".join(f"{c:.1f}" for c in changed)
@@ -89,10 +91,9 @@ def main() -> int:
                               seed=args.seed, particle_diameter_A=args.particle_diameter,
                               target_res_A=args.target_res)
     prepared = engine.prepare(particles, options)
-    n_all = len(prepared.data)
-    n_explore = min(n_all, explore.explore_size(args.classes))
+    n_explored = min(len(prepared.data), explore.explore_size(args.classes))
     rows, seconds = profile(prepared, options, args.seed)
-    report(rows, seconds, n_explore, args.starts)
+    report(rows, seconds, n_explored, args.starts)
     return 0
 
 
