@@ -66,11 +66,16 @@ class Case:
     continuous_states: Sequence[int] = ()             # states forming the continuous part
     command: str = "stability"
     extra: Sequence[str] = field(default_factory=tuple)
+    pose_error_deg: float = 0.0      # median error of the STAR poses (simulate.perturb_poses)
+    shift_error_A: float = 0.0       # median error of the STAR origins
 
     def key(self) -> dict:
-        return {"name": self.name, "pops": [round(float(p), 6) for p in self.populations],
-                "n": self.n, "snr": self.snr, "seed": self.seed, "box": BOX, "psize": PSIZE,
-                "version": 2}
+        key = {"name": self.name, "pops": [round(float(p), 6) for p in self.populations],
+               "n": self.n, "snr": self.snr, "seed": self.seed, "box": BOX, "psize": PSIZE,
+               "version": 2}
+        if self.pose_error_deg or self.shift_error_A:
+            key["pose_error"] = [self.pose_error_deg, self.shift_error_A]
+        return key
 
 
 def _hinge_path(angles_deg) -> Dict[str, tuple]:
@@ -115,6 +120,9 @@ def all_cases() -> List[Case]:
              lambda: {"rest": _dm()}, [1.0], snr=0.05),
         Case("homogeneous_snr002", "one state, SNR 0.02", "homogeneous", 1, "1-4",
              lambda: {"rest": _dm()}, [1.0], snr=0.02, n=6000),
+        Case("homogeneous_pose", "one state, SNR 0.05, STAR poses off by 3 deg / 1 A (median)",
+             "homogeneous", 1, "1-4", lambda: {"rest": _dm()}, [1.0], snr=0.05,
+             pose_error_deg=3.0, shift_error_A=1.0),
         Case("two_far", "2 states: domain closed by 20 deg, 50/50", "discrete", 2, "1-4",
              lambda: {"rest": _dm(), "closed": _dm([(Y_AXIS, 20.0)])}, [0.5, 0.5]),
         Case("two_near", "2 states: subunit B present / absent, 60/40, SNR 0.05",
@@ -125,6 +133,10 @@ def all_cases() -> List[Case]:
         Case("three", "3 states: rest, closed 20 deg, without subunit B", "discrete", 3, "1-4",
              lambda: {"rest": _dm(), "closed": _dm([(Y_AXIS, 20.0)]), "noB": _dm((), ("B",))},
              [0.4, 0.35, 0.25]),
+        Case("three_pose", "three, STAR poses off by 3 deg / 1 A (median)", "discrete", 3,
+             "1-4", lambda: {"rest": _dm(), "closed": _dm([(Y_AXIS, 20.0)]),
+                             "noB": _dm((), ("B",))},
+             [0.4, 0.35, 0.25], pose_error_deg=3.0, shift_error_A=1.0),
         Case("four", "4 domain positions 12 deg apart, 40/30/20/10 %", "discrete", 4, "1-5",
              lambda: {"rest": _dm(), "closed": _dm([(Y_AXIS, 12.0)]),
                       "swung": _dm([(Z_AXIS, 12.0)]), "opened": _dm([(Y_AXIS, -12.0)])},
@@ -164,7 +176,8 @@ def make_data(case: Case, work: str) -> dict:
     states = case.states()
     ds = simulate_dataset(data, states, case.populations, n_particles=case.n, box_px=BOX,
                           pixel_size_A=PSIZE, snr=case.snr, seed=case.seed,
-                          min_sigma_px=min(1.0, SIGMA_A / PSIZE))
+                          min_sigma_px=min(1.0, SIGMA_A / PSIZE),
+                          pose_error_deg=case.pose_error_deg, shift_error_A=case.shift_error_A)
     info = {"key": case.key(), "star": ds.star_path, "truth": ds.truth_path,
             "project_dir": ds.out_dir}
     with open(info_path, "w") as fh:
