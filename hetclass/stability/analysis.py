@@ -288,8 +288,7 @@ def heterogeneity_test(pairs_k2: Optional[dict]) -> Optional[dict]:
         return None
     pair = pairs_k2["pairs"][0]
     return {"k": 2, "particles": pair["particles"], "log_ratio": pair["log_ratio"],
-            "p_value": pair["p_value"], "log_ratio_rigid": pair.get("log_ratio_rigid"),
-            "p_value_rigid": pair.get("p_value_rigid"), "alpha": pairs_k2["alpha"],
+            "p_value": pair["p_value"], "alpha": pairs_k2["alpha"],
             "beyond_null": None if pair["distinguishable"] is None else pair["distinguishable"]}
 
 

@@ -35,8 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from .. import seeds
-from .distinguish import (NullModel, beyond_null, log_ratio_matrix, replicate_log_ratios,
-                          shape_test, split_log_ratio, split_positions)
+from .distinguish import NullModel, log_ratio_matrix, replicate_log_ratios, shape_test, split_log_ratio, split_positions
 from .verdict import _r, map_distances
 
 WITHIN_FITS = 2
@@ -49,37 +48,27 @@ def pairwise_tests(run, scores, null_model: Optional[NullModel], mask=None,
     """Distinguishability of every pair of consensus classes at ``run.k``.
 
     Returns ``{"k", "pairs": [{"classes", "particles", "log_ratio", "p_value",
-    "log_ratio_rigid", "p_value_rigid", "distinguishable"}], "all_distinguishable", "merge":
-    [[a, b], ...]}`` (1-based classes; ``distinguishable`` None without a null; the rule:
-    :func:`hetclass.stability.distinguish.beyond_null`).
+    "distinguishable"}], "all_distinguishable", "merge": [[a, b], ...]}`` (1-based classes;
+    ``distinguishable`` None without a null).
     """
     k = run.k
     lr = replicate_log_ratios(run.maps, run.half_maps, scores.perms, mask)
-    lr_rigid = replicate_log_ratios(run.maps, run.half_maps, scores.perms, mask, rigid=True)
     pairs, merge = [], []
     for a in range(k):
         for b in range(a + 1, k):
             sizes = [int(np.sum(np.isin(row, (a, b)))) for row in scores.aligned]
             n_pair = float(np.mean(sizes))
-            value, value_rigid = (_mean_finite(x[:, a, b]) for x in (lr, lr_rigid))
+            vals = lr[:, a, b][np.isfinite(lr[:, a, b])]
+            value = float(vals.mean()) if vals.size else float("nan")
             p = null_model.p_value(value, n_pair) if null_model is not None else float("nan")
-            p_rigid = (null_model.rigid_p_value(value_rigid, n_pair) if null_model is not None
-                       else float("nan"))
-            dist = beyond_null(p, p_rigid, alpha)
+            dist = None if not np.isfinite(p) else bool(p < alpha)
             if dist is False:
                 merge.append([a + 1, b + 1])
             pairs.append({"classes": [a + 1, b + 1], "particles": int(round(n_pair)),
-                          "log_ratio": _r(value), "p_value": _r(p, 6),
-                          "log_ratio_rigid": _r(value_rigid), "p_value_rigid": _r(p_rigid, 6),
-                          "distinguishable": dist})
+                          "log_ratio": _r(value), "p_value": _r(p, 6), "distinguishable": dist})
     known = [p["distinguishable"] for p in pairs if p["distinguishable"] is not None]
     return {"k": k, "alpha": alpha, "pairs": pairs,
             "all_distinguishable": None if not known else bool(all(known)), "merge": merge}
-
-
-def _mean_finite(values: np.ndarray) -> float:
-    vals = values[np.isfinite(values)]
-    return float(vals.mean()) if vals.size else float("nan")
 
 
 def within_keys(classes: Sequence[int]) -> List[str]:
@@ -217,12 +206,9 @@ def within_class_tests(fits: Dict[int, list], consensus_maps: np.ndarray, sizes:
     out = {}
     for c, results in sorted(fits.items()):
         values = [split_log_ratio(res, mask) for res in results]
-        values_rigid = [split_log_ratio(res, mask, rigid=True) for res in results]
-        stat = _mean_finite(np.asarray(values, dtype=np.float64))
+        finite = [v for v in values if np.isfinite(v)]
+        stat = float(np.mean(finite)) if finite else float("nan")
         p = null_model.p_value(stat, sizes[c]) if null_model is not None else float("nan")
-        p_rigid = (null_model.rigid_p_value(_mean_finite(np.asarray(values_rigid, np.float64)),
-                                            sizes[c]) if null_model is not None else float("nan"))
-        beyond = beyond_null(p, p_rigid, alpha)
         a, b = results[0].labels, results[1].labels
         jm = jaccard_matrix(a, b, 2, 2)
         rr, cc = linear_sum_assignment(np.nan_to_num(jm), maximize=True)
@@ -231,13 +217,11 @@ def within_class_tests(fits: Dict[int, list], consensus_maps: np.ndarray, sizes:
         shape = (shape_test(first.position, first.separation)
                  if getattr(first, "position", None) is not None else {"shape": "undetermined"})
         explained = _explained(first.maps, first.half_maps, consensus_maps, c, mask)
-        outcome = _outcome(p if beyond else float("nan"), alpha, shape["shape"], explained,
-                           jac, stable_jaccard)
+        outcome = _outcome(p, alpha, shape["shape"], explained, jac, stable_jaccard)
         out[str(c + 1)] = {
             "class": c + 1, "particles": int(sizes[c]),
             "log_ratio": [_r(v) for v in values], "p_value": _r(p, 6),
-            "log_ratio_rigid": [_r(v) for v in values_rigid], "p_value_rigid": _r(p_rigid, 6),
-            "beyond_null": beyond,
+            "beyond_null": None if not np.isfinite(p) else bool(p < alpha),
             "split_jaccard": _r(jac), "split_fractions": [
                 _r(np.mean(np.asarray(res.labels) == j), 3) for res in results[:1] for j in (0, 1)],
             "along_other_classes": _r(explained), "shape": shape, "outcome": outcome}

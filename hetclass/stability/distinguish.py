@@ -3,7 +3,9 @@
 **Map statistic.** For two class maps with half maps, ``log T`` with
 ``T = |x_a - x_b|^2 / (noise_a + noise_b)``: the squared distance of the maps, each made
 zero-mean inside the solvent mask and divided by its norm, over the noise of that distance
-estimated from the half maps (:func:`hetclass.stability.verdict.map_distances`). Without
+estimated from the half maps (:func:`hetclass.stability.verdict.map_distances`) -- taken
+after the rigid motion that brings one map closest to the other (:mod:`.rigid_fit`: a split
+by the direction of the STAR poses' errors is not two structures). Without
 selection two maps of the same state give ``T`` about 1; classes carved by EM out of one
 state give more, by an amount that depends on the number of particles. :class:`NullModel`
 holds ``log T`` of K = 2 classifications of null data sets (:mod:`.null`) at several sizes
@@ -26,16 +28,6 @@ the Bayesian information criterion. Each model also fits one scale of the errors
 ``sqrt(2 / D_i)``, and two groups blurred by underestimated errors must not pass for a
 spread. The references are each half set's *other* half's class maps (the particle's own
 noise is not in the map it is compared with: no selection bias towards two groups).
-
-**Rigid-motion statistic.** The same ``log T`` after the rigid motion that brings one map
-closest to the other (``rigid=True``, :mod:`.rigid_fit`), with its own null model
-(:attr:`NullModel.rigid`). Two classes differ (:func:`beyond_null`) when the plain statistic
-is beyond its null at ``alpha`` *and* what no rigid motion explains is beyond its null at the
-lenient :data:`RIGID_ALPHA`: a split of one state by the direction of its pose errors (two
-maps turned by a few degrees, *below* the rigid null once turned back) is not two
-structures, while a domain motion or a missing subunit keeps most of its difference after
-the fit and passes the lenient level easily. The combined test is at most as often wrong on
-one state as the plain one (both must reject).
 """
 
 from __future__ import annotations
@@ -47,64 +39,55 @@ import numpy as np
 from scipy import optimize, special, stats
 
 from .rigid_fit import aligned_ratio
-from .verdict import _r, map_distances
+from .verdict import _r
 
 MIN_CLASS_FRACTION = 0.02    # a K = 2 split with a smaller class has no map statistic
-RIGID_ALPHA = 0.1            # level of the rigid-motion statistic (module docstring)
 SHAPE_BIC_MARGIN = 10.0      # BIC difference that decides between two and a spread
 ERROR_SCALE_BOUNDS = (0.5, 3.0)  # the known position errors may be off by this factor
 
 
 # ----- map statistic ------------------------------------------------------------------------
 def log_ratio_matrix(maps: np.ndarray, half_maps: np.ndarray,
-                     mask: Optional[np.ndarray] = None, rigid: bool = False) -> np.ndarray:
-    """(K, K) ``log T`` of every class pair (NaN on the diagonal); ``rigid``: after the best
-    rigid motion of one map onto the other (:func:`hetclass.stability.rigid_fit.aligned_ratio`).
+                     mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """(K, K) ``log T`` of every class pair after the best rigid motion
+    (:func:`hetclass.stability.rigid_fit.aligned_ratio`; NaN on the diagonal).
     ``maps`` (K, b, b, b), ``half_maps`` (2, K, b, b, b)."""
-    if rigid:
-        ratio = aligned_ratio(maps, half_maps, mask)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out = np.log(np.where(ratio > 0, ratio, np.nan))
-    else:
-        _, raw2, noise2, _ = map_distances(maps, half_maps, mask)
-        denom = noise2[:, None] + noise2[None, :]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out = np.log(np.where(denom > 0, raw2 / np.where(denom > 0, denom, 1.0), np.nan))
+    ratio = aligned_ratio(maps, half_maps, mask)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log(np.where(ratio > 0, ratio, np.nan))
     np.fill_diagonal(out, np.nan)
     return out
 
 
-def split_log_ratio(res, mask: Optional[np.ndarray] = None, rigid: bool = False) -> float:
+def split_log_ratio(res, mask: Optional[np.ndarray] = None) -> float:
     """``log T`` of the two classes of a K = 2 result (NaN when a class holds less than
     :data:`MIN_CLASS_FRACTION` of the particles: a collapsed split has no statistic)."""
     labels = np.asarray(res.labels)
     labels = labels[labels >= 0]
     if labels.size == 0 or np.bincount(labels, minlength=2).min() < MIN_CLASS_FRACTION * labels.size:
         return float("nan")
-    return float(log_ratio_matrix(res.maps, res.half_maps, mask, rigid)[0, 1])
+    return float(log_ratio_matrix(res.maps, res.half_maps, mask)[0, 1])
 
 
 def replicate_log_ratios(maps: np.ndarray, half_maps: np.ndarray, perms: np.ndarray,
-                         mask: Optional[np.ndarray] = None, rigid: bool = False) -> np.ndarray:
+                         mask: Optional[np.ndarray] = None) -> np.ndarray:
     """(R, K, K) ``log T`` of every consensus class pair in every replicate. ``maps``
     (R, K, b, b, b), ``half_maps`` (R, 2, K, b, b, b); replicate class j is consensus class
     ``perms[r, j]``."""
     r_count, k = perms.shape
     out = np.full((r_count, k, k), np.nan)
     for r in range(r_count):
-        m = log_ratio_matrix(maps[r], half_maps[r], mask, rigid)
+        m = log_ratio_matrix(maps[r], half_maps[r], mask)
         out[r][np.ix_(perms[r], perms[r])] = m
     return out
 
 
 @dataclass
 class NullModel:
-    """``log T`` of null K = 2 classifications (``values``) at ``sizes`` particles; ``rigid``
-    the null model of the rigid-motion statistic of the same classifications."""
+    """``log T`` of null K = 2 classifications (``values``) at ``sizes`` particles."""
 
     sizes: np.ndarray
     values: np.ndarray
-    rigid: Optional["NullModel"] = None
 
     def __post_init__(self):
         ok = np.isfinite(self.values) & (np.asarray(self.sizes) > 0)
@@ -155,10 +138,6 @@ class NullModel:
         mean, sd, df = self.predict(n)
         return float(stats.t.sf((observed - mean) / sd, df))
 
-    def rigid_p_value(self, observed: float, n: float) -> float:
-        """:meth:`p_value` of the rigid-motion statistic (NaN without its null)."""
-        return float("nan") if self.rigid is None else self.rigid.p_value(observed, n)
-
     def to_dict(self) -> dict:
         out: Dict[str, Any] = {"sizes": [int(s) for s in self.sizes],
                "log_ratio": [_r(v) for v in self.values]}
@@ -167,17 +146,7 @@ class NullModel:
             mean, sd, df = self.predict(n_all)
             out.update({"at_n": int(n_all), "mean": _r(mean), "prediction_sd": _r(sd),
                         "df": df})
-        if self.rigid is not None:
-            out["rigid"] = self.rigid.to_dict()
         return out
-
-
-def beyond_null(p: float, p_rigid: float, alpha: float) -> Optional[bool]:
-    """Whether two classes differ (module docstring): None without a p-value; the rigid
-    statistic only vetoes where it has one."""
-    if not np.isfinite(p):
-        return None
-    return bool(p < alpha and not (np.isfinite(p_rigid) and p_rigid >= RIGID_ALPHA))
 
 
 def _line_prediction(x: np.ndarray, y: np.ndarray, x0: float):

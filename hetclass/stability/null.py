@@ -225,16 +225,11 @@ def run_null(prepared, options, base: np.ndarray, seed, n_sets: int = NULL_SETS,
         labels = np.asarray(res.labels)
         records.append({"set": m, "rows": PART_NAMES[j], "particles": int(rows.size),
                         "log_ratio": _round(split_log_ratio(res, prepared.solvent_mask)),
-                        "log_ratio_rigid": _round(split_log_ratio(res, prepared.solvent_mask,
-                                                                  rigid=True)),
                         "class_fractions": [_round(f, 3) for f in
                                             np.bincount(labels, minlength=2) / max(labels.size, 1)]})
-    sizes = np.asarray([r["particles"] for r in records])
-
-    def values(name):
-        return np.asarray([np.nan if r[name] is None else r[name] for r in records])
-    null_model = NullModel(sizes, values("log_ratio"),
-                           rigid=NullModel(sizes, values("log_ratio_rigid")))
+    null_model = NullModel(np.asarray([r["particles"] for r in records]),
+                           np.asarray([np.nan if r["log_ratio"] is None else r["log_ratio"]
+                                       for r in records]))
     return NullRun(model, records, null_model, time.perf_counter() - t0)
 
 

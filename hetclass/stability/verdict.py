@@ -565,15 +565,9 @@ def _merge_suggestions(per_k: Mapping[int, KScores], tests: dict) -> List[dict]:
             continue
         for a, b in pw["merge"]:
             pair = next(p for p in pw["pairs"] if p["classes"] == [a, b])
-            veto = _rigid_veto(dict(pair, beyond_null=pair["distinguishable"],
-                                    alpha=pw.get("alpha", 0.01)))
-            how = (f"differ beyond the null (p = {_p(pair['p_value'])}) only by a rigid motion "
-                   f"of one onto the other (after it p = {_p(pair.get('p_value_rigid'))}: pose "
-                   "errors)" if veto else
-                   f"differ no more than in the null (p = {_p(pair['p_value'])})")
             out.append({"action": "merge", "k": k, "classes": [a, b], "p_value": pair["p_value"],
                         "why": f"at K={k} classes {a} and {b} are reproducible but their maps "
-                               + how})
+                               f"differ no more than in the null (p = {_p(pair['p_value'])})"})
     return out
 
 
@@ -598,23 +592,9 @@ def _calibrated_k1(het: dict):
         return "continuous", (f"no K splits the data into reproducible, distinguishable "
                               f"classes, yet the K=2 class maps differ beyond the null (p = "
                               f"{p_text}): structural variability, continuous")
-    if _rigid_veto(het):
-        return "homogeneous", (f"the K=2 class maps differ beyond the null (p = {p_text}) only "
-                               "by what a rigid motion of one onto the other explains (after "
-                               f"it p = {_p(het.get('p_value_rigid'))}): a split by the "
-                               "direction of pose errors, not two structures; no split is both "
-                               "reproducible and distinguishable")
     return "homogeneous", (f"the K=2 class maps differ no more than classes of simulated "
                            f"one-state data (p = {p_text}) and no split is both reproducible "
                            "and distinguishable")
-
-
-def _rigid_veto(record: dict) -> bool:
-    """Whether a test record is beyond the null by its plain statistic but not once a rigid
-    motion is allowed (:func:`hetclass.stability.distinguish.beyond_null`)."""
-    p = record.get("p_value")
-    return (record.get("beyond_null") is False and p is not None
-            and p < record.get("alpha", 0.01))
 
 
 def _extending_classes(extra: Optional[dict]) -> set:
