@@ -3,9 +3,7 @@
 **Map statistic.** For two class maps with half maps, ``log T`` with
 ``T = |x_a - x_b|^2 / (noise_a + noise_b)``: the squared distance of the maps, each made
 zero-mean inside the solvent mask and divided by its norm, over the noise of that distance
-estimated from the half maps (:func:`hetclass.stability.verdict.map_distances`) -- taken
-after the rigid motion that brings one map closest to the other (:mod:`.rigid_fit`: a split
-by the direction of the STAR poses' errors is not two structures). Without
+estimated from the half maps (:func:`hetclass.stability.verdict.map_distances`). Without
 selection two maps of the same state give ``T`` about 1; classes carved by EM out of one
 state give more, by an amount that depends on the number of particles. :class:`NullModel`
 holds ``log T`` of K = 2 classifications of null data sets (:mod:`.null`) at several sizes
@@ -38,8 +36,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 from scipy import optimize, special, stats
 
-from .rigid_fit import aligned_ratio
-from .verdict import _r
+from .verdict import _r, map_distances
 
 MIN_CLASS_FRACTION = 0.02    # a K = 2 split with a smaller class has no map statistic
 SHAPE_BIC_MARGIN = 10.0      # BIC difference that decides between two and a spread
@@ -49,12 +46,12 @@ ERROR_SCALE_BOUNDS = (0.5, 3.0)  # the known position errors may be off by this 
 # ----- map statistic ------------------------------------------------------------------------
 def log_ratio_matrix(maps: np.ndarray, half_maps: np.ndarray,
                      mask: Optional[np.ndarray] = None) -> np.ndarray:
-    """(K, K) ``log T`` of every class pair after the best rigid motion
-    (:func:`hetclass.stability.rigid_fit.aligned_ratio`; NaN on the diagonal).
-    ``maps`` (K, b, b, b), ``half_maps`` (2, K, b, b, b)."""
-    ratio = aligned_ratio(maps, half_maps, mask)
+    """(K, K) ``log T`` of every class pair (NaN on the diagonal). ``maps`` (K, b, b, b),
+    ``half_maps`` (2, K, b, b, b)."""
+    _, raw2, noise2, _ = map_distances(maps, half_maps, mask)
+    denom = noise2[:, None] + noise2[None, :]
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.log(np.where(ratio > 0, ratio, np.nan))
+        out = np.log(np.where(denom > 0, raw2 / np.where(denom > 0, denom, 1.0), np.nan))
     np.fill_diagonal(out, np.nan)
     return out
 
