@@ -106,6 +106,12 @@ def _six() -> Dict[str, tuple]:
     return out
 
 
+def _four() -> Dict[str, tuple]:
+    """Four domain positions, 12 deg apart about two axes."""
+    return {"rest": _dm(), "closed": _dm([(Y_AXIS, 12.0)]), "swung": _dm([(Z_AXIS, 12.0)]),
+            "opened": _dm([(Y_AXIS, -12.0)])}
+
+
 def _three() -> Dict[str, tuple]:
     """rest, closed by 20 deg, without subunit B."""
     return {"rest": _dm(), "closed": _dm([(Y_AXIS, 20.0)]), "noB": _dm((), ("B",))}
@@ -145,13 +151,15 @@ def all_cases() -> List[Case]:
         Case("three_pose", "three, STAR poses off by 3 deg / 1 A (median)", "discrete", 3,
              "1-4", _three, [0.4, 0.35, 0.25], **POSE_ERRORS),
         Case("four", "4 domain positions 12 deg apart, 40/30/20/10 %", "discrete", 4, "1-5",
-             lambda: {"rest": _dm(), "closed": _dm([(Y_AXIS, 12.0)]),
-                      "swung": _dm([(Z_AXIS, 12.0)]), "opened": _dm([(Y_AXIS, -12.0)])},
-             [0.4, 0.3, 0.2, 0.1], n=5000, snr=0.15),
+             _four, [0.4, 0.3, 0.2, 0.1], n=5000, snr=0.15),
+        Case("four_pose", "four, STAR poses off by 3 deg / 1 A (median)", "discrete", 4, "1-5",
+             _four, [0.4, 0.3, 0.2, 0.1], n=5000, snr=0.15, **POSE_ERRORS),
         Case("six", "3 compositions x 2 domain positions (12 deg), 25...10 %", "discrete", 6,
              "1-8", _six, [0.25, 0.20, 0.17, 0.15, 0.13, 0.10], n=6000, snr=0.15),
         Case("continuous", "closure path 0-24 deg, uniform", "continuous", None, "1-4",
              _continuum, cont_pops),
+        Case("continuous_pose", "continuous, STAR poses off by 3 deg / 1 A (median)",
+             "continuous", None, "1-4", _continuum, cont_pops, **POSE_ERRORS),
         Case("mixed", "60 % on the closure path 0-24 deg + 40 % without subunit B", "mixed",
              None, "1-4", _mixed, mixed_pops, truth_groups=[0] * n_cont + [1],
              continuous_states=range(n_cont)),

@@ -36,6 +36,7 @@ STREAMS = {
     "within": 11,        # stability: sub-classifications inside a class (index: class, fit)
     "pair": 12,          # stability: a pair of neighbouring classes classified again (a, b)
     "split_merge": 13,   # the split halves of an exploration's merge-and-split move (index: move)
+    "pose_spread": 14,   # stability: the particles that measure the STAR pose errors
 }
 
 

@@ -43,6 +43,11 @@ MIN_WITHIN_PARTICLES = 200       # smaller classes are not classified again
 EXPLAINED_FRACTION = 0.5         # of the split's map difference, along other classes
 
 
+def _aligned(null_model: Optional[NullModel]) -> bool:
+    """Whether statistics tested against ``null_model`` are taken after a rigid motion."""
+    return bool(null_model is not None and null_model.aligned)
+
+
 def pairwise_tests(run, scores, null_model: Optional[NullModel], mask=None,
                    alpha: float = 0.01) -> dict:
     """Distinguishability of every pair of consensus classes at ``run.k``.
@@ -52,7 +57,7 @@ def pairwise_tests(run, scores, null_model: Optional[NullModel], mask=None,
     ``distinguishable`` None without a null).
     """
     k = run.k
-    lr = replicate_log_ratios(run.maps, run.half_maps, scores.perms, mask)
+    lr = replicate_log_ratios(run.maps, run.half_maps, scores.perms, mask, _aligned(null_model))
     pairs, merge = [], []
     for a in range(k):
         for b in range(a + 1, k):
@@ -205,7 +210,7 @@ def within_class_tests(fits: Dict[int, list], consensus_maps: np.ndarray, sizes:
     from .scores import jaccard_matrix
     out = {}
     for c, results in sorted(fits.items()):
-        values = [split_log_ratio(res, mask) for res in results]
+        values = [split_log_ratio(res, mask, _aligned(null_model)) for res in results]
         finite = [v for v in values if np.isfinite(v)]
         stat = float(np.mean(finite)) if finite else float("nan")
         p = null_model.p_value(stat, sizes[c]) if null_model is not None else float("nan")

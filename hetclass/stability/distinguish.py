@@ -3,7 +3,9 @@
 **Map statistic.** For two class maps with half maps, ``log T`` with
 ``T = |x_a - x_b|^2 / (noise_a + noise_b)``: the squared distance of the maps, each made
 zero-mean inside the solvent mask and divided by its norm, over the noise of that distance
-estimated from the half maps (:func:`hetclass.stability.verdict.map_distances`). Without
+estimated from the half maps (:func:`hetclass.stability.verdict.map_distances`); where
+the STAR poses have measurable errors, after the best rigid motion of one map onto the
+other (:mod:`.rigid_fit`, :mod:`.pose_spread`; ``NullModel.aligned``). Without
 selection two maps of the same state give ``T`` about 1; classes carved by EM out of one
 state give more, by an amount that depends on the number of particles. :class:`NullModel`
 holds ``log T`` of K = 2 classifications of null data sets (:mod:`.null`) at several sizes
@@ -36,6 +38,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 from scipy import optimize, special, stats
 
+from .rigid_fit import aligned_ratio
 from .verdict import _r, map_distances
 
 MIN_CLASS_FRACTION = 0.02    # a K = 2 split with a smaller class has no map statistic
@@ -45,46 +48,55 @@ ERROR_SCALE_BOUNDS = (0.5, 3.0)  # the known position errors may be off by this 
 
 # ----- map statistic ------------------------------------------------------------------------
 def log_ratio_matrix(maps: np.ndarray, half_maps: np.ndarray,
-                     mask: Optional[np.ndarray] = None) -> np.ndarray:
+                     mask: Optional[np.ndarray] = None, aligned: bool = False) -> np.ndarray:
     """(K, K) ``log T`` of every class pair (NaN on the diagonal). ``maps`` (K, b, b, b),
-    ``half_maps`` (2, K, b, b, b)."""
-    _, raw2, noise2, _ = map_distances(maps, half_maps, mask)
-    denom = noise2[:, None] + noise2[None, :]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.log(np.where(denom > 0, raw2 / np.where(denom > 0, denom, 1.0), np.nan))
+    ``half_maps`` (2, K, b, b, b). ``aligned``: after the best rigid motion of one map onto
+    the other (:func:`hetclass.stability.rigid_fit.aligned_ratio`; data with pose errors)."""
+    if aligned:
+        ratio = aligned_ratio(maps, half_maps, mask)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = np.log(np.where(ratio > 0, ratio, np.nan))
+    else:
+        _, raw2, noise2, _ = map_distances(maps, half_maps, mask)
+        denom = noise2[:, None] + noise2[None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = np.log(np.where(denom > 0, raw2 / np.where(denom > 0, denom, 1.0), np.nan))
     np.fill_diagonal(out, np.nan)
     return out
 
 
-def split_log_ratio(res, mask: Optional[np.ndarray] = None) -> float:
+def split_log_ratio(res, mask: Optional[np.ndarray] = None, aligned: bool = False) -> float:
     """``log T`` of the two classes of a K = 2 result (NaN when a class holds less than
     :data:`MIN_CLASS_FRACTION` of the particles: a collapsed split has no statistic)."""
     labels = np.asarray(res.labels)
     labels = labels[labels >= 0]
     if labels.size == 0 or np.bincount(labels, minlength=2).min() < MIN_CLASS_FRACTION * labels.size:
         return float("nan")
-    return float(log_ratio_matrix(res.maps, res.half_maps, mask)[0, 1])
+    return float(log_ratio_matrix(res.maps, res.half_maps, mask, aligned)[0, 1])
 
 
 def replicate_log_ratios(maps: np.ndarray, half_maps: np.ndarray, perms: np.ndarray,
-                         mask: Optional[np.ndarray] = None) -> np.ndarray:
+                         mask: Optional[np.ndarray] = None, aligned: bool = False) -> np.ndarray:
     """(R, K, K) ``log T`` of every consensus class pair in every replicate. ``maps``
     (R, K, b, b, b), ``half_maps`` (R, 2, K, b, b, b); replicate class j is consensus class
     ``perms[r, j]``."""
     r_count, k = perms.shape
     out = np.full((r_count, k, k), np.nan)
     for r in range(r_count):
-        m = log_ratio_matrix(maps[r], half_maps[r], mask)
+        m = log_ratio_matrix(maps[r], half_maps[r], mask, aligned)
         out[r][np.ix_(perms[r], perms[r])] = m
     return out
 
 
 @dataclass
 class NullModel:
-    """``log T`` of null K = 2 classifications (``values``) at ``sizes`` particles."""
+    """``log T`` of null K = 2 classifications (``values``) at ``sizes`` particles;
+    ``aligned``: the statistic is taken after the best rigid motion (the STAR poses have
+    measurable errors; every statistic tested against this null is taken alike)."""
 
     sizes: np.ndarray
     values: np.ndarray
+    aligned: bool = False
 
     def __post_init__(self):
         ok = np.isfinite(self.values) & (np.asarray(self.sizes) > 0)
@@ -137,7 +149,8 @@ class NullModel:
 
     def to_dict(self) -> dict:
         out: Dict[str, Any] = {"sizes": [int(s) for s in self.sizes],
-               "log_ratio": [_r(v) for v in self.values]}
+               "log_ratio": [_r(v) for v in self.values],
+               "statistic": "after the best rigid motion" if self.aligned else "plain"}
         if self.usable:
             n_all = float(self.sizes.max())
             mean, sd, df = self.predict(n_all)

@@ -304,7 +304,8 @@ class _Tree:
         if k == 2 and self.null_model is not None and self.null_model.usable:
             n = float(np.mean([np.sum(np.asarray(r.labels) >= 0) for r in first]))
             mean, _, _ = self.null_model.predict(n)
-            vals = [split_log_ratio(r, self.prepared.solvent_mask) for r in first]
+            vals = [split_log_ratio(r, self.prepared.solvent_mask, self.null_model.aligned)
+                    for r in first]
             if all(np.isfinite(v) and v < mean for v in vals):
                 return (f"{NULL_FUTILE}: the first {len(first)} replicates' maps differ less "
                         f"than the null's median at {int(n)} particles")

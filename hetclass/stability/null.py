@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import seeds
 from ..options import NULL_SETS  # null data sets per run (each classified at two sizes)
+from .pose_spread import PoseSpread, estimate_pose_spread, perturbed_poses, shift_phase
 
 if TYPE_CHECKING:
     from .distinguish import NullModel
@@ -51,6 +52,7 @@ class OneStateModel:
     resolution_A: float
     fsc: Optional[np.ndarray] = None     # (S,) half-map FSC of the K = 1 map
     n_particles: int = 0
+    pose_spread: Optional[PoseSpread] = None   # pose errors to simulate (None: STAR poses)
 
 
 def background_ring(box_px: int) -> np.ndarray:
@@ -98,9 +100,12 @@ def masked_noise(seed, index: int, global_rows: np.ndarray, disk: np.ndarray,
 
 def null_dataset(prepared, model: OneStateModel, seed, index: int, device: str = "cpu"):
     """Null data set ``index``: a copy of ``prepared`` whose coefficients are simulated from
-    ``model`` (same poses, CTFs, groups, half sets). Held in memory."""
+    ``model`` (same CTFs, groups, half sets; the STAR poses, or with ``model.pose_spread``
+    each particle's pose moved by an error drawn from it, named stream ``("null", index, 3,
+    block)``: the data are made at the moved pose and classified at the STAR pose, as real
+    data with pose errors are). Held in memory."""
     from ..preprocess import image_window
-    from ..projector import project, stack_grids
+    from ..projector import project, slice_operator, stack_grids
     from ..reconstruct import volume_to_grid
     from .views import with_coefficients
 
@@ -116,7 +121,14 @@ def null_dataset(prepared, model: OneStateModel, seed, index: int, device: str =
     ctf = np.empty((n, m), dtype=np.float32)
     for bi, (rows, _) in enumerate(ws.batches):
         _, c, g = ws.batch_arrays(bi)
-        signal = project(ws.operator(bi), grids, rows.size, m)[:, :, 0]
+        spread = model.pose_spread
+        if spread is None or not spread.any:
+            signal = project(ws.operator(bi), grids, rows.size, m)[:, :, 0]
+        else:
+            moved, shifts_px = perturbed_poses(spread, data.rotations[rows], data.rows[rows],
+                                               seed, index, NOISE_BLOCK)
+            signal = project(slice_operator(moved, data.coeffs, ws.pad), grids, rows.size, m)
+            signal = signal[:, :, 0] * shift_phase(data.coeffs, shifts_px, m)
         sd = np.sqrt(model.sigma2[g][:, shell] / unit).astype(np.float32)
         noise = masked_noise(seed, index, data.rows[rows], disk, ring,
                              data.coeffs.flat_index)
@@ -142,12 +154,15 @@ class NullRun:
 
     def to_dict(self) -> dict:
         return {"method": "parametric bootstrap: one state (the K=1 map) with the measured noise "
-                          "spectrum, real poses, CTFs and half sets; noise made like the "
+                          "spectrum, real CTFs and half sets, the STAR poses moved by pose "
+                          "errors of the size measured on the data; noise made like the "
                           "data's (pixel noise, background normalisation, particle mask)",
                 "null_sets": len({r["set"] for r in self.records}),
                 "classifications": self.records,
                 "model_resolution_A": None if self.model is None
                 else round(float(self.model.resolution_A), 2),
+                "pose_errors": None if self.model is None or self.model.pose_spread is None
+                else self.model.pose_spread.to_dict(),
                 "log_ratio_model": self.null_model.to_dict(),
                 "seconds": round(float(self.seconds), 1)}
 
@@ -177,10 +192,12 @@ def null_key(index: int, which: str) -> str:
 
 def run_null(prepared, options, base: np.ndarray, seed, n_sets: int = NULL_SETS,
              subsample: Optional[float] = None, run=None, fit=None,
-             fractions: Sequence[float] = (SMALL_FRACTION,)) -> NullRun:
-    """Fit the one-state model, then classify every null set at K = 2 (all its particles and
-    random ``fractions`` of them). ``run(keys, one)`` runs task functions (:func:`hetclass.stability.tasks.run_tasks`
-    with the run's workers, groups and cache); ``fit`` replaces ``engine.fit`` (tests).
+             fractions: Sequence[float] = (SMALL_FRACTION,), pose_errors: bool = True) -> NullRun:
+    """Fit the one-state model and measure the STAR poses' errors (``pose_errors``;
+    :mod:`hetclass.stability.pose_spread`), then classify every null set at K = 2 (all its
+    particles and random ``fractions`` of them). ``run(keys, one)`` runs task functions
+    (:func:`hetclass.stability.tasks.run_tasks` with the run's workers, groups and cache);
+    ``fit`` replaces ``engine.fit`` (tests).
     """
     import time
 
@@ -203,6 +220,8 @@ def run_null(prepared, options, base: np.ndarray, seed, n_sets: int = NULL_SETS,
     model = OneStateModel(np.asarray(fitted.maps[0], np.float32), np.asarray(fitted.sigma2),
                           float(np.asarray(fitted.resolution_A)[0]),
                           fsc=np.asarray(fitted.fsc)[0], n_particles=int(base.size))
+    if pose_errors:
+        model = replace(model, pose_spread=estimate_pose_spread(prepared, model, base, seed))
     plan = {null_key(m, which): (m, j, rows) for m in range(n_sets)
             for j, (which, rows) in enumerate(null_rows(base, seed, m, subsample,
                                                         fractions).items())}
@@ -220,16 +239,18 @@ def run_null(prepared, options, base: np.ndarray, seed, n_sets: int = NULL_SETS,
 
     results = run(list(plan), null_task)
     records = []
+    aligned = model.pose_spread is not None and model.pose_spread.any
     for key, (m, j, rows) in plan.items():
         res = results[key][0]
         labels = np.asarray(res.labels)
         records.append({"set": m, "rows": PART_NAMES[j], "particles": int(rows.size),
-                        "log_ratio": _round(split_log_ratio(res, prepared.solvent_mask)),
+                        "log_ratio": _round(split_log_ratio(res, prepared.solvent_mask,
+                                                            aligned)),
                         "class_fractions": [_round(f, 3) for f in
                                             np.bincount(labels, minlength=2) / max(labels.size, 1)]})
     null_model = NullModel(np.asarray([r["particles"] for r in records]),
                            np.asarray([np.nan if r["log_ratio"] is None else r["log_ratio"]
-                                       for r in records]))
+                                       for r in records]), aligned)
     return NullRun(model, records, null_model, time.perf_counter() - t0)
 
 

@@ -231,6 +231,24 @@ def fig_null(null: dict, points: Sequence[Tuple[float, float, str]], title: str)
     return fig
 
 
+def pose_error_text(pose: Optional[dict]) -> str:
+    """One sentence on the STAR poses' errors and what the null did with them
+    (``null.pose_errors``)."""
+    if not pose:
+        return "The null data were made at the STAR poses (pose errors not measured)."
+    measured = (f"Pose errors of the STAR file, measured on {pose['particles']} particles "
+                f"(isotropic part): rms displacement {pose['rms_displacement_A']:.1f} A at "
+                f"the map's mass radius, against the likelihood's "
+                f"{pose['likelihood_resolution_A']:.1f} A")
+    if not pose.get("simulated_in_null"):
+        return measured + ": too small to matter; the null data were made at the STAR poses."
+    return (measured + f" (median {pose['median_rotation_error_deg']:.1f} deg and "
+            f"{pose['median_shift_error_A']:.1f} A). The null data were made at poses moved by "
+            "errors of that size and classified at the STAR poses, and every map difference "
+            "is taken after the best rigid motion of one map onto the other, so a split by "
+            "the direction of the pose errors is not taken for heterogeneity.")
+
+
 def null_points(evidence: dict) -> List[Tuple[float, float, str]]:
     """The tested pairs of a stability run for :func:`fig_null`: the heterogeneity test,
     the recommended K's pairs and the within-class splits."""
@@ -510,6 +528,7 @@ def write_stability_report(path, summary: dict, result, class_maps: Sequence[np.
                        "distance of the maps over its noise from the half maps) with K = 2 "
                        "classifications of simulated one-state data of the same particles "
                        "(poses, CTFs, noise); p-values are in summary.json (p_values).", "small")
+        page.paragraph(pose_error_text(evidence["null"].get("pose_errors")), "small")
         page.figure(lambda: fig_null(evidence["null"], null_points(evidence),
                                      "map differences against the null"), "null figure")
     evidence_section(page, evidence)
@@ -627,6 +646,7 @@ def write_exhaustive_report(path, tree_summary: dict, leaf_maps: Sequence[np.nda
     page.raw(value_html(_node_rows(tree)))
     null = tree_summary.get("null")
     if null:
+        page.paragraph(pose_error_text(null.get("pose_errors")), "small")
         points = [(p["particles"], p["log_ratio"], f"node {nid}: {'-'.join(map(str, p['classes']))}")
                   for nid, test in map_tests.items() for p in test.get("pairs", [])
                   if p.get("log_ratio") is not None][:16]
