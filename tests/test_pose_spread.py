@@ -39,7 +39,7 @@ def one_state(tmp_path_factory):
 
 def _measured(prepared, model, spread, seed=5):
     data = null_dataset(prepared, replace(model, pose_spread=spread), seed, 1)
-    return ps.estimate_pose_spread(data, model, np.arange(len(prepared.data)), 0)
+    return ps.estimate_pose_spread(data, model, np.arange(len(prepared.data)), 0, null_dataset)
 
 
 def test_rotation_matrices_are_rotations_by_the_vector_length():

@@ -154,9 +154,10 @@ class NullRun:
 
     def to_dict(self) -> dict:
         return {"method": "parametric bootstrap: one state (the K=1 map) with the measured noise "
-                          "spectrum, real CTFs and half sets, the STAR poses moved by pose "
-                          "errors of the size measured on the data; noise made like the "
-                          "data's (pixel noise, background normalisation, particle mask)",
+                          "spectrum, real CTFs and half sets, the STAR poses (moved by pose "
+                          "errors of the measured size where they matter: pose_errors); "
+                          "noise made like the data's (pixel noise, background "
+                          "normalisation, particle mask)",
                 "null_sets": len({r["set"] for r in self.records}),
                 "classifications": self.records,
                 "model_resolution_A": None if self.model is None
@@ -221,7 +222,8 @@ def run_null(prepared, options, base: np.ndarray, seed, n_sets: int = NULL_SETS,
                           float(np.asarray(fitted.resolution_A)[0]),
                           fsc=np.asarray(fitted.fsc)[0], n_particles=int(base.size))
     if pose_errors:
-        model = replace(model, pose_spread=estimate_pose_spread(prepared, model, base, seed))
+        model = replace(model, pose_spread=estimate_pose_spread(prepared, model, base, seed,
+                                                                null_dataset))
     plan = {null_key(m, which): (m, j, rows) for m in range(n_sets)
             for j, (which, rows) in enumerate(null_rows(base, seed, m, subsample,
                                                         fractions).items())}

@@ -27,10 +27,11 @@ Pose errors and heterogeneity. A conformational change the consensus map lacks a
 the particles' poses, but always the same way in the map frame (a domain turn is partly a
 whole-map turn about one axis): it adds an *anisotropic* part to ``C``. Refinement errors
 are isotropic. The spread used by the null is therefore the isotropic part: the smallest
-eigenvalue of the rotation block and of the translation block. Measured (box 64, SNR
-0.05-0.1, 3000 particles): one state without errors 0.13 deg / 0.06 A; one state with
-errors of median 3 deg, 1 A (per-axis 2.6 deg, 0.85 A) 1.4 deg / 0.7 A; four states (domain
-motions, no errors) 0.16 deg / 0.04 A, while their largest eigenvalue is 1.9 deg.
+eigenvalue of the rotation block and of the translation block, bias-corrected. Measured
+(``benchmarks/bench_stability.py`` data, box 48 at 3.3 A, SNR 0.05-0.15, 3000 particles):
+one state without errors 0 deg / 0 A; one state with errors of median 3 deg, 1 A (per-axis
+2.6 deg, 0.85 A) 1.97 deg / 0.79 A; four states (domain motions, no errors) 0 / 0, while
+their largest rotation sd is 1.9 deg.
 
 Statistics are computed per particle on a random subsample (:data:`SUBSAMPLE`, named stream
 ``pose_spread``) and gathered in global particle order before summing: the estimate does
@@ -243,7 +244,7 @@ def _principal_sd(sub, model, kappa: float):
     return rot_sd, np.sqrt(np.maximum(np.linalg.eigvalsh(cov[3:, 3:]), 0.0)), iterations
 
 
-def estimate_pose_spread(prepared, model, base: np.ndarray, seed) -> PoseSpread:
+def estimate_pose_spread(prepared, model, base: np.ndarray, seed, simulate) -> PoseSpread:
     """The pose errors of the particles ``base`` (global indices) under the one-state
     ``model`` (:class:`hetclass.stability.null.OneStateModel`), from at most
     :data:`SUBSAMPLE` of them.
@@ -252,8 +253,9 @@ def estimate_pose_spread(prepared, model, base: np.ndarray, seed) -> PoseSpread:
     and the smallest of three noisy eigenvalues is biased low: the isotropic spread is
     corrected by simulation (:data:`BIAS_ROUNDS` rounds of ``s <- s * s_data / s_sim(s)``,
     ``s_sim(s)``: the estimate on the same particles simulated from the model with errors
-    ``s``; see :func:`_factor`)."""
-    from .null import null_dataset
+    ``s``; see :func:`_factor`). ``simulate(prepared, model, seed, index)`` makes null data
+    (:func:`hetclass.stability.null.null_dataset`; passed in, so that this module does not
+    import the null that uses it)."""
     from .views import subset_view
     base = np.asarray(base, dtype=np.int64)
     rows = base
@@ -262,7 +264,7 @@ def estimate_pose_spread(prepared, model, base: np.ndarray, seed) -> PoseSpread:
     sub = subset_view(prepared, rows)
     comm = prepared.workspace.comm
     sigma2 = np.asarray(model.sigma2, np.float64)
-    _, g0, hess0 = _gathered(comm, *particle_terms(null_dataset(sub, model, seed, 0),
+    _, g0, hess0 = _gathered(comm, *particle_terms(simulate(sub, model, seed, 0),
                                                     model.map, sigma2))
     kappa = noise_inflation(g0, hess0)
     rot_sd, shift_sd, iterations = _principal_sd(sub, model, kappa)
@@ -271,7 +273,7 @@ def estimate_pose_spread(prepared, model, base: np.ndarray, seed) -> PoseSpread:
     for _ in range(BIAS_ROUNDS):
         if not spread.any:
             break
-        sim = null_dataset(sub, replace(model, pose_spread=spread), seed, 0)
+        sim = simulate(sub, replace(model, pose_spread=spread), seed, 0)
         sim_rot, sim_shift, _ = _principal_sd(sim, model, kappa)
         spread = replace(spread,
                          rot_deg=spread.rot_deg * _factor(rot_sd[0], sim_rot[0], spread.rot_deg),
