@@ -49,8 +49,8 @@ from .. import seeds
 SUBSAMPLE = 3000           # particles used for the estimate (at most)
 STEP_DEG = 0.5             # rotation step of the central differences
 MAX_EVALUATIONS = 500      # of the marginal likelihood, fitting the covariance
-EM_START_DEG = 3.0         # the fit's starting rotation sd per axis
-EM_START_PX = 1.0          # and translation sd
+START_DEG = 3.0            # the fit's starting rotation sd per axis
+START_PX = 1.0             # and translation sd
 MIN_DISPLACEMENT = 0.05    # of the likelihood's resolution: smaller errors are not simulated
 BIAS_ROUNDS = 1            # simulation rounds correcting the isotropic spread's bias
 MAX_CORRECTION = 1.5       # the largest factor of one round
@@ -180,7 +180,7 @@ def error_covariance(g: np.ndarray, hess: np.ndarray, rotations: np.ndarray, kap
     """``(cov (6, 6), evaluations)``: the map-frame covariance of the pose errors, rotation
     ``w`` (rad^2, ``[:3, :3]``) and translation ``v`` (px^2, ``[3:, 3:]``; the image shift is
     ``A[:2] @ v``) of largest marginal likelihood for the particles' pseudo-observations
-    ``y_i = H_i^-1 g_i ~ N(T_i u_i, kappa H_i^-1 + ...)``, ``u_i = (w_i, v_i) ~ N(0, cov)``:
+    ``y_i = H_i^-1 g_i ~ N(T_i u_i, kappa H_i^-1)``, ``u_i = (w_i, v_i) ~ N(0, cov)``:
     ``sum_i -(y_i' S_i^-1 y_i + log det S_i) / 2`` with ``S_i = T_i cov T_i' + kappa H_i^-1``,
     maximised over the Cholesky factors of the two blocks (L-BFGS, analytic gradient;
     rotations in degrees inside, so that both blocks have similar scales). A variance that
@@ -215,8 +215,8 @@ def error_covariance(g: np.ndarray, hess: np.ndarray, rotations: np.ndarray, kap
         return value / n, np.concatenate([gw[tril], gv[tril]]) / n
 
     start = np.zeros(12)
-    start[[0, 2, 5]] = EM_START_DEG
-    start[[6, 8, 11]] = EM_START_PX
+    start[[0, 2, 5]] = START_DEG
+    start[[6, 8, 11]] = START_PX
     res = minimize(cost, start, jac=True, method="L-BFGS-B",
                    options={"maxiter": MAX_EVALUATIONS, "gtol": 1e-9, "ftol": 1e-13})
     lw, lv = unpack(res.x)
