@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from hetclass import engine
+from hetclass.geometry import rotvec_to_matrix
 from hetclass.options import ClassifyOptions
 from hetclass.phantoms import phantom_model
 from hetclass.pipeline import load_particles
@@ -44,18 +45,18 @@ def _measured(prepared, model, spread, seed=5):
 
 def test_rotation_matrices_are_rotations_by_the_vector_length():
     w = np.random.default_rng(0).normal(size=(20, 3)) * 0.3
-    r = ps.rotation_matrices(w)
+    r = rotvec_to_matrix(w)
     assert np.allclose(r @ r.transpose(0, 2, 1), np.eye(3), atol=1e-12)
     assert np.allclose(np.linalg.det(r), 1.0)
     angle = np.arccos(np.clip((np.trace(r, axis1=1, axis2=2) - 1) / 2, -1, 1))
     assert np.allclose(angle, np.linalg.norm(w, axis=1))
     assert np.allclose(r @ w[:, :, None], w[:, :, None])          # the axis stays
-    assert np.allclose(ps.rotation_matrices(np.zeros((2, 3))), np.eye(3))
+    assert np.allclose(rotvec_to_matrix(np.zeros((2, 3))), np.eye(3))
 
 
 def test_pose_errors_of_a_particle_do_not_depend_on_the_sharding():
     spread = ps.PoseSpread(2.0, 0.5, 1.0)
-    rot = ps.rotation_matrices(np.random.default_rng(1).normal(size=(600, 3)))
+    rot = rotvec_to_matrix(np.random.default_rng(1).normal(size=(600, 3)))
     rows = np.arange(600)
     whole = ps.perturbed_poses(spread, rot, rows, 3, 0, 256)
     part = np.arange(150, 600, 7)
@@ -96,7 +97,7 @@ def test_a_turn_about_one_axis_is_not_isotropic_error(one_state, monkeypatch):
         sign = np.where(global_rows % 2 == 0, 1.0, -1.0)
         w = np.zeros((global_rows.size, 3))
         w[:, 2] = np.deg2rad(3.0) * sign
-        return rotations @ ps.rotation_matrices(w), np.zeros((global_rows.size, 2))
+        return rotations @ rotvec_to_matrix(w), np.zeros((global_rows.size, 2))
 
     monkeypatch.setattr(null_mod, "perturbed_poses", turned)
     got = _measured(prepared, model, ps.PoseSpread(1.0, 0.0, prepared.pixel_size_A))

@@ -54,6 +54,11 @@ class OneStateModel:
     n_particles: int = 0
     pose_spread: Optional[PoseSpread] = None   # pose errors to simulate (None: STAR poses)
 
+    @property
+    def moves_poses(self) -> bool:
+        """Whether null data are made at poses moved by errors."""
+        return self.pose_spread is not None and self.pose_spread.simulated
+
 
 def background_ring(box_px: int) -> np.ndarray:
     """(b, b) bool: pixels outside the circle of radius ``0.375 b`` (RELION's default
@@ -121,8 +126,8 @@ def null_dataset(prepared, model: OneStateModel, seed, index: int, device: str =
     ctf = np.empty((n, m), dtype=np.float32)
     for bi, (rows, _) in enumerate(ws.batches):
         _, c, g = ws.batch_arrays(bi)
-        spread = model.pose_spread
-        if spread is None or not spread.any:
+        spread = model.pose_spread if model.moves_poses else None
+        if spread is None:
             signal = project(ws.operator(bi), grids, rows.size, m)[:, :, 0]
         else:
             moved, shifts_px = perturbed_poses(spread, data.rotations[rows], data.rows[rows],
@@ -241,7 +246,7 @@ def run_null(prepared, options, base: np.ndarray, seed, n_sets: int = NULL_SETS,
 
     results = run(list(plan), null_task)
     records = []
-    aligned = model.pose_spread is not None and model.pose_spread.any
+    aligned = model.moves_poses
     for key, (m, j, rows) in plan.items():
         res = results[key][0]
         labels = np.asarray(res.labels)

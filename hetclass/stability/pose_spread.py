@@ -45,6 +45,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .. import seeds
+from ..geometry import rotvec_to_matrix
 
 SUBSAMPLE = 3000           # particles used for the estimate (at most)
 STEP_DEG = 0.5             # rotation step of the central differences
@@ -77,10 +78,10 @@ class PoseSpread:
     iterations: int = 0
     displacement_A: float = 0.0     # rms displacement the isotropic errors cause (mass radius)
     resolution_A: float = 0.0       # the likelihood's resolution it is compared with
-    simulated: bool = True          # False: too small to matter, the null uses the STAR poses
 
     @property
-    def any(self) -> bool:
+    def simulated(self) -> bool:
+        """Whether the null moves the poses (False: too small to matter, STAR poses)."""
         return self.rot_deg > 0 or self.shift_px > 0
 
     def to_dict(self) -> dict:
@@ -106,19 +107,7 @@ def axis_rotations(axis: int, angle_rad: float) -> np.ndarray:
     """(3, 3) rotation by ``angle_rad`` about coordinate ``axis`` (0 x, 1 y, 2 z)."""
     w = np.zeros(3)
     w[axis] = angle_rad
-    return rotation_matrices(w[None])[0]
-
-
-def rotation_matrices(w: np.ndarray) -> np.ndarray:
-    """(n, 3, 3) ``exp([w]x)`` of axis-angle vectors ``w`` (n, 3) in radians (Rodrigues)."""
-    w = np.asarray(w, dtype=np.float64)
-    angle = np.linalg.norm(w, axis=1)
-    axis = w / np.maximum(angle, 1e-300)[:, None]
-    k = np.zeros((w.shape[0], 3, 3))
-    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
-    k -= k.transpose(0, 2, 1)
-    s, c = np.sin(angle)[:, None, None], np.cos(angle)[:, None, None]
-    return np.eye(3)[None] + s * k + (1.0 - c) * (k @ k)
+    return rotvec_to_matrix(w[None])[0]
 
 
 def shift_phase(coeffs, shifts_px: np.ndarray, m: int) -> np.ndarray:
@@ -271,7 +260,7 @@ def estimate_pose_spread(prepared, model, base: np.ndarray, seed, simulate) -> P
     px = float(prepared.pixel_size_A)
     spread = PoseSpread(float(rot_sd[0]), float(shift_sd[0]), px)
     for _ in range(BIAS_ROUNDS):
-        if not spread.any:
+        if not spread.simulated:
             break
         sim = simulate(sub, replace(model, pose_spread=spread), seed, 0)
         sim_rot, sim_shift, _ = _principal_sd(sim, model, kappa)
@@ -286,7 +275,7 @@ def estimate_pose_spread(prepared, model, base: np.ndarray, seed, simulate) -> P
     return PoseSpread(spread.rot_deg if simulated else 0.0,
                       spread.shift_px if simulated else 0.0, px,
                       tuple(float(x) for x in rot_sd), tuple(float(x) for x in shift_sd),
-                      int(rows.size), kappa, iterations, float(moved_A), resolution_A, simulated)
+                      int(rows.size), kappa, iterations, float(moved_A), resolution_A)
 
 
 def mass_radius_px(volume: np.ndarray, mask: np.ndarray) -> float:
@@ -324,4 +313,4 @@ def perturbed_poses(spread: PoseSpread, rotations: np.ndarray, global_rows: np.n
         z = z[global_rows[sel] % block]
         w[sel] = z[:, :3] * np.deg2rad(spread.rot_deg)
         t[sel] = z[:, 3:] * spread.shift_px
-    return rotations @ rotation_matrices(w), t
+    return rotations @ rotvec_to_matrix(w), t
