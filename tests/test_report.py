@@ -212,3 +212,19 @@ def test_stability_histogram_bins_are_the_attainable_values():
     heights = [p.get_height() for p in fig.axes[0].patches]
     assert heights == [0, 3, 0, 10, 50]
     assert len(fig.axes) == 2                                   # posterior panel
+
+
+def test_pose_error_text_says_what_the_null_simulated():
+    """The report's sentence on pose errors: too small → STAR poses; simulated → moved poses,
+    the rigid-motion statistic and, with several starts per null fit, that too."""
+    from hetclass.stability.report import pose_error_text
+    pose = {"particles": 3000, "rms_displacement_A": 1.9, "likelihood_resolution_A": 13.2,
+            "median_rotation_error_deg": 3.7, "median_shift_error_A": 1.0,
+            "simulated_in_null": True}
+    text = pose_error_text(pose, 3)
+    assert "1.9 A" in text and "13.2 A" in text and "best rigid motion" in text
+    assert "best of 3 exploration starts" in text
+    assert "exploration starts" not in pose_error_text(pose, 1)
+    small = pose_error_text(dict(pose, simulated_in_null=False), 1)
+    assert "too small to matter" in small and "rigid" not in small
+    assert "not measured" in pose_error_text(None)

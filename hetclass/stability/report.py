@@ -231,9 +231,9 @@ def fig_null(null: dict, points: Sequence[Tuple[float, float, str]], title: str)
     return fig
 
 
-def pose_error_text(pose: Optional[dict]) -> str:
+def pose_error_text(pose: Optional[dict], starts: Optional[int] = None) -> str:
     """One sentence on the STAR poses' errors and what the null did with them
-    (``null.pose_errors``)."""
+    (``null.pose_errors``; ``starts``: ``null.starts_per_classification``)."""
     if not pose:
         return "The null data were made at the STAR poses (pose errors not measured)."
     measured = (f"Pose errors of the STAR file, measured on {pose['particles']} particles "
@@ -246,7 +246,9 @@ def pose_error_text(pose: Optional[dict]) -> str:
             f"{pose['median_shift_error_A']:.1f} A). The null data were made at poses moved by "
             "errors of that size and classified at the STAR poses, and every map difference "
             "is taken after the best rigid motion of one map onto the other, so a split by "
-            "the direction of the pose errors is not taken for heterogeneity.")
+            "the direction of the pose errors is not taken for heterogeneity."
+            + (f" Each null classification kept the best of {starts} exploration starts, so "
+               "that none misses that split." if starts and starts > 1 else ""))
 
 
 def null_points(evidence: dict) -> List[Tuple[float, float, str]]:
@@ -528,7 +530,9 @@ def write_stability_report(path, summary: dict, result, class_maps: Sequence[np.
                        "distance of the maps over its noise from the half maps) with K = 2 "
                        "classifications of simulated one-state data of the same particles "
                        "(poses, CTFs, noise); p-values are in summary.json (p_values).", "small")
-        page.paragraph(pose_error_text(evidence["null"].get("pose_errors")), "small")
+        page.paragraph(pose_error_text(evidence["null"].get("pose_errors"),
+                                       evidence["null"].get("starts_per_classification")),
+                       "small")
         page.figure(lambda: fig_null(evidence["null"], null_points(evidence),
                                      "map differences against the null"), "null figure")
     evidence_section(page, evidence)
@@ -646,7 +650,8 @@ def write_exhaustive_report(path, tree_summary: dict, leaf_maps: Sequence[np.nda
     page.raw(value_html(_node_rows(tree)))
     null = tree_summary.get("null")
     if null:
-        page.paragraph(pose_error_text(null.get("pose_errors")), "small")
+        page.paragraph(pose_error_text(null.get("pose_errors"),
+                                       null.get("starts_per_classification")), "small")
         points = [(p["particles"], p["log_ratio"], f"node {nid}: {'-'.join(map(str, p['classes']))}")
                   for nid, test in map_tests.items() for p in test.get("pairs", [])
                   if p.get("log_ratio") is not None][:16]
