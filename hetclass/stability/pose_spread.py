@@ -75,7 +75,7 @@ class PoseSpread:
     shift_axes_px: tuple = (0.0, 0.0, 0.0)
     n_particles: int = 0
     noise_inflation: float = 1.0
-    iterations: int = 0
+    evaluations: int = 0            # of the marginal likelihood, fitting the covariance
     displacement_A: float = 0.0     # rms displacement the isotropic errors cause (mass radius)
     resolution_A: float = 0.0       # the likelihood's resolution it is compared with
 
@@ -98,7 +98,7 @@ class PoseSpread:
                 "simulated_in_null": bool(self.simulated),
                 "particles": int(self.n_particles),
                 "noise_inflation": round(float(self.noise_inflation), 3),
-                "fit_evaluations": int(self.iterations),
+                "fit_evaluations": int(self.evaluations),
                 "method": "random-effects covariance of the pose errors about the STAR poses "
                           "under the one-state model; the null simulates its isotropic part"}
 
@@ -228,9 +228,9 @@ def _principal_sd(sub, model, kappa: float):
     particles: the principal standard deviations of the fitted covariance, ascending."""
     sigma2 = np.asarray(model.sigma2, np.float64)
     rot, g, hess = _gathered(sub.workspace.comm, *particle_terms(sub, model.map, sigma2))
-    cov, iterations = error_covariance(g, hess, rot, kappa)
+    cov, evaluations = error_covariance(g, hess, rot, kappa)
     rot_sd = np.rad2deg(np.sqrt(np.maximum(np.linalg.eigvalsh(cov[:3, :3]), 0.0)))
-    return rot_sd, np.sqrt(np.maximum(np.linalg.eigvalsh(cov[3:, 3:]), 0.0)), iterations
+    return rot_sd, np.sqrt(np.maximum(np.linalg.eigvalsh(cov[3:, 3:]), 0.0)), evaluations
 
 
 def estimate_pose_spread(prepared, model, base: np.ndarray, seed, simulate) -> PoseSpread:
@@ -256,7 +256,7 @@ def estimate_pose_spread(prepared, model, base: np.ndarray, seed, simulate) -> P
     _, g0, hess0 = _gathered(comm, *particle_terms(simulate(sub, model, seed, 0),
                                                     model.map, sigma2))
     kappa = noise_inflation(g0, hess0)
-    rot_sd, shift_sd, iterations = _principal_sd(sub, model, kappa)
+    rot_sd, shift_sd, evaluations = _principal_sd(sub, model, kappa)
     px = float(prepared.pixel_size_A)
     spread = PoseSpread(float(rot_sd[0]), float(shift_sd[0]), px)
     for _ in range(BIAS_ROUNDS):
@@ -275,7 +275,7 @@ def estimate_pose_spread(prepared, model, base: np.ndarray, seed, simulate) -> P
     return PoseSpread(spread.rot_deg if simulated else 0.0,
                       spread.shift_px if simulated else 0.0, px,
                       tuple(float(x) for x in rot_sd), tuple(float(x) for x in shift_sd),
-                      int(rows.size), kappa, iterations, float(moved_A), resolution_A)
+                      int(rows.size), kappa, evaluations, float(moved_A), resolution_A)
 
 
 def mass_radius_px(volume: np.ndarray, mask: np.ndarray) -> float:

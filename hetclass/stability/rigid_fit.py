@@ -47,6 +47,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..geometry import rotvec_to_matrix
+
 GN_ITERATIONS = 4          # Gauss-Newton steps of the rigid fit
 MAX_ROTATION_DEG = 10.0    # bound on the fitted rotation (pose errors are a few degrees)
 MAX_SHIFT_PX = 2.0         # bound on the fitted shift, per axis (map pixels)
@@ -58,9 +60,8 @@ def moved(vol: np.ndarray, p: np.ndarray, order: int = 1) -> np.ndarray:
     about index ``b // 2`` and shifted by ``p[3:]`` pixels: ``out(x) = vol(R (x - c) + c +
     t)`` (spline interpolation of ``order``: 1 trilinear, 3 cubic; zero outside)."""
     from scipy import ndimage
-    from scipy.spatial.transform import Rotation
     c = np.full(3, vol.shape[0] // 2, dtype=np.float64)
-    m = Rotation.from_rotvec(np.deg2rad(p[:3])).as_matrix()
+    m = rotvec_to_matrix(np.deg2rad(p[:3]))[0]
     return ndimage.affine_transform(vol, m, offset=c - m @ c + p[3:], order=order,
                                     mode="constant")
 
