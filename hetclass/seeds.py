@@ -37,6 +37,7 @@ STREAMS = {
     "pair": 12,          # stability: a pair of neighbouring classes classified again (a, b)
     "split_merge": 13,   # the split halves of an exploration's merge-and-split move (index: move)
     "pose_spread": 14,   # stability: the particles that measure the STAR pose errors
+    "set_aside": 15,     # stability: scores of a K again without one replicate (index: K)
 }
 
 

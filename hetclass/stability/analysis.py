@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .. import seeds
 from ..errors import InputError
 from .class_tests import (
     MIN_WITHIN_PARTICLES,
@@ -41,6 +42,7 @@ from .replicates import (
     validate_replicate_args,
 )
 from .scores import KScores, score_replicates, single_class_scores
+from .set_aside import score_setting_aside
 from .tasks import run_tasks
 from .verdict import Thresholds, Verdict, heterogeneity_verdict
 
@@ -306,6 +308,13 @@ class _Scan:
         self.half_maps: Dict[int, np.ndarray] = {}
         self.seconds: Dict[str, float] = {}
 
+    def score(self, run: ReplicateRun, seed) -> "tuple[ReplicateRun, KScores]":
+        """Scores of one K's replicates, one replicate set aside where :mod:`.set_aside`
+        says so (its rescoring draws from the stream ``("set_aside", K)``)."""
+        def rescore(others: ReplicateRun) -> KScores:
+            return score_run(others, seeds.rng(seed, "set_aside", run.k), self.core)
+        return score_setting_aside(run, score_run(run, self.rng, self.core), rescore)
+
     def add(self, ks: Sequence[int]) -> None:
         (prepared, options, n_replicates, seed, subsample, base, workers, progress,
          abort_check, fit, groups, cache) = self.args
@@ -317,11 +326,10 @@ class _Scan:
                                   workers, progress, abort_check, fit, groups, cache)
         each = (time.perf_counter() - t0) / len(ks)
         for k in ks:
-            run = runs[k]
-            scores = score_run(run, self.rng, self.core)
+            run, scores = self.score(runs[k], seed)
             self.runs[k], self.per_k[k] = run, scores
             self.maps[k], self.half_maps[k] = consensus_maps(run, scores.perms)
-            self.seconds[f"k{k}"] = float(np.sum(run.seconds)) if len(ks) > 1 else each
+            self.seconds[f"k{k}"] = float(np.sum(runs[k].seconds)) if len(ks) > 1 else each
             if progress is not None and self.root:
                 progress("k_done", k=k, seconds=self.seconds[f"k{k}"],
                          all_stable=scores.all_stable)

@@ -58,6 +58,7 @@ from .replicates import (
     validate_replicate_args,
 )
 from .scores import score_replicates
+from .set_aside import score_setting_aside
 from .tasks import compact
 from .verdict import Thresholds
 
@@ -317,6 +318,10 @@ class _Tree:
                            self.subsample)
         scores = score_replicates(run.labels, k, posteriors=list(run.posteriors),
                                   rng=seeds.rng(plan.seed, "analysis", k))
+        if futile is None:
+            run, scores = score_setting_aside(run, scores, lambda others: score_replicates(
+                others.labels, k, posteriors=list(others.posteriors),
+                rng=seeds.rng(plan.seed, "set_aside", k)))
         test = pairwise_tests(run, scores, self.null_model, self.prepared.solvent_mask,
                               self.th.alpha)
         stable = scores.all_stable and futile is None
@@ -353,7 +358,8 @@ class _Tree:
             str(k): {"all_stable": r["scores"].all_stable,
                      "min_class_jaccard": round(float(r["scores"].min_class_jaccard), 4),
                      "distinguishable": r["test"]["all_distinguishable"],
-                     "replicates_run": r["replicates_run"], "futile": r["futile"]}
+                     "replicates_run": r["replicates_run"], "futile": r["futile"],
+                     "set_aside": (r["scores"].extra.get("set_aside") or {}).get("replicate")}
             for k, r in results.items()}}
         node.map_test = dict(first["test"]) if chosen is None else dict(results[chosen]["test"])
         if chosen is None:

@@ -121,7 +121,7 @@ def write_stability_outputs(out_dir: str, particles, prepared, result, options, 
     cont = _write_continuous(out_dir, particles, rows, columns, verdict, files)
 
     labels_path = os.path.join(out_dir, LABELS_NPZ)
-    _write_npz(labels_path, {f"k{kk}": s.aligned for kk, s in result.per_k.items() if kk >= 2}
+    _write_npz(labels_path, _replicate_labels(result.per_k)
                or {"k1": np.zeros((1, rows.size), np.int64)})
     files[LABELS_NPZ] = labels_path
 
@@ -216,6 +216,18 @@ def _write_continuous(out_dir: str, particles, rows: np.ndarray, columns: Dict[s
     return {"star": CONTINUOUS_STAR, "n_particles": int(members.size),
             "note": "particles of the continuous part, with their poses and CTF, ready "
                     "for cryoDRGN or cryoSPARC 3D variability analysis"}
+
+
+def _replicate_labels(per_k) -> Dict[str, np.ndarray]:
+    """``replicate_labels.npz``: ``k<K>`` (R, n) the replicates' labels in consensus
+    numbering; ``k<K>_set_aside`` (n,) those of a replicate left out of K's scores."""
+    out = {}
+    for kk, s in sorted(per_k.items()):
+        if kk >= 2:
+            out[f"k{kk}"] = s.aligned
+            if s.set_aside_labels is not None:
+                out[f"k{kk}_set_aside"] = s.set_aside_labels
+    return out
 
 
 def _per_k_summary(result, tests: dict) -> Dict[str, dict]:

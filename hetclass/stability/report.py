@@ -401,6 +401,7 @@ def format_key_tables(summary: dict) -> str:
     parts += [f"  - {r}" for r in summary.get("reasons", [])]
     parts += [f"  suggestion ({sug['action']}): {sug['why']}"
               for sug in summary.get("suggestions") or []]
+    parts += [f"  note: {text}" for text in set_aside_text(summary.get("per_k") or {})]
     cont = summary.get("continuous_particles")
     if cont:
         parts.append(f"continuous part: {cont['n_particles']} particles in {cont['star']} "
@@ -501,7 +502,8 @@ def write_stability_report(path, summary: dict, result, class_maps: Sequence[np.
     scores = result.per_k.get(k)
     run = result.runs.get(k)
     if run is not None and scores is not None:
-        labels = [f"r{i + 1}" for i in range(scores.n_replicates)]
+        used = (scores.extra.get("set_aside") or {}).get("replicates_used")
+        labels = [f"r{i}" for i in used] if used else [f"r{i + 1}" for i in range(scores.n_replicates)]
         page.figure(lambda: fig_class_sizes(run.histories, scores.perms, k),
                     "class sizes per iteration")
         page.figure(lambda: fig_matrix(mean_pair_jaccard_matrix(scores.aligned, k),
@@ -541,6 +543,24 @@ def write_stability_report(path, summary: dict, result, class_maps: Sequence[np.
     _warn_failures("report.html", page)
 
 
+def set_aside_text(per_k: dict) -> List[str]:
+    """One sentence per K where a replicate was set aside (:mod:`.set_aside`)."""
+    out = []
+    for k in sorted(per_k, key=int):
+        rec = per_k[k].get("set_aside")
+        if not rec:
+            continue
+        n = len(rec["replicates_used"])
+        out.append(f"K = {k}: replicate {rec['replicate']} was set aside; it agrees with the "
+                   f"others at mean ARI {rec['mean_ari_to_others']:.2f}, while the other {n} "
+                   f"agree at {rec['mean_ari_among_others']:.2f} (each replicate starts once, and "
+                   f"one start can end in another local optimum). K = {k} is scored on those "
+                   f"{n}; with all "
+                   f"{n + 1} its weakest class's Jaccard is "
+                   f"{_fmt(rec['min_class_jaccard_all_replicates'], '.2f')}.")
+    return out
+
+
 def _verdict_section(page: Page, summary: dict) -> None:
     """The report's head: the verdict, its reasons and suggestions, and the run's facts."""
     params = summary["parameters"]
@@ -549,6 +569,8 @@ def _verdict_section(page: Page, summary: dict) -> None:
     page.raw("<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in summary["reasons"]) + "</ul>")
     for sug in summary.get("suggestions") or []:
         page.paragraph(f"Suggestion ({sug['action']}): {sug['why']}", "note")
+    for text in set_aside_text(summary.get("per_k") or {}):
+        page.paragraph(text, "note")
     cont = summary.get("continuous_particles")
     if cont:
         page.paragraph(f"Continuous heterogeneity: {cont['n_particles']} particles written to "

@@ -186,6 +186,8 @@ class KScores:
     ``max_posterior`` (n,) mean over replicates of the max posterior (NaN without
     posteriors); ``ari``/``nmi`` (R, R); ``pair_jaccard`` (k, n_pairs) Jaccard of each
     class for each replicate pair (r < s, row-major); ``perms`` (R, k).
+    ``set_aside_labels`` (n,) the labels, in consensus numbering, of a replicate left out of
+    every score above (:mod:`hetclass.stability.set_aside`), else None.
     """
 
     k: int
@@ -202,6 +204,7 @@ class KScores:
     pac: float
     core_min_stability: float
     extra: Dict[str, object] = field(default_factory=dict)
+    set_aside_labels: Optional[np.ndarray] = None   # (n,) see :mod:`.set_aside`
 
     @property
     def n_replicates(self) -> int:
