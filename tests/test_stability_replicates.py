@@ -300,3 +300,33 @@ def test_continue_keeps_finished_classifications_and_gives_the_same_result(tmp_p
     with pytest.raises(InputError) as err:
         WorkCache(tmp_path / "b", {"run": "other"}, resume=True)
     assert err.value.field == "run"
+
+
+@pytest.mark.parametrize("bad_replicates, set_aside", [((2,), 3), ((1, 3), None)])
+def test_scan_sets_aside_one_replicate_that_found_another_partition(bad_replicates, set_aside):
+    """Five replicates of three states; at K = 3 the replicates in ``bad_replicates`` label
+    at random. One such replicate is set aside and K = 3 is recommended (scored on the four
+    others); with two, nothing is set aside and K = 3 is unstable."""
+    from hetclass.stability.analysis import run_stability
+    from hetclass.stability.replicates import replicate_seeds
+    truth = np.repeat([0, 1, 2], [160, 140, 100])
+    good, bad = FakeEngine(truth), FakeEngine(truth, error=1.0)
+    bad_keys = {replicate_seeds(4, 5)[r].spawn_key for r in bad_replicates}
+
+    def fit(prepared, options, seed, rows, **kw):
+        odd = options.classes == 3 and seed.spawn_key in bad_keys
+        return (bad if odd else good).fit(prepared, options, seed, rows, **kw)
+
+    result = run_stability(good.prepared, _options(), [1, 2, 3], n_replicates=5, seed=4,
+                           workers=1, fit=fit, null_sets=0, extend=False)
+    scores = result.per_k[3]
+    if set_aside is None:
+        assert "set_aside" not in scores.extra and not scores.all_stable
+        assert result.runs[3].n_replicates == 5 and result.verdict.recommended_k == 2
+        return
+    assert scores.extra["set_aside"]["replicate"] == set_aside
+    assert scores.all_stable and scores.n_replicates == 4 and result.runs[3].n_replicates == 4
+    assert result.verdict.recommended_k == 3
+    assert scores.set_aside_labels is not None and scores.set_aside_labels.shape == truth.shape
+    # K = 2 had nothing to set aside: its scores are those of all five replicates
+    assert result.per_k[2].n_replicates == 5 and "set_aside" not in result.per_k[2].extra
