@@ -260,6 +260,11 @@ def run_case(case: Case, info: dict, work: str, replicates: int, jobs: Optional[
             tree = json.load(fh)
         star = starfile.read(os.path.join(out, "leaves_data.star"), always_dict=True)["particles"]
         truth = truth_of(case, info, star["rlnImageName"])
+        again_path = os.path.join(out, "leaves_reassigned_data.star")
+        if os.path.exists(again_path):      # the leaves' ARI after reassignment (the final sets)
+            again = starfile.read(again_path, always_dict=True)["particles"]
+            row["tree_leaves_ari"] = round(ari(star["rlnClassNumber"], truth["class"]), 3)
+            star = again
         row.update({"verdict": f"{len(tree['leaves'])} leaves", "k": len(tree["leaves"]),
                     "consensus_ari": round(ari(star["rlnClassNumber"], truth["class"]), 3),
                     "leaves": [(lf["id"], lf["n_particles"], lf["reason"])

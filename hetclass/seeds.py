@@ -38,6 +38,7 @@ STREAMS = {
     "split_merge": 13,   # the split halves of an exploration's merge-and-split move (index: move)
     "pose_spread": 14,   # stability: the particles that measure the STAR pose errors
     "set_aside": 15,     # stability: scores of a K again without one replicate (index: K)
+    "reassign": 16,      # exhaustive: the tree's particles refined among its leaves
 }
 
 

@@ -8,8 +8,9 @@ directory, then returns the output nodes for what they wrote:
 * stability: ``consensus_data.star``, ``stable_core_classNNN.star`` and
   ``continuous_particles.star`` (particles), ``consensus_classNNN.mrc`` (maps), the first
   unfiltered half map of each class (half map, so PostProcess can use the pair);
-* exhaustive: ``leaves_data.star`` and ``leafNN_node<ID>.star`` (particles), the leaf maps
-  and their first half maps.
+* exhaustive: ``leaves_data.star``, ``leaves_reassigned_data.star`` (every particle
+  reassigned among the leaves) and ``leafNN_node<ID>.star`` (particles), the leaf maps and
+  their first half maps.
 
 ``summary.json`` and ``report.html`` stay in the job directory (RELION registers only PDF
 logs).
@@ -59,6 +60,8 @@ def _stability_files(summary: dict) -> List[str]:
 
 def _exhaustive_files(summary: dict) -> List[str]:
     files = [summary["leaves_star"]] if summary.get("leaves_star") else []
+    if (summary.get("reassigned") or {}).get("star"):
+        files.append(summary["reassigned"]["star"])
     for leaf in summary.get("leaves") or []:
         files += [leaf[key] for key in ("star", "map") if leaf.get(key)]
         files += list(leaf.get("half_maps") or [])

@@ -10,7 +10,8 @@ or max depth.
 Example:
   hetclass exhaustive --particles Refine3D/job010/run_data.star --out hc_tree
 
-Outputs: tree.json, leafNN_node<ID>.star / .mrc (+ half maps), leaves_data.star, report.html.
+Outputs: tree.json, leafNN_node<ID>.star / .mrc (+ half maps), leaves_data.star,
+leaves_reassigned_data.star (every particle reassigned among the leaves), report.html.
 """
 
 from __future__ import annotations

@@ -205,6 +205,9 @@ def test_exhaustive_ranks_give_single_process_tree(ds, tmp_path):
     assert tree(mpi / "tree.json") == tree(serial / "tree.json")
     np.testing.assert_array_equal(_labels(mpi / "leaves_data.star"),
                                   _labels(serial / "leaves_data.star"))
+    if json.loads((serial / "tree.json").read_text())["reassigned"]:
+        np.testing.assert_array_equal(_labels(mpi / "leaves_reassigned_data.star"),
+                                      _labels(serial / "leaves_reassigned_data.star"))
 
 
 def test_input_error_on_one_rank_gives_one_line_and_exit_2(ds, tmp_path):

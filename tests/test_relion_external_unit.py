@@ -432,11 +432,13 @@ def _fake_exhaustive_job(calls):
         calls.update(mode="exhaustive", min_class_size=min_class_size, max_depth=max_depth,
                      k_scan=k_scan, null_sets=null_sets, n_replicates=n_replicates)
         progress("node", id="1", n_particles=10, decision="split", reason=None)
-        summary = {"leaves_star": "leaves_data.star", "leaves": [
+        summary = {"leaves_star": "leaves_data.star",
+                   "reassigned": {"star": "leaves_reassigned_data.star"}, "leaves": [
             {"star": "leaf01_node1.1.star", "map": "leaf01_node1.1.mrc",
              "half_maps": ["leaf01_node1.1_half1_unfil.mrc", "leaf01_node1.1_half2_unfil.mrc"]},
             {"star": "leaf02_node1.2.star"}]}
-        for name in ["leaves_data.star", "leaf01_node1.1.star", "leaf01_node1.1.mrc",
+        for name in ["leaves_data.star", "leaves_reassigned_data.star",
+                     "leaf01_node1.1.star", "leaf01_node1.1.mrc",
                      "leaf01_node1.1_half1_unfil.mrc", "leaf01_node1.1_half2_unfil.mrc",
                      "leaf02_node1.2.star", "tree.json"]:
             Path(out_dir, name).write_text("x")
@@ -486,7 +488,9 @@ def test_exhaustive_mode_runs_and_registers_leaves(relion_job):
     assert "node 1 (10 particles): split" in out
     nodes = starfile.read(relion_job / "RELION_OUTPUT_NODES.star")
     got = dict(zip(nodes["rlnPipeLineNodeName"], nodes["rlnPipeLineNodeType"]))
-    assert got == {"External/job004/leaves_data.star": 3, "External/job004/leaf01_node1.1.star": 3,
+    assert got == {"External/job004/leaves_data.star": 3,
+                   "External/job004/leaves_reassigned_data.star": 3,
+                   "External/job004/leaf01_node1.1.star": 3,
                    "External/job004/leaf01_node1.1.mrc": 6,
                    "External/job004/leaf01_node1.1_half1_unfil.mrc": 10,
                    "External/job004/leaf02_node1.2.star": 3}

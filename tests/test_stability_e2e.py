@@ -172,7 +172,8 @@ def test_exhaustive_three_states_two_levels(data_root, capsys):
               "--min-class-size", "400", "--max-depth", "3", "--replicates", "3",
               "--max-iter", "15", "--seed", "4", "--out", str(out), "--quiet"])
     assert rc == 0
-    assert "leaves:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "leaves:" in printed and "reassigned among the leaves:" in printed
     tree = json.loads((out / "tree.json").read_text())
     assert tree["schema"] == "hetclass.exhaustive/1"
     leaves = tree["leaves"]
@@ -198,5 +199,19 @@ def test_exhaustive_three_states_two_levels(data_root, capsys):
         assert os.path.exists(out / lf["map"])
     assert sorted(dominant) == ["closed", "no_subunit", "open"]
     assert total == 2400
+    # every particle classified once more among the leaves: the tree's leaf kept beside the
+    # new one, as accurate against the truth as the leaves at least
+    tree_leaf = starfile.read(out / "leaves_data.star", always_dict=True)["particles"]
+    again = starfile.read(out / "leaves_reassigned_data.star", always_dict=True)["particles"]
+    assert list(again["rlnImageName"]) == list(tree_leaf["rlnImageName"])
+    assert np.array_equal(again["rlnHetclassTreeLeaf"], tree_leaf["rlnClassNumber"])
+    moved = tree["reassigned"]
+    assert moved["particles_moved"] == int(np.sum(again["rlnClassNumber"] != again["rlnHetclassTreeLeaf"]))
+    assert sum(moved["class_sizes"]) == 2400 and moved["classes"] == 3
+    state = np.unique(truth[[index_of[name] for name in again["rlnImageName"]]],
+                      return_inverse=True)[1]
+    ari_tree = adjusted_rand_index(tree_leaf["rlnClassNumber"].to_numpy(), state)
+    ari_again = adjusted_rand_index(again["rlnClassNumber"].to_numpy(), state)
+    assert ari_again >= ari_tree - 0.01, (ari_tree, ari_again)
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3

@@ -492,11 +492,29 @@ def exhaustive_job(particles, options, out_dir: str, min_class_size: Optional[in
         root = explore(prepared, options, None, min_class_size, max_depth, n_replicates,
                        options.seed, subsample, k_scan, null_sets, workers, progress=progress,
                        abort_check=abort_check, groups=groups, cache=cache)
+        reassigned = _reassign(prepared, options, root, workers, groups, cache, progress,
+                               abort_check)
         params = {"min_class_size": "auto" if min_class_size is None else int(min_class_size),
                   "max_depth": int(max_depth), "replicates": int(n_replicates),
                   "subsample": subsample, "k_scan": k_scan, "null_sets": int(null_sets),
                   "seed": int(options.seed), "seconds": round(time.perf_counter() - t0, 2)}
         summary = write_on_root(groups, prepared, lambda rec: write_exhaustive_outputs(
-            out_dir, particles, prepared, root, options, params, particles_path=particles_path))
+            out_dir, particles, prepared, root, options, params, particles_path=particles_path,
+            reassigned=reassigned))
         cache.remove()
     return summary, root
+
+
+def _reassign(prepared, options, root: Node, workers, groups, cache, progress, abort_check):
+    """:func:`.reassign.reassign_leaves` on the finished tree (None with one leaf)."""
+    from .reassign import reassign_leaves
+    from .tasks import run_tasks
+    leaves = root.leaves()
+    if len(leaves) < 2:
+        return None
+    if progress is not None and (groups is None or not groups.is_mpi or groups.world.is_root):
+        progress("message", text=f"every particle classified once more among the "
+                                 f"{len(leaves)} leaves (K = {len(leaves)}, from the leaves)")
+    return reassign_leaves(prepared, options, [leaf.rows for leaf in leaves], options.seed,
+                           run=lambda keys, one: run_tasks(keys, one, workers, groups, cache,
+                                                           None, abort_check))

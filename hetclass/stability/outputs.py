@@ -270,10 +270,13 @@ def leaf_name(i: int, node_id: str) -> str:
 
 
 def write_exhaustive_outputs(out_dir: str, particles, prepared, root, options, parameters: dict,
-                             particles_path: Optional[str] = None, report: bool = True) -> dict:
+                             particles_path: Optional[str] = None, report: bool = True,
+                             reassigned=None) -> dict:
     """Write ``tree.json``, leaf STAR files and maps, and the report; returns the tree summary.
 
-    ``root`` the :class:`hetclass.stability.exhaustive.Node` from ``explore``.
+    ``root`` the :class:`hetclass.stability.exhaustive.Node` from ``explore``;
+    ``reassigned`` the fit of :func:`hetclass.stability.reassign.reassign_leaves` (None:
+    not run), written to ``leaves_reassigned_data.star``.
     """
     os.makedirs(out_dir, exist_ok=True)
     big_box = int(particles.box_px[0])
@@ -301,11 +304,12 @@ def write_exhaustive_outputs(out_dir: str, particles, prepared, root, options, p
         leaves.append(entry)
     all_star = os.path.join(out_dir, "leaves_data.star")
     write_particles_star(all_star, particles, {"rlnClassNumber": leaf_of})
+    moved = _write_reassigned(out_dir, particles, leaf_of, reassigned)
     null = getattr(root, "null", None)
     summary = {"schema": TREE_SCHEMA, "hetclass_version": __version__, "command": "exhaustive",
                "input": {"particles": particles_path, "n_particles": int(root.n_particles)},
                "parameters": {**parameters, "classify_options": _options_dict(options)},
-               "leaves": leaves, "leaves_star": "leaves_data.star",
+               "leaves": leaves, "leaves_star": "leaves_data.star", "reassigned": moved,
                "null": None if null is None else null.to_dict(), "tree": root.to_dict()}
     if report:
         maps = [lf.map for lf in root.leaves() if lf.map is not None]
@@ -315,6 +319,31 @@ def write_exhaustive_outputs(out_dir: str, particles, prepared, root, options, p
         write_exhaustive_report(os.path.join(out_dir, REPORT_HTML), summary, maps, names, tests)
     atomic_write_json(os.path.join(out_dir, TREE_JSON), summary)
     return summary
+
+
+REASSIGNED_STAR = "leaves_reassigned_data.star"
+
+
+def _write_reassigned(out_dir: str, particles, leaf_of: np.ndarray, reassigned) -> Optional[dict]:
+    """``leaves_reassigned_data.star`` (every particle: ``rlnClassNumber`` the leaf it was
+    reassigned to, ``rlnHetclassTreeLeaf`` its leaf in the tree, the max posterior) and its
+    summary entry; None when no reassignment ran."""
+    if reassigned is None:
+        return None
+    labels = np.asarray(reassigned.labels, np.int64) + 1
+    post = np.asarray(reassigned.posteriors)
+    write_particles_star(os.path.join(out_dir, REASSIGNED_STAR), particles,
+                         {"rlnClassNumber": labels, "rlnHetclassTreeLeaf": leaf_of,
+                          "rlnMaxValueProbDistribution": post.max(axis=1)})
+    k = post.shape[1]
+    moved = labels != leaf_of
+    return {"star": REASSIGNED_STAR, "classes": int(k),
+            "particles_moved": int(moved.sum()), "fraction_moved": _r(float(moved.mean()), 4),
+            "class_sizes": np.bincount(labels - 1, minlength=k).tolist(),
+            "iterations": len(reassigned.stats),
+            "note": "every particle classified once more among the leaves (one EM refinement "
+                    "at K = number of leaves, started from the leaves): a particle put on the "
+                    "wrong side of an early split joins the leaf whose map explains it best"}
 
 
 def stability_key_tables(summary: dict) -> str:
@@ -327,4 +356,10 @@ def exhaustive_key_table(summary: dict) -> str:
     rows = [[str(i + 1), lf["id"], str(lf["n_particles"]), lf["reason"] or "-",
              "-" if lf["resolution_A"] is None else f"{lf['resolution_A']:.1f}", lf["star"]]
             for i, lf in enumerate(summary["leaves"])]
-    return "leaves:\n" + text_table(["leaf", "node", "particles", "reason", "res. A", "star"], rows)
+    text = "leaves:\n" + text_table(["leaf", "node", "particles", "reason", "res. A", "star"], rows)
+    moved = summary.get("reassigned")
+    if moved:
+        text += (f"\nreassigned among the leaves: {moved['particles_moved']} particles "
+                 f"({100 * moved['fraction_moved']:.1f} %) changed leaf; sizes "
+                 f"{', '.join(str(n) for n in moved['class_sizes'])} in {moved['star']}")
+    return text

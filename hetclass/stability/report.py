@@ -441,6 +441,8 @@ FILE_DESCRIPTIONS = {
     "summary.json": "every number of this report (schema: docs/stability.md)",
     "report.html": "this report",
     "leaves_data.star": "every particle with its leaf number",
+    "leaves_reassigned_data.star": "every particle with the leaf it was reassigned to "
+                                   "(rlnHetclassTreeLeaf: its leaf in the tree)",
     "leaf*_half*_unfil.mrc": "half-set map of a leaf",
     "leaf*.star": "the particles of a leaf",
     "leaf*.mrc": "map of a leaf",
@@ -668,6 +670,15 @@ def write_exhaustive_report(path, tree_summary: dict, leaf_maps: Sequence[np.nda
                              html=True), lf.get("star", "-"), lf.get("map", "-")]
             for i, lf in enumerate(tree_summary["leaves"])]
     page.table(header, rows)
+    moved = tree_summary.get("reassigned")
+    if moved:
+        page.paragraph(f"Every particle was classified once more among the leaves (one EM "
+                       f"refinement at K = {moved['classes']}, started from the leaves): "
+                       f"{moved['particles_moved']} particles "
+                       f"({100 * moved['fraction_moved']:.1f} %) changed leaf; sizes "
+                       f"{', '.join(str(n) for n in moved['class_sizes'])}, in "
+                       f"{moved['star']}. Use that file for the final particle sets; the "
+                       "leaf files and maps above are the tree's.", "note")
     page.heading("Nodes")
     page.raw(value_html(_node_rows(tree)))
     null = tree_summary.get("null")
@@ -684,7 +695,8 @@ def write_exhaustive_report(path, tree_summary: dict, leaf_maps: Sequence[np.nda
     if len(leaf_maps):
         page.figure(lambda: fig_map_views(leaf_maps, leaf_names),
                     "slices and projections of the leaf maps")
-    files = {"tree.json": "tree.json", "leaves_data.star": tree_summary.get("leaves_star")}
+    files = {"tree.json": "tree.json", "leaves_data.star": tree_summary.get("leaves_star"),
+             "leaves_reassigned_data.star": (moved or {}).get("star")}
     for lf in tree_summary["leaves"]:
         for key in ("star", "map"):
             if lf.get(key):
