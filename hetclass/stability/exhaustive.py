@@ -316,12 +316,12 @@ class _Tree:
         n = plan.node.n_particles
         run = assemble_run(k, np.arange(n), [plan.keep[r] for r in range(len(reps))], reps,
                            self.subsample)
-        scores = score_replicates(run.labels, k, posteriors=list(run.posteriors),
-                                  rng=seeds.rng(plan.seed, "analysis", k))
+        def scored(some, stream: str):
+            return score_replicates(some.labels, k, posteriors=list(some.posteriors),
+                                    rng=seeds.rng(plan.seed, stream, k))
+        scores = scored(run, "analysis")
         if futile is None:
-            run, scores = score_setting_aside(run, scores, lambda others: score_replicates(
-                others.labels, k, posteriors=list(others.posteriors),
-                rng=seeds.rng(plan.seed, "set_aside", k)))
+            run, scores = score_setting_aside(run, scores, lambda others: scored(others, "set_aside"))
         test = pairwise_tests(run, scores, self.null_model, self.prepared.solvent_mask,
                               self.th.alpha)
         stable = scores.all_stable and futile is None

@@ -555,11 +555,10 @@ def set_aside_text(per_k: dict) -> List[str]:
         n = len(rec["replicates_used"])
         out.append(f"K = {k}: replicate {rec['replicate']} was set aside; it agrees with the "
                    f"others at mean ARI {rec['mean_ari_to_others']:.2f}, while the other {n} "
-                   f"agree at {rec['mean_ari_among_others']:.2f} (each replicate starts once, and "
-                   f"one start can end in another local optimum). K = {k} is scored on those "
-                   f"{n}; with all "
-                   f"{n + 1} its weakest class's Jaccard is "
-                   f"{_fmt(rec['min_class_jaccard_all_replicates'], '.2f')}.")
+                   f"agree at {rec['mean_ari_among_others']:.2f} (each replicate starts once, "
+                   "and one start can end in another local optimum). K = "
+                   f"{k} is scored on those {n}; with all {n + 1} its weakest class's Jaccard "
+                   f"is {_fmt(rec['min_class_jaccard_all_replicates'], '.2f')}.")
     return out
 
 

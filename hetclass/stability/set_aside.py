@@ -28,7 +28,7 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 
-from .matching import contingency
+from .matching import match_to_reference, relabel
 from .replicates import ReplicateRun
 from .scores import KScores
 
@@ -51,17 +51,6 @@ def without_replicate(run: ReplicateRun, drop: int) -> ReplicateRun:
                    maps=run.maps[keep], half_maps=run.half_maps[keep], fsc=run.fsc[keep],
                    resolution_A=run.resolution_A[keep],
                    histories=[run.histories[r] for r in keep], seconds=run.seconds[keep])
-
-
-def _aligned_to_consensus(labels: np.ndarray, consensus: np.ndarray, k: int) -> np.ndarray:
-    """``labels`` renamed to the consensus classes they overlap most (Hungarian); -1 kept."""
-    from scipy.optimize import linear_sum_assignment
-    both = (labels >= 0) & (consensus >= 0)
-    t = contingency(labels[both], consensus[both], k, k)
-    rows, cols = linear_sum_assignment(t, maximize=True)
-    perm = np.empty(k, dtype=np.int64)
-    perm[rows] = cols
-    return np.where(labels >= 0, perm[np.maximum(labels, 0)], -1)
 
 
 def score_setting_aside(run: ReplicateRun, scores: KScores,
@@ -88,7 +77,8 @@ def score_setting_aside(run: ReplicateRun, scores: KScores,
         "replicate": drop + 1, "replicates_used": [r + 1 for r in keep],
         "mean_ari_to_others": round(to_others, 4), "mean_ari_among_others": round(among, 4),
         "min_class_jaccard_all_replicates": _round(scores.min_class_jaccard)}
-    kept.set_aside_labels = _aligned_to_consensus(run.labels[drop], kept.consensus, run.k)
+    kept.set_aside_labels = relabel(run.labels[drop],
+                                    match_to_reference(kept.consensus, run.labels[drop], run.k))
     return others, kept
 
 
