@@ -10,7 +10,8 @@ directory, then returns the output nodes for what they wrote:
   unfiltered half map of each class (half map, so PostProcess can use the pair);
 * exhaustive: ``leaves_data.star``, ``leaves_reassigned_data.star`` (every particle
   reassigned among the leaves) and ``leafNN_node<ID>.star`` (particles), the leaf maps and
-  their first half maps.
+  the reassigned classes' maps (``leaves_reassigned_classNNN.mrc``), each with its first
+  half map.
 
 ``summary.json`` and ``report.html`` stay in the job directory (RELION registers only PDF
 logs).
@@ -60,8 +61,11 @@ def _stability_files(summary: dict) -> List[str]:
 
 def _exhaustive_files(summary: dict) -> List[str]:
     files = [summary["leaves_star"]] if summary.get("leaves_star") else []
-    if (summary.get("reassigned") or {}).get("star"):
-        files.append(summary["reassigned"]["star"])
+    again = summary.get("reassigned") or {}
+    if again.get("star"):
+        files.append(again["star"])
+        files += list(again.get("maps") or [])
+        files += [name for pair in again.get("half_maps") or [] for name in pair]
     for leaf in summary.get("leaves") or []:
         files += [leaf[key] for key in ("star", "map") if leaf.get(key)]
         files += list(leaf.get("half_maps") or [])

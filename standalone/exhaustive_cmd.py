@@ -11,7 +11,8 @@ Example:
   hetclass exhaustive --particles Refine3D/job010/run_data.star --out hc_tree
 
 Outputs: tree.json, leafNN_node<ID>.star / .mrc (+ half maps), leaves_data.star,
-leaves_reassigned_data.star (every particle reassigned among the leaves), report.html.
+leaves_reassigned_data.star and leaves_reassigned_classNNN.mrc (+ half maps): every
+particle reassigned among the leaves and the refined maps, report.html.
 """
 
 from __future__ import annotations

@@ -433,11 +433,17 @@ def _fake_exhaustive_job(calls):
                      k_scan=k_scan, null_sets=null_sets, n_replicates=n_replicates)
         progress("node", id="1", n_particles=10, decision="split", reason=None)
         summary = {"leaves_star": "leaves_data.star",
-                   "reassigned": {"star": "leaves_reassigned_data.star"}, "leaves": [
+                   "reassigned": {"star": "leaves_reassigned_data.star",
+                                  "maps": ["leaves_reassigned_class001.mrc"],
+                                  "half_maps": [["leaves_reassigned_half1_class001_unfil.mrc",
+                                                 "leaves_reassigned_half2_class001_unfil.mrc"]]},
+                   "leaves": [
             {"star": "leaf01_node1.1.star", "map": "leaf01_node1.1.mrc",
              "half_maps": ["leaf01_node1.1_half1_unfil.mrc", "leaf01_node1.1_half2_unfil.mrc"]},
             {"star": "leaf02_node1.2.star"}]}
         for name in ["leaves_data.star", "leaves_reassigned_data.star",
+                     "leaves_reassigned_class001.mrc", "leaves_reassigned_half1_class001_unfil.mrc",
+                     "leaves_reassigned_half2_class001_unfil.mrc",
                      "leaf01_node1.1.star", "leaf01_node1.1.mrc",
                      "leaf01_node1.1_half1_unfil.mrc", "leaf01_node1.1_half2_unfil.mrc",
                      "leaf02_node1.2.star", "tree.json"]:
@@ -490,6 +496,8 @@ def test_exhaustive_mode_runs_and_registers_leaves(relion_job):
     got = dict(zip(nodes["rlnPipeLineNodeName"], nodes["rlnPipeLineNodeType"]))
     assert got == {"External/job004/leaves_data.star": 3,
                    "External/job004/leaves_reassigned_data.star": 3,
+                   "External/job004/leaves_reassigned_class001.mrc": 6,
+                   "External/job004/leaves_reassigned_half1_class001_unfil.mrc": 10,
                    "External/job004/leaf01_node1.1.star": 3,
                    "External/job004/leaf01_node1.1.mrc": 6,
                    "External/job004/leaf01_node1.1_half1_unfil.mrc": 10,

@@ -208,6 +208,13 @@ def test_exhaustive_three_states_two_levels(data_root, capsys):
     moved = tree["reassigned"]
     assert moved["particles_moved"] == int(np.sum(again["rlnClassNumber"] != again["rlnHetclassTreeLeaf"]))
     assert sum(moved["class_sizes"]) == 2400 and moved["classes"] == 3
+    # the refined class maps beside it, at the input's box and pixel size
+    for c, name in enumerate(moved["maps"]):
+        assert name == f"leaves_reassigned_class{c + 1:03d}.mrc"
+        for path in [name] + moved["half_maps"][c]:
+            with mrcfile.open(out / path, permissive=True) as m:
+                assert m.data.shape == (SIM["box_px"],) * 3
+                assert abs(float(m.voxel_size.x) - SIM["pixel_size_A"]) < 1e-3
     state = np.unique(truth[[index_of[name] for name in again["rlnImageName"]]],
                       return_inverse=True)[1]
     ari_tree = adjusted_rand_index(tree_leaf["rlnClassNumber"].to_numpy(), state)

@@ -50,12 +50,12 @@ def core_star_name(c: int) -> str:
     return f"stable_core_class{c + 1:03d}.star"
 
 
-def class_map_name(c: int) -> str:
-    return f"consensus_class{c + 1:03d}.mrc"
+def class_map_name(c: int, prefix: str = "consensus") -> str:
+    return f"{prefix}_class{c + 1:03d}.mrc"
 
 
-def half_map_name(h: int, c: int) -> str:
-    return f"consensus_half{h + 1}_class{c + 1:03d}_unfil.mrc"
+def half_map_name(h: int, c: int, prefix: str = "consensus") -> str:
+    return f"{prefix}_half{h + 1}_class{c + 1:03d}_unfil.mrc"
 
 
 def _r(x, d=4):
@@ -79,17 +79,22 @@ def _write_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
             np.savez_compressed(f, **arrays)  # type: ignore[arg-type]   # numpy stubs: **arrays
 
 
-def _write_maps(out_dir: str, rec, columns, names, big_box: int, big_psize: float):
-    """Write full and half maps of ``rec`` columns at the original box; returns file dict."""
+def _write_maps(out_dir: str, rec, columns, names, big_box: int, big_psize: float,
+                prefix: str = "consensus"):
+    """Write full and half maps of ``rec`` columns at the original box (file names
+    ``<prefix>_class<NNN>.mrc``, ``<prefix>_half<h>_class<NNN>_unfil.mrc``); returns
+    ``{file name: path}``."""
     files = {}
     for col, c in zip(columns, names):
-        path = os.path.join(out_dir, class_map_name(c))
+        name = class_map_name(c, prefix)
+        path = os.path.join(out_dir, name)
         write_map(path, to_original_box(rec.maps[col], big_box), big_psize)
-        files[class_map_name(c)] = path
+        files[name] = path
         for h in range(2):
-            hp = os.path.join(out_dir, half_map_name(h, c))
+            half = half_map_name(h, c, prefix)
+            hp = os.path.join(out_dir, half)
             write_map(hp, to_original_box(rec.half_maps[h, col], big_box), big_psize)
-            files[half_map_name(h, c)] = hp
+            files[half] = hp
     return files
 
 
@@ -276,7 +281,7 @@ def write_exhaustive_outputs(out_dir: str, particles, prepared, root, options, p
 
     ``root`` the :class:`hetclass.stability.exhaustive.Node` from ``explore``;
     ``reassigned`` the fit of :func:`hetclass.stability.reassign.reassign_leaves` (None:
-    not run), written to ``leaves_reassigned_data.star``.
+    not run), written to ``leaves_reassigned_data.star`` and its class maps.
     """
     os.makedirs(out_dir, exist_ok=True)
     big_box = int(particles.box_px[0])
@@ -304,7 +309,7 @@ def write_exhaustive_outputs(out_dir: str, particles, prepared, root, options, p
         leaves.append(entry)
     all_star = os.path.join(out_dir, "leaves_data.star")
     write_particles_star(all_star, particles, {"rlnClassNumber": leaf_of})
-    moved = _write_reassigned(out_dir, particles, leaf_of, reassigned)
+    moved = _write_reassigned(out_dir, particles, leaf_of, reassigned, big_box, big_psize)
     null = getattr(root, "null", None)
     summary = {"schema": TREE_SCHEMA, "hetclass_version": __version__, "command": "exhaustive",
                "input": {"particles": particles_path, "n_particles": int(root.n_particles)},
@@ -322,11 +327,14 @@ def write_exhaustive_outputs(out_dir: str, particles, prepared, root, options, p
 
 
 REASSIGNED_STAR = "leaves_reassigned_data.star"
+REASSIGNED_PREFIX = "leaves_reassigned"
 
 
-def _write_reassigned(out_dir: str, particles, leaf_of: np.ndarray, reassigned) -> Optional[dict]:
+def _write_reassigned(out_dir: str, particles, leaf_of: np.ndarray, reassigned,
+                      big_box: int, big_psize: float) -> Optional[dict]:
     """``leaves_reassigned_data.star`` (every particle: ``rlnClassNumber`` the leaf it was
-    reassigned to, ``rlnHetclassTreeLeaf`` its leaf in the tree, the max posterior) and its
+    reassigned to, ``rlnHetclassTreeLeaf`` its leaf in the tree, the max posterior), the
+    refined class maps and half maps (``leaves_reassigned_class<NNN>.mrc``, ...) and the
     summary entry; None when no reassignment ran."""
     if reassigned is None:
         return None
@@ -336,8 +344,12 @@ def _write_reassigned(out_dir: str, particles, leaf_of: np.ndarray, reassigned) 
                          {"rlnClassNumber": labels, "rlnHetclassTreeLeaf": leaf_of,
                           "rlnMaxValueProbDistribution": post.max(axis=1)})
     k = post.shape[1]
+    _write_maps(out_dir, reassigned, range(k), range(k), big_box, big_psize, REASSIGNED_PREFIX)
     moved = labels != leaf_of
     return {"star": REASSIGNED_STAR, "classes": int(k),
+            "maps": [class_map_name(c, REASSIGNED_PREFIX) for c in range(k)],
+            "half_maps": [[half_map_name(h, c, REASSIGNED_PREFIX) for h in range(2)]
+                          for c in range(k)],
             "particles_moved": int(moved.sum()), "fraction_moved": _r(float(moved.mean()), 4),
             "class_sizes": np.bincount(labels - 1, minlength=k).tolist(),
             "iterations": len(reassigned.stats),

@@ -38,7 +38,9 @@ class HetClassProtStability(ProtClassify3D):
 
     _label = "classification stability"
     _devStatus = BETA
-    _possibleOutputs = {"outputClasses": SetOfClasses3D, "outputVolumes": SetOfVolumes}
+    _possibleOutputs = {"outputClasses": SetOfClasses3D, "outputVolumes": SetOfVolumes,
+                        "outputReassignedClasses": SetOfClasses3D,
+                        "outputReassignedVolumes": SetOfVolumes}
 
     # ----- form -------------------------------------------------------------------------
     def _defineParams(self, form):
@@ -230,17 +232,46 @@ class HetClassProtStability(ProtClassify3D):
                    "outputVolumes": self._volumes(
                        [(i + 1, lf["map"], lf.get("resolution_A"))
                         for i, lf in enumerate(leaves) if lf.get("map")], pixel)}
+        if tree.get("reassigned"):
+            outputs.update(self._reassignedOutputs(tree["reassigned"], pixel))
         self._register(outputs)
 
-    def _classes(self, update_particle, update_class):
-        classes = self._createSetOfClasses3D(self.inputParticles)
+    def _reassignedOutputs(self, again: dict, pixel: float) -> dict:
+        """Every particle reassigned among the leaves (``leaves_reassigned_data.star``): its
+        classes, with the refined maps as representatives, and those maps."""
+        ids, table = self._readStar(again["star"])
+        label = dict(zip(ids.tolist(), table["rlnClassNumber"].to_numpy(dtype=np.int64)))
+        leaf = dict(zip(ids.tolist(), table["rlnHetclassTreeLeaf"].to_numpy(dtype=np.int64)))
+        maps = again.get("maps") or []
+
+        def update_particle(item, _row):
+            pid = int(item.getObjId())
+            if label.get(pid, 0) == 0:
+                item._appendItem = False
+                return
+            item.setClassId(int(label[pid]))
+            item._hetclassTreeLeaf = Integer(int(leaf[pid]))
+
+        def update_class(cls):
+            number = cls.getObjId()
+            if number <= len(maps):
+                cls.getRepresentative().setLocation(self._outDir(maps[number - 1]))
+                cls.getRepresentative().setSamplingRate(pixel)
+
+        return {"outputReassignedClasses": self._classes(update_particle, update_class,
+                                                         "reassigned"),
+                "outputReassignedVolumes": self._volumes(
+                    [(c + 1, name, None) for c, name in enumerate(maps)], pixel, "reassigned")}
+
+    def _classes(self, update_particle, update_class, suffix: str = ""):
+        classes = self._createSetOfClasses3D(self.inputParticles, suffix)
         classes.classifyItems(updateItemCallback=update_particle,
                               updateClassCallback=update_class)
         return classes
 
-    def _volumes(self, entries, pixel_A):
+    def _volumes(self, entries, pixel_A, suffix: str = ""):
         """SetOfVolumes from ``[(class number, map file, resolution)]``."""
-        volumes = self._createSetOfVolumes()
+        volumes = self._createSetOfVolumes(suffix)
         volumes.setSamplingRate(pixel_A)
         for number, name, res in entries:
             vol = Volume()

@@ -333,6 +333,18 @@ class TestHetClassProtocols(BaseTest):
             self.assertTrue(cls._hetclassNode.get().startswith("1."))
         nodes = prot.treeNodes()
         self.assertEqual(sorted(n["id"] for n in nodes), ["1", "1.1", "1.2"])
+        # every particle reassigned among the leaves: a second class set with refined maps,
+        # each particle keeping the leaf the tree gave it
+        again = prot.outputReassignedClasses
+        moved = labels_by_id(again)
+        self.assertEqual(sorted(moved), ids)
+        score = ari([data.truth[i] for i in ids], [moved[i] for i in ids])
+        self.assertGreaterEqual(score, MIN_ARI, f"reassigned ARI {score:.3f}")
+        self.assertEqual({int(p._hetclassTreeLeaf.get()) for cls in again for p in cls},
+                         set(got.values()))
+        for cls in again:
+            self.checkVolume(cls.getRepresentative(), data)
+        self.assertEqual(prot.outputReassignedVolumes.getSize(), prot.outputClasses.getSize())
         self.checkViewer(prot, expect_report=True)
 
     def checkViewer(self, prot, expect_report):
