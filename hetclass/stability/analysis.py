@@ -37,6 +37,7 @@ from .replicates import (
     SeedLike,
     analysis_seed,
     consensus_maps,
+    is_root_rank,
     run_replicate_scan,
     split_groups,
     validate_replicate_args,
@@ -108,7 +109,7 @@ class _Stage:
     def __init__(self, workers, groups, cache, progress, abort_check):
         self.workers, self.groups, self.cache = workers, groups, cache
         self.progress, self.abort_check = progress, abort_check
-        self.root = groups is None or not groups.is_mpi or groups.world.is_root
+        self.root = is_root_rank(groups)
 
     def __call__(self, keys, one, label: str = ""):
         def on_done(key, seconds, loaded):

@@ -52,6 +52,7 @@ from .null import NULL_SETS, run_null
 from .replicates import (
     RankGroups,
     assemble_run,
+    is_root_rank,
     replicate_seeds,
     split_groups,
     subsample_rows,
@@ -190,7 +191,7 @@ class _Tree:
         self.reconstruct, self.fit, self.groups, self.cache = reconstruct, fit, groups, cache
         self.null = null
         self.null_model = None if null is None else null.null_model
-        self.root_rank = groups is None or not groups.is_mpi or groups.world.is_root
+        self.root_rank = is_root_rank(groups)
         self.views: Dict[str, object] = {}
         self.lock = threading.Lock()
         self.use_views = fit is None          # a stand-in engine (tests) classifies rows
@@ -443,7 +444,7 @@ def explore(prepared, options, rows: Optional[Sequence[int]] = None,
 
         def run(keys, one):
             return run_tasks(keys, one, workers, groups, cache, None, abort_check)
-        if progress is not None and (groups is None or not groups.is_mpi or groups.world.is_root):
+        if progress is not None and is_root_rank(groups):
             progress("message", text=f"null: {null_sets} simulated one-state data sets")
         null = run_null(prepared, options, all_rows, seed, null_sets, subsample, run=run,
                         fit=fit, fractions=NULL_FRACTIONS)
@@ -512,7 +513,7 @@ def _reassign(prepared, options, root: Node, workers, groups, cache, progress, a
     leaves = root.leaves()
     if len(leaves) < 2:
         return None
-    if progress is not None and (groups is None or not groups.is_mpi or groups.world.is_root):
+    if progress is not None and is_root_rank(groups):
         progress("message", text=f"every particle classified once more among the "
                                  f"{len(leaves)} leaves (K = {len(leaves)}, from the leaves)")
     return reassign_leaves(prepared, options, [leaf.rows for leaf in leaves], options.seed,

@@ -122,6 +122,12 @@ class RankGroups:
         return bool(getattr(self.world, "is_mpi", False))
 
 
+def is_root_rank(groups: Optional[RankGroups]) -> bool:
+    """Whether this process reports and writes for the run: always without MPI (``groups``
+    None or one process), world rank 0 with it."""
+    return groups is None or not groups.is_mpi or bool(groups.world.is_root)
+
+
 def split_groups(world, n_tasks: int) -> RankGroups:
     """Split ``world`` (collective) into G = min(P, ``n_tasks``) groups of contiguous ranks
     whose sizes differ by at most one."""
@@ -158,7 +164,7 @@ def run_replicate_tasks(prepared, options, tasks: Sequence[Tuple[int, int]], row
     by_key = {replicate_key(k, r): (k, r) for k, r in tasks}
     lock = threading.Lock()
     finished: List[Tuple[int, int]] = []
-    root = groups is None or not groups.is_mpi or groups.world.is_root
+    root = is_root_rank(groups)
 
     def report(event, **info):
         if progress is not None and root:
