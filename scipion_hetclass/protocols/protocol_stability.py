@@ -11,6 +11,7 @@ the stable-core subsets. Particles are matched to the output STAR rows by ``rlnI
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import numpy as np
 import pyworkflow.protocol.params as params
@@ -25,6 +26,21 @@ from . import common
 
 STABILITY_DIR = "stability"
 ID_COLUMN = "rlnImageId"
+
+
+def _class_assigner(label: dict, tree_leaf: Optional[dict] = None):
+    """A ``classifyItems`` particle callback: each particle's class from ``label`` (particle
+    id -> 1-based class; absent or 0: left out of the classes) and, with ``tree_leaf``, its
+    exhaustive-tree leaf in ``_hetclassTreeLeaf``."""
+    def update_particle(item, _row):
+        pid = int(item.getObjId())
+        if label.get(pid, 0) == 0:
+            item._appendItem = False
+            return
+        item.setClassId(int(label[pid]))
+        if tree_leaf is not None:
+            item._hetclassTreeLeaf = Integer(int(tree_leaf[pid]))
+    return update_particle
 
 
 class HetClassProtStability(ProtClassify3D):
@@ -211,13 +227,7 @@ class HetClassProtStability(ProtClassify3D):
         label = dict(zip(ids.tolist(), table["rlnClassNumber"].to_numpy(dtype=np.int64)))
         leaves = tree["leaves"]
         pixel = float(self.inputParticles.get().getSamplingRate())
-
-        def update_particle(item, _row):
-            pid = int(item.getObjId())
-            if label.get(pid, 0) == 0:
-                item._appendItem = False
-                return
-            item.setClassId(int(label[pid]))
+        update_particle = _class_assigner(label)
 
         def update_class(cls):
             leaf = leaves[cls.getObjId() - 1]
@@ -243,14 +253,7 @@ class HetClassProtStability(ProtClassify3D):
         label = dict(zip(ids.tolist(), table["rlnClassNumber"].to_numpy(dtype=np.int64)))
         leaf = dict(zip(ids.tolist(), table["rlnHetclassTreeLeaf"].to_numpy(dtype=np.int64)))
         maps = again.get("maps") or []
-
-        def update_particle(item, _row):
-            pid = int(item.getObjId())
-            if label.get(pid, 0) == 0:
-                item._appendItem = False
-                return
-            item.setClassId(int(label[pid]))
-            item._hetclassTreeLeaf = Integer(int(leaf[pid]))
+        update_particle = _class_assigner(label, tree_leaf=leaf)
 
         def update_class(cls):
             number = cls.getObjId()
