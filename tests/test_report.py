@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 
 from hetclass.stability.analysis import StabilityResult
+from hetclass.stability.outputs import exhaustive_key_table
 from hetclass.stability.replicates import ReplicateRun, consensus_maps
 from hetclass.stability.report import (
     fig_tree,
@@ -115,7 +116,8 @@ def test_exhaustive_report_and_tree_picture(tmp_path):
                "leaves": [{"id": "1.1", "n_particles": 60, "reason": "unstable split",
                            "resolution_A": 14.0, "star": "a.star", "map": "a.mrc"},
                           {"id": "1.2", "n_particles": 40, "reason": "too small",
-                           "resolution_A": 15.0, "star": "b.star", "map": "b.mrc"}]}
+                           "resolution_A": 15.0, "resolution_status": "crop_limit",
+                           "star": "b.star", "map": "b.mrc"}]}
     test = {"pairs": [{"children": [1, 2], "fsc_children": [1, 0.8, 0.3, 0.1],
                        "fsc_null_mean": [1, 0.95, 0.7, 0.4], "mean_fsc_deficit": 0.3,
                        "threshold": 0.02}], "box_px": 6, "pixel_size_A": 4.0}
@@ -128,6 +130,10 @@ def test_exhaustive_report_and_tree_picture(tmp_path):
     pngs = _embedded_pngs(text)
     assert len(pngs) == 3 and all(p.startswith(PNG_MAGIC) for p in pngs)
     assert "unstable split" in text and "too small" in text
+    # a resolution the FSC never reached inside the crop is shown as a bound, not measured
+    assert "<td>14.0 Å</td>" in text and "<td>≤ 15.0 Å (crop limit)</td>" in text
+    table = exhaustive_key_table(summary)
+    assert "14.0 A" in table and "<= 15.0 A (crop limit)" in table
 
 
 def test_report_uses_no_pyplot():

@@ -20,6 +20,7 @@ from relion_tools import relion_available, run_relion
 
 from hetclass.io.loader import load_particles
 from hetclass.phantoms import phantom_model, phantom_states
+from hetclass.reports.labels import resolution_text
 from hetclass.pipeline import ClassifyOptions
 from hetclass.simulate import continuous_dataset, simulate_dataset
 from hetclass.stability.analysis import stability_job
@@ -33,6 +34,17 @@ N = 1500
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     return tmp_path_factory.mktemp("stability_e2e")
+
+
+def _map(path):
+    with mrcfile.open(path, permissive=True) as m:
+        return np.asarray(m.data, dtype=np.float64)
+
+
+def _masked_cc(volume, reference):
+    """Correlation of ``volume`` with ``reference`` over the reference's strongest 20 %."""
+    inside = reference > np.percentile(reference, 80)
+    return float(np.corrcoef(volume[inside], reference[inside])[0, 1])
 
 
 def _truth(ds_dir):
@@ -182,6 +194,11 @@ def test_exhaustive_three_states_two_levels(data_root, capsys):
     # maps do not differ beyond the null, or it is too small to split further
     assert {lf["reason"] for lf in leaves} <= {"unstable split", "too small",
                                                "no significant map difference"}
+    # each leaf's resolution says what it is: measured, or a bound where the FSC stayed above
+    # 0.143 up to the crop, as printed
+    for lf in leaves:
+        assert lf["resolution_status"] in ("measured", "crop_limit", "unmeasured")
+        assert resolution_text(lf["resolution_A"], lf["resolution_status"]) in printed
     root = tree["tree"]
     assert root["decision"] == "split" and root["map_test"]["significant"]
     # first level separates the hinge (closed) from the two open forms
@@ -208,13 +225,26 @@ def test_exhaustive_three_states_two_levels(data_root, capsys):
     moved = tree["reassigned"]
     assert moved["particles_moved"] == int(np.sum(again["rlnClassNumber"] != again["rlnHetclassTreeLeaf"]))
     assert sum(moved["class_sizes"]) == 2400 and moved["classes"] == 3
-    # the refined class maps beside it, at the input's box and pixel size
+    assert len(moved["resolution_A"]) == len(moved["resolution_status"]) == 3
+    # the reassigned classes' maps beside it, at the input's box and pixel size: each is
+    # nearest the true map of its own class's dominant state, and as close to it as that
+    # state's leaf map
+    true_maps = {name: _map(path) for name, path in ds.map_paths.items()}
+    leaf_state = {i + 1: st for i, st in enumerate(dominant)}
     for c, name in enumerate(moved["maps"]):
         assert name == f"leaves_reassigned_class{c + 1:03d}.mrc"
         for path in [name] + moved["half_maps"][c]:
             with mrcfile.open(out / path, permissive=True) as m:
                 assert m.data.shape == (SIM["box_px"],) * 3
                 assert abs(float(m.voxel_size.x) - SIM["pixel_size_A"]) < 1e-3
+        members = again["rlnClassNumber"].to_numpy() == c + 1
+        states, counts = np.unique(truth[[index_of[n] for n in again["rlnImageName"][members]]],
+                                   return_counts=True)
+        own = states[np.argmax(counts)]
+        cc = {st: _masked_cc(_map(out / name), ref) for st, ref in true_maps.items()}
+        assert max(cc, key=cc.get) == own, (c, own, cc)
+        leaf = next(j for j, st in leaf_state.items() if st == own)
+        assert cc[own] >= _masked_cc(_map(out / leaves[leaf - 1]["map"]), true_maps[own]) - 0.01
     state = np.unique(truth[[index_of[name] for name in again["rlnImageName"]]],
                       return_inverse=True)[1]
     ari_tree = adjusted_rand_index(tree_leaf["rlnClassNumber"].to_numpy(), state)

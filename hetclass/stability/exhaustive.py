@@ -86,6 +86,7 @@ class Node:
     map_test: Optional[dict] = None        # distinguishability of the children
     min_class_size: Optional[dict] = None  # the minimum children must reach, and why
     resolution_A: Optional[float] = None   # the node's own map (all its particles)
+    resolution_status: Optional[str] = None  # hetclass.fsc.RESOLUTION_* of resolution_A
     map: Optional[np.ndarray] = None       # (b, b, b) float32
     half_maps: Optional[np.ndarray] = None  # (2, b, b, b)
     fsc: Optional[np.ndarray] = None       # (n_shells,) half-map FSC of the node map
@@ -113,6 +114,7 @@ class Node:
         return {"id": self.node_id, "depth": self.depth, "n_particles": self.n_particles,
                 "decision": self.decision, "reason": self.reason, "note": self.note,
                 "resolution_A": None if self.resolution_A is None else round(self.resolution_A, 2),
+                "resolution_status": self.resolution_status,
                 "stability": self.stability, "verdict": self.verdict,
                 "map_test": self.map_test, "min_class_size": self.min_class_size,
                 "seconds": round(self.seconds, 2),
@@ -346,6 +348,8 @@ class _Tree:
         node.half_maps = np.asarray(rec.half_maps[:, column], dtype=np.float32)
         node.fsc = np.asarray(rec.fsc[column])
         node.resolution_A = float(rec.resolution_A[column])
+        status = getattr(rec, "resolution_status", None)
+        node.resolution_status = status[column] if status else None
 
     def decide(self, plan: _Plan, results: Dict[int, dict], chosen: Optional[int],
                parent_minimum: Dict[str, int]) -> List[Node]:

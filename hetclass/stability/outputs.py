@@ -297,7 +297,8 @@ def write_exhaustive_outputs(out_dir: str, particles, prepared, root, options, p
                              {"rlnClassNumber": np.full(leaf.n_particles, i + 1)})
         entry = {"id": leaf.node_id, "n_particles": leaf.n_particles, "reason": leaf.reason,
                  "note": getattr(leaf, "note", None),
-                 "resolution_A": _r(leaf.resolution_A, 2), "star": name + ".star"}
+                 "resolution_A": _r(leaf.resolution_A, 2),
+                 "resolution_status": leaf.resolution_status, "star": name + ".star"}
         if leaf.map is not None:
             write_map(os.path.join(out_dir, name + ".mrc"), to_original_box(leaf.map, big_box), big_psize)
             entry["map"] = name + ".mrc"
@@ -350,6 +351,8 @@ def _write_reassigned(out_dir: str, particles, leaf_of: np.ndarray, reassigned,
             "maps": [class_map_name(c, REASSIGNED_PREFIX) for c in range(k)],
             "half_maps": [[half_map_name(h, c, REASSIGNED_PREFIX) for h in range(2)]
                           for c in range(k)],
+            "resolution_A": [_r(v, 2) for v in np.asarray(reassigned.resolution_A, float)],
+            "resolution_status": reassigned.resolution_status,
             "particles_moved": int(moved.sum()), "fraction_moved": _r(float(moved.mean()), 4),
             "class_sizes": np.bincount(labels - 1, minlength=k).tolist(),
             "iterations": len(reassigned.stats),
@@ -364,11 +367,13 @@ def stability_key_tables(summary: dict) -> str:
 
 
 def exhaustive_key_table(summary: dict) -> str:
+    from ..reports.labels import resolution_text
     from .report import text_table
     rows = [[str(i + 1), lf["id"], str(lf["n_particles"]), lf["reason"] or "-",
-             "-" if lf["resolution_A"] is None else f"{lf['resolution_A']:.1f}", lf["star"]]
+             resolution_text(lf["resolution_A"], lf.get("resolution_status")), lf["star"]]
             for i, lf in enumerate(summary["leaves"])]
-    text = "leaves:\n" + text_table(["leaf", "node", "particles", "reason", "res. A", "star"], rows)
+    text = "leaves:\n" + text_table(["leaf", "node", "particles", "reason", "resolution", "star"],
+                                    rows)
     moved = summary.get("reassigned")
     if moved:
         text += (f"\nreassigned among the leaves: {moved['particles_moved']} particles "

@@ -301,7 +301,7 @@ def node_label(node: dict) -> str:
     res = node.get("resolution_A")
     second = [] if j is None else [f"J(K=2) {j:.2f}"]
     if res is not None:
-        second.append(f"{res:.1f} Å")
+        second.append(resolution_text(res, node.get("resolution_status"), html=True))
     chosen = (node.get("verdict") or {}).get("chosen_k")
     third = (f"split into {chosen}" if node["decision"] == "split" and chosen
              else "split" if node["decision"] == "split" else f"leaf: {node.get('reason')}")
@@ -639,7 +639,9 @@ def _node_rows(tree: dict) -> List[dict]:
                 _fmt(p.get("p_value"), ".2g") for p in pairs)),
             "decision": node["decision"] if node["decision"] == "split"
             else f"leaf: {node.get('reason')}",
-            "resolution A": node.get("resolution_A"), "seconds": node.get("seconds")})
+            "resolution": resolution_text(node.get("resolution_A"),
+                                          node.get("resolution_status"), html=True),
+            "seconds": node.get("seconds")})
         for c in node.get("children") or []:
             walk(c)
     walk(tree)
@@ -665,7 +667,7 @@ def write_exhaustive_report(path, tree_summary: dict, leaf_maps: Sequence[np.nda
     page.heading("Leaves")
     header = ["leaf", "node", "particles", "reason", "resolution", "star", "map"]
     rows = [[str(i + 1), lf["id"], str(lf["n_particles"]), lf["reason"] or "-",
-             resolution_text(lf.get("resolution_A"), lf.get("resolution_status", "measured"),
+             resolution_text(lf.get("resolution_A"), lf.get("resolution_status"),
                              html=True), lf.get("star", "-"), lf.get("map", "-")]
             for i, lf in enumerate(tree_summary["leaves"])]
     page.table(header, rows)

@@ -45,7 +45,9 @@ class FitSummary:
     (2, K, b, b, b) float32, ``fsc`` (K, S), ``resolution_A`` (K,) float64, ``stats`` the
     per-iteration statistics, ``pixel_size_A`` of the maps. Set by some stages only:
     ``sigma2`` (G, S) the fitted noise (null), ``position`` / ``separation`` the split
-    positions of a within-class fit (:func:`hetclass.stability.distinguish.split_positions`).
+    positions of a within-class fit (:func:`hetclass.stability.distinguish.split_positions`);
+    ``resolution_status`` (K,) :data:`hetclass.fsc.RESOLUTION_MEASURED` etc. of
+    ``resolution_A`` where the maps were rebuilt (not kept by the cache).
     """
 
     labels: np.ndarray
@@ -59,6 +61,7 @@ class FitSummary:
     sigma2: Optional[np.ndarray] = None
     position: Optional[np.ndarray] = None
     separation: Optional[np.ndarray] = None
+    resolution_status: Optional[list] = None   # per class, where known (not saved)
 
 
 TaskResult = Tuple[FitSummary, float]

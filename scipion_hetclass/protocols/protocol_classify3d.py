@@ -14,7 +14,9 @@ import numpy as np
 from pwem.objects import SetOfClasses3D, SetOfVolumes, Volume
 from pwem.protocols import ProtClassify3D
 from pyworkflow import BETA
-from pyworkflow.object import Float
+from pyworkflow.object import Float, String
+
+from hetclass.reports.labels import resolution_text
 
 from . import common
 
@@ -74,17 +76,21 @@ class HetClassProtClassify3D(ProtClassify3D):
             posteriors = np.load(os.path.join(out_dir, POSTERIORS))
             labels, n_iter = posteriors.argmax(axis=1), len(info.get("iterations", []))
             resolution, fractions = info["resolution_A"], info["class_fractions"]
+            status = info.get("resolution_status") or []
         else:
             particles, _ = common.load_input(self)
             result = run_classify(particles, options, out_dir, resume=resume,
                                   progress=common.progress_logger(self))
             posteriors, labels, n_iter = result.posteriors, result.labels, result.n_iter
             resolution, fractions = result.resolution_A, result.class_fractions
+            status = list(getattr(result.em, "resolution_status", None) or [])
         with atomic_path(result_path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, labels=np.asarray(labels, dtype=np.int64),
                          max_posterior=np.asarray(posteriors).max(axis=1),
                          resolution_A=np.asarray(resolution, dtype=np.float64),
+                         resolution_status=np.asarray(
+                             status or [""] * len(resolution), dtype=str),
                          class_fractions=np.asarray(fractions, dtype=np.float64),
                          n_iter=int(n_iter))
 
@@ -93,6 +99,9 @@ class HetClassProtClassify3D(ProtClassify3D):
         res = np.load(self._getExtraPath(RESULT_NPZ))
         labels, max_post = res["labels"], res["max_posterior"]
         resolution = res["resolution_A"]
+        # "measured" / "crop_limit" (the value is a bound) / "unmeasured" (hetclass.fsc)
+        status = (res["resolution_status"].tolist() if "resolution_status" in res.files
+                  else [""] * len(resolution))
         k = len(resolution)
         row_of = {int(i): r for r, i in enumerate(ids)}
         maps = [self._mapPath(c) for c in range(k)]
@@ -112,6 +121,7 @@ class HetClassProtClassify3D(ProtClassify3D):
             rep.setLocation(maps[c])
             rep.setSamplingRate(voxel_A)
             cls._hetclassResolution = Float(float(resolution[c]))
+            cls._hetclassResolutionStatus = String(status[c] or None)
 
         classes = self._createSetOfClasses3D(self.inputParticles)
         classes.classifyItems(updateItemCallback=update_particle,
@@ -124,6 +134,7 @@ class HetClassProtClassify3D(ProtClassify3D):
             vol.setLocation(maps[c])
             vol.setSamplingRate(voxel_A)
             vol._hetclassResolution = Float(float(resolution[c]))
+            vol._hetclassResolutionStatus = String(status[c] or None)
             volumes.append(vol)
         self._defineOutputs(outputClasses=classes, outputVolumes=volumes)
         self._defineSourceRelation(self.inputParticles, classes)
@@ -154,8 +165,10 @@ class HetClassProtClassify3D(ProtClassify3D):
                  f"{self.inputParticles.get().getSize()} particles:"]
         for cls in self.outputClasses.iterItems(orderBy="id"):
             res = getattr(cls, "_hetclassResolution", None)
+            status = getattr(cls, "_hetclassResolutionStatus", None)
             lines.append(f"  class {cls.getObjId()}: {cls.getSize()} particles, "
-                         f"{res.get() if res is not None else float('nan'):.1f} A")
+                         + resolution_text(None if res is None else res.get(),
+                                           None if status is None else status.get()))
         return lines
 
     def _methods(self):

@@ -206,6 +206,7 @@ class HetClassProtStability(ProtClassify3D):
                 cls.getRepresentative().setSamplingRate(summary["map_pixel_size_A"])
             cls._hetclassJaccard = Float(info.get("jaccard_mean"))
             cls._hetclassResolution = Float(info.get("core_resolution_A"))
+            cls._hetclassResolutionStatus = String(info.get("core_resolution_status"))
             cls._hetclassCoreSize = Integer(info.get("core_size"))
             cls._hetclassBand = String(info.get("band"))
 
@@ -235,6 +236,7 @@ class HetClassProtStability(ProtClassify3D):
                 cls.getRepresentative().setLocation(self._outDir(leaf["map"]))
                 cls.getRepresentative().setSamplingRate(pixel)
             cls._hetclassResolution = Float(leaf.get("resolution_A"))
+            cls._hetclassResolutionStatus = String(leaf.get("resolution_status"))
             cls._hetclassNode = String(leaf["id"])
             cls._hetclassReason = String(leaf.get("reason"))
 
@@ -253,6 +255,8 @@ class HetClassProtStability(ProtClassify3D):
         label = dict(zip(ids.tolist(), table["rlnClassNumber"].to_numpy(dtype=np.int64)))
         leaf = dict(zip(ids.tolist(), table["rlnHetclassTreeLeaf"].to_numpy(dtype=np.int64)))
         maps = again.get("maps") or []
+        res = again.get("resolution_A") or [None] * len(maps)
+        status = again.get("resolution_status") or [None] * len(maps)
         update_particle = _class_assigner(label, tree_leaf=leaf)
 
         def update_class(cls):
@@ -260,11 +264,13 @@ class HetClassProtStability(ProtClassify3D):
             if number <= len(maps):
                 cls.getRepresentative().setLocation(self._outDir(maps[number - 1]))
                 cls.getRepresentative().setSamplingRate(pixel)
+                cls._hetclassResolution = Float(res[number - 1])
+                cls._hetclassResolutionStatus = String(status[number - 1])
 
         return {"outputReassignedClasses": self._classes(update_particle, update_class,
                                                          "reassigned"),
                 "outputReassignedVolumes": self._volumes(
-                    [(c + 1, name, None) for c, name in enumerate(maps)], pixel, "reassigned")}
+                    [(c + 1, name, res[c]) for c, name in enumerate(maps)], pixel, "reassigned")}
 
     def _classes(self, update_particle, update_class, suffix: str = ""):
         classes = self._createSetOfClasses3D(self.inputParticles, suffix)

@@ -102,6 +102,12 @@ class TestHetClassProtocols(BaseTest):
             self.checkVolume(cls.getRepresentative(), data)
             res = cls._hetclassResolution.get()
             self.assertTrue(2 * data.pixel_size_A <= res < 100, res)
+            # a bound (the FSC stayed above 0.143 up to the crop) is said to be one
+            status = cls._hetclassResolutionStatus.get()
+            self.assertIn(status, ("measured", "crop_limit"))
+            self.assertTrue(any(f"class {cls.getObjId()}:" in line
+                                and ("(crop limit)" in line) == (status == "crop_limit")
+                                for line in prot.summary()))
         self.assertEqual(prot.outputVolumes.getSize(), data.n_states)
         for vol in prot.outputVolumes:
             self.checkVolume(vol, data)
@@ -331,6 +337,8 @@ class TestHetClassProtocols(BaseTest):
         for cls in prot.outputClasses:
             self.checkVolume(cls.getRepresentative(), data)
             self.assertTrue(cls._hetclassNode.get().startswith("1."))
+            self.assertIn(cls._hetclassResolutionStatus.get(),
+                          ("measured", "crop_limit", "unmeasured"))
         nodes = prot.treeNodes()
         self.assertEqual(sorted(n["id"] for n in nodes), ["1", "1.1", "1.2"])
         # every particle reassigned among the leaves: a second class set with refined maps,
