@@ -32,6 +32,7 @@ from hetclass import __version__
 from hetclass.comm import launched_by_mpi
 from hetclass.errors import output_error
 from hetclass.io.lock import lock_output
+from hetclass.reports.labels import resolution_text
 
 from .markers import JobMarkers
 from .mpi_launch import mpi_nodes, run_mpi_job
@@ -65,8 +66,10 @@ def _event_line(event: str, info: dict) -> str:
             parts.append("class fractions " + " ".join(
                 f"{float(f):.3f}" for f in info["class_fractions"]))
         if info.get("resolution_A") is not None:
-            parts.append("resolution " + " ".join(
-                f"{float(r):.1f}" for r in info["resolution_A"]) + " A")
+            res = info["resolution_A"]
+            status = info.get("resolution_status") or [None] * len(res)
+            parts.append("resolution " + ", ".join(
+                resolution_text(r, s) for r, s in zip(res, status)))
         return "; ".join(parts)
     if event == "batch":
         return f"{info.get('stage', 'batch')}: {info.get('done')}/{info.get('total')}"

@@ -546,14 +546,19 @@ def test_progress_lines():
     progress("batch", done=5, total=10, stage="preprocess")
     progress("iteration", it=2, max_iter=25, changed_pct=1.234, class_fractions=[0.25, 0.75],
              resolution_A=[12.0, 14.5])
+    # a crop limit is a bound and an unresolved class has no value (the engine's None)
+    progress("iteration", it=3, max_iter=25, class_fractions=[0.3, 0.7, 0.0],
+             resolution_A=[12.0, 14.5, None],
+             resolution_status=["measured", "crop_limit", "unmeasured"])
     progress("replicate", r=3, of=5)
     progress("message", text="  reusing the preprocessed data in /cache")
     lines = out.getvalue().splitlines()
-    assert lines[3].endswith("] reusing the preprocessed data in /cache")   # the text alone
+    assert lines[4].endswith("] reusing the preprocessed data in /cache")   # the text alone
     assert lines[0].endswith("preprocess: 5/10")
     assert lines[1].endswith("iteration 2/25; 1.23% changed class; class fractions 0.250 0.750; "
-                             "resolution 12.0 14.5 A")
-    assert lines[2].endswith("replicate r=3 of=5")
+                             "resolution 12.0 A, 14.5 A")
+    assert lines[2].endswith("resolution 12.0 A, <= 14.5 A (crop limit), not resolved")
+    assert lines[3].endswith("replicate r=3 of=5")
     quiet = io.StringIO()
     progress = relion_main.make_progress(quiet, min_interval_s=60.0)
     progress("batch", done=1, total=10, stage="em")
