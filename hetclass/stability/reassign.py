@@ -10,7 +10,10 @@ data at 0.872, and one refinement started from the leaf maps at 0.872.
 particle of the tree, started from the leaf partition (references reconstructed from the
 leaves, :func:`hetclass.engine.labelled_state`; no exploration, no moves), with the tree's
 classification options. Class j of the result is leaf j + 1 (it starts as that leaf and is
-refined from there); the leaves' own files stay those of the tree. The fit is one task of
+refined from there); the leaves' own files stay those of the tree. The classes' maps are
+then rebuilt from the reassigned particles as the leaves' maps are (the EM's own maps stop at
+the resolution its likelihood used; on ``hierarchy`` they correlated 0.78 with the true maps
+against 0.80 rebuilt). The fit is one task of
 :func:`.tasks.run_tasks` (key :data:`TASK_KEY`), so it is kept for ``--continue`` and runs
 on an MPI rank group like any node's replicate. Seed: the named stream ``("reassign",)`` of
 the run's seed (used only to re-seed a class that empties).

@@ -678,8 +678,10 @@ def write_exhaustive_report(path, tree_summary: dict, leaf_maps: Sequence[np.nda
                        f"{moved['particles_moved']} particles "
                        f"({100 * moved['fraction_moved']:.1f} %) changed leaf; sizes "
                        f"{', '.join(str(n) for n in moved['class_sizes'])}, in "
-                       f"{moved['star']}. Use that file for the final particle sets; the "
-                       "leaf files and maps above are the tree's.", "note")
+                       f"{moved['star']}, with the maps rebuilt from them "
+                       f"({', '.join(moved.get('maps') or []) or 'none'}). Use those for the "
+                       "final particle sets and maps; the leaf files and maps above are the "
+                       "tree's.", "note")
     page.heading("Nodes")
     page.raw(value_html(_node_rows(tree)))
     null = tree_summary.get("null")
