@@ -20,8 +20,8 @@ from relion_tools import relion_available, run_relion
 
 from hetclass.io.loader import load_particles
 from hetclass.phantoms import phantom_model, phantom_states
-from hetclass.reports.labels import resolution_text
 from hetclass.pipeline import ClassifyOptions
+from hetclass.reports.labels import resolution_text
 from hetclass.simulate import continuous_dataset, simulate_dataset
 from hetclass.stability.analysis import stability_job
 from hetclass.stability.scores import adjusted_rand_index
