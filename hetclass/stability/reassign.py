@@ -61,7 +61,8 @@ def reassign_leaves(prepared, options, leaf_rows: List[np.ndarray], seed, run: C
     if fit is None:
         from ..engine import fit
     if reconstruct is None:
-        from ..engine import reconstruct
+        from ..engine import reconstruct as engine_reconstruct
+        reconstruct = engine_reconstruct
     rows = np.sort(np.concatenate([np.asarray(r, np.int64) for r in leaf_rows]))
     labels = leaf_labels(leaf_rows, rows)
     opts = replace(options, classes=len(leaf_rows))
