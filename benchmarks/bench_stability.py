@@ -27,6 +27,7 @@ Examples::
     python benchmarks/bench_stability.py --workdir /tmp/bench_stab --json stab.json
     python benchmarks/bench_stability.py --cases two,continuous --false-splits 0
     python benchmarks/bench_stability.py --cases none --false-splits 10
+    python benchmarks/bench_stability.py --cases four,mixed --false-splits 0 --sim-seed 11
 """
 
 from __future__ import annotations
@@ -371,6 +372,10 @@ def main(argv=None) -> int:
     ap.add_argument("--snr", type=float, default=None,
                     help="simulate the --cases at this SNR instead of their own (the moonshot's "
                          "0.01); their work folders get the suffix _snr<value>")
+    ap.add_argument("--sim-seed", type=int, default=None, metavar="S",
+                    help="simulate the --cases with simulation seed S instead of their own (a "
+                         "new draw of the same case: particles, noise, CTFs, pose errors); "
+                         "their work folders get the suffix _seed<S>")
     ap.add_argument("--ratio", action="store_true", help="measure the 8x cost bar")
     ap.add_argument("--ideal-only", action="store_true",
                     help="only simulate the cases and score the ideal observer")
@@ -394,6 +399,8 @@ def main(argv=None) -> int:
         case = cases[name]
         if args.snr is not None:
             case = replace(case, name=f"{name}_snr{args.snr:g}", snr=args.snr)
+        if args.sim_seed is not None:
+            case = replace(case, name=f"{case.name}_seed{args.sim_seed}", seed=args.sim_seed)
         work = os.path.join(args.workdir, case.name)
         os.makedirs(work, exist_ok=True)
         info = make_data(case, work)
