@@ -33,7 +33,8 @@ from ..io.atomic import atomic_path, atomic_write_json
 from ..io.mrc import write_map
 from ..io.star import write_particles_star
 from ..outputs import to_original_box
-from .report import format_key_tables, write_exhaustive_report, write_stability_report
+from ..reports.labels import resolution_text
+from .report import format_key_tables, text_table, write_exhaustive_report, write_stability_report
 
 SCHEMA = "hetclass.stability/1"
 TREE_SCHEMA = "hetclass.exhaustive/1"
@@ -367,8 +368,6 @@ def stability_key_tables(summary: dict) -> str:
 
 
 def exhaustive_key_table(summary: dict) -> str:
-    from ..reports.labels import resolution_text
-    from .report import text_table
     rows = [[str(i + 1), lf["id"], str(lf["n_particles"]), lf["reason"] or "-",
              resolution_text(lf["resolution_A"], lf.get("resolution_status")), lf["star"]]
             for i, lf in enumerate(summary["leaves"])]

@@ -42,12 +42,12 @@ def leaf_labels(leaf_rows: List[np.ndarray], rows: np.ndarray) -> np.ndarray:
 
 
 def reassign_leaves(prepared, options, leaf_rows: List[np.ndarray], seed, run: Callable,
-                    fit: Optional[Callable] = None, reconstruct: Optional[Callable] = None):
+                    fit: Optional[Callable] = None):
     """The tree's particles refined at K = number of leaves from the leaf partition.
 
     ``leaf_rows`` the prepared-particle indices of each leaf, in leaf order; ``run(keys,
-    one)`` runs tasks (:func:`.tasks.run_tasks`); ``fit`` / ``reconstruct`` replace the
-    engine's (tests). Returns the compact fit (:class:`.tasks.FitSummary`; ``labels`` are
+    one)`` runs tasks (:func:`.tasks.run_tasks`); ``fit`` replaces the engine's (tests).
+    Returns the compact fit (:class:`.tasks.FitSummary`; ``labels`` are
     0-based leaves of the ascending rows) or None with fewer than two leaves. Its maps, half
     maps and FSC are rebuilt from the reassigned particles as the leaves' are (each class's
     particles with weight one, :func:`hetclass.engine.reconstruct`): the fit's own maps are
@@ -55,14 +55,11 @@ def reassign_leaves(prepared, options, leaf_rows: List[np.ndarray], seed, run: C
     """
     if len(leaf_rows) < 2:
         return None
-    from ..engine import labelled_state
+    from ..engine import labelled_state, reconstruct
     from .tasks import compact
     from .views import subset_view
     if fit is None:
         from ..engine import fit
-    if reconstruct is None:
-        from ..engine import reconstruct as engine_reconstruct
-        reconstruct = engine_reconstruct
     rows = np.sort(np.concatenate([np.asarray(r, np.int64) for r in leaf_rows]))
     labels = leaf_labels(leaf_rows, rows)
     opts = replace(options, classes=len(leaf_rows))
@@ -79,4 +76,4 @@ def reassign_leaves(prepared, options, leaf_rows: List[np.ndarray], seed, run: C
     return replace(res, maps=np.asarray(rec.maps, np.float32),
                    half_maps=np.asarray(rec.half_maps, np.float32), fsc=np.asarray(rec.fsc),
                    resolution_A=np.asarray(rec.resolution_A, np.float64),
-                   resolution_status=list(getattr(rec, "resolution_status", None) or []) or None)
+                   resolution_status=rec.resolution_status)
