@@ -252,3 +252,7 @@ def test_exhaustive_three_states_two_levels(data_root, capsys):
     assert ari_again >= ari_tree - 0.01, (ari_tree, ari_again)
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3
+    # the report's Files table names every map a user gets, the reassigned ones included
+    for name in moved["maps"] + [h for pair in moved["half_maps"] for h in pair]:
+        assert f"<td>{name}</td>" in html, name
+    assert "map of a reassigned class" in html

@@ -443,6 +443,8 @@ FILE_DESCRIPTIONS = {
     "leaves_data.star": "every particle with its leaf number",
     "leaves_reassigned_data.star": "every particle with the leaf it was reassigned to "
                                    "(rlnHetclassTreeLeaf: its leaf in the tree)",
+    "leaves_reassigned_class*.mrc": "map of a reassigned class, rebuilt from its particles",
+    "leaves_reassigned_half*_class*_unfil.mrc": "half-set map of a reassigned class",
     "leaf*_half*_unfil.mrc": "half-set map of a leaf",
     "leaf*.star": "the particles of a leaf",
     "leaf*.mrc": "map of a leaf",
@@ -700,6 +702,9 @@ def write_exhaustive_report(path, tree_summary: dict, leaf_maps: Sequence[np.nda
                     "slices and projections of the leaf maps")
     files = {"tree.json": "tree.json", "leaves_data.star": tree_summary.get("leaves_star"),
              "leaves_reassigned_data.star": (moved or {}).get("star")}
+    for name in list((moved or {}).get("maps") or []) + [
+            h for pair in (moved or {}).get("half_maps") or [] for h in pair]:
+        files[name] = name
     for lf in tree_summary["leaves"]:
         for key in ("star", "map"):
             if lf.get(key):
