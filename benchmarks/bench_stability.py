@@ -3,8 +3,11 @@
 A suite of simulated cases built with the project's simulator (:mod:`hetclass.simulate`,
 the procedural phantom of :mod:`hetclass.phantoms` sharpened to 1.5 A pseudo-atoms as in
 ``accuracy_cases.py``), small enough to run on a workstation: 2000-6000 particles, box 48 of
-3.3 A. Each case is classified the way a user would: ``hetclass stability --classes <the
-range a user would type>`` at the defaults (R = 5), as a child process. The table gives the
+3.3 A; ``homogeneous_72``, ``4close`` and ``6states`` are the accuracy suite's data (box 72 of
+2.2 A, 8000 particles, SNR 0.25; the same simulation as ``bench_accuracy.py``'s cases of those
+names, so its RELION runs are on the same images), where states are closer. Each case is
+classified the way a user would: ``hetclass stability --classes <the range a user would
+type>`` at the defaults (R = 5), as a child process. The table gives the
 truth, the typed range, the verdict, the recommended K, the consensus ARI against the truth
 (where the truth is discrete), the heterogeneity p-value, the scan's extension and the
 time. The ``*_pose`` cases give the STAR file poses that differ from the ones the images were
@@ -45,12 +48,14 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from accuracy_cases import SIGMA_A, Y_AXIS, Z_AXIS, _dm, junk_states  # noqa: E402
+from accuracy_cases import SIGMA_A, Y_AXIS, Z_AXIS, _dm, four_close, junk_states, six_states  # noqa: E402
 from bench_classify import code_version, run_child  # noqa: E402
 
 BOX, PSIZE = 48, 3.3
 # STAR poses off as a refinement leaves them (median rotation, median shift): the *_pose cases
 POSE_ERRORS = {"pose_error_deg": 3.0, "shift_error_A": 1.0}
+# the geometry, size and SNR of the accuracy suite's cases (accuracy_cases.Case defaults)
+ACCURACY_DATA = {"box_px": 72, "pixel_size_A": 2.2, "n": 8000, "snr": 0.25}
 
 
 @dataclass
@@ -73,11 +78,13 @@ class Case:
     extra: Sequence[str] = field(default_factory=tuple)
     pose_error_deg: float = 0.0      # median error of the STAR poses (simulate.perturb_poses)
     shift_error_A: float = 0.0       # median error of the STAR origins
+    box_px: int = BOX
+    pixel_size_A: float = PSIZE
 
     def key(self) -> dict:
         key = {"name": self.name, "pops": [round(float(p), 6) for p in self.populations],
-               "n": self.n, "snr": self.snr, "seed": self.seed, "box": BOX, "psize": PSIZE,
-               "version": 2}
+               "n": self.n, "snr": self.snr, "seed": self.seed, "box": self.box_px,
+               "psize": self.pixel_size_A, "version": 2}
         if self.pose_error_deg or self.shift_error_A:
             key["pose_error"] = [self.pose_error_deg, self.shift_error_A]
         return key
@@ -166,6 +173,15 @@ def all_cases() -> List[Case]:
              continuous_states=range(n_cont)),
         Case("hierarchy", "exhaustive: rest / closed 20 deg / without subunit B", "leaves", 3,
              "-", _three, [0.4, 0.35, 0.25], command="exhaustive"),
+        # the accuracy suite's data (accuracy_cases.py: box 72 of 2.2 A, 8000 particles,
+        # SNR 0.25), where states are closer than above: the data the issue's table came from
+        Case("homogeneous_72", "one state, box 72 of 2.2 A, 8000 particles, SNR 0.25",
+             "homogeneous", 1, "1-4", lambda: {"rest": _dm()}, [1.0], **ACCURACY_DATA),
+        Case("4close", "4 domain positions 6 deg apart, 40/30/20/10 %, box 72 of 2.2 A",
+             "discrete", 4, "1-5", four_close, [0.4, 0.3, 0.2, 0.1], **ACCURACY_DATA),
+        Case("6states", "3 compositions x 2 domain positions (8 deg), 25...10 %, box 72 of "
+             "2.2 A", "discrete", 6, "1-8", six_states, [0.25, 0.20, 0.17, 0.15, 0.13, 0.10],
+             **ACCURACY_DATA),
     ]
 
 
@@ -188,9 +204,9 @@ def make_data(case: Case, work: str) -> dict:
             return info
     shutil.rmtree(data, ignore_errors=True)
     states = case.states()
-    ds = simulate_dataset(data, states, case.populations, n_particles=case.n, box_px=BOX,
-                          pixel_size_A=PSIZE, snr=case.snr, seed=case.seed,
-                          min_sigma_px=min(1.0, SIGMA_A / PSIZE),
+    ds = simulate_dataset(data, states, case.populations, n_particles=case.n,
+                          box_px=case.box_px, pixel_size_A=case.pixel_size_A, snr=case.snr,
+                          seed=case.seed, min_sigma_px=min(1.0, SIGMA_A / case.pixel_size_A),
                           pose_error_deg=case.pose_error_deg, shift_error_A=case.shift_error_A)
     info = {"key": case.key(), "star": ds.star_path, "truth": ds.truth_path,
             "project_dir": ds.out_dir}
