@@ -5,7 +5,8 @@ the procedural phantom of :mod:`hetclass.phantoms` sharpened to 1.5 A pseudo-ato
 ``accuracy_cases.py``), small enough to run on a workstation: 2000-6000 particles, box 48 of
 3.3 A; ``homogeneous_72``, ``4close`` and ``6states`` are the accuracy suite's data (box 72 of
 2.2 A, 8000 particles, SNR 0.25; the same simulation as ``bench_accuracy.py``'s cases of those
-names, so its RELION runs are on the same images), where states are closer. Each case is
+names, so its RELION runs are on the same images), where states are closer, and
+``continuous_72`` / ``mixed_72`` the continuous and mixed cases at that size. Each case is
 classified the way a user would: ``hetclass stability --classes <the range a user would
 type>`` at the defaults (R = 5), as a child process. The table gives the
 truth, the typed range, the verdict, the recommended K, the consensus ARI against the truth
@@ -182,6 +183,11 @@ def all_cases() -> List[Case]:
         Case("6states", "3 compositions x 2 domain positions (8 deg), 25...10 %, box 72 of "
              "2.2 A", "discrete", 6, "1-8", six_states, [0.25, 0.20, 0.17, 0.15, 0.13, 0.10],
              **ACCURACY_DATA),
+        Case("continuous_72", "continuous at box 72 of 2.2 A, 8000 particles, SNR 0.25",
+             "continuous", None, "1-4", _continuum, cont_pops, **ACCURACY_DATA),
+        Case("mixed_72", "mixed at box 72 of 2.2 A, 8000 particles, SNR 0.25", "mixed", None,
+             "1-4", _mixed, mixed_pops, truth_groups=[0] * n_cont + [1],
+             continuous_states=range(n_cont), **ACCURACY_DATA),
     ]
 
 
