@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(
            "(bash ci/scipion_env.sh, then run pytest with .venv-scipion/bin/python)")
 
 # a guard against a hung project, not a speed bar: the protocol tests took 887 s on the
-# 2-core VM under a load of 6 (2026-12-07), a few minutes idle
+# 2-core VM under a load of 6 (2026-12-07)
 TIMEOUT_S = 1500
 
 

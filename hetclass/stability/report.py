@@ -700,11 +700,11 @@ def write_exhaustive_report(path, tree_summary: dict, leaf_maps: Sequence[np.nda
     if len(leaf_maps):
         page.figure(lambda: fig_map_views(leaf_maps, leaf_names),
                     "slices and projections of the leaf maps")
+    reassigned = moved or {}
     files = {"tree.json": "tree.json", "leaves_data.star": tree_summary.get("leaves_star"),
-             "leaves_reassigned_data.star": (moved or {}).get("star")}
-    for name in list((moved or {}).get("maps") or []) + [
-            h for pair in (moved or {}).get("half_maps") or [] for h in pair]:
-        files[name] = name
+             "leaves_reassigned_data.star": reassigned.get("star")}
+    halves = [h for pair in reassigned.get("half_maps") or [] for h in pair]
+    files.update((name, name) for name in list(reassigned.get("maps") or []) + halves)
     for lf in tree_summary["leaves"]:
         for key in ("star", "map"):
             if lf.get(key):
