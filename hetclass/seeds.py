@@ -39,6 +39,7 @@ STREAMS = {
     "pose_spread": 14,   # stability: the particles that measure the STAR pose errors
     "set_aside": 15,     # stability: scores of a K again without one replicate (index: K)
     "reassign": 16,      # exhaustive: the tree's particles refined among its leaves
+    "confirm": 17,       # stability: a borderline class pair classified again alone (K, a, b)
 }
 
 

@@ -23,9 +23,11 @@ from .. import seeds
 from ..errors import InputError
 from .class_tests import (
     MIN_WITHIN_PARTICLES,
+    apply_confirmations,
     continuity_tests,
     neighbour_pairs,
     pair_fits,
+    pairs_to_confirm,
     pairwise_tests,
     within_class_fits,
     within_class_tests,
@@ -167,6 +169,9 @@ def run_stability(prepared, options, k_values: Sequence[int], n_replicates: int 
     if extend and max(typed) >= 2:
         k_rec, added = _extend_scan(res, pairwise, k_rec, base.size, null_model, mask,
                                     thresholds.alpha, progress if root else None)
+    if null_model is not None:
+        k_rec = _confirm_stage(prepared, options, res, pairwise, k_rec, base, seed, stage, fit,
+                               null_model, mask)
     within_tests = {}
     if within and k_rec >= 2 and null_model is not None:
         within_tests = _within_class_stage(prepared, options, res, k_rec, base, seed, stage, fit,
@@ -197,21 +202,53 @@ def run_stability(prepared, options, k_values: Sequence[int], n_replicates: int 
         tests=tests, null=null)
 
 
+def _pair_members(consensus: np.ndarray, base: np.ndarray, pairs):
+    """``(members, starts)`` of class ``pairs`` (0-based) of a consensus labelling of
+    ``base``: each pair's sorted global rows and its own partition (0/1 per row)."""
+    order = np.argsort(base)                  # pair fits take sorted rows
+    rows, labels = base[order], consensus[order]
+    inside = {pair: np.isin(labels, pair) for pair in pairs}
+    members = {pair: rows[inside[pair]] for pair in pairs}
+    starts = {pair: (labels[inside[pair]] == pair[1]).astype(np.int64) for pair in pairs}
+    return members, starts
+
+
 def _continuity(prepared, options, res, k_rec: int, base: np.ndarray, seed, stage, fit,
                 mask) -> dict:
     """:func:`.class_tests.continuity_tests` on the neighbouring classes of K = ``k_rec``."""
     consensus = res.per_k[k_rec].consensus
     sizes = {c: int(np.sum(consensus == c)) for c in range(k_rec)}
     pairs = neighbour_pairs(res.maps[k_rec], res.half_maps[k_rec], sizes, mask)
-    order = np.argsort(base)                  # pair fits take sorted rows
-    rows, labels = base[order], consensus[order]
-    inside = {pair: np.isin(labels, pair) for pair in pairs}
-    members = {pair: rows[inside[pair]] for pair in pairs}
-    starts = {pair: (labels[inside[pair]] == pair[1]).astype(np.int64) for pair in pairs}
+    members, starts = _pair_members(consensus, base, pairs)
     fits = pair_fits(prepared, options, members, seed,
                      run=lambda keys, one: stage(keys, one, "continuity"), fit=fit,
                      start_labels=starts)
     return continuity_tests(fits)
+
+
+def _confirm_stage(prepared, options, res: "_Scan", pairwise: Dict[int, dict], k_rec: int,
+                   base: np.ndarray, seed, stage: "_Stage", fit, null_model, mask) -> int:
+    """The recommended K's borderline pairs classified again on their own particles, from
+    their consensus boundary, and judged by that fit (:func:`.class_tests.pairs_to_confirm`,
+    :func:`.class_tests.apply_confirmations`; ``pairwise`` is updated). A K that loses a
+    pair is no longer accepted; the next accepted K is confirmed alike. Returns the
+    recommended K; time in ``res.seconds["confirm"]``."""
+    t0 = time.perf_counter()
+    while k_rec >= 3:
+        todo = pairs_to_confirm(pairwise[k_rec])
+        if not todo:
+            break
+        if stage.progress is not None and stage.root:
+            stage.progress("message", text=f"K={k_rec}: {len(todo)} class pair(s) near the "
+                                           "null classified again on their own")
+        members, starts = _pair_members(res.per_k[k_rec].consensus, base, todo)
+        fits = pair_fits(prepared, options, members, seed,
+                         run=lambda keys, one: stage(keys, one, "confirm"), fit=fit,
+                         start_labels=starts, confirm_k=k_rec)
+        pairwise[k_rec] = apply_confirmations(pairwise[k_rec], fits, null_model, mask)
+        k_rec = accepted_k(res.per_k, pairwise)
+    res.seconds["confirm"] = time.perf_counter() - t0
+    return k_rec
 
 
 def _run_null_stage(prepared, options, base: np.ndarray, seed, null_sets: int,
