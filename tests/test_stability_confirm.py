@@ -83,3 +83,15 @@ def test_a_collapsed_refit_is_no_split():
     pair = out["pairs"][2]
     assert pair["distinguishable"] is False and pair["log_ratio"] is None
     assert out["merge"] == [[2, 3]]
+
+
+def test_the_merge_suggestion_says_the_pair_was_classified_again():
+    from hetclass.stability.verdict import _merge_suggestions
+    rng = np.random.default_rng(2)
+    state = _field(rng)
+    tests = apply_confirmations(_tests(3, [1e-6, 0.003, 1e-6]), {(0, 2): _fit(rng, state, state)},
+                                _null())
+    stable = SimpleNamespace(all_stable=True)
+    (sug,) = _merge_suggestions({3: stable}, {"distinguishability": {"3": tests}})
+    assert sug["classes"] == [1, 3] and sug["p_value"] > 0.05
+    assert "classified again on their own particles (p = 0.003 inside the K=3 fit)" in sug["why"]

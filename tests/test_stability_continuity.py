@@ -164,3 +164,18 @@ def test_null_model_scatter_follows_the_size():
     # ... so p-values at that size are close to uniform (KS), and small ones do occur
     assert sstats.kstest(p_full, "uniform").pvalue > 0.01
     assert np.mean(np.asarray(p_full) < 0.1) > 0.05
+
+
+def test_one_null_value_on_its_sizes_mean_does_not_widen_the_prediction():
+    """The six-state case's null (four sets at 6000 and 1500 particles): one value at 6000
+    lies 0.001 from that size's mean. The variance line must follow each size's scatter
+    (sd 0.16 at 1500) and not blow it up (a fit to log r^2 gave 0.46 there, and a real
+    pair at log T 0.67 got p 0.029)."""
+    from hetclass.stability.distinguish import NullModel
+    model = NullModel([6000, 1500] * 4,
+                      [0.8158, -0.3772, 0.7063, -0.3284, 0.6909, -0.5443, 0.555, -0.6798])
+    mean, sd, df = model.predict(1500)
+    assert abs(mean - np.mean([-0.3772, -0.3284, -0.5443, -0.6798])) < 1e-6 and df == 4
+    assert 0.12 < sd < 0.25, sd
+    assert model.p_value(0.6716, 1388) < 0.01
+    assert 0.05 < model.predict(6000)[1] < 0.15
