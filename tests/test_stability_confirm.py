@@ -94,4 +94,5 @@ def test_the_merge_suggestion_says_the_pair_was_classified_again():
     stable = SimpleNamespace(all_stable=True)
     (sug,) = _merge_suggestions({3: stable}, {"distinguishability": {"3": tests}})
     assert sug["classes"] == [1, 3] and sug["p_value"] > 0.05
-    assert "classified again on their own particles (p = 0.003 inside the K=3 fit)" in sug["why"]
+    assert "once their particles are classified again on their own (p = " in sug["why"]
+    assert "; 0.003 inside the K=3 fit)" in sug["why"]

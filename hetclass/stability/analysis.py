@@ -135,8 +135,9 @@ def run_stability(prepared, options, k_values: Sequence[int], n_replicates: int 
     Stages (each a set of independent classifications run side by side, kept in ``cache``
     for ``--continue``): the K scan (K = 2 always included: the heterogeneity test uses
     it); the null (:mod:`.null`, ``null_sets`` null data sets, none when 0); the scan
-    extended to the recommended K + 2 when it stops short (``extend``); each recommended
-    class classified again at K = 2 (``within``). Then the verdict.
+    extended to the recommended K + 2 when it stops short (``extend``); the recommended K's
+    borderline class pairs classified again on their own (``confirm``, with a null); each
+    recommended class classified again at K = 2 (``within``). Then the verdict.
 
     ``prepared`` from :func:`hetclass.engine.prepare` (once per dataset; prepare with the
     largest K so the engine sizes its batches for it). ``rows`` restricts the run to a

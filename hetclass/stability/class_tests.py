@@ -200,7 +200,7 @@ def pair_fits(prepared, options, members: Dict[tuple, np.ndarray], seed, run: Ca
     at K = 2 once; ``{pair: compact result}`` with positions along the split.
     ``start_labels`` (pair -> 0/1 per row): each fit starts from the pair's own partition
     (the consensus boundary) and EM moves it from there. ``confirm_k``: the fits confirm
-    pairs of that K (:func:`confirm_pairs`; their own task keys and seed stream)."""
+    pairs of that K (:func:`pairs_to_confirm`; their own task keys and seed stream)."""
     if fit is None:
         from ..engine import fit
     prefix = "pair" if confirm_k is None else f"confirm_k{confirm_k}"

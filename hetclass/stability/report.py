@@ -423,9 +423,9 @@ EVIDENCE_TITLES = {
     "scan": "K values typed, scanned, and added to look past the recommended K",
     "null": "The calibrated null: simulated one-state data classified like the replicates",
     "heterogeneity_test": "Do the K = 2 class maps differ beyond the null?",
-    "distinguishability": "Do the classes of each K differ beyond the null (pairwise; "
-                          "a borderline pair judged classified again on its own, in_k_fit: "
-                          "its figures inside the K-class fit)?",
+    "distinguishability": "Do the classes of each K differ beyond the null (pairwise; a "
+                          "borderline pair is judged by its particles classified again on "
+                          "their own, in_k_fit: its figures inside the K-class fit)?",
     "within_class": "Does a class hold more: each class classified again at K = 2",
     "continuity": "Two groups or one spread: each class and its nearest neighbour "
                   "classified again together",

@@ -565,14 +565,14 @@ def _merge_suggestions(per_k: Mapping[int, KScores], tests: dict) -> List[dict]:
             continue
         for a, b in pw["merge"]:
             pair = next(p for p in pw["pairs"] if p["classes"] == [a, b])
-            alone = pair.get("in_k_fit")
-            how = ("" if alone is None else
-                   f"; classified again on their own particles (p = {_p(alone['p_value'])} "
-                   f"inside the K={k} fit)")
+            inside = pair.get("in_k_fit")
+            how, more = ("", "") if inside is None else (
+                " once their particles are classified again on their own",
+                f"; {_p(inside['p_value'])} inside the K={k} fit")
             out.append({"action": "merge", "k": k, "classes": [a, b], "p_value": pair["p_value"],
                         "why": f"at K={k} classes {a} and {b} are reproducible but their maps "
-                               f"differ no more than in the null (p = {_p(pair['p_value'])}"
-                               f"{how})"})
+                               f"differ no more than in the null{how} "
+                               f"(p = {_p(pair['p_value'])}{more})"})
     return out
 
 
