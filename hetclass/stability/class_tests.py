@@ -41,9 +41,10 @@ from .verdict import _r, map_distances
 WITHIN_FITS = 2
 MIN_WITHIN_PARTICLES = 200       # smaller classes are not classified again
 # A pair of a K >= 3 fit whose p-value is at least this is classified again on its own and
-# judged by that fit (:func:`pairs_to_confirm`). Inside a K-class fit the pair's maps also
-# hold other classes' particles by their soft weights, which the null (K = 2 fits) does not
-# have: on three_pose (new draw) the rest state, cut in two by its pose errors, gave log T
+# judged by that fit (:func:`pairs_to_confirm`): the null calibrates K = 2 fits on their own,
+# and inside a K-class fit the statistic is inflated (likely because the pair's maps also
+# hold other classes' particles by their soft weights): on three_pose (new draw) the rest
+# state, cut in two by its pose errors, gave log T
 # 0.42 at K = 4 but -0.05 alone on the same partition (96 % agreement), against the null's
 # -0.27 +- 0.09. A pair beyond 1e-4 stays beyond alpha after such an inflation at the sizes
 # where the null scatters little; where it scatters more, p < 1e-4 is out of reach and every
