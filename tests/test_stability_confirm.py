@@ -1,8 +1,9 @@
 """A borderline class pair of a K >= 3 fit is judged by the pair classified again on its own.
 
-Inside a K-class fit a pair's maps also hold other classes' particles by their soft weights,
-which the null's K = 2 classifications do not have; the pair classified alone is what the
-null calibrates (``class_tests.pairs_to_confirm``, ``class_tests.apply_confirmations``).
+The null calibrates K = 2 classifications on their own; inside a K-class fit the pair's
+statistic is inflated (likely by other classes' particles in its maps through their soft
+weights), so the pair classified alone is what is tested (``class_tests.pairs_to_confirm``,
+``class_tests.apply_confirmations``).
 Stand-in fits with known maps: a refit whose two maps differ only by their noise must lose
 the pair (merge), a refit whose maps differ must keep it, a collapsed refit is no split.
 """

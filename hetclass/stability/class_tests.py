@@ -68,7 +68,7 @@ def pairwise_tests(run, scores, null_model: Optional[NullModel], mask=None,
     """
     k = run.k
     lr = replicate_log_ratios(run.maps, run.half_maps, scores.perms, mask, _aligned(null_model))
-    pairs, merge = [], []
+    pairs = []
     for a in range(k):
         for b in range(a + 1, k):
             sizes = [int(np.sum(np.isin(row, (a, b)))) for row in scores.aligned]
@@ -77,20 +77,25 @@ def pairwise_tests(run, scores, null_model: Optional[NullModel], mask=None,
             value = float(vals.mean()) if vals.size else float("nan")
             p = null_model.p_value(value, n_pair) if null_model is not None else float("nan")
             dist = None if not np.isfinite(p) else bool(p < alpha)
-            if dist is False:
-                merge.append([a + 1, b + 1])
             pairs.append({"classes": [a + 1, b + 1], "particles": int(round(n_pair)),
                           "log_ratio": _r(value), "p_value": _r(p, 6), "distinguishable": dist})
+    return _pair_summary(k, alpha, pairs)
+
+
+def _pair_summary(k: int, alpha: float, pairs: List[dict]) -> dict:
+    """One K's distinguishability record from its pairs: whether all known pairs are
+    distinguishable (None when none is known) and the pairs to merge."""
     known = [p["distinguishable"] for p in pairs if p["distinguishable"] is not None]
     return {"k": k, "alpha": alpha, "pairs": pairs,
-            "all_distinguishable": None if not known else bool(all(known)), "merge": merge}
+            "all_distinguishable": None if not known else bool(all(known)),
+            "merge": [p["classes"] for p in pairs if p["distinguishable"] is False]}
 
 
 def pairs_to_confirm(tests: dict) -> List[tuple]:
     """0-based class pairs of one K's :func:`pairwise_tests` to classify again on their own:
     distinguishable in the K-class fit at a p-value of at least :data:`CONFIRM_P`, not yet
     confirmed. At K = 2 the one pair is the fit itself (nothing to confirm)."""
-    if tests.get("k", 2) < 3:
+    if tests["k"] < 3:
         return []
     return [(p["classes"][0] - 1, p["classes"][1] - 1) for p in tests["pairs"]
             if p["distinguishable"] and "in_k_fit" not in p
@@ -122,10 +127,7 @@ def apply_confirmations(tests: dict, fits: Dict[tuple, Any], null_model: NullMod
                       "in_k_fit": {"particles": pair["particles"],
                                    "log_ratio": pair["log_ratio"],
                                    "p_value": pair["p_value"]}})
-    known = [p["distinguishable"] for p in pairs if p["distinguishable"] is not None]
-    return {**tests, "pairs": pairs,
-            "all_distinguishable": None if not known else bool(all(known)),
-            "merge": [p["classes"] for p in pairs if p["distinguishable"] is False]}
+    return _pair_summary(tests["k"], alpha, pairs)
 
 
 def within_keys(classes: Sequence[int]) -> List[str]:
