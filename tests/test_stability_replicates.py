@@ -6,6 +6,7 @@ per-state maps with noise falling as 1/sqrt(particles). No images are involved, 
 tests isolate seeds, subsampling, parallelism, matching and the splitting rules.
 """
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -247,6 +248,71 @@ def test_exhaustive_refuses_a_stable_split_without_map_difference():
     assert root.decision == "leaf"
     assert root.reason == "no significant map difference", root.map_test
     assert root.stability["all_stable"]
+
+
+class _TwoWayBlind(FakeEngine):
+    """Three groups that K = 2 cannot split reproducibly (random labels when the rows hold
+    three states); K = 3 splits them by the truth."""
+
+    def fit(self, prepared, options, seed, rows, **kw):
+        t = self.truth[np.asarray(rows)]
+        values, counts = np.unique(t, return_counts=True)
+        if options.classes == 2 and np.sum(counts >= 0.05 * t.size) >= 3:
+            saved, self.truth = self.truth, np.zeros_like(self.truth)   # one "state": random
+            try:
+                return super().fit(prepared, options, seed, rows, **kw)
+            finally:
+                self.truth = saved
+        return super().fit(prepared, options, seed, rows, **kw)
+
+
+def test_exhaustive_k3_pair_inflated_inside_the_fit_is_classified_again(monkeypatch, tmp_path):
+    """Groups 2 and 3 are one state (the same map); inside the K = 3 fit their pair looks
+    distinguishable (p 0.003, the inflation the stand-in lacks is put in by hand). The tree
+    classifies that pair again on its own (its own task keys, kept for --continue), finds
+    it within the null and does not accept the three-way split."""
+    from hetclass.stability import exhaustive
+    from hetclass.stability.tasks import WorkCache
+    truth = np.repeat([0, 1, 2], [500, 350, 350])
+    eng = _TwoWayBlind(truth)
+    eng.state_maps[2] = eng.state_maps[1]
+    real_tests, real_pair_fits = exhaustive.pairwise_tests, exhaustive.pair_fits
+    refits = []
+
+    def inflated(run, scores, null_model, mask, alpha):
+        out = real_tests(run, scores, null_model, mask, alpha)
+        for p in out["pairs"]:
+            if out["k"] == 3 and not p["distinguishable"]:
+                p.update(p_value=0.003, distinguishable=True)
+        out["all_distinguishable"] = all(p["distinguishable"] for p in out["pairs"])
+        out["merge"] = []
+        return out
+
+    def pair_fits(prepared, options, members, seed, run, fit=None, start_labels=None,
+                  confirm_k=None):
+        assert confirm_k == 3 and start_labels is not None
+        refits.append(sorted(members))
+        return real_pair_fits(prepared, options, members, seed, run, fit=fit,
+                              start_labels=start_labels, confirm_k=confirm_k)
+
+    def split_fit(prepared, options, rows, seed, check, fit, start_labels=None):
+        from hetclass.stability.tasks import compact  # the stand-in has no images
+        return compact(eng.fit(prepared, replace(options, classes=2), seed, rows))
+
+    monkeypatch.setattr(exhaustive, "pairwise_tests", inflated)
+    monkeypatch.setattr(exhaustive, "pair_fits", pair_fits)
+    monkeypatch.setattr("hetclass.stability.class_tests._split_fit", split_fit)
+    cache = WorkCache(tmp_path, {"run": "confirm"}, resume=False)
+    root = _explore(eng, min_class_size=100, max_depth=1, cache=cache)
+    assert root.decision == "leaf", root.map_test
+    assert root.verdict["scan"]["3"]["distinguishable"] is False
+    assert len(refits) == 1 and (1, 2) in refits[0]       # the borderline pairs, once
+    assert any(f.name.startswith("n1_confirm_k3_c2_c3") for f in tmp_path.rglob("*.npz"))
+    # without the inflation the pair fails inside the fit: nothing is classified again
+    monkeypatch.setattr(exhaustive, "pairwise_tests", real_tests)
+    refits.clear()
+    again = _explore(eng, min_class_size=100, max_depth=1)
+    assert again.decision == "leaf" and refits == []
 
 
 @pytest.mark.parametrize("argv,field", [

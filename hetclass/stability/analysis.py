@@ -27,6 +27,7 @@ from .class_tests import (
     continuity_tests,
     neighbour_pairs,
     pair_fits,
+    pair_members,
     pairs_to_confirm,
     pairwise_tests,
     within_class_fits,
@@ -203,24 +204,13 @@ def run_stability(prepared, options, k_values: Sequence[int], n_replicates: int 
         tests=tests, null=null)
 
 
-def _pair_members(consensus: np.ndarray, base: np.ndarray, pairs):
-    """``(members, starts)`` of class ``pairs`` (0-based) of a consensus labelling of
-    ``base``: each pair's sorted global rows and its own partition (0/1 per row)."""
-    order = np.argsort(base)                  # pair fits take sorted rows
-    rows, labels = base[order], consensus[order]
-    inside = {pair: np.isin(labels, pair) for pair in pairs}
-    members = {pair: rows[inside[pair]] for pair in pairs}
-    starts = {pair: (labels[inside[pair]] == pair[1]).astype(np.int64) for pair in pairs}
-    return members, starts
-
-
 def _continuity(prepared, options, res, k_rec: int, base: np.ndarray, seed, stage, fit,
                 mask) -> dict:
     """:func:`.class_tests.continuity_tests` on the neighbouring classes of K = ``k_rec``."""
     consensus = res.per_k[k_rec].consensus
     sizes = {c: int(np.sum(consensus == c)) for c in range(k_rec)}
     pairs = neighbour_pairs(res.maps[k_rec], res.half_maps[k_rec], sizes, mask)
-    members, starts = _pair_members(consensus, base, pairs)
+    members, starts = pair_members(consensus, base, pairs)
     fits = pair_fits(prepared, options, members, seed,
                      run=lambda keys, one: stage(keys, one, "continuity"), fit=fit,
                      start_labels=starts)
@@ -242,7 +232,7 @@ def _confirm_stage(prepared, options, res: "_Scan", pairwise: Dict[int, dict], k
         if stage.progress is not None and stage.root:
             stage.progress("message", text=f"K={k_rec}: {len(todo)} class pair(s) near the "
                                            "null classified again on their own")
-        members, starts = _pair_members(res.per_k[k_rec].consensus, base, todo)
+        members, starts = pair_members(res.per_k[k_rec].consensus, base, todo)
         fits = pair_fits(prepared, options, members, seed,
                          run=lambda keys, one: stage(keys, one, "confirm"), fit=fit,
                          start_labels=starts, confirm_k=k_rec)

@@ -192,6 +192,18 @@ def neighbour_pairs(maps: np.ndarray, half_maps: np.ndarray, sizes: Dict[int, in
     return sorted(pairs)
 
 
+def pair_members(consensus: np.ndarray, base: np.ndarray, pairs):
+    """``(members, starts)`` of class ``pairs`` (0-based) of a consensus labelling of
+    ``base`` (global rows): each pair's sorted global rows and its own partition (0/1 per
+    row), the input of :func:`pair_fits`."""
+    order = np.argsort(base)                  # pair fits take sorted rows
+    rows, labels = np.asarray(base)[order], np.asarray(consensus)[order]
+    inside = {pair: np.isin(labels, pair) for pair in pairs}
+    members = {pair: rows[inside[pair]] for pair in pairs}
+    starts = {pair: (labels[inside[pair]] == pair[1]).astype(np.int64) for pair in pairs}
+    return members, starts
+
+
 def pair_key(pair: tuple, prefix: str = "pair") -> str:
     return f"{prefix}_c{pair[0] + 1}_c{pair[1] + 1}"
 

@@ -8,7 +8,8 @@ split satisfies all of the following is accepted:
 1. every child is stable (mean Jaccard >= 0.75) and passes the random-overlap test;
 2. the children differ beyond the null: for every pair, ``log T`` of their maps against the
    null at the pair's size (:mod:`.null`, :mod:`.distinguish`; one null for the whole
-   tree, classified at several sizes), p < alpha;
+   tree, classified at several sizes), p < alpha; at K >= 3 a borderline pair is judged by
+   its particles classified again on their own (:meth:`_Tree.confirm`);
 3. each child holds at least the minimum class size: ``--min-class-size N``, or by default
    the particles a map needs to resolve the children's difference (:func:`particles_needed`:
    from the one-state map's FSC, the signal per particle at the children's difference
@@ -47,7 +48,13 @@ import numpy as np
 
 from .. import seeds
 from ..errors import InputError
-from .class_tests import pairwise_tests
+from .class_tests import (
+    apply_confirmations,
+    pair_fits,
+    pair_members,
+    pairs_to_confirm,
+    pairwise_tests,
+)
 from .null import NULL_SETS, run_null
 from .replicates import (
     RankGroups,
@@ -328,11 +335,35 @@ class _Tree:
         test = pairwise_tests(run, scores, self.null_model, self.prepared.solvent_mask,
                               self.th.alpha)
         stable = scores.all_stable and futile is None
+        if stable and test["all_distinguishable"]:
+            test = self.confirm(plan, k, scores.consensus, test)
         distinct = test["all_distinguishable"] is not False
         diff_res = difference_resolution_A([res for res, _ in reps])
         return {"k": k, "scores": scores, "run": run, "test": test, "futile": futile,
                 "stable": stable, "distinct": distinct, "accepted": stable and distinct,
                 "difference_resolution_A": diff_res, "replicates_run": len(reps)}
+
+    def confirm(self, plan: _Plan, k: int, consensus: np.ndarray, test: dict) -> dict:
+        """``test`` with a K >= 3 split's borderline pairs judged by their particles
+        classified again on their own at K = 2, from the consensus boundary, as the
+        stability scan does (:func:`.class_tests.pairs_to_confirm`): inside a K-class fit
+        a pair's statistic is inflated against the null's K = 2 fits."""
+        from .tasks import run_tasks
+        todo = pairs_to_confirm(test)
+        if not todo or self.null_model is None or not self.null_model.usable:
+            return test
+        members, starts = pair_members(consensus, plan.node.rows, todo)
+        prefix = f"n{plan.node.node_id}_"
+
+        def run(keys, one):
+            out = run_tasks([prefix + key for key in keys],
+                            lambda key, check: one(key[len(prefix):], check), self.workers,
+                            self.groups, self.cache, None, self.abort_check)
+            return {key[len(prefix):]: value for key, value in out.items()}
+
+        fits = pair_fits(self.prepared, self.options, members, plan.seed, run=run, fit=self.fit,
+                         start_labels=starts, confirm_k=k)
+        return apply_confirmations(test, fits, self.null_model, self.prepared.solvent_mask)
 
     # ----- decisions -------------------------------------------------------------------------
     def leaf(self, node: Node, reason: str, note: str, rec=None) -> None:
