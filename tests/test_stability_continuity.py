@@ -143,6 +143,24 @@ def test_extrapolation_makes_only_the_class_it_extends_continuous():
     np.testing.assert_array_equal(affected, per_k[3].consensus == 2)
 
 
+def test_a_fine_class_empty_in_the_consensus_extends_nothing():
+    """A finer K whose class no particle holds (EM emptied it; its "map" is a blend the
+    replicates left behind) is no evidence that a coarse class extends: mixed_72's K = 8
+    had such a class, whose blend made the discrete noB class look continuous."""
+    from hetclass.stability.verdict import map_extrapolation
+    rng = np.random.default_rng(4)
+    coarse = rng.normal(size=(3, 16, 16, 16))
+    fine = np.tensordot(np.asarray([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.2, -0.2, 0.0],
+                                    [0.0, 0.0, 1.0]]), coarse, axes=1)
+    halves = fine[None] + 0.002 * rng.normal(size=(2,) + fine.shape)
+    mask = np.ones((16, 16, 16))
+    assert map_extrapolation(coarse, fine, halves, mask)["significant"]
+    out = map_extrapolation(coarse, fine, halves, mask, empty_fine=[3])
+    assert not out["significant"] and out["classes"][2] == {
+        "class": 3, "empty": True, "extrapolation": None, "significant": False}
+    assert out["classes"][3]["mostly_coarse_class"] == 3
+
+
 def test_null_model_scatter_follows_the_size():
     """Null statistics scatter more at small sizes; the prediction at the full size must use
     the full size's scatter, so p-values there are uniform under the null, not squeezed

@@ -234,3 +234,25 @@ def test_single_class_entry():
     s = single_class_scores(10, 3)
     assert s.all_stable and s.k == 1 and s.classes[0].size == 10
     assert s.to_dict()["classes"][0]["band"] == "highly stable"
+
+
+def test_a_class_empty_in_the_consensus_makes_the_k_unsupported():
+    """Replicates at K = 3 that agree on a two-way split and leave class 3 (nearly) empty:
+    that K is a K = 2 partition, so it is not all stable and not recommended (mixed_72
+    was once given K = 6 with class 6 empty)."""
+    from hetclass.stability.verdict import recommended_k
+    rng = np.random.default_rng(0)
+    truth = np.repeat([0, 1], 300)
+    reps = []
+    for _ in range(4):
+        lab = truth.copy()
+        stray = rng.choice(600, 3, replace=False)          # a few particles, never agreed on
+        lab[stray] = 2
+        reps.append(rng.permutation(3)[lab])
+    k3 = score_replicates(np.stack(reps), 3, rng=np.random.default_rng(1))
+    assert k3.empty_classes == [3] and k3.classes[2].size == 0
+    assert not k3.all_stable and k3.min_class_jaccard == 0.0
+    assert k3.to_dict()["empty_classes"] == [3]
+    k2 = score_replicates(np.stack([truth] * 4), 2, rng=np.random.default_rng(1))
+    assert k2.all_stable and k2.empty_classes == []
+    assert recommended_k({2: k2, 3: k3}) == 2

@@ -346,7 +346,8 @@ def _fmt(v, spec=".3f"):
     return fmt_value(v, spec)
 
 
-PER_K_COLUMNS = (("K", "k"), ("all stable", "all_stable"), ("min J", "min_class_jaccard"),
+PER_K_COLUMNS = (("K", "k"), ("all stable", "all_stable"), ("empty classes", "empty_classes"),
+                 ("min J", "min_class_jaccard"),
                  ("mean J", "mean_class_jaccard"), ("mean ARI", "mean_ari"),
                  ("mean NMI", "mean_nmi"), ("PAC", "pac"),
                  ("particle stab.", "mean_particle_stability"))
@@ -362,6 +363,8 @@ def _cell(record: dict, key: str, html_text: bool = False) -> str:
     value = record.get(key)
     if key == "core_resolution_A" and "core_resolution_status" in record:
         return resolution_text(value, record["core_resolution_status"], html=html_text)
+    if isinstance(value, list):                 # class numbers
+        return ", ".join(str(v) for v in value) or "none"
     return _fmt(value)
 
 

@@ -211,20 +211,31 @@ class KScores:
         return int(self.aligned.shape[0])
 
     @property
+    def empty_classes(self) -> List[int]:
+        """1-based classes that no particle holds in the consensus: the replicates do not
+        agree on any particle of theirs, so the K is not supported (a K = 6 whose class 6
+        is empty is a K = 5 partition)."""
+        return [c.index + 1 for c in self.classes if c.size == 0]
+
+    @property
     def all_stable(self) -> bool:
-        """Every non-empty class stable (mean Jaccard >= 0.75) and passing every pair's
-        random-overlap test."""
-        used = [c for c in self.classes if c.size > 0]
-        return bool(used) and all(c.stable and c.overlap_pass_fraction >= 1.0 for c in used)
+        """Every class holds particles in the consensus, is stable (mean Jaccard >= 0.75)
+        and passes every pair's random-overlap test."""
+        return bool(self.classes) and not self.empty_classes and all(
+            c.stable and c.overlap_pass_fraction >= 1.0 for c in self.classes)
+
+    def _jaccards(self) -> List[float]:
+        """Each class's mean Jaccard; an empty class reproduces nothing (0)."""
+        return [0.0 if c.size == 0 else c.jaccard_mean for c in self.classes]
 
     @property
     def min_class_jaccard(self) -> float:
-        vals = [c.jaccard_mean for c in self.classes if c.size > 0]
+        vals = self._jaccards()
         return float(np.nanmin(vals)) if vals and np.any(np.isfinite(vals)) else float("nan")
 
     @property
     def mean_class_jaccard(self) -> float:
-        vals = [c.jaccard_mean for c in self.classes if c.size > 0]
+        vals = self._jaccards()
         return float(np.nanmean(vals)) if vals and np.any(np.isfinite(vals)) else float("nan")
 
     def off_diagonal(self, values: np.ndarray) -> float:
@@ -242,6 +253,7 @@ class KScores:
             "k": self.k,
             "replicates": self.n_replicates,
             "all_stable": self.all_stable,
+            "empty_classes": self.empty_classes,
             "min_class_jaccard": f(self.min_class_jaccard),
             "mean_class_jaccard": f(self.mean_class_jaccard),
             "mean_ari": f(self.off_diagonal(self.ari)),

@@ -40,7 +40,7 @@ Decision (thresholds in :class:`Thresholds`):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -71,7 +71,8 @@ class Thresholds:
 
 
 def recommended_k(per_k: Mapping[int, KScores]) -> int:
-    """Largest K whose non-empty classes are all stable and pass every random-overlap test."""
+    """Largest K whose classes all hold particles, are stable and pass every random-overlap
+    test."""
     good = [k for k, s in per_k.items() if k >= 2 and s.all_stable]
     return max(good) if good else 1
 
@@ -240,7 +241,8 @@ def map_signal(maps: np.ndarray, half_maps: np.ndarray, mask: Optional[np.ndarra
 
 
 def map_extrapolation(coarse_maps: np.ndarray, fine_maps: np.ndarray, fine_half_maps: np.ndarray,
-                      mask: Optional[np.ndarray] = None, th: Thresholds = Thresholds()) -> dict:
+                      mask: Optional[np.ndarray] = None, th: Thresholds = Thresholds(),
+                      empty_fine: Sequence[int] = ()) -> dict:
     """Evidence (f): do classes of a finer K reach beyond the classes of the coarser K?
 
     Each fine map is fitted (least squares, with a constant) by the coarse maps; a negative
@@ -249,7 +251,9 @@ def map_extrapolation(coarse_maps: np.ndarray, fine_maps: np.ndarray, fine_half_
     continuum more finely gives end classes more extreme than the coarse bins, whose maps
     average over a wider range. The coefficient's noise is half the difference of the fits
     of the two half maps. Significant when the largest extrapolation exceeds both
-    ``extrapolation_min`` and ``extrapolation_z`` times its noise.
+    ``extrapolation_min`` and ``extrapolation_z`` times its noise. Fine classes in
+    ``empty_fine`` (1-based; no particle holds them in the consensus) have no map of
+    their own to compare and are listed as ``"empty"``.
     """
     coarse = np.asarray(coarse_maps, dtype=np.float64)
     fine = np.asarray(fine_maps, dtype=np.float64)
@@ -263,8 +267,12 @@ def map_extrapolation(coarse_maps: np.ndarray, fine_maps: np.ndarray, fine_half_
         return v - v.mean()
 
     a = np.stack([vec(m) for m in coarse] + [np.ones(int(sel.sum()))], axis=1)
-    rows = []
+    rows: List[dict] = []
     for c in range(fine.shape[0]):
+        if c + 1 in set(empty_fine):
+            rows.append({"class": c + 1, "empty": True, "extrapolation": None,
+                         "significant": False})
+            continue
         coef = np.linalg.lstsq(a, vec(fine[c]), rcond=None)[0][:-1]
         ch = [np.linalg.lstsq(a, vec(halves[h, c]), rcond=None)[0][:-1] for h in range(2)]
         noise = np.abs(ch[0] - ch[1]) / 2.0
@@ -417,7 +425,7 @@ def _map_evidence(per_k, maps_by_k, half_maps_by_k, mask, th: Thresholds,
     if (k_rec >= 2 and k_rec in maps_by_k and half_maps_by_k is not None
             and k_max > k_rec and k_max in half_maps_by_k):
         extra = map_extrapolation(maps_by_k[k_rec], maps_by_k[k_max], half_maps_by_k[k_max],
-                                  mask, th)
+                                  mask, th, per_k[k_max].empty_classes if k_max in per_k else ())
     evidence["map_extrapolation"] = extra
     return _MapEvidence(
         evidence=evidence, k_max=k_max, curve=curve, split=split, extra=extra,
