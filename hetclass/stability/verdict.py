@@ -268,8 +268,9 @@ def map_extrapolation(coarse_maps: np.ndarray, fine_maps: np.ndarray, fine_half_
 
     a = np.stack([vec(m) for m in coarse] + [np.ones(int(sel.sum()))], axis=1)
     rows: List[dict] = []
+    empty = {int(c) for c in empty_fine}
     for c in range(fine.shape[0]):
-        if c + 1 in set(empty_fine):
+        if c + 1 in empty:
             rows.append({"class": c + 1, "empty": True, "extrapolation": None,
                          "significant": False})
             continue
