@@ -349,8 +349,8 @@ class _Tree:
         stability scan does (:func:`.class_tests.pairs_to_confirm`): inside a K-class fit
         a pair's statistic is inflated against the null's K = 2 fits."""
         from .tasks import run_tasks
-        todo = pairs_to_confirm(test)
-        if not todo or self.null_model is None or not self.null_model.usable:
+        todo = pairs_to_confirm(test)       # pairs with a p-value: a usable null exists
+        if not todo:
             return test
         members, starts = pair_members(consensus, plan.node.rows, todo)
         prefix = f"n{plan.node.node_id}_"
