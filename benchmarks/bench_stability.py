@@ -6,7 +6,8 @@ the procedural phantom of :mod:`hetclass.phantoms` sharpened to 1.5 A pseudo-ato
 3.3 A; ``homogeneous_72``, ``4close`` and ``6states`` are the accuracy suite's data (box 72 of
 2.2 A, 8000 particles, SNR 0.25; the same simulation as ``bench_accuracy.py``'s cases of those
 names, so its RELION runs are on the same images), where states are closer, and
-``continuous_72`` / ``mixed_72`` the continuous and mixed cases at that size. Each case is
+``continuous_72`` / ``mixed_72`` / ``two_72`` / ``junk_72`` / ``hierarchy_72`` the other rows
+of the issue's table at that size. Each case is
 classified the way a user would: ``hetclass stability --classes <the range a user would
 type>`` at the defaults (R = 5), as a child process. The table gives the
 truth, the typed range, the verdict, the recommended K, the consensus ARI against the truth
@@ -121,9 +122,9 @@ def _four() -> Dict[str, tuple]:
             "opened": _dm([(Y_AXIS, -12.0)])}
 
 
-def _three() -> Dict[str, tuple]:
-    """rest, closed by 20 deg, without subunit B."""
-    return {"rest": _dm(), "closed": _dm([(Y_AXIS, 20.0)]), "noB": _dm((), ("B",))}
+def _three(closed_deg: float = 20.0) -> Dict[str, tuple]:
+    """rest, closed by ``closed_deg``, without subunit B."""
+    return {"rest": _dm(), "closed": _dm([(Y_AXIS, closed_deg)]), "noB": _dm((), ("B",))}
 
 
 def _junk() -> Dict[str, tuple]:
@@ -188,6 +189,14 @@ def all_cases() -> List[Case]:
         Case("mixed_72", "mixed at box 72 of 2.2 A, 8000 particles, SNR 0.25", "mixed", None,
              "1-4", _mixed, mixed_pops, truth_groups=[0] * n_cont + [1],
              continuous_states=range(n_cont), **ACCURACY_DATA),
+        Case("two_72", "2 domain positions 6 deg apart, 60/40, box 72 of 2.2 A", "discrete", 2,
+             "1-4", lambda: _hinge_path([0.0, 6.0]), [0.6, 0.4], **ACCURACY_DATA),
+        Case("junk_72", "2 states (10 deg) + 15 % junk of 24 shapes, box 72 of 2.2 A",
+             "discrete", 3, "1-4", lambda: junk_states(24), junk_pops,
+             truth_groups=[0, 1] + [2] * 24, **ACCURACY_DATA),
+        Case("hierarchy_72", "exhaustive: rest / closed 8 deg / without subunit B, box 72 of "
+             "2.2 A", "leaves", 3, "-", lambda: _three(8.0), [0.4, 0.35, 0.25],
+             command="exhaustive", **ACCURACY_DATA),
     ]
 
 

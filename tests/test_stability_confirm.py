@@ -97,3 +97,71 @@ def test_the_merge_suggestion_says_the_pair_was_classified_again():
     assert sug["classes"] == [1, 3] and sug["p_value"] > 0.05
     assert "once their particles are classified again on their own (p = " in sug["why"]
     assert "; 0.003 inside the K=3 fit)" in sug["why"]
+
+
+def _confirm_scan(monkeypatch, rng):
+    """A scan whose K = 4 and K = 3 each have one borderline pair; the K = 4 pair's particles
+    hold one state and the K = 3 pair's two. Returns (res, pairwise, calls, consensus)."""
+    from hetclass.stability import class_tests
+    state = _field(rng)
+    other = state + 0.8 * _field(rng)
+    n = 900
+    base = rng.permutation(np.arange(1000, 1000 + n))        # global rows, not sorted
+    k4 = np.repeat([0, 1, 2, 3], [300, 250, 200, 150])
+    k3 = np.repeat([0, 1, 2], [300, 250, 350])
+    fits = {450: _fit(rng, state, state, n=(300, 150)),     # K = 4 pair 1-4: one state
+            600: _fit(rng, state, other, n=(250, 350))}     # K = 3 pair 2-3: two states
+    calls = []
+
+    def split_fit(prepared, options, rows, seed, check, fit, start_labels=None):
+        calls.append((rows.copy(), start_labels.copy()))
+        return fits[rows.size]
+
+    monkeypatch.setattr(class_tests, "_split_fit", split_fit)
+    stable = {k: SimpleNamespace(all_stable=True, consensus=c)
+              for k, c in ((2, np.repeat([0, 1], [300, 600])), (3, k3), (4, k4))}
+    res = SimpleNamespace(per_k=stable, seconds={})
+    pairwise = {2: _tests(2, [1e-6]), 3: _tests(3, [1e-6, 1e-6, 0.002]),
+                4: _tests(4, [1e-6, 1e-6, 0.004, 1e-6, 1e-6, 1e-6])}
+    return res, pairwise, calls, base
+
+
+def test_the_scan_confirms_the_recommended_k_and_falls_back_to_the_next_accepted(monkeypatch):
+    from hetclass.stability.analysis import _confirm_stage
+    rng = np.random.default_rng(3)
+    res, pairwise, calls, base = _confirm_scan(monkeypatch, rng)
+    keys = []
+
+    def stage(task_keys, one, label):
+        assert label == "confirm"
+        keys.extend(task_keys)
+        return {key: (one(key, None), 0.0) for key in task_keys}
+
+    stage.progress, stage.root = None, True
+    k_rec = _confirm_stage(None, None, res, pairwise, 4, base, np.random.SeedSequence(5),
+                           stage, None, _null(), None)
+    assert keys == ["confirm_k4_c1_c4", "confirm_k3_c2_c3"]
+    assert k_rec == 3                                    # K = 4 lost its pair 1-4
+    assert pairwise[4]["merge"] == [[1, 4]] and pairwise[3]["all_distinguishable"] is True
+    assert "confirm" in res.seconds
+    # each refit got exactly its pair's particles (sorted global rows), started from the
+    # consensus boundary (1 = the pair's second class)
+    order = np.argsort(base)
+    for (rows, starts), (k, pair) in zip(calls, ((4, (0, 3)), (3, (1, 2)))):
+        labels = res.per_k[k].consensus[order]
+        inside = np.isin(labels, pair)
+        assert np.array_equal(rows, base[order][inside])
+        assert np.array_equal(starts, (labels[inside] == pair[1]).astype(np.int64))
+
+
+def test_confirm_pairs_leaves_a_k2_test_alone(monkeypatch):
+    from hetclass.stability.class_tests import confirm_pairs
+    rng = np.random.default_rng(4)
+    res, pairwise, calls, base = _confirm_scan(monkeypatch, rng)
+
+    def run(keys, one):
+        raise AssertionError("nothing to classify again at K = 2")
+
+    out = confirm_pairs(None, None, pairwise[2], res.per_k[2].consensus, base,
+                        np.random.SeedSequence(5), run, _null())
+    assert out is pairwise[2] and calls == []

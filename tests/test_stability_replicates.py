@@ -276,7 +276,8 @@ def test_exhaustive_k3_pair_inflated_inside_the_fit_is_classified_again(monkeypa
     truth = np.repeat([0, 1, 2], [500, 350, 350])
     eng = _TwoWayBlind(truth)
     eng.state_maps[2] = eng.state_maps[1]
-    real_tests, real_pair_fits = exhaustive.pairwise_tests, exhaustive.pair_fits
+    from hetclass.stability import class_tests
+    real_tests, real_pair_fits = exhaustive.pairwise_tests, class_tests.pair_fits
     refits = []
 
     def inflated(run, scores, null_model, mask, alpha):
@@ -300,7 +301,7 @@ def test_exhaustive_k3_pair_inflated_inside_the_fit_is_classified_again(monkeypa
         return compact(eng.fit(prepared, replace(options, classes=2), seed, rows))
 
     monkeypatch.setattr(exhaustive, "pairwise_tests", inflated)
-    monkeypatch.setattr(exhaustive, "pair_fits", pair_fits)
+    monkeypatch.setattr(class_tests, "pair_fits", pair_fits)
     monkeypatch.setattr("hetclass.stability.class_tests._split_fit", split_fit)
     cache = WorkCache(tmp_path, {"run": "confirm"}, resume=False)
     root = _explore(eng, min_class_size=100, max_depth=1, cache=cache)

@@ -23,7 +23,7 @@ from .. import seeds
 from ..errors import InputError
 from .class_tests import (
     MIN_WITHIN_PARTICLES,
-    apply_confirmations,
+    confirm_pairs,
     continuity_tests,
     neighbour_pairs,
     pair_fits,
@@ -232,11 +232,10 @@ def _confirm_stage(prepared, options, res: "_Scan", pairwise: Dict[int, dict], k
         if stage.progress is not None and stage.root:
             stage.progress("message", text=f"K={k_rec}: {len(todo)} class pair(s) near the "
                                            "null classified again on their own")
-        members, starts = pair_members(res.per_k[k_rec].consensus, base, todo)
-        fits = pair_fits(prepared, options, members, seed,
-                         run=lambda keys, one: stage(keys, one, "confirm"), fit=fit,
-                         start_labels=starts, confirm_k=k_rec)
-        pairwise[k_rec] = apply_confirmations(pairwise[k_rec], fits, null_model, mask)
+        pairwise[k_rec] = confirm_pairs(prepared, options, pairwise[k_rec],
+                                        res.per_k[k_rec].consensus, base, seed,
+                                        lambda keys, one: stage(keys, one, "confirm"),
+                                        null_model, mask, fit)
         k_rec = accepted_k(res.per_k, pairwise)
     res.seconds["confirm"] = time.perf_counter() - t0
     return k_rec

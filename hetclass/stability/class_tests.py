@@ -233,6 +233,22 @@ def pair_fits(prepared, options, members: Dict[tuple, np.ndarray], seed, run: Ca
     return {pair: results[key][0] for key, pair in plan.items()}
 
 
+def confirm_pairs(prepared, options, tests: dict, consensus: np.ndarray, base: np.ndarray,
+                  seed, run: Callable, null_model: NullModel, mask=None, fit=None) -> dict:
+    """``tests`` (one K's :func:`pairwise_tests` of the consensus labelling ``consensus`` of
+    ``base``) with its borderline pairs (:func:`pairs_to_confirm`) classified again on their
+    own particles from their consensus boundary (:func:`pair_fits`) and judged by that fit
+    (:func:`apply_confirmations`); ``tests`` itself when there is none. ``run`` runs the
+    fits' tasks (keys, one) -> {key: result}."""
+    todo = pairs_to_confirm(tests)
+    if not todo:
+        return tests
+    members, starts = pair_members(consensus, base, todo)
+    fits = pair_fits(prepared, options, members, seed, run=run, fit=fit, start_labels=starts,
+                     confirm_k=tests["k"])
+    return apply_confirmations(tests, fits, null_model, mask)
+
+
 def continuity_tests(fits: Dict[tuple, Any]) -> dict:
     """One record per tested pair: ``{"a-b": {"classes", "particles", "shape", "outcome"}}``
     (1-based). Outcome "continuous" (one spread: the two classes bin a continuum),
@@ -321,4 +337,5 @@ def _outcome(p: float, alpha: float, shape: str, explained: float, jaccard: floa
 
 
 __all__ = ["pairwise_tests", "within_class_fits", "within_class_tests", "within_keys",
-           "log_ratio_matrix", "neighbour_pairs", "pair_fits", "continuity_tests", "pair_key"]
+           "log_ratio_matrix", "neighbour_pairs", "pair_fits", "continuity_tests", "pair_key",
+           "confirm_pairs"]

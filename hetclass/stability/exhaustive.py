@@ -48,13 +48,7 @@ import numpy as np
 
 from .. import seeds
 from ..errors import InputError
-from .class_tests import (
-    apply_confirmations,
-    pair_fits,
-    pair_members,
-    pairs_to_confirm,
-    pairwise_tests,
-)
+from .class_tests import confirm_pairs, pairwise_tests
 from .null import NULL_SETS, run_null
 from .replicates import (
     RankGroups,
@@ -336,23 +330,19 @@ class _Tree:
                               self.th.alpha)
         stable = scores.all_stable and futile is None
         if stable and test["all_distinguishable"]:
-            test = self.confirm(plan, k, scores.consensus, test)
+            test = self.confirm(plan, scores.consensus, test)
         distinct = test["all_distinguishable"] is not False
         diff_res = difference_resolution_A([res for res, _ in reps])
         return {"k": k, "scores": scores, "run": run, "test": test, "futile": futile,
                 "stable": stable, "distinct": distinct, "accepted": stable and distinct,
                 "difference_resolution_A": diff_res, "replicates_run": len(reps)}
 
-    def confirm(self, plan: _Plan, k: int, consensus: np.ndarray, test: dict) -> dict:
+    def confirm(self, plan: _Plan, consensus: np.ndarray, test: dict) -> dict:
         """``test`` with a K >= 3 split's borderline pairs judged by their particles
         classified again on their own at K = 2, from the consensus boundary, as the
         stability scan does (:func:`.class_tests.pairs_to_confirm`): inside a K-class fit
         a pair's statistic is inflated against the null's K = 2 fits."""
         from .tasks import run_tasks
-        todo = pairs_to_confirm(test)       # pairs with a p-value: a usable null exists
-        if not todo:
-            return test
-        members, starts = pair_members(consensus, plan.node.rows, todo)
         prefix = f"n{plan.node.node_id}_"
 
         def run(keys, one):
@@ -361,9 +351,9 @@ class _Tree:
                             self.groups, self.cache, None, self.abort_check)
             return {key[len(prefix):]: value for key, value in out.items()}
 
-        fits = pair_fits(self.prepared, self.options, members, plan.seed, run=run, fit=self.fit,
-                         start_labels=starts, confirm_k=k)
-        return apply_confirmations(test, fits, self.null_model, self.prepared.solvent_mask)
+        return confirm_pairs(self.prepared, self.options, test, consensus, plan.node.rows,
+                             plan.seed, run, self.null_model, self.prepared.solvent_mask,
+                             self.fit)
 
     # ----- decisions -------------------------------------------------------------------------
     def leaf(self, node: Node, reason: str, note: str, rec=None) -> None:
