@@ -280,7 +280,8 @@ def _within_class_stage(prepared, options, res: "_Scan", k_rec: int, base: np.nd
                         stage: "_Stage", fit, null_model, mask: np.ndarray,
                         thresholds: Thresholds) -> dict:
     """Each recommended class with enough particles classified again at K = 2 and tested
-    against the null (:func:`within_class_tests`); its time in
+    against the null (:func:`within_class_tests`) at alpha divided by the number of classes
+    tested (Bonferroni: one family of tests, "is any class under-split?"); its time in
     ``res.seconds["within_class"]``."""
     t0 = time.perf_counter()
     consensus = res.per_k[k_rec].consensus
@@ -290,7 +291,8 @@ def _within_class_stage(prepared, options, res: "_Scan", k_rec: int, base: np.nd
                              run=lambda keys, one: stage(keys, one, "within-class"), fit=fit)
     within_tests = within_class_tests(fits, res.maps[k_rec],
                                       {c: int(m.size) for c, m in members.items()},
-                                      null_model, mask, thresholds.alpha,
+                                      null_model, mask,
+                                      thresholds.alpha / max(1, len(members)),
                                       thresholds.stable_jaccard)
     res.seconds["within_class"] = time.perf_counter() - t0
     return within_tests

@@ -312,7 +312,7 @@ def within_class_tests(fits: Dict[int, list], consensus_maps: np.ndarray, sizes:
         out[str(c + 1)] = {
             "class": c + 1, "particles": int(sizes[c]),
             "log_ratio": [_r(v) for v in values], "p_value": _r(p, 6),
-            "beyond_null": None if not np.isfinite(p) else bool(p < alpha),
+            "beyond_null": None if not np.isfinite(p) else bool(p < alpha), "alpha": _r(alpha, 6),
             "split_jaccard": _r(jac), "split_fractions": [
                 _r(np.mean(np.asarray(res.labels) == j), 3) for res in results[:1] for j in (0, 1)],
             "along_other_classes": _r(explained), "shape": shape, "outcome": outcome}

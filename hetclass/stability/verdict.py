@@ -68,6 +68,7 @@ class Thresholds:
     band_min: float = 0.7
     spread_max_posterior: float = 0.8
     alpha: float = 0.01               # significance level of every test against the null
+    #                                   (the K_rec within-class tests share it: alpha / tests)
 
 
 def recommended_k(per_k: Mapping[int, KScores]) -> int:
