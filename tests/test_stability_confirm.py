@@ -101,7 +101,7 @@ def test_the_merge_suggestion_says_the_pair_was_classified_again():
 
 def _confirm_scan(monkeypatch, rng):
     """A scan whose K = 4 and K = 3 each have one borderline pair; the K = 4 pair's particles
-    hold one state and the K = 3 pair's two. Returns (res, pairwise, calls, consensus)."""
+    hold one state and the K = 3 pair's two. Returns (res, pairwise, calls, base)."""
     from hetclass.stability import class_tests
     state = _field(rng)
     other = state + 0.8 * _field(rng)
@@ -166,30 +166,3 @@ def test_confirm_pairs_leaves_a_k2_test_alone(monkeypatch):
                         np.random.SeedSequence(5), run, _null())
     assert out is pairwise[2] and calls == []
 
-
-def test_within_class_tests_share_alpha_between_the_classes_tested(monkeypatch):
-    """The within-class tests of K_rec are one family ("is any class under-split?"): each is
-    judged at alpha / (classes tested); a class too small to be tested does not count."""
-    from hetclass.stability import analysis
-    from hetclass.stability.class_tests import MIN_WITHIN_PARTICLES
-    from hetclass.stability.verdict import Thresholds
-    seen = {}
-
-    def fits(prepared, options, members, seed, run, fit=None):
-        seen["classes"] = sorted(members)
-        return {}
-
-    def tests(fits, maps, sizes, null_model, mask, alpha, stable_jaccard):
-        seen["alpha"] = alpha
-        return {}
-
-    monkeypatch.setattr(analysis, "within_class_fits", fits)
-    monkeypatch.setattr(analysis, "within_class_tests", tests)
-    n = MIN_WITHIN_PARTICLES
-    consensus = np.repeat([0, 1, 2, 3], [n, n + 5, 2 * n, n - 1])     # class 4 too small
-    res = SimpleNamespace(per_k={4: SimpleNamespace(consensus=consensus)}, maps={4: None},
-                          seconds={})
-    analysis._within_class_stage(None, None, res, 4, np.arange(consensus.size), 0, None, None,
-                                 _null(), None, Thresholds(alpha=0.01))
-    assert seen["classes"] == [0, 1, 2]
-    assert abs(seen["alpha"] - 0.01 / 3) < 1e-12
