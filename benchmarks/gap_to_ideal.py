@@ -110,13 +110,17 @@ def _noise(acc, fallback):
     return np.where(acc.noise_count > 0, acc.noise / np.maximum(acc.noise_count, 1), fallback)
 
 
-def true_map_estep(info: dict, state_names, target_res_A: float) -> float:
-    """ARI of the engine's E-step against the true maps (noise measured against them)."""
+def true_map_paths(info: dict, state_names) -> list:
+    """The simulation's true maps (``true_<state>.mrc`` beside the particles)."""
+    data = os.path.dirname(info["star"])
+    return [os.path.join(data, f"true_{s}.mrc") for s in state_names]
+
+
+def true_map_estep(pr, truth: np.ndarray) -> float:
+    """ARI of the engine's E-step against the true maps (``pr`` prepared with them as
+    references; noise measured against them)."""
     from hetclass.em import run_pass
     from hetclass.engine import scale_references
-    data = os.path.dirname(info["star"])
-    refs_paths = [os.path.join(data, f"true_{s}.mrc") for s in state_names]
-    pr, truth = _prepared(info, len(state_names), target_res_A, refs_paths)
     ws, active = pr.workspace, np.ones(len(truth), bool)
     log_prior = np.log(np.bincount(truth) / truth.size)
     refs = scale_references(pr, pr.references, active, pr.data_power) * pr.solvent_mask
@@ -132,30 +136,31 @@ def difference_region(true_maps: np.ndarray, solvent_mask: np.ndarray,
     from the states' mean exceeds ``fraction`` of its maximum, dilated by 2 px, a 3 px
     cosine edge, times the solvent mask (an oracle: no classifier knows it)."""
     from scipy import ndimage
+
+    from hetclass.masks import soft_edge
     dev = np.abs(true_maps - true_maps.mean(0)).max(0)
     core = ndimage.binary_dilation(dev > fraction * dev.max(), iterations=2)
-    dist = ndimage.distance_transform_edt(~core)
-    edge = np.where(dist < 3.0, 0.5 * (1.0 + np.cos(np.pi * dist / 3.0)), 0.0)
-    return (np.where(core, 1.0, edge) * solvent_mask).astype(np.float32)
+    return (soft_edge(ndimage.distance_transform_edt(~core), 3.0) * solvent_mask
+            ).astype(np.float32)
 
 
-def oracle_label_maps(info: dict, state_names, target_res_A: float, folds: int,
-                      tau2_fudge: float = 4.0, variant: str = "plain") -> float:
-    """ARI when each fold is scored against maps reconstructed from the true labels of the
-    other folds. ``variant``: ``plain`` the maps as solved; ``weighted`` their deviations
-    from the consensus weighted as the engine scores them
-    (:func:`hetclass.variability.local_weight`); ``region`` the deviations kept only where
-    the true maps differ (:func:`difference_region`, the engine's focus-mask path)."""
+ORACLE_VARIANTS = ("plain", "weighted", "region")
+
+
+def oracle_label_maps(pr, truth: np.ndarray, folds: int, tau2_fudge: float = 4.0) -> dict:
+    """``{variant: ARI}`` when each fold is scored against maps reconstructed from the true
+    labels of the other folds (``pr`` prepared with the true maps as references).
+    Variants: ``plain`` the maps as solved; ``weighted`` their deviations from the
+    consensus weighted as the engine scores them (:func:`hetclass.variability.local_weight`);
+    ``region`` the deviations kept only where the true maps differ
+    (:func:`difference_region`, the engine's focus-mask path)."""
     from hetclass.em import run_pass
     from hetclass.engine import initial_tau2
     from hetclass.mstep import m_step
     from hetclass.variability import local_weight, weighted_references
-    k = len(state_names)
-    data = os.path.dirname(info["star"])
-    refs_paths = [os.path.join(data, f"true_{s}.mrc") for s in state_names]
-    pr, truth = _prepared(info, k, target_res_A, refs_paths if variant == "region" else None)
-    region = (difference_region(np.asarray(pr.references, dtype=np.float64),
-                                np.asarray(pr.solvent_mask)) if variant == "region" else None)
+    k = len(pr.references)
+    region = difference_region(np.asarray(pr.references, dtype=np.float64),
+                               np.asarray(pr.solvent_mask))
     ws, active = pr.workspace, np.ones(len(truth), bool)
     fractions = np.bincount(truth, minlength=k) / truth.size
     log_prior = np.log(fractions)
@@ -168,19 +173,19 @@ def oracle_label_maps(info: dict, state_names, target_res_A: float, folds: int,
     acc, _, _ = run_pass(ws, full, pr.data_power, log_prior, active, False)
     sigma2 = _noise(acc, pr.data_power)
     fold = np.random.default_rng(0).integers(0, folds, truth.size)
-    labels = np.zeros(truth.size, np.int64)
+    labels = {v: np.zeros(truth.size, np.int64) for v in ORACLE_VARIANTS}
     for f in range(folds):
         acc, _, _ = run_pass(ws, None, sigma2, log_prior, active, False,
                              fixed_weights=onehot * (fold != f)[:, None])
-        ms = m_step(ws, acc, tau2, tau2_fudge, pr.solvent_mask, region)
-        maps = ms.maps
-        if variant == "weighted":
-            w = local_weight(ms.maps, ms.half_maps, ms.consensus, ms.half_consensus, fractions)
-            maps = weighted_references(ms.maps, ms.consensus, w)
-        refs = (np.stack([maps, maps]) * pr.solvent_mask).astype(np.float32)
-        _, post, _ = run_pass(ws, refs, sigma2, log_prior, fold == f, False)
-        labels[fold == f] = post[fold == f].argmax(1)
-    return _ari(truth, labels)
+        ms = m_step(ws, acc, tau2, tau2_fudge, pr.solvent_mask, None)
+        w = local_weight(ms.maps, ms.half_maps, ms.consensus, ms.half_consensus, fractions)
+        maps = {"plain": ms.maps, "weighted": weighted_references(ms.maps, ms.consensus, w),
+                "region": m_step(ws, acc, tau2, tau2_fudge, pr.solvent_mask, region).maps}
+        for v in ORACLE_VARIANTS:
+            refs = (np.stack([maps[v], maps[v]]) * pr.solvent_mask).astype(np.float32)
+            _, post, _ = run_pass(ws, refs, sigma2, log_prior, fold == f, False)
+            labels[v][fold == f] = post[fold == f].argmax(1)
+    return {v: _ari(truth, labels[v]) for v in ORACLE_VARIANTS}
 
 
 def from_truth(info: dict, k: int, target_res_A: float, seed: int) -> dict:
@@ -230,14 +235,14 @@ def main(argv=None) -> int:
                                           sigma, limits).items():
         print(f"{args.case}: ideal observer, coefficients to {lim or 'the corner'} A: "
               f"ARI {value:.3f}")
+    pr, truth = _prepared(info, len(states), args.target_res,
+                          true_map_paths(info, list(states)))
     print(f"{args.case}: hetclass E-step with the true maps at {args.target_res} A: "
-          f"ARI {true_map_estep(info, list(states), args.target_res):.3f}")
+          f"ARI {true_map_estep(pr, truth):.3f}")
     said = {"plain": "", "weighted": ", deviations weighted as the engine scores them",
             "region": ", deviations only where the true maps differ (oracle region)"}
     for folds in (int(x) for x in args.folds.split(",")):
-        for variant in ("plain", "weighted", "region"):
-            ari = oracle_label_maps(info, list(states), args.target_res, folds,
-                                    variant=variant)
+        for variant, ari in oracle_label_maps(pr, truth, folds).items():
             print(f"{args.case}: maps from the true labels of the other folds ({folds} folds)"
                   f"{said[variant]} at {args.target_res} A: ARI {ari:.3f}")
     if args.from_truth:

@@ -19,10 +19,16 @@ def soft_sphere(box_px: int, radius_px: float, edge_px: float = 3.0) -> np.ndarr
     return _soft(np.sqrt(x * x + y * y + z * z), radius_px, edge_px)
 
 
-def _soft(r, radius_px, edge_px):
+def soft_edge(distance_px, edge_px: float = 3.0) -> np.ndarray:
+    """float32 raised-cosine fall-off of a distance outside a region (px): 1 at 0 or less,
+    0 from ``edge_px`` on."""
     edge = max(float(edge_px), 1e-6)
-    t = np.clip((r - radius_px) / edge, 0.0, 1.0)
+    t = np.clip(np.asarray(distance_px) / edge, 0.0, 1.0)
     return (0.5 + 0.5 * np.cos(np.pi * t)).astype(np.float32)
+
+
+def _soft(r, radius_px, edge_px):
+    return soft_edge(r - radius_px, edge_px)
 
 
 DEFAULT_DIAMETER_FRACTION = 0.85   # of the box (RELION users typically leave ~15 % margin)

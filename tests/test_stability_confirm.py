@@ -165,4 +165,3 @@ def test_confirm_pairs_leaves_a_k2_test_alone(monkeypatch):
     out = confirm_pairs(None, None, pairwise[2], res.per_k[2].consensus, base,
                         np.random.SeedSequence(5), run, _null())
     assert out is pairwise[2] and calls == []
-
